@@ -1,0 +1,1 @@
+"""Data: file conversion, representations, shards and the grain pipeline."""

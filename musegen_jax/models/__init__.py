@@ -1,0 +1,1 @@
+"""Pure Flax linen model families, one file each."""
