@@ -1,1 +1,31 @@
-"""Pure Flax linen model families, one file each."""
+"""Pure Flax linen model families, one file each, and the config -> module factory."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+from ml_collections import config_dict
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def get_dtype(name: str):
+  """Maps a config dtype name to a jnp dtype."""
+  if name not in _DTYPES:
+    raise ValueError(f"config.model.dtype={name!r}; allowed: {sorted(_DTYPES)}")
+  return _DTYPES[name]
+
+
+def create_model(model_config: config_dict.ConfigDict, vocab_size: int) -> nn.Module:
+  """Builds the model named by `model_config.name` from its config fields."""
+  name = model_config.name
+  if name == "lstm":
+    from musegen_jax.models import lstm
+    return lstm.LSTMLanguageModel(
+        vocab_size=vocab_size,
+        embed_dim=model_config.embed_dim,
+        hidden_size=model_config.hidden_size,
+        num_layers=model_config.num_layers,
+        dropout_rate=model_config.dropout_rate,
+        dtype=get_dtype(model_config.dtype))
+  raise ValueError(f"config.model.name={name!r}; known models: ['lstm']")

@@ -1,0 +1,79 @@
+r"""LSTM language model on performance events of the bundled JSB Chorales.
+
+    python -m musegen_jax.main --config=configs/lstm.py --workdir=runs/lstm
+    python -m musegen_jax.main --config=configs/lstm.py:smoke --workdir=runs/lstm_smoke
+
+Any field can be overridden on the command line, e.g. `--config.batch_size=64`
+or `--config.model.num_layers=2`; a misspelt key fails before any compute.
+"""
+
+from ml_collections import config_dict
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+  """Returns the default config; `arg="smoke"` gives a tiny CPU variant."""
+  if arg not in (None, "", "smoke"):
+    raise ValueError(f"Unknown config variant {arg!r}; known: 'smoke'.")
+  config = config_dict.ConfigDict()
+
+  # Objective (musegen_jax/tasks/<task>.py) and the global RNG seed.
+  config.task = "lm"
+  config.seed = 0
+
+  config.model = config_dict.ConfigDict()
+  config.model.name = "lstm"  # musegen_jax/models/<name>.py
+  config.model.embed_dim = 256
+  config.model.hidden_size = 512
+  config.model.num_layers = 3
+  config.model.dropout_rate = 0.1
+  # Compute dtype of the matmuls; parameters stay float32.
+  config.model.dtype = "float32"
+
+  config.data = config_dict.ConfigDict()
+  # A directory written by `python -m musegen_jax.prepare`; empty means the
+  # bundled JSB Chorales, prepared into the cache on first use.
+  config.data.dir = ""
+  config.data.representation = "performance"
+  # Tokens per training example (the model sees seq_len inputs and targets).
+  config.data.seq_len = 256
+  # grain worker processes for the training pipeline (0: in the main process).
+  config.data.num_workers = 2
+  config.data.prefetch_buffer_size = 32
+
+  # Global batch size over all devices and hosts.
+  config.batch_size = 32
+  config.num_train_steps = 20_000
+  config.learning_rate = 2e-3
+  config.warmup_steps = 500
+  # Final learning rate of the cosine decay, as a fraction of learning_rate.
+  config.end_learning_rate_factor = 0.05
+  config.weight_decay = 0.01
+  config.adam_b1 = 0.9
+  config.adam_b2 = 0.98
+  config.grad_clip_norm = 1.0
+
+  config.log_every_steps = 50
+  config.eval_every_steps = 1_000
+  # Valid batches per eval; -1 evaluates the whole valid split.
+  config.num_eval_batches = -1
+  config.checkpoint_every_steps = 1_000
+  # Checkpoints kept: the newest `keep_checkpoints` plus the best by valid loss.
+  config.keep_checkpoints = 3
+  # "jit": one program over a Mesh of all devices ("pmap" comes with scale-out).
+  config.parallelism = "jit"
+
+  if arg == "smoke":
+    config.model.embed_dim = 32
+    config.model.hidden_size = 64
+    config.model.num_layers = 2
+    config.data.seq_len = 64
+    config.data.num_workers = 0
+    config.batch_size = 16
+    config.num_train_steps = 150
+    config.learning_rate = 3e-3
+    config.warmup_steps = 10
+    config.log_every_steps = 10
+    config.eval_every_steps = 50
+    config.num_eval_batches = 4
+    config.checkpoint_every_steps = 50
+  return config

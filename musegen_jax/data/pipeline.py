@@ -1,0 +1,166 @@
+"""grain input pipeline: shards of NoteSequences -> batches of model inputs.
+
+Train: ArrayRecordDataSource -> seeded shuffle (a new order each epoch) ->
+repeat -> this process's slice -> parse + encode -> random crop / pad to
+`seq_len + 1` -> batch -> optional worker processes. The iterator's state is
+saved in every checkpoint, so a resumed run sees the same batches.
+
+Eval: every valid sequence cut into consecutive windows (deterministic), so
+the valid loss of two runs or two steps is comparable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterator
+
+import grain
+import jax
+import numpy as np
+
+from musegen_jax.data import representations
+from musegen_jax.data import shards
+
+
+def parse_note_sequence(record: bytes):
+  """Deserializes one shard record into a NoteSequence."""
+  from note_seq.protobuf import music_pb2
+  return music_pb2.NoteSequence.FromString(record)
+
+
+def load_representation(name: str, data_dir: str):
+  """Builds the representation `name` for a prepared dataset.
+
+  Token vocabularies learnt from data (chord_token) are built on the train
+  split once and cached beside the shards, keyed by their settings.
+  """
+  if name != "chord_token":
+    return representations.get_representation(name)
+  cache = os.path.join(data_dir, "cache", "chord_token_vocab.json")
+  if os.path.exists(cache):
+    with open(cache, encoding="utf-8") as f:
+      return representations.get_representation(name, **json.load(f))
+  sequences = shards.read_note_sequences(shards.split_paths(data_dir, "train"))
+  rep = representations.get_representation(name).build(sequences)
+  os.makedirs(os.path.dirname(cache), exist_ok=True)
+  tmp = f"{cache}.tmp{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(rep.settings(), f)
+  os.replace(tmp, cache)
+  return rep
+
+
+def representation_spec(rep) -> dict[str, Any]:
+  """JSON description that `representation_from_spec` turns back into `rep`."""
+  return {"name": rep.name, "settings": rep.settings()}
+
+
+def representation_from_spec(spec: dict[str, Any]):
+  return representations.get_representation(spec["name"], **spec["settings"])
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeRecord(grain.transforms.Map):
+  """Serialized NoteSequence -> encoded array ([time] tokens or [time, ...])."""
+  representation: Any
+
+  def map(self, record: bytes) -> np.ndarray:
+    return encode_with_boundary(self.representation, parse_note_sequence(record))
+
+
+def encode_with_boundary(representation, ns) -> np.ndarray:
+  """Encodes `ns` as [EOS, tokens..., EOS].
+
+  The leading EOS marks a piece's start, so a model learns how pieces begin
+  and sampling can start from a single EOS token.
+  """
+  tokens = representation.encode(ns)
+  return np.concatenate([np.asarray([representation.eos_id], tokens.dtype), tokens])
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomWindow(grain.transforms.RandomMap):
+  """Random crop of `length` steps along axis 0, padded with `pad_value`."""
+  length: int
+  pad_value: int
+
+  def random_map(self, x: np.ndarray, rng: np.random.Generator) -> dict:
+    start = int(rng.integers(0, max(0, len(x) - self.length) + 1))
+    return {"tokens": pad_to(x[start:start + self.length], self.length,
+                             self.pad_value)}
+
+
+def pad_to(x: np.ndarray, length: int, pad_value: int) -> np.ndarray:
+  """Pads axis 0 of `x` to `length` with `pad_value`."""
+  if len(x) >= length:
+    return x[:length]
+  pad = np.full((length - len(x),) + x.shape[1:], pad_value, x.dtype)
+  return np.concatenate([x, pad], 0)
+
+
+def create_train_dataset(data_dir: str, representation, *, seq_len: int,
+                         global_batch_size: int, seed: int, num_workers: int,
+                         prefetch_buffer_size: int = 32) -> grain.IterDataset:
+  """The training dataset of this process: dicts of [batch, seq_len + 1].
+
+  Args:
+    data_dir: a directory written by `prepare`.
+    representation: the encoder (see `data/representations`).
+    seq_len: model sequence length; windows hold `seq_len + 1` steps so that
+      inputs and shifted targets both have `seq_len`.
+    global_batch_size: batch over all processes; each process yields its share.
+    seed: shuffle and crop seed.
+    num_workers: grain worker processes (0 runs in this process).
+    prefetch_buffer_size: elements read ahead by grain's threads.
+  """
+  source = grain.sources.ArrayRecordDataSource(shards.split_paths(data_dir, "train"))
+  ds = (grain.MapDataset.source(source)
+        .seed(seed)
+        .shuffle()
+        .repeat()
+        [jax.process_index()::jax.process_count()]
+        .map(EncodeRecord(representation))
+        .random_map(RandomWindow(seq_len + 1, representation.pad_id)))
+  ds = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=2, prefetch_buffer_size=prefetch_buffer_size))
+  ds = ds.batch(global_batch_size // jax.process_count(), drop_remainder=True)
+  if num_workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return ds
+
+
+def eval_windows(data_dir: str, representation, *, seq_len: int,
+                 split: str = "valid", max_windows: int | None = None
+                 ) -> np.ndarray:
+  """Every sequence of `split` cut into windows of `seq_len + 1` tokens.
+
+  Consecutive windows overlap by one token so every token of a sequence is a
+  target exactly once. Returns [num_windows, seq_len + 1], padded.
+  """
+  windows = []
+  for ns in shards.read_note_sequences(shards.split_paths(data_dir, split)):
+    tokens = encode_with_boundary(representation, ns)
+    for start in range(0, max(1, len(tokens) - 1), seq_len):
+      windows.append(pad_to(tokens[start:start + seq_len + 1], seq_len + 1,
+                            representation.pad_id))
+      if max_windows is not None and len(windows) >= max_windows:
+        return np.stack(windows)
+  if not windows:
+    raise ValueError(f"{data_dir}: split {split!r} has no sequences to evaluate")
+  return np.stack(windows)
+
+
+def eval_batches(windows: np.ndarray, global_batch_size: int, pad_value: int
+                 ) -> Iterator[dict[str, np.ndarray]]:
+  """This process's share of fixed-size eval batches; the last is padded."""
+  n = len(windows)
+  per_process = global_batch_size // jax.process_count()
+  for start in range(0, n, global_batch_size):
+    batch = pad_to(windows[start:start + global_batch_size], global_batch_size,
+                   pad_value)
+    lo = jax.process_index() * per_process
+    yield {"tokens": batch[lo:lo + per_process]}
+
+

@@ -1,0 +1,94 @@
+r"""Exports a training run's parameters into a self-contained sampling bundle.
+
+    python -m musegen_jax.export --workdir=runs/lstm --output=exports/lstm
+    python -m musegen_jax.export --workdir=runs/lstm --output=exports/lstm_best \
+        --checkpoint=best
+
+The bundle (params as orbax arrays, config.json, representation.json,
+bundle.json) is all `musegen_jax.sample` needs; the run can be deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+from absl import app
+from absl import flags
+
+warnings.filterwarnings("ignore", message="Couldn't find ffmpeg or avconv")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "The training run's workdir.")
+flags.DEFINE_string("output", None, "Directory for the bundle.")
+flags.DEFINE_string("checkpoint", "latest",
+                    "Which checkpoint: 'latest', 'best' (lowest valid loss) "
+                    "or a step number.")
+flags.mark_flags_as_required(["workdir", "output"])
+
+
+def export(workdir: str, output: str, which: str = "latest") -> str:
+  """Writes the bundle of checkpoint `which` of `workdir` into `output`."""
+  import jax
+  import ml_collections
+  import orbax.checkpoint as ocp
+
+  from musegen_jax import checkpoint
+  from musegen_jax import parallel
+  from musegen_jax import tasks
+  from musegen_jax import train
+  from musegen_jax.data import pipeline
+
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    raise FileNotFoundError(f"{workdir} is not a training workdir (no config.json).")
+  with open(config_path, encoding="utf-8") as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  with open(os.path.join(workdir, "representation.json"), encoding="utf-8") as f:
+    spec = json.load(f)
+  task = tasks.create_task(config, pipeline.representation_from_spec(spec))
+
+  manager = checkpoint.create_manager(os.path.join(workdir, "checkpoints"),
+                                      keep=config.keep_checkpoints,
+                                      async_save=False)
+  steps = manager.all_steps()
+  if not steps:
+    raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint yet.")
+  if which == "latest":
+    step = manager.latest_step()
+  elif which == "best":
+    step = manager.best_step()
+    if step is None:
+      raise ValueError(f"{workdir}: no checkpoint has a valid loss yet; use "
+                       "--checkpoint=latest.")
+  elif which.isdigit() and int(which) in steps:
+    step = int(which)
+  else:
+    raise ValueError(f"--checkpoint={which!r}: use 'latest', 'best' or one of "
+                     f"the saved steps {sorted(steps)}.")
+
+  mesh = parallel.create_mesh(jax.devices()[:1])
+  abstract = jax.eval_shape(
+      lambda: train.create_train_state(task, config, mesh, jax.random.PRNGKey(0)))
+  abstract = checkpoint.with_sharding(abstract, parallel.replicated(mesh))
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract)))
+  manager.close()
+  return checkpoint.export_bundle(output, params=restored["state"].params,
+                                  config=config, representation=spec, step=step)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  path = export(FLAGS.workdir, FLAGS.output, FLAGS.checkpoint)
+  print(f"Exported {FLAGS.workdir} to {path}")
+
+
+def run() -> None:
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,39 @@
+r"""Trains a config in a workdir; running the same command again resumes.
+
+    python -m musegen_jax.main --config=configs/lstm.py --workdir=runs/lstm
+    python -m musegen_jax.main --config=configs/lstm.py:smoke --workdir=runs/smoke \
+        --config.batch_size=64
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+warnings.filterwarnings("ignore", message="Couldn't find ffmpeg or avconv")
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Training config file, optionally with ':variant'.",
+    lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from musegen_jax import train  # After flag parsing: keeps --help fast.
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+def run() -> None:
+  """Console-script entry point."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,299 @@
+"""Prepares a corpus: music files, or the bundled JSB Chorales, to ArrayRecord shards.
+
+  python -m musegen_jax.prepare --input=jsb --output=/tmp/jsb
+  python -m musegen_jax.prepare --input=~/midi --output=/tmp/midi_ds --num_workers=8
+
+A folder is walked for .mid/.midi/.xml/.mxl/.musicxml/.abc files, which are
+converted in parallel. Files that fail (corrupt, empty, no notes, unsupported
+extension) are reported on stderr as `skipped FILE: REASON` and listed in
+`OUTPUT/prepare_report.json`; the run goes on. A folder named train, valid
+(validation, val) or test assigns the files below it to that split; other files
+are split by a hash of their path. `--input=jsb` keeps the chorales' own split and
+also writes them as MIDI to `OUTPUT/midi/`.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+from absl import app
+from absl import flags
+from tqdm import tqdm
+
+# note_seq imports pydub, which warns about a missing ffmpeg we never use.
+warnings.filterwarnings("ignore", message="Couldn't find ffmpeg", category=RuntimeWarning)
+import note_seq  # noqa: E402
+
+from musegen_jax.data import convert  # noqa: E402
+from musegen_jax.data import jsb  # noqa: E402
+from musegen_jax.data import shards  # noqa: E402
+
+JSB_INPUT = "jsb"
+DEFAULT_DATASET_NAME = "jsb_chorales_v1"
+REPORT_FILE = "prepare_report.json"
+
+
+class _Record(NamedTuple):
+  data: bytes  # A serialized NoteSequence.
+  num_notes: int
+  total_time: float
+  min_pitch: int
+  max_pitch: int
+
+
+class _FileResult(NamedTuple):
+  relpath: str
+  split: str
+  records: list[_Record]
+  problems: list[str]  # Reasons for skipping the file, or parts of it.
+
+
+def _to_record(ns: convert.NoteSequence) -> _Record:
+  pitches = [n.pitch for n in ns.notes]
+  return _Record(ns.SerializeToString(), len(ns.notes), ns.total_time,
+                 min(pitches), max(pitches))
+
+
+def _midi_path(midi_dir: str, split: str, sequence_id: str) -> str:
+  base, _, ref = sequence_id.partition("#")
+  stem = os.path.splitext(base)[0] + (f"_{ref}" if ref else "")
+  return os.path.join(midi_dir, split, *f"{stem}.mid".split("/"))
+
+
+def _convert_file(relpath: str, root: str, collection: str, valid_fraction: float,
+                  test_fraction: float, midi_dir: str | None) -> _FileResult:
+  """Converts one file (runs in a worker process)."""
+  split = shards.split_for_path(relpath, valid_fraction, test_fraction)
+  problems: list[str] = []
+  try:
+    sequences = convert.file_to_note_sequences(os.path.join(root, relpath), root, problems)
+  except convert.ConversionError as e:
+    return _FileResult(relpath, split, [], problems + [e.reason])
+  for ns in sequences:
+    ns.collection_name = collection
+    if midi_dir:
+      path = _midi_path(midi_dir, split, ns.id)
+      try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        note_seq.sequence_proto_to_midi_file(ns, path)
+      except Exception as e:  # pylint: disable=broad-except
+        problems.append(f"MIDI copy not written: {type(e).__name__}: {e}")
+  return _FileResult(relpath, split, [_to_record(ns) for ns in sequences], problems)
+
+
+def _find_files(root: str, exclude: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Lists (supported, unsupported) non-hidden files below root, as sorted relpaths."""
+  excluded = {os.path.realpath(p) for p in exclude}
+  supported, unsupported = [], []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = [d for d in dirnames if not d.startswith(".")
+                   and os.path.realpath(os.path.join(dirpath, d)) not in excluded]
+    for name in filenames:
+      if name.startswith("."):
+        continue
+      relpath = os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/")
+      (supported if convert.is_supported(name) else unsupported).append(relpath)
+  return sorted(supported), sorted(unsupported)
+
+
+def _map(fn: Callable[[Any], Any], items: Sequence[Any], num_workers: int) -> Iterator[Any]:
+  """fn over items in order; in worker processes when num_workers > 1."""
+  if num_workers <= 1 or len(items) <= 1:
+    yield from map(fn, items)
+    return
+  # spawn, not fork: forking a process that has imported JAX can deadlock.
+  context = multiprocessing.get_context("spawn")
+  chunksize = max(1, min(32, len(items) // (4 * num_workers)))
+  with context.Pool(min(num_workers, len(items))) as pool:
+    yield from pool.imap(fn, items, chunksize=chunksize)
+
+
+def _jsb_results() -> Iterator[_FileResult]:
+  for split, sequences in jsb.load_jsb().items():
+    for ns in sequences:
+      yield _FileResult(ns.id, split, [_to_record(ns)], [])
+
+
+def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
+            num_shards: int = 4, valid_fraction: float = 0.1, test_fraction: float = 0.1,
+            write_midi: str | None = None, progress: bool = True) -> dict[str, Any]:
+  """Converts a corpus into shards, prepare_report.json and (last) metadata.json.
+
+  Args:
+    input_path: a folder of music files, or "jsb" for the bundled chorales.
+    output_dir: the dataset folder; created if needed. Shards and metadata of an
+      earlier run there are replaced.
+    num_workers: conversion processes; None for min(cpu count, 8), 0 or 1 to
+      convert in this process.
+    num_shards: the most shards per split.
+    valid_fraction: share of hash-split files in valid (folders only).
+    test_fraction: share of hash-split files in test (folders only).
+    write_midi: if set, also write every converted sequence as MIDI under
+      `write_midi/{split}/`.
+    progress: show a tqdm bar on stderr.
+
+  Returns:
+    The metadata written to metadata.json.
+
+  Raises:
+    FileNotFoundError: input_path is neither "jsb" nor a folder.
+    ValueError: bad settings, or no file could be converted.
+  """
+  if num_workers is None:
+    num_workers = min(os.cpu_count() or 1, 8)
+  shards.split_for_path("x", valid_fraction, test_fraction)  # Validates the fractions.
+  os.makedirs(output_dir, exist_ok=True)
+  shards.remove_shards(output_dir)
+  report: list[dict[str, str]] = []
+  if input_path == JSB_INPUT:
+    source, collection = JSB_INPUT, jsb.JSB_COLLECTION
+    settings = {"num_shards": num_shards, "qpm": jsb.JSB_QPM, "velocity": jsb.JSB_VELOCITY}
+    results: Iterable[_FileResult] = _jsb_results()
+    total = sum(len(pieces) for pieces in jsb.load_jsb_frames().values())
+    if write_midi:
+      jsb.write_jsb_midi(write_midi)
+  elif os.path.isdir(input_path):
+    source = os.path.abspath(input_path)
+    collection = os.path.basename(source)
+    settings = {"num_shards": num_shards, "valid_fraction": valid_fraction,
+                "test_fraction": test_fraction}
+    files, unsupported = _find_files(input_path, [output_dir] + ([write_midi] if write_midi else []))
+    report += [{"file": f, "reason": f"unsupported extension {os.path.splitext(f)[1]!r}"}
+               for f in unsupported]
+    convert_fn = functools.partial(
+        _convert_file, root=input_path, collection=collection, valid_fraction=valid_fraction,
+        test_fraction=test_fraction, midi_dir=write_midi)
+    results, total = _map(convert_fn, files, num_workers), len(files)
+  else:
+    raise FileNotFoundError(f"--input={input_path!r} is neither {JSB_INPUT!r} nor a folder")
+  for entry in report:
+    print(f"skipped {entry['file']}: {entry['reason']}", file=sys.stderr)
+
+  writers = {split: shards.SplitWriter(output_dir, split, num_shards) for split in shards.SPLITS}
+  stats = {split: {"num_sequences": 0, "num_notes": 0, "total_seconds": 0.0}
+           for split in shards.SPLITS}
+  pitch_range = [128, -1]
+  try:
+    for result in tqdm(results, total=total, desc="prepare", unit="file", file=sys.stderr,
+                       disable=not progress):
+      for reason in result.problems:
+        tqdm.write(f"skipped {result.relpath}: {reason}", file=sys.stderr)
+        report.append({"file": result.relpath, "reason": reason})
+      for record in result.records:
+        writers[result.split].write(record.data)
+        split_stats = stats[result.split]
+        split_stats["num_sequences"] += 1
+        split_stats["num_notes"] += record.num_notes
+        split_stats["total_seconds"] += record.total_time
+        pitch_range = [min(pitch_range[0], record.min_pitch),
+                       max(pitch_range[1], record.max_pitch)]
+  except BaseException:
+    for writer in writers.values():
+      writer.abort()
+    raise
+  for split, writer in writers.items():
+    paths = writer.close()
+    stats[split]["shards"] = [os.path.basename(p) for p in paths]
+    stats[split]["total_seconds"] = round(stats[split]["total_seconds"], 3)
+    if not paths:
+      print(f"warning: split {split!r} is empty", file=sys.stderr)
+  shards.write_json_atomic(os.path.join(output_dir, REPORT_FILE), report)
+  if not any(s["num_sequences"] for s in stats.values()):
+    raise ValueError(f"No file in {input_path} could be converted; see "
+                     f"{os.path.join(output_dir, REPORT_FILE)}")
+  metadata = {
+      "format_version": shards.FORMAT_VERSION,
+      "source": source,
+      "collection": collection,
+      "splits": stats,
+      "pitch_range": pitch_range,
+      "settings": settings,
+      "skipped": len(report),
+      "created_by": "musegen_jax.prepare",
+  }
+  shards.write_metadata(output_dir, metadata)
+  return metadata
+
+
+def default_cache_dir() -> str:
+  """$MUSEGEN_JAX_CACHE, else $XDG_CACHE_HOME/musegen_jax, else ~/.cache/musegen_jax."""
+  if os.environ.get("MUSEGEN_JAX_CACHE"):
+    return os.environ["MUSEGEN_JAX_CACHE"]
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "musegen_jax")
+
+
+def ensure_default_dataset(cache_dir: str | None = None) -> str:
+  """Prepares the bundled JSB Chorales once and returns the dataset folder.
+
+  Safe when several processes call it at once: each prepares into its own
+  temporary folder and renames it into place; the first rename wins.
+
+  Args:
+    cache_dir: the cache root; None for `default_cache_dir()`.
+
+  Returns:
+    `{cache_dir}/jsb_chorales_v1`, holding shards and metadata.json.
+  """
+  cache_dir = cache_dir or default_cache_dir()
+  target = os.path.join(cache_dir, DEFAULT_DATASET_NAME)
+  marker = os.path.join(target, shards.METADATA_FILE)
+  if os.path.isfile(marker):
+    return target
+  os.makedirs(cache_dir, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{DEFAULT_DATASET_NAME}.tmp-", dir=cache_dir)
+  try:
+    prepare(JSB_INPUT, tmp, num_workers=0, progress=False)
+    try:
+      os.rename(tmp, target)  # Atomic; fails if another process got there first.
+    except OSError:
+      if not os.path.isfile(marker):
+        raise FileExistsError(f"{target} exists but is not a prepared dataset; remove it")
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return target
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  flag = flags.FLAGS
+  write_midi = flag.write_midi
+  if flag.input == JSB_INPUT and write_midi is None:
+    write_midi = os.path.join(flag.output, "midi")
+  metadata = prepare(os.path.expanduser(flag.input), flag.output,
+                     num_workers=flag.num_workers, num_shards=flag.num_shards,
+                     valid_fraction=flag.valid_fraction, test_fraction=flag.test_fraction,
+                     write_midi=write_midi)
+  for split, s in metadata["splits"].items():
+    print(f"{split}: {s['num_sequences']} sequences, {s['num_notes']} notes, "
+          f"{s['total_seconds']:.0f} s in {len(s['shards'])} shards")
+  print(f"skipped {metadata['skipped']}; wrote {flag.output}")
+
+
+def run() -> None:
+  """Console entry point. Flags are defined here, so importing this module defines none."""
+  flags.DEFINE_string("input", None, "Folder of .mid/.midi/.xml/.mxl/.musicxml/.abc files, "
+                      "or 'jsb' for the bundled JSB Chorales (a folder named jsb: ./jsb).")
+  flags.DEFINE_string("output", None, "Dataset folder to write.")
+  flags.DEFINE_integer("num_workers", None,
+                       "Conversion processes; default min(cpus, 8); 0 or 1: in-process.")
+  flags.DEFINE_integer("num_shards", 4, "Most shards per split.")
+  flags.DEFINE_float("valid_fraction", 0.1, "Share of hash-split files in valid.")
+  flags.DEFINE_float("test_fraction", 0.1, "Share of hash-split files in test.")
+  flags.DEFINE_string("write_midi", None,
+                      "Also write each sequence as MIDI here (default for jsb: OUTPUT/midi).")
+  flags.mark_flags_as_required(["input", "output"])
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

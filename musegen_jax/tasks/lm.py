@@ -1,0 +1,143 @@
+"""Next-token language modelling over event tokens (performance, chord_token).
+
+Batches are {"tokens": [batch, seq_len + 1] int32}; inputs are tokens[:, :-1],
+targets tokens[:, 1:], and padding targets carry zero weight. A model is any
+linen module called as `model(tokens, train=..., carry=...) -> (logits,
+carry)`, where `carry` is what lets sampling continue one token at a time
+(the LSTM's recurrent state).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+from ml_collections import config_dict
+
+from musegen_jax import models
+
+Array = jax.Array
+
+
+class LanguageModelTask:
+  """Loss, steps and sampling of an autoregressive token model."""
+
+  def __init__(self, config: config_dict.ConfigDict, representation: Any):
+    self.config = config
+    self.representation = representation
+    self.pad_id = int(representation.pad_id)
+    self.eos_id = int(representation.eos_id)
+    self.vocab_size = int(representation.vocab_size)
+    self.model: nn.Module = models.create_model(config.model, self.vocab_size)
+
+  def init_params(self, rng: Array) -> Any:
+    tokens = jnp.zeros((1, self.config.data.seq_len), jnp.int32)
+    return self.model.init({"params": rng}, tokens, train=False)["params"]
+
+  def example_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    return {"tokens": jax.ShapeDtypeStruct(
+        (batch_size, self.config.data.seq_len + 1), jnp.int32)}
+
+  def _sums(self, params, tokens: Array, rng: Array | None, train: bool):
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    weights = (targets != self.pad_id).astype(jnp.float32)
+    logits, _ = self.model.apply(
+        {"params": params}, inputs, train=train,
+        rngs=None if rng is None else {"dropout": rng})
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    return {"loss_sum": jnp.sum(losses * weights),
+            "correct_sum": jnp.sum(correct * weights),
+            "weight_sum": jnp.sum(weights)}
+
+  def train_step(self, state: train_state.TrainState, batch: dict[str, Array],
+                 rng: Array) -> tuple[train_state.TrainState, dict[str, Array]]:
+    """One AdamW update; the dropout key is `rng` folded with the step."""
+    rng = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params):
+      sums = self._sums(params, batch["tokens"], rng, train=True)
+      return sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1.0), sums
+
+    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads)
+    return state, {"loss": loss,
+                   "accuracy": sums["correct_sum"] / jnp.maximum(sums["weight_sum"], 1.0),
+                   "grad_norm": optax.global_norm(grads)}
+
+  def eval_step(self, params: Any, batch: dict[str, Array]) -> dict[str, Array]:
+    """Metric sums over a batch; `summarize` turns their totals into means."""
+    return self._sums(params, batch["tokens"], None, train=False)
+
+  @staticmethod
+  def summarize(sums: dict[str, float]) -> dict[str, float]:
+    n = max(float(sums["weight_sum"]), 1.0)
+    loss = float(sums["loss_sum"]) / n
+    return {"loss": loss, "accuracy": float(sums["correct_sum"]) / n,
+            "perplexity": float(np.exp(min(loss, 50.0)))}
+
+  def sample(self, params: Any, rng: Array, primer: Array, *, length: int,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+             ) -> Array:
+    """Continues `primer` by `length` tokens, carrying the model state.
+
+    Args:
+      params: model parameters.
+      rng: sampling key.
+      primer: [batch, primer_len] int32, primer_len >= 1 (e.g. one EOS token
+        to start from nothing).
+      length: number of tokens to generate.
+      temperature, top_k, top_p: sampling filters (top_k=0, top_p=1: off).
+
+    Returns:
+      [batch, length] int32; after a sample's EOS, PAD.
+    """
+    return sample_tokens(self.model, params, rng, primer, length=length,
+                         temperature=float(temperature), top_k=int(top_k),
+                         top_p=float(top_p), eos_id=self.eos_id,
+                         pad_id=self.pad_id)
+
+
+def filter_logits(logits: Array, top_k: int, top_p: float) -> Array:
+  """Masks logits outside the top-k tokens and the top-p nucleus."""
+  if top_k > 0:
+    kth = jnp.sort(logits, axis=-1)[..., -top_k][..., None]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, -1), -1)
+    # Keep the smallest set whose mass reaches top_p (always the top token).
+    keep = cumulative - jax.nn.softmax(sorted_logits, -1) < top_p
+    threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), -1, keepdims=True)
+    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+  return logits
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=(
+    "length", "temperature", "top_k", "top_p", "eos_id", "pad_id"))
+def sample_tokens(model: nn.Module, params: Any, rng: Array, primer: Array, *,
+                  length: int, temperature: float, top_k: int, top_p: float,
+                  eos_id: int, pad_id: int) -> Array:
+  """One compiled loop: prime the carry, then draw `length` tokens."""
+  logits, carry = model.apply({"params": params}, primer, train=False)
+
+  def step(state, step_rng):
+    logits, carry, done = state
+    scaled = filter_logits(logits / temperature, top_k, top_p)
+    token = jax.random.categorical(step_rng, scaled).astype(jnp.int32)
+    token = jnp.where(done, pad_id, token)
+    done = done | (token == eos_id)
+    logits, carry = model.apply({"params": params}, token[:, None],
+                                train=False, carry=carry)
+    return (logits[:, -1], carry, done), token
+
+  done = jnp.zeros(primer.shape[:1], bool)
+  _, tokens = jax.lax.scan(step, (logits[:, -1], carry, done),
+                           jax.random.split(rng, length))
+  return tokens.T

@@ -1,0 +1,260 @@
+"""The task-agnostic training loop: init or resume, step, eval, log, checkpoint.
+
+`train_and_evaluate(config, workdir)` is the whole job. The loop never asks
+which model it trains: the task (`musegen_jax/tasks/`) owns the loss and the
+compiled steps, the pipeline (`data/pipeline.py`) the batches. Each step's key
+is the config seed folded with the step number, and the data iterator's
+position is in every checkpoint, so a resumed run repeats an uninterrupted
+one exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+from absl import logging
+from flax.training import train_state
+from ml_collections import config_dict
+
+from musegen_jax import checkpoint
+from musegen_jax import parallel
+from musegen_jax import tasks
+from musegen_jax.data import pipeline
+from musegen_jax.metrics import MetricWriter
+
+TrainState = train_state.TrainState
+
+
+def create_learning_rate_fn(config: config_dict.ConfigDict) -> optax.Schedule:
+  """Linear warmup to `learning_rate`, then cosine decay to the end factor."""
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.learning_rate,
+      warmup_steps=config.warmup_steps,
+      decay_steps=max(config.num_train_steps, config.warmup_steps + 1),
+      end_value=config.learning_rate * config.end_learning_rate_factor)
+
+
+def create_optimizer(config: config_dict.ConfigDict) -> optax.GradientTransformation:
+  """AdamW with global-norm gradient clipping on the shared schedule."""
+  return optax.chain(
+      optax.clip_by_global_norm(config.grad_clip_norm),
+      optax.adamw(create_learning_rate_fn(config), b1=config.adam_b1,
+                  b2=config.adam_b2, weight_decay=config.weight_decay))
+
+
+def check_config(config: config_dict.ConfigDict) -> None:
+  """Rejects out-of-range values before anything is compiled."""
+  positive = {"batch_size": config.batch_size,
+              "num_train_steps": config.num_train_steps,
+              "log_every_steps": config.log_every_steps,
+              "eval_every_steps": config.eval_every_steps,
+              "checkpoint_every_steps": config.checkpoint_every_steps,
+              "keep_checkpoints": config.keep_checkpoints,
+              "data.seq_len": config.data.seq_len,
+              "learning_rate": config.learning_rate}
+  for key, value in positive.items():
+    if not value > 0:
+      raise ValueError(f"config.{key}={value!r} must be > 0")
+  non_negative = {"warmup_steps": config.warmup_steps,
+                  "weight_decay": config.weight_decay,
+                  "grad_clip_norm": config.grad_clip_norm,
+                  "data.num_workers": config.data.num_workers,
+                  "model.dropout_rate": config.model.dropout_rate}
+  for key, value in non_negative.items():
+    if value < 0:
+      raise ValueError(f"config.{key}={value!r} must be >= 0")
+  if not 0 <= config.model.dropout_rate < 1:
+    raise ValueError(f"config.model.dropout_rate={config.model.dropout_rate} "
+                     "must be in [0, 1)")
+  parallel.check_parallelism(config.parallelism, config.batch_size)
+
+
+def resolve_data_dir(config: config_dict.ConfigDict) -> str:
+  """The prepared dataset to train on; the bundled chorales by default."""
+  if config.data.dir:
+    return config.data.dir
+  from musegen_jax.prepare import ensure_default_dataset
+  return ensure_default_dataset()
+
+
+def create_train_state(task, config: config_dict.ConfigDict, mesh,
+                       rng: jax.Array) -> TrainState:
+  """Initializes parameters and optimizer state directly replicated on `mesh`."""
+  tx = create_optimizer(config)
+
+  def init(rng):
+    return TrainState.create(apply_fn=task.model.apply,
+                             params=task.init_params(rng), tx=tx)
+
+  return jax.jit(init, out_shardings=parallel.replicated(mesh))(rng)
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+  """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
+  stop = threading.Event()
+  if threading.current_thread() is not threading.main_thread():
+    yield stop
+    return
+  previous = {}
+
+  def handler(signum, frame):
+    del frame
+    if stop.is_set():  # A second Ctrl-C stops at once.
+      signal.signal(signum, signal.SIG_DFL)
+      os.kill(os.getpid(), signum)
+    logging.warning("Signal %d: saving a checkpoint after this step.", signum)
+    stop.set()
+
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    previous[signum] = signal.signal(signum, handler)
+  try:
+    yield stop
+  finally:
+    for signum, old in previous.items():
+      signal.signal(signum, old)
+
+
+def evaluate(eval_step, summarize, params, windows: np.ndarray, mesh,
+             batch_size: int, pad_value: int, num_batches: int) -> dict[str, float]:
+  """Runs `eval_step` over fixed valid windows and summarizes the totals."""
+  totals = None
+  for i, batch in enumerate(pipeline.eval_batches(windows, batch_size, pad_value)):
+    if 0 <= num_batches <= i:
+      break
+    sums = eval_step(params, parallel.global_batch(batch, mesh))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  return summarize(jax.device_get(totals))
+
+
+def _write_run_files(workdir: str, config: config_dict.ConfigDict,
+                     representation_spec: dict[str, Any]) -> None:
+  """Records the config and representation that export needs."""
+  for name, obj in (("config.json", config.to_dict()),
+                    ("representation.json", representation_spec)):
+    path = os.path.join(workdir, name)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
+                       stop_at_step: int | None = None) -> TrainState:
+  """Trains `config` in `workdir`, resuming from its newest checkpoint.
+
+  Args:
+    config: a config from `configs/`.
+    workdir: checkpoints, TensorBoard events, `train_log.jsonl` and the
+      config go here.
+    stop_at_step: stop (with a checkpoint) at this step instead of
+      `num_train_steps`, as a preemption would; the schedule is unchanged.
+
+  Returns:
+    The final train state.
+  """
+  check_config(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = parallel.create_mesh()
+
+  data_dir = resolve_data_dir(config)
+  representation = pipeline.load_representation(config.data.representation, data_dir)
+  task = tasks.create_task(config, representation)
+  is_chief = jax.process_index() == 0
+  if is_chief:
+    _write_run_files(workdir, config, pipeline.representation_spec(representation))
+
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  state = create_train_state(task, config, mesh, init_rng)
+  train_ds = pipeline.create_train_dataset(
+      data_dir, representation, seq_len=config.data.seq_len,
+      global_batch_size=config.batch_size, seed=config.seed,
+      num_workers=config.data.num_workers,
+      prefetch_buffer_size=config.data.prefetch_buffer_size)
+  train_iter = iter(train_ds)
+
+  manager = checkpoint.create_manager(os.path.join(workdir, "checkpoints"),
+                                      keep=config.keep_checkpoints)
+  restored = checkpoint.restore_latest(
+      manager, checkpoint.with_sharding(jax.eval_shape(lambda: state),
+                                        parallel.replicated(mesh)), train_iter)
+  start_step = 0
+  if restored is not None:
+    state, start_step = restored
+    logging.info("Resumed from step %d in %s", start_step, workdir)
+
+  state_sharding = parallel.replicated(mesh)
+  data_sharding = parallel.batch_sharding(mesh)
+  train_step = jax.jit(task.train_step,
+                       in_shardings=(state_sharding, data_sharding, None),
+                       out_shardings=(state_sharding, None), donate_argnums=0)
+  eval_step = jax.jit(task.eval_step, in_shardings=(state_sharding, data_sharding))
+  learning_rate_fn = create_learning_rate_fn(config)
+  valid_windows = pipeline.eval_windows(
+      data_dir, representation, seq_len=config.data.seq_len,
+      max_windows=(None if config.num_eval_batches < 0
+                   else config.num_eval_batches * config.batch_size))
+
+  writer = MetricWriter(workdir, enabled=is_chief)
+  last_step = config.num_train_steps if stop_at_step is None else min(
+      stop_at_step, config.num_train_steps)
+  pending: list[tuple[int, dict[str, jax.Array]]] = []
+  step = start_step
+  with _stop_on_signals() as stop, tqdm.tqdm(
+      total=config.num_train_steps, initial=start_step, disable=not is_chief,
+      unit="step", dynamic_ncols=True) as bar:
+    t_log = time.perf_counter()
+    while step < last_step:
+      batch = parallel.global_batch(next(train_iter), mesh)
+      state, metrics = train_step(state, batch, step_rng)
+      step += 1
+      pending.append((step, metrics))
+      bar.update(1)
+
+      if step % config.log_every_steps == 0 or step == last_step or stop.is_set():
+        rows = jax.device_get(pending)
+        pending = []
+        now = time.perf_counter()
+        steps_per_sec = len(rows) / max(now - t_log, 1e-9)
+        t_log = now
+        writer.write_steps("train", rows)
+        summary = {k: float(np.mean([m[k] for _, m in rows])) for k in rows[0][1]}
+        summary.update(learning_rate=float(learning_rate_fn(step - 1)),
+                       steps_per_sec=steps_per_sec)
+        writer.write_scalars(step, summary, prefix="train")
+        bar.set_postfix(loss=f"{summary['loss']:.4f}", refresh=False)
+
+      valid_loss = None
+      if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+        valid = evaluate(eval_step, task.summarize, state.params, valid_windows,
+                         mesh, config.batch_size, representation.pad_id,
+                         config.num_eval_batches)
+        valid_loss = valid["loss"]
+        writer.write_scalars(step, valid, prefix="valid")
+        bar.write(f"step {step}: valid " + ", ".join(
+            f"{k} {v:.4f}" for k, v in valid.items()))
+
+      if (step % config.checkpoint_every_steps == 0 or step == last_step
+          or stop.is_set() or valid_loss is not None):
+        checkpoint.save(manager, step, state, train_iter, valid_loss=valid_loss,
+                        force=True)
+      if stop.is_set():
+        logging.warning("Stopped at step %d; the same command resumes.", step)
+        break
+
+  manager.wait_until_finished()
+  manager.close()
+  writer.close()
+  return state
