@@ -11,6 +11,7 @@ import warnings
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 warnings.filterwarnings("ignore", message="Couldn't find ffmpeg or avconv")
@@ -26,6 +27,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    # orbax and grain log every save at INFO; keep the console to our own lines.
+    logging.set_verbosity(logging.WARNING)
   from musegen_jax import train  # After flag parsing: keeps --help fast.
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 

@@ -122,61 +122,14 @@ def _jsb_results() -> Iterator[_FileResult]:
       yield _FileResult(ns.id, split, [_to_record(ns)], [])
 
 
-def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
-            num_shards: int = 4, valid_fraction: float = 0.1, test_fraction: float = 0.1,
-            write_midi: str | None = None, progress: bool = True) -> dict[str, Any]:
-  """Converts a corpus into shards, prepare_report.json and (last) metadata.json.
-
-  Args:
-    input_path: a folder of music files, or "jsb" for the bundled chorales.
-    output_dir: the dataset folder; created if needed. Shards and metadata of an
-      earlier run there are replaced.
-    num_workers: conversion processes; None for min(cpu count, 8), 0 or 1 to
-      convert in this process.
-    num_shards: the most shards per split.
-    valid_fraction: share of hash-split files in valid (folders only).
-    test_fraction: share of hash-split files in test (folders only).
-    write_midi: if set, also write every converted sequence as MIDI under
-      `write_midi/{split}/`.
-    progress: show a tqdm bar on stderr.
+def _write_shards(results: Iterable[_FileResult], total: int, output_dir: str, num_shards: int,
+                  report: list[dict[str, str]], progress: bool,
+                  ) -> tuple[dict[str, dict[str, Any]], list[int]]:
+  """Writes the records of all results; appends their problems to report.
 
   Returns:
-    The metadata written to metadata.json.
-
-  Raises:
-    FileNotFoundError: input_path is neither "jsb" nor a folder.
-    ValueError: bad settings, or no file could be converted.
+    Per-split statistics for metadata.json, and [lowest, highest] pitch.
   """
-  if num_workers is None:
-    num_workers = min(os.cpu_count() or 1, 8)
-  shards.split_for_path("x", valid_fraction, test_fraction)  # Validates the fractions.
-  os.makedirs(output_dir, exist_ok=True)
-  shards.remove_shards(output_dir)
-  report: list[dict[str, str]] = []
-  if input_path == JSB_INPUT:
-    source, collection = JSB_INPUT, jsb.JSB_COLLECTION
-    settings = {"num_shards": num_shards, "qpm": jsb.JSB_QPM, "velocity": jsb.JSB_VELOCITY}
-    results: Iterable[_FileResult] = _jsb_results()
-    total = sum(len(pieces) for pieces in jsb.load_jsb_frames().values())
-    if write_midi:
-      jsb.write_jsb_midi(write_midi)
-  elif os.path.isdir(input_path):
-    source = os.path.abspath(input_path)
-    collection = os.path.basename(source)
-    settings = {"num_shards": num_shards, "valid_fraction": valid_fraction,
-                "test_fraction": test_fraction}
-    files, unsupported = _find_files(input_path, [output_dir] + ([write_midi] if write_midi else []))
-    report += [{"file": f, "reason": f"unsupported extension {os.path.splitext(f)[1]!r}"}
-               for f in unsupported]
-    convert_fn = functools.partial(
-        _convert_file, root=input_path, collection=collection, valid_fraction=valid_fraction,
-        test_fraction=test_fraction, midi_dir=write_midi)
-    results, total = _map(convert_fn, files, num_workers), len(files)
-  else:
-    raise FileNotFoundError(f"--input={input_path!r} is neither {JSB_INPUT!r} nor a folder")
-  for entry in report:
-    print(f"skipped {entry['file']}: {entry['reason']}", file=sys.stderr)
-
   writers = {split: shards.SplitWriter(output_dir, split, num_shards) for split in shards.SPLITS}
   stats = {split: {"num_sequences": 0, "num_notes": 0, "total_seconds": 0.0}
            for split in shards.SPLITS}
@@ -205,6 +158,68 @@ def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
     stats[split]["total_seconds"] = round(stats[split]["total_seconds"], 3)
     if not paths:
       print(f"warning: split {split!r} is empty", file=sys.stderr)
+  return stats, pitch_range
+
+
+def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
+            num_shards: int = 4, valid_fraction: float = 0.1, test_fraction: float = 0.1,
+            write_midi: str | None = None, progress: bool = True) -> dict[str, Any]:
+  """Converts a corpus into shards, prepare_report.json and (last) metadata.json.
+
+  Args:
+    input_path: a folder of music files, or "jsb" for the bundled chorales.
+    output_dir: the dataset folder; created if needed. Shards and metadata of an
+      earlier run there are replaced.
+    num_workers: conversion processes; None for min(cpu count, 8), 0 or 1 to
+      convert in this process.
+    num_shards: the most shards per split.
+    valid_fraction: share of hash-split files in valid (folders only).
+    test_fraction: share of hash-split files in test (folders only).
+    write_midi: if set, also write every converted sequence as MIDI under
+      `write_midi/{split}/`.
+    progress: show a tqdm bar on stderr.
+
+  Returns:
+    The metadata written to metadata.json.
+
+  Raises:
+    FileNotFoundError: input_path is neither "jsb" nor a folder.
+    ValueError: bad settings, or no file could be converted.
+  """
+  if num_workers is None:
+    num_workers = min(os.cpu_count() or 1, 8)
+  # Check everything before an earlier dataset in output_dir is removed.
+  if input_path != JSB_INPUT and not os.path.isdir(input_path):
+    raise FileNotFoundError(f"--input={input_path!r} is neither {JSB_INPUT!r} nor a folder")
+  if num_shards < 1:
+    raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+  shards.check_fractions(valid_fraction, test_fraction)
+  os.makedirs(output_dir, exist_ok=True)
+  shards.remove_shards(output_dir)
+  report: list[dict[str, str]] = []
+  if input_path == JSB_INPUT:
+    source, collection = JSB_INPUT, jsb.JSB_COLLECTION
+    settings = {"num_shards": num_shards, "qpm": jsb.JSB_QPM, "velocity": jsb.JSB_VELOCITY}
+    results: Iterable[_FileResult] = _jsb_results()
+    total = sum(len(pieces) for pieces in jsb.load_jsb_frames().values())
+    if write_midi:
+      jsb.write_jsb_midi(write_midi)
+  else:
+    source = os.path.abspath(input_path)
+    collection = os.path.basename(source)
+    settings = {"num_shards": num_shards, "valid_fraction": valid_fraction,
+                "test_fraction": test_fraction}
+    files, unsupported = _find_files(input_path, [output_dir, write_midi or output_dir])
+    report += [{"file": f, "reason": f"unsupported extension {os.path.splitext(f)[1]!r}"}
+               for f in unsupported]
+    convert_fn = functools.partial(
+        _convert_file, root=input_path, collection=collection, valid_fraction=valid_fraction,
+        test_fraction=test_fraction, midi_dir=write_midi)
+    results, total = _map(convert_fn, files, num_workers), len(files)
+  for entry in report:
+    print(f"skipped {entry['file']}: {entry['reason']}", file=sys.stderr)
+
+  stats, pitch_range = _write_shards(results, total, output_dir, num_shards, report, progress)
   shards.write_json_atomic(os.path.join(output_dir, REPORT_FILE), report)
   if not any(s["num_sequences"] for s in stats.values()):
     raise ValueError(f"No file in {input_path} could be converted; see "
@@ -269,10 +284,13 @@ def main(argv: Sequence[str]) -> None:
   write_midi = flag.write_midi
   if flag.input == JSB_INPUT and write_midi is None:
     write_midi = os.path.join(flag.output, "midi")
-  metadata = prepare(os.path.expanduser(flag.input), flag.output,
-                     num_workers=flag.num_workers, num_shards=flag.num_shards,
-                     valid_fraction=flag.valid_fraction, test_fraction=flag.test_fraction,
-                     write_midi=write_midi)
+  try:
+    metadata = prepare(os.path.expanduser(flag.input), flag.output,
+                       num_workers=flag.num_workers, num_shards=flag.num_shards,
+                       valid_fraction=flag.valid_fraction, test_fraction=flag.test_fraction,
+                       write_midi=write_midi)
+  except (FileNotFoundError, ValueError) as e:
+    raise app.UsageError(str(e)) from e
   for split, s in metadata["splits"].items():
     print(f"{split}: {s['num_sequences']} sequences, {s['num_notes']} notes, "
           f"{s['total_seconds']:.0f} s in {len(s['shards'])} shards")

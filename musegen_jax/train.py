@@ -149,6 +149,10 @@ def _write_run_files(workdir: str, config: config_dict.ConfigDict,
     os.replace(path + ".tmp", path)
 
 
+def _format(values: dict[str, float]) -> str:
+  return ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+
+
 def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
                        stop_at_step: int | None = None) -> TrainState:
   """Trains `config` in `workdir`, resuming from its newest checkpoint.
@@ -193,7 +197,8 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
   start_step = 0
   if restored is not None:
     state, start_step = restored
-    logging.info("Resumed from step %d in %s", start_step, workdir)
+    if is_chief:
+      print(f"Resumed from step {start_step} in {workdir}", flush=True)
 
   state_sharding = parallel.replicated(mesh)
   data_sharding = parallel.batch_sharding(mesh)
@@ -235,6 +240,8 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
                        steps_per_sec=steps_per_sec)
         writer.write_scalars(step, summary, prefix="train")
         bar.set_postfix(loss=f"{summary['loss']:.4f}", refresh=False)
+        if step % (config.log_every_steps * 10) == 0:
+          bar.write(f"step {step}: train " + _format(summary))
 
       valid_loss = None
       if step % config.eval_every_steps == 0 or step == config.num_train_steps:
@@ -243,15 +250,15 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
                          config.num_eval_batches)
         valid_loss = valid["loss"]
         writer.write_scalars(step, valid, prefix="valid")
-        bar.write(f"step {step}: valid " + ", ".join(
-            f"{k} {v:.4f}" for k, v in valid.items()))
+        bar.write(f"step {step}: valid " + _format(valid))
 
       if (step % config.checkpoint_every_steps == 0 or step == last_step
           or stop.is_set() or valid_loss is not None):
         checkpoint.save(manager, step, state, train_iter, valid_loss=valid_loss,
                         force=True)
       if stop.is_set():
-        logging.warning("Stopped at step %d; the same command resumes.", step)
+        if is_chief:
+          print(f"Stopped at step {step}; the same command resumes.", flush=True)
         break
 
   manager.wait_until_finished()

@@ -17,6 +17,7 @@ import os
 from typing import Any, Iterator
 
 import grain
+from absl import flags
 import jax
 import numpy as np
 
@@ -127,6 +128,10 @@ def create_train_dataset(data_dir: str, representation, *, seq_len: int,
       num_threads=2, prefetch_buffer_size=prefetch_buffer_size))
   ds = ds.batch(global_batch_size // jax.process_count(), drop_remainder=True)
   if num_workers > 0:
+    if not flags.FLAGS.is_parsed():
+      # grain's workers read absl flags; outside an absl app (notebooks,
+      # tests) use their defaults.
+      flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return ds
 

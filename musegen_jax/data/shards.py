@@ -204,6 +204,13 @@ def remove_shards(data_dir: str) -> None:
       os.remove(os.path.join(data_dir, name))
 
 
+def check_fractions(valid_fraction: float, test_fraction: float) -> None:
+  """Raises ValueError unless both are >= 0 and they leave some files for train."""
+  if not (0 <= valid_fraction and 0 <= test_fraction and valid_fraction + test_fraction < 1):
+    raise ValueError(f"Need 0 <= fractions and valid + test < 1, got "
+                     f"valid_fraction={valid_fraction}, test_fraction={test_fraction}")
+
+
 def split_for_path(relpath: str, valid_fraction: float = 0.1,
                    test_fraction: float = 0.1) -> str:
   """Assigns a file to "train", "valid" or "test".
@@ -220,9 +227,7 @@ def split_for_path(relpath: str, valid_fraction: float = 0.1,
   Returns:
     The split name.
   """
-  if not (0 <= valid_fraction and 0 <= test_fraction and valid_fraction + test_fraction < 1):
-    raise ValueError(f"Need 0 <= fractions and valid + test < 1, got "
-                     f"valid_fraction={valid_fraction}, test_fraction={test_fraction}")
+  check_fractions(valid_fraction, test_fraction)
   parts = relpath.replace(os.sep, "/").split("/")
   for part in parts[:-1]:
     if part.lower() in _SPLIT_DIRS:

@@ -69,7 +69,7 @@ class LanguageModelTask:
     state = state.apply_gradients(grads=grads)
     return state, {"loss": loss,
                    "accuracy": sums["correct_sum"] / jnp.maximum(sums["weight_sum"], 1.0),
-                   "grad_norm": optax.global_norm(grads)}
+                   "grad_norm": optax.tree.norm(grads)}
 
   def eval_step(self, params: Any, batch: dict[str, Array]) -> dict[str, Array]:
     """Metric sums over a batch; `summarize` turns their totals into means."""

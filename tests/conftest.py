@@ -1,0 +1,46 @@
+"""Test setup: 8 forced CPU devices and a private, session-wide data cache.
+
+XLA_FLAGS must be set before jax is imported anywhere, so it is set here, at
+collection time. Subprocesses started by tests inherit both variables.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]).strip()
+os.environ.setdefault("MUSEGEN_JAX_CACHE", tempfile.mkdtemp(prefix="musegen_jax_test_cache-"))
+
+import pytest  # pylint: disable=wrong-import-position
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def jsb_data_dir() -> str:
+  """The bundled JSB Chorales prepared into shards (once per session)."""
+  from musegen_jax.prepare import ensure_default_dataset
+  return ensure_default_dataset()
+
+
+def load_config(name: str, variant: str | None = "smoke", **overrides):
+  """`get_config(variant)` of configs/<name>.py, locked as the command line does.
+
+  Keyword overrides use "__" for nesting: `model__hidden_size=16`.
+  """
+  spec = importlib.util.spec_from_file_location(
+      f"configs_{name}", os.path.join(REPO_ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(variant)
+  config.lock()
+  for key, value in overrides.items():
+    *parents, leaf = key.split("__")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    setattr(node, leaf, value)
+  return config
