@@ -7,6 +7,7 @@ r"""Trains a config in a workdir; running the same command again resumes.
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 from absl import app
@@ -34,9 +35,21 @@ def main(argv: list[str]) -> None:
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a one-line error for a misspelt config key."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # Raised by a locked ConfigDict.
+    cause = e
+    while cause.args and isinstance(cause.args[0], Exception):
+      cause = cause.args[0]
+    detail = str(cause.args[0] if cause.args else cause).replace("\n", " ")
+    sys.exit(f"FATAL bad config override: unknown key {detail}")
+
+
 def run() -> None:
   """Console-script entry point."""
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,440 @@
+r"""Benchmarks of the training step, the input pipeline and sampling.
+
+    python -m musegen_jax.bench --config=configs/lstm.py --bench=train
+    python -m musegen_jax.bench --config=configs/lstm.py --bench=data
+    python -m musegen_jax.bench --config=configs/lstm.py --bench=sample
+
+Each prints one JSON line. The code measured is the code that trains: the task
+from `tasks.create_task`, the state from `train.create_train_state`, and the
+step jitted as `train.py` does it (donated state, shardings over
+`parallel.create_mesh()`).
+
+- train: a fixed shape (`TRAIN_SHAPE`: performance vocabulary of 390, the
+  config's model family at embedding 256, 3 layers of 512, dropout 0.1,
+  batch 32, sequence 128, float32) on random tokens, so figures compare across
+  commits and with `musegen_jax.bench_torch`. FLOPs come from the analytic
+  matmul count (`models.lstm.train_matmul_flops`); XLA's `cost_analysis()` of
+  the compiled step is reported beside it. `mfu` divides the achieved FLOP/s
+  by a float32 matmul roof measured here (`roof_gflops`).
+- data: the real grain pipeline at the config's shape and workers, examples/s
+  after warm-up, against a short train timing at the same shape
+  (`data_over_train` should be >= 5).
+- sample: tokens/s of `task.sample` (carried recurrent state, compile
+  excluded) against re-running the model on the whole prefix for each token.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import time
+import warnings
+from typing import Any, Callable
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+warnings.filterwarnings("ignore", message="Couldn't find ffmpeg or avconv")
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Training config file, optionally with ':variant'.",
+    lock_config=True)
+flags.DEFINE_enum("bench", "train", ["train", "data", "sample"], "What to time.")
+flags.DEFINE_integer("steps", 10, "Timed train steps (after warm-up).")
+flags.DEFINE_integer("warmup", 2, "Untimed train steps after compilation.")
+flags.DEFINE_integer("roof_size", 2048, "Side of the float32 matmul timed as the roof.")
+flags.DEFINE_integer("data_batches", 100, "Timed batches of the data benchmark.")
+flags.DEFINE_integer("data_warmup", 10, "Untimed batches first (workers start).")
+flags.DEFINE_integer("ratio_steps", 5,
+                     "Train steps timed at the config's shape for the data "
+                     "benchmark's ratio (0: skip).")
+flags.DEFINE_integer("sample_batch", 16, "Samples drawn in parallel.")
+flags.DEFINE_integer("sample_length", 1024, "Tokens per sample.")
+flags.DEFINE_integer("sample_repeats", 3, "Timed runs of the carried sampler.")
+flags.DEFINE_integer("baseline_tokens", 256,
+                     "Tokens the recompute baseline really generates; its cost "
+                     "for the rest is summed from per-length timings.")
+flags.DEFINE_integer("baseline_bucket", 64,
+                     "The recompute baseline pads prefixes to a multiple of "
+                     "this (one compiled program per length).")
+flags.mark_flags_as_required(["config"])
+
+# The fixed shape of the train benchmark (see module docstring).
+TRAIN_SHAPE = {"vocab_size": 390, "embed_dim": 256, "hidden_size": 512,
+               "num_layers": 3, "dropout_rate": 0.1, "batch_size": 32,
+               "seq_len": 128}
+
+
+def _import_jax():
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def device_description() -> str:
+  """Backend, device kind and count (and the CPU model and cores on CPU)."""
+  jax = _import_jax()
+  dev = jax.devices()[0]
+  text = f"{jax.default_backend()}: {jax.device_count()} x {dev.device_kind}"
+  if jax.default_backend() == "cpu":
+    text += f" ({_cpu_model()}, {os.cpu_count()} cores)"
+  return text
+
+
+def peak_rss_mb() -> float:
+  """Peak resident memory of this process (Linux reports KiB)."""
+  return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _load() -> float:
+  return round(os.getloadavg()[0], 2)
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
+  """(median, min) wall time of `fn()` over `repeats` calls."""
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times), min(times)
+
+
+def measure_matmul_roof(size: int, repeats: int = 10) -> float:
+  """GFLOP/s of one jitted float32 [size, size] @ [size, size] on device 0."""
+  jax = _import_jax()
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  ka, kb = jax.random.split(jax.random.PRNGKey(0))
+  a = jax.random.normal(ka, (size, size), jnp.float32)
+  b = jax.random.normal(kb, (size, size), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  for _ in range(2):
+    matmul(a, b).block_until_ready()
+  seconds, _ = median_seconds(lambda: matmul(a, b).block_until_ready(), repeats)
+  return 2 * size**3 / seconds / 1e9
+
+
+def _xla_flops(compiled) -> float | None:
+  """FLOPs that XLA's cost analysis gives a compiled program, if any."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if not cost or "flops" not in cost:
+    return None
+  return float(cost["flops"])
+
+
+def fixed_train_config(config):
+  """`config` at TRAIN_SHAPE (model family and optimizer kept)."""
+  config = config.copy_and_resolve_references()
+  config.data.representation = "performance"
+  config.model.embed_dim = TRAIN_SHAPE["embed_dim"]
+  config.model.hidden_size = TRAIN_SHAPE["hidden_size"]
+  config.model.num_layers = TRAIN_SHAPE["num_layers"]
+  config.model.dropout_rate = TRAIN_SHAPE["dropout_rate"]
+  config.model.dtype = "float32"
+  config.batch_size = TRAIN_SHAPE["batch_size"]
+  config.data.seq_len = TRAIN_SHAPE["seq_len"]
+  return config
+
+
+def _representation(config):
+  from musegen_jax import train  # pylint: disable=import-outside-toplevel
+  from musegen_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from musegen_jax.data import representations  # pylint: disable=import-outside-toplevel
+  name = config.data.representation
+  if name == "chord_token":  # Its vocabulary is learnt from the data.
+    return pipeline.load_representation(name, train.resolve_data_dir(config))
+  return representations.get_representation(name)
+
+
+def _model_shape(config, vocab_size: int) -> dict[str, Any]:
+  shape = {"vocab_size": vocab_size}
+  for key in ("embed_dim", "hidden_size", "num_layers", "dropout_rate", "dtype"):
+    if key in config.model:
+      shape[key] = config.model[key]
+  shape.update(batch_size=config.batch_size, seq_len=config.data.seq_len)
+  return shape
+
+
+def time_train_step(config, *, steps: int, warmup: int) -> dict[str, Any]:
+  """Compiles and times the real train step on random token batches."""
+  jax = _import_jax()
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from musegen_jax import parallel  # pylint: disable=import-outside-toplevel
+  from musegen_jax import tasks  # pylint: disable=import-outside-toplevel
+  from musegen_jax import train  # pylint: disable=import-outside-toplevel
+
+  train.check_config(config)
+  representation = _representation(config)
+  task = tasks.create_task(config, representation)
+  mesh = parallel.create_mesh()
+  init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  state = train.create_train_state(task, config, mesh, init_rng)
+  state_sharding = parallel.replicated(mesh)
+  data_sharding = parallel.batch_sharding(mesh)
+  train_step = jax.jit(task.train_step,
+                       in_shardings=(state_sharding, data_sharding, None),
+                       out_shardings=(state_sharding, None), donate_argnums=0)
+
+  # Random tokens that avoid PAD (0), so every position carries weight.
+  vocab = int(representation.vocab_size)
+  host_rng = np.random.default_rng(0)
+  batches = [{"tokens": host_rng.integers(
+      2, vocab, (config.batch_size, config.data.seq_len + 1), dtype=np.int32)}
+             for _ in range(4)]
+
+  t0 = time.perf_counter()
+  compiled = train_step.lower(state, parallel.global_batch(batches[0], mesh),
+                              step_rng).compile()
+  compile_s = time.perf_counter() - t0
+
+  times = []
+  for i in range(warmup + steps):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, parallel.global_batch(batches[i % 4], mesh),
+                              step_rng)
+    jax.block_until_ready(metrics["loss"])
+    if i >= warmup:
+      times.append(time.perf_counter() - t0)
+  if not np.isfinite(float(metrics["loss"])):
+    raise FloatingPointError(f"train loss is {float(metrics['loss'])}")
+  step_s = statistics.median(times)
+  result = _model_shape(config, vocab)
+  result.update(
+      model=config.model.name,
+      examples_per_sec=round(config.batch_size / step_s, 2),
+      tokens_per_sec=round(config.batch_size * config.data.seq_len / step_s, 1),
+      step_ms=round(step_s * 1e3, 1),
+      step_ms_min=round(min(times) * 1e3, 1),
+      steps=steps,
+      compile_s=round(compile_s, 2))
+  result["_compiled"] = compiled
+  return result
+
+
+def bench_train(config) -> dict[str, Any]:
+  """The train step at TRAIN_SHAPE: speed, FLOP/s and utilization."""
+  from musegen_jax.models import lstm  # pylint: disable=import-outside-toplevel
+  config = fixed_train_config(config)
+  load_before = _load()
+  result = time_train_step(config, steps=FLAGS.steps, warmup=FLAGS.warmup)
+  compiled = result.pop("_compiled")
+  step_s = result["step_ms"] / 1e3
+  xla_flops = _xla_flops(compiled)
+  flops = None
+  if config.model.name == "lstm":
+    flops = lstm.train_matmul_flops(**{k: result[k] for k in (
+        "vocab_size", "embed_dim", "hidden_size", "num_layers", "batch_size",
+        "seq_len")})
+  roof = measure_matmul_roof(FLAGS.roof_size)
+  source = "analytic matmul count (3x forward)"
+  if flops is None and xla_flops is not None:
+    flops, source = xla_flops, "xla cost_analysis"
+  out = {"bench": "train", **result, "device": device_description()}
+  out.update(
+      flops_per_step=flops,
+      flops_source=source,
+      xla_cost_analysis_flops=xla_flops,
+      gflops_per_sec=None if flops is None else round(flops / step_s / 1e9, 1),
+      roof_gflops=round(roof, 1),
+      roof_source=f"jax float32 {FLAGS.roof_size}^3 matmul, median of 10",
+      mfu=None if flops is None else round(flops / step_s / 1e9 / roof, 3),
+      peak_rss_mb=peak_rss_mb(),
+      loadavg_1m_before=load_before,
+      loadavg_1m_after=_load(),
+      note="random token batches; dropout as the default config")
+  return out
+
+
+def bench_data(config) -> dict[str, Any]:
+  """The real grain pipeline at the config's shape, against the train step."""
+  from musegen_jax import train  # pylint: disable=import-outside-toplevel
+  from musegen_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  train.check_config(config)
+  out: dict[str, Any] = {"bench": "data"}
+  train_eps = None
+  if FLAGS.ratio_steps > 0:
+    # Timed first: the grain workers below keep prefetching in the background.
+    timing = time_train_step(config, steps=FLAGS.ratio_steps, warmup=1)
+    timing.pop("_compiled")
+    train_eps = timing["examples_per_sec"]
+    out["train_step_ms"] = timing["step_ms"]
+  data_dir = train.resolve_data_dir(config)
+  representation = pipeline.load_representation(config.data.representation, data_dir)
+  ds = pipeline.create_train_dataset(
+      data_dir, representation, seq_len=config.data.seq_len,
+      global_batch_size=config.batch_size, seed=config.seed,
+      num_workers=config.data.num_workers,
+      prefetch_buffer_size=config.data.prefetch_buffer_size)
+  it = iter(ds)
+  t0 = time.perf_counter()
+  for _ in range(FLAGS.data_warmup):
+    batch = next(it)
+  warmup_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  for _ in range(FLAGS.data_batches):
+    batch = next(it)
+  seconds = time.perf_counter() - t0
+  examples = FLAGS.data_batches * config.batch_size
+  tokens = batch["tokens"]
+  data_eps = examples / seconds
+  out.update(
+      representation=config.data.representation,
+      batch_size=config.batch_size,
+      seq_len=config.data.seq_len,
+      batch_shape=list(tokens.shape),
+      num_workers=config.data.num_workers,
+      batches=FLAGS.data_batches,
+      warmup_batches=FLAGS.data_warmup,
+      warmup_s=round(warmup_s, 2),
+      examples_per_sec=round(data_eps, 1),
+      tokens_per_sec=round(data_eps * config.data.seq_len, 1),
+      train_examples_per_sec=train_eps,
+      data_over_train=None if not train_eps else round(data_eps / train_eps, 1),
+      device=device_description(),
+      peak_rss_mb=peak_rss_mb(),
+      note="train timing at the same config shape on random tokens, run "
+           "before the pipeline starts")
+  del it, ds
+  return out
+
+
+def _bucket(length: int, bucket: int) -> int:
+  return bucket * math.ceil(length / bucket)
+
+
+def bench_sample(config) -> dict[str, Any]:
+  """Carried-state sampling against recomputing the whole prefix per token."""
+  jax = _import_jax()
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from musegen_jax import tasks  # pylint: disable=import-outside-toplevel
+
+  representation = _representation(config)
+  task = tasks.create_task(config, representation)
+  params = jax.jit(task.init_params)(jax.random.PRNGKey(config.seed))
+  batch, length = FLAGS.sample_batch, FLAGS.sample_length
+  primer = jnp.full((batch, 1), task.eos_id, jnp.int32)
+  rng = jax.random.PRNGKey(1)
+
+  def carried():
+    return jax.block_until_ready(task.sample(params, rng, primer, length=length))
+
+  t0 = time.perf_counter()
+  carried()
+  first_s = time.perf_counter() - t0
+  carried_s, carried_min_s = median_seconds(carried, FLAGS.sample_repeats)
+
+  # Baseline: each token runs the model over the whole prefix so far, padded
+  # to a multiple of `bucket` (one compiled program per padded length; the
+  # model is causal, so padding does not change the logits used).
+  bucket = FLAGS.baseline_bucket
+  model = task.model
+
+  def recompute_step(params, buffer, pos, rng, padded):
+    logits, _ = model.apply({"params": params}, buffer[:, :padded], train=False)
+    token = jax.random.categorical(rng, logits[:, pos - 1]).astype(jnp.int32)
+    return buffer.at[:, pos].set(token)
+
+  recompute = jax.jit(recompute_step, static_argnums=4)
+  buffer0 = jnp.zeros((batch, length + 1), jnp.int32).at[:, 0].set(task.eos_id)
+  n_measured = min(FLAGS.baseline_tokens, length)
+  padded_lengths = sorted({_bucket(p, bucket) for p in range(1, length + 1)})
+  keys = jax.random.split(rng, length + 1)
+  t0 = time.perf_counter()
+  for padded in padded_lengths:  # Compile excluded, as for the carried sampler.
+    recompute(params, buffer0, 1, keys[0], padded).block_until_ready()
+  baseline_compile_s = time.perf_counter() - t0
+
+  buffer = buffer0
+  t0 = time.perf_counter()
+  for pos in range(1, n_measured + 1):
+    buffer = recompute(params, buffer, pos, keys[pos], _bucket(pos, bucket))
+  buffer.block_until_ready()
+  measured_s = time.perf_counter() - t0
+  # The remaining tokens: the per-call time of each longer padded length,
+  # times the number of tokens that use it.
+  rest_s = 0.0
+  per_length_ms = {}
+  for padded in padded_lengths:
+    users = [p for p in range(n_measured + 1, length + 1)
+             if _bucket(p, bucket) == padded]
+    if not users:
+      continue
+    call_s, _ = median_seconds(
+        lambda padded=padded: recompute(params, buffer, users[0], keys[0],
+                                        padded).block_until_ready(), 2)
+    per_length_ms[padded] = round(call_s * 1e3, 2)
+    rest_s += call_s * len(users)
+  baseline_s = measured_s + rest_s
+
+  carried_tps = batch * length / carried_s
+  return {
+      "bench": "sample",
+      **_model_shape(config, int(representation.vocab_size)),
+      "sample_batch": batch,
+      "sample_length": length,
+      "tokens_per_sec": round(carried_tps, 1),
+      "sample_s": round(carried_s, 3),
+      "sample_s_min": round(carried_min_s, 3),
+      "step_ms": round(carried_s / length * 1e3, 3),
+      "compile_s": round(first_s - carried_s, 2),
+      "compile_note": "first call minus the median timed call",
+      "baseline": "model over the whole prefix per token, padded to a "
+                  f"multiple of {bucket}",
+      "baseline_tokens": n_measured,
+      "baseline_measured_s": round(measured_s, 3),
+      "baseline_rest_per_call_ms": per_length_ms,
+      "baseline_est_s": round(baseline_s, 2),
+      "baseline_tokens_per_sec": round(batch * length / baseline_s, 1),
+      "baseline_compile_s": round(baseline_compile_s, 2),
+      "speedup_first_baseline_tokens": round(
+          measured_s / (carried_s * n_measured / length), 1),
+      "speedup": round(baseline_s / carried_s, 1),
+      "device": device_description(),
+      "peak_rss_mb": peak_rss_mb(),
+      "note": f"random init params; the baseline ran {n_measured} tokens, its "
+              "cost for the remaining tokens is the measured per-call time of "
+              "their padded length",
+  }
+
+
+BENCHMARKS = {"train": bench_train, "data": bench_data, "sample": bench_sample}
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  result = BENCHMARKS[FLAGS.bench](FLAGS.config)
+  print(json.dumps(result), flush=True)
+
+
+def run() -> None:
+  """Console-script entry point."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
