@@ -69,11 +69,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.data.seq_len = 64
     config.data.num_workers = 0
     config.batch_size = 16
-    config.num_train_steps = 150
+    config.num_train_steps = 500
     config.learning_rate = 3e-3
     config.warmup_steps = 10
     config.log_every_steps = 10
-    config.eval_every_steps = 50
+    config.eval_every_steps = 250
     config.num_eval_batches = 4
-    config.checkpoint_every_steps = 50
+    config.checkpoint_every_steps = 250
   return config

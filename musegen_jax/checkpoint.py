@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -32,11 +33,14 @@ def create_manager(directory: str, *, keep: int, async_save: bool = True
   policy = ocp.checkpoint_managers.AnyPreservationPolicy([
       ocp.checkpoint_managers.LatestN(n=keep),
       ocp.checkpoint_managers.BestN(
-          get_metric_fn=lambda m: m["valid_loss"], reverse=True, n=1,
+          get_metric_fn=_valid_loss, reverse=True, n=1,
           keep_checkpoints_without_metrics=False),
   ])
   options = ocp.CheckpointManagerOptions(
       preservation_policy=policy, enable_async_checkpointing=async_save,
+      # Setting best_fn makes orbax write each step's metrics to disk, so the
+      # best checkpoint is still known (and kept) after a restart.
+      best_fn=_valid_loss, best_mode="min",
       create=True, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(
       os.path.abspath(directory), options=options,
@@ -45,17 +49,33 @@ def create_manager(directory: str, *, keep: int, async_save: bool = True
                      "data": grain.checkpoint.CheckpointHandler()})
 
 
+def _valid_loss(metrics: dict[str, float]) -> float:
+  return metrics["valid_loss"]
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
          data_iter: Any, *, valid_loss: float | None = None,
          force: bool = False) -> bool:
-  """Saves state and data iterator at `step` (asynchronously)."""
-  metrics = None if valid_loss is None else {"valid_loss": float(valid_loss)}
+  """Saves state and data iterator at `step` (asynchronously).
+
+  A step without an eval is recorded with an infinite valid loss: never the
+  best, kept only while it is among the newest.
+  """
+  metrics = {"valid_loss": math.inf if valid_loss is None else float(valid_loss)}
   return manager.save(
       step,
       args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
           data=grain.checkpoint.CheckpointSave(data_iter)),
       metrics=metrics, force=force)
+
+
+def best_step(manager: ocp.CheckpointManager) -> int | None:
+  """The kept step with the lowest valid loss, or None when none has one."""
+  scored = [(metrics["valid_loss"], step) for step in manager.all_steps()
+            if (metrics := manager.metrics(step))
+            and math.isfinite(metrics.get("valid_loss", math.inf))]
+  return min(scored)[1] if scored else None
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,

@@ -58,7 +58,7 @@ def export(workdir: str, output: str, which: str = "latest") -> str:
   if which == "latest":
     step = manager.latest_step()
   elif which == "best":
-    step = manager.best_step()
+    step = checkpoint.best_step(manager)
     if step is None:
       raise ValueError(f"{workdir}: no checkpoint has a valid loss yet; use "
                        "--checkpoint=latest.")

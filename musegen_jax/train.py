@@ -263,5 +263,6 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
 
   manager.wait_until_finished()
   manager.close()
+  train_iter.close()  # Stops grain's worker processes and frees their memory.
   writer.close()
   return state
