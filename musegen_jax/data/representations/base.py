@@ -8,6 +8,7 @@ an exported model can rebuild the exact encoder it was trained with:
 
 from __future__ import annotations
 
+import abc
 import math
 import warnings
 from typing import Any, ClassVar
@@ -26,7 +27,7 @@ TICKS_PER_QUARTER = 220
 DEFAULT_VELOCITY = 80
 
 
-class Representation:
+class Representation(abc.ABC):
   """An encoder/decoder pair between NoteSequences and arrays.
 
   Subclasses set `name` and implement `settings`, `encode` and `decode`.
@@ -35,15 +36,17 @@ class Representation:
 
   name: ClassVar[str] = ""
 
+  @abc.abstractmethod
   def settings(self) -> dict[str, Any]:
     """Returns the JSON-able constructor arguments that rebuild this object."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def encode(self, ns: NoteSequence) -> np.ndarray:
-    raise NotImplementedError
+    """NoteSequence -> the model's array."""
 
+  @abc.abstractmethod
   def decode(self, x: np.ndarray) -> NoteSequence:
-    raise NotImplementedError
+    """The model's array -> NoteSequence."""
 
   def __eq__(self, other: object) -> bool:
     return (type(self) is type(other) and
@@ -69,8 +72,9 @@ class TokenRepresentation(Representation):
   eos_id: ClassVar[int] = 1
 
   @property
+  @abc.abstractmethod
   def vocab_size(self) -> int:
-    raise NotImplementedError
+    """Number of token ids, specials included."""
 
 
 def new_sequence(qpm: float = DEFAULT_QPM) -> NoteSequence:
