@@ -59,6 +59,16 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.checkpoint_every_steps = 1_000
   # Checkpoints kept: the newest `keep_checkpoints` plus the best by valid loss.
   config.keep_checkpoints = 3
+  # Every sample_every_steps (0: never) write MIDI + piano-roll PNG samples
+  # to WORKDIR/samples/STEP/ and the piano rolls to TensorBoard.
+  config.sample_every_steps = 2_000
+  config.sample = config_dict.ConfigDict()
+  config.sample.num_samples = 4
+  config.sample.length = 1_024
+  config.sample.temperature = 1.0
+  config.sample.top_k = 0
+  config.sample.top_p = 0.95
+
   # "jit": one program over a Mesh of all devices ("pmap" comes with scale-out).
   config.parallelism = "jit"
 
@@ -76,4 +86,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.eval_every_steps = 250
     config.num_eval_batches = 4
     config.checkpoint_every_steps = 250
+    config.sample_every_steps = 500
+    config.sample.num_samples = 2
+    config.sample.length = 256
   return config

@@ -43,11 +43,8 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
     raise ValueError(f"temperature={temperature} must be > 0, top_p={top_p} in "
                      f"(0, 1], top_k={top_k} >= 0")
   import jax
-  import numpy as np
-  import note_seq
 
   from musegen_jax import checkpoint
-  from musegen_jax import plots
   from musegen_jax import tasks
   from musegen_jax.data import convert
   from musegen_jax.data import pipeline
@@ -55,26 +52,15 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
   bundle = checkpoint.load_bundle(export_dir)
   representation = pipeline.representation_from_spec(bundle.representation)
   task = tasks.create_task(bundle.config, representation)
-  prime = np.asarray([representation.eos_id], np.int32)
+  prime = None
   if primer:
-    primer_ns = convert.file_to_note_sequence(primer)
-    prime = pipeline.encode_with_boundary(representation, primer_ns)[:-1]
-  prime = np.tile(prime.astype(np.int32)[None], (num_samples, 1))
-  tokens = task.sample(bundle.params, jax.random.PRNGKey(seed), prime,
-                       length=length, temperature=temperature, top_k=top_k,
-                       top_p=top_p)
-  tokens = np.asarray(jax.device_get(tokens))
-
-  os.makedirs(output_dir, exist_ok=True)
-  paths = []
-  for i, row in enumerate(tokens):
-    ns = representation.decode(np.concatenate([prime[i, 1:], row]))
-    path = os.path.join(output_dir, f"sample_{i:03d}.mid")
-    note_seq.sequence_proto_to_midi_file(ns, path)
-    plots.plot_pianoroll(ns, path[:-4] + ".png",
-                         title=f"sample {i} (seed {seed}, step {bundle.step})")
-    paths.append(path)
-  return paths
+    prime = pipeline.encode_with_boundary(
+        representation, convert.file_to_note_sequence(primer))[:-1]
+  return task.write_samples(
+      bundle.params, jax.random.PRNGKey(seed), output_dir,
+      num_samples=num_samples, length=length, temperature=temperature,
+      top_k=top_k, top_p=top_p, primer=prime,
+      title=f"seed {seed}, step {bundle.step}: ")
 
 
 def main(argv: list[str]) -> None:

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import jax
+import matplotlib.image as plt_image
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -149,6 +150,21 @@ def _write_run_files(workdir: str, config: config_dict.ConfigDict,
     os.replace(path + ".tmp", path)
 
 
+def _write_samples(task, config, params, rng, workdir: str, step: int,
+                   writer: MetricWriter, is_chief: bool) -> None:
+  """Writes samples to WORKDIR/samples/STEP and their pictures to TensorBoard."""
+  directory = os.path.join(workdir, "samples", str(step)) if is_chief else None
+  paths = task.write_samples(
+      params, rng, directory, num_samples=config.sample.num_samples,
+      length=config.sample.length, temperature=config.sample.temperature,
+      top_k=config.sample.top_k, top_p=config.sample.top_p,
+      title=f"step {step}: ")
+  for i, path in enumerate(paths):
+    image = plt_image.imread(os.path.splitext(path)[0] + ".png")
+    writer.write_image(step, f"samples/{i}",
+                       (image[..., :3] * 255).astype(np.uint8))
+
+
 def _format(values: dict[str, float]) -> str:
   return ", ".join(f"{k} {v:.4g}" for k, v in values.items())
 
@@ -180,7 +196,7 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
     _write_run_files(workdir, config, pipeline.representation_spec(representation))
 
   rng = jax.random.PRNGKey(config.seed)
-  init_rng, step_rng = jax.random.split(rng)
+  init_rng, step_rng, sample_rng = jax.random.split(rng, 3)
   state = create_train_state(task, config, mesh, init_rng)
   train_ds = pipeline.create_train_dataset(
       data_dir, representation, seq_len=config.data.seq_len,
@@ -251,6 +267,11 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
         valid_loss = valid["loss"]
         writer.write_scalars(step, valid, prefix="valid")
         bar.write(f"step {step}: valid " + _format(valid))
+
+      if config.sample_every_steps and step % config.sample_every_steps == 0:
+        _write_samples(task, config, state.params,
+                       jax.random.fold_in(sample_rng, step), workdir, step,
+                       writer, is_chief)
 
       if (step % config.checkpoint_every_steps == 0 or step == last_step
           or stop.is_set() or valid_loss is not None):

@@ -10,17 +10,20 @@ carry)`, where `carry` is what lets sampling continue one token at a time
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import note_seq
 import numpy as np
 import optax
 from flax.training import train_state
 from ml_collections import config_dict
 
 from musegen_jax import models
+from musegen_jax import plots
 
 Array = jax.Array
 
@@ -102,6 +105,43 @@ class LanguageModelTask:
                          temperature=float(temperature), top_k=int(top_k),
                          top_p=float(top_p), eos_id=self.eos_id,
                          pad_id=self.pad_id)
+
+
+  def write_samples(self, params: Any, rng: Array, directory: str | None, *,
+                    num_samples: int, length: int, temperature: float = 1.0,
+                    top_k: int = 0, top_p: float = 1.0,
+                    primer: np.ndarray | None = None, title: str = "") -> list[str]:
+    """Samples, decodes and writes `sample_NNN.mid` + `.png` into `directory`.
+
+    Args:
+      params, rng: model parameters and sampling key.
+      directory: created if missing; None samples without writing (the
+        non-chief processes of a multi-host run).
+      num_samples, length, temperature, top_k, top_p: see `sample`.
+      primer: optional [primer_len] tokens (starting with EOS) to continue;
+        it is kept at the start of each written sample.
+      title: prefix of each PNG's title.
+
+    Returns:
+      The MIDI paths.
+    """
+    if primer is None:
+      primer = np.asarray([self.eos_id], np.int32)
+    prime = np.tile(np.asarray(primer, np.int32)[None], (num_samples, 1))
+    tokens = np.asarray(jax.device_get(self.sample(
+        params, rng, prime, length=length, temperature=temperature,
+        top_k=top_k, top_p=top_p)))
+    if directory is None:
+      return []
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for i, row in enumerate(tokens):
+      ns = self.representation.decode(np.concatenate([prime[i, 1:], row]))
+      path = os.path.join(directory, f"sample_{i:03d}.mid")
+      note_seq.sequence_proto_to_midi_file(ns, path)
+      plots.plot_pianoroll(ns, path[:-4] + ".png", title=f"{title}sample {i}")
+      paths.append(path)
+    return paths
 
 
 def filter_logits(logits: Array, top_k: int, top_p: float) -> Array:
