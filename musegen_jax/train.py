@@ -211,10 +211,14 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
       manager, checkpoint.with_sharding(jax.eval_shape(lambda: state),
                                         parallel.replicated(mesh)), train_iter)
   start_step = 0
+  say = print if is_chief else (lambda *args, **kwargs: None)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  say(f"{config.task}/{config.model.name}: {num_params:,} parameters, "
+      f"{config.data.representation} data from {data_dir}, "
+      f"{jax.device_count()} {jax.default_backend()} device(s)", flush=True)
   if restored is not None:
     state, start_step = restored
-    if is_chief:
-      print(f"Resumed from step {start_step} in {workdir}", flush=True)
+    say(f"Resumed from step {start_step} in {workdir}", flush=True)
 
   state_sharding = parallel.replicated(mesh)
   data_sharding = parallel.batch_sharding(mesh)
@@ -256,7 +260,7 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
                        steps_per_sec=steps_per_sec)
         writer.write_scalars(step, summary, prefix="train")
         bar.set_postfix(loss=f"{summary['loss']:.4f}", refresh=False)
-        if step % (config.log_every_steps * 10) == 0:
+        if step % (config.log_every_steps * 10) == 0 and is_chief:
           bar.write(f"step {step}: train " + _format(summary))
 
       valid_loss = None
@@ -266,7 +270,8 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
                          config.num_eval_batches)
         valid_loss = valid["loss"]
         writer.write_scalars(step, valid, prefix="valid")
-        bar.write(f"step {step}: valid " + _format(valid))
+        if is_chief:
+          bar.write(f"step {step}: valid " + _format(valid))
 
       if config.sample_every_steps and step % config.sample_every_steps == 0:
         _write_samples(task, config, state.params,
@@ -278,8 +283,7 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
         checkpoint.save(manager, step, state, train_iter, valid_loss=valid_loss,
                         force=True)
       if stop.is_set():
-        if is_chief:
-          print(f"Stopped at step {step}; the same command resumes.", flush=True)
+        say(f"Stopped at step {step}; the same command resumes.", flush=True)
         break
 
   manager.wait_until_finished()
