@@ -9,12 +9,13 @@ from `tasks.create_task`, the state from `train.create_train_state`, and the
 step jitted as `train.py` does it (donated state, shardings over
 `parallel.create_mesh()`).
 
-- train: a fixed shape (`TRAIN_SHAPE`: performance vocabulary of 390, the
-  config's model family at embedding 256, 3 layers of 512, dropout 0.1,
-  batch 32, sequence 128, float32) on random tokens, so figures compare across
-  commits and with `musegen_jax.bench_torch`. FLOPs come from the analytic
-  matmul count (`models.lstm.train_matmul_flops`); XLA's `cost_analysis()` of
-  the compiled step is reported beside it. `mfu` divides the achieved FLOP/s
+- train: a fixed shape (`TRAIN_SHAPE`: performance vocabulary of 390, LSTM
+  with embedding 256, 3 layers of 512, dropout 0.1, batch 32, sequence 128,
+  float32) on random tokens, so figures compare across commits and with
+  `musegen_jax.bench_torch`. FLOPs come from the analytic matmul count
+  (`models.lstm.train_matmul_flops`); XLA's `cost_analysis()` of the compiled
+  step is reported beside it, but it counts each while-loop body once and so
+  misses most recurrent matmuls. `mfu` divides the achieved FLOP/s
   by a float32 matmul roof measured here (`roof_gflops`).
 - data: the real grain pipeline at the config's shape and workers, examples/s
   after warm-up, against a short train timing at the same shape
@@ -50,7 +51,7 @@ flags.DEFINE_enum("bench", "train", ["train", "data", "sample"], "What to time."
 flags.DEFINE_integer("steps", 10, "Timed train steps (after warm-up).")
 flags.DEFINE_integer("warmup", 2, "Untimed train steps after compilation.")
 flags.DEFINE_integer("roof_size", 2048, "Side of the float32 matmul timed as the roof.")
-flags.DEFINE_integer("data_batches", 100, "Timed batches of the data benchmark.")
+flags.DEFINE_integer("data_batches", 300, "Timed batches of the data benchmark.")
 flags.DEFINE_integer("data_warmup", 10, "Untimed batches first (workers start).")
 flags.DEFINE_integer("ratio_steps", 5,
                      "Train steps timed at the config's shape for the data "
@@ -145,7 +146,10 @@ def _xla_flops(compiled) -> float | None:
 
 
 def fixed_train_config(config):
-  """`config` at TRAIN_SHAPE (model family and optimizer kept)."""
+  """`config` at TRAIN_SHAPE (optimizer and the rest of the config kept)."""
+  if config.model.name != "lstm":
+    raise ValueError(f"--bench=train has a fixed shape for config.model.name="
+                     f"'lstm' only, not {config.model.name!r}")
   config = config.copy_and_resolve_references()
   config.data.representation = "performance"
   config.model.embed_dim = TRAIN_SHAPE["embed_dim"]
@@ -168,13 +172,20 @@ def _representation(config):
   return representations.get_representation(name)
 
 
-def _model_shape(config, vocab_size: int) -> dict[str, Any]:
+def _model_shape(config, vocab_size: int, *, batch: bool = True) -> dict[str, Any]:
   shape = {"vocab_size": vocab_size}
   for key in ("embed_dim", "hidden_size", "num_layers", "dropout_rate", "dtype"):
     if key in config.model:
       shape[key] = config.model[key]
-  shape.update(batch_size=config.batch_size, seq_len=config.data.seq_len)
+  if batch:
+    shape.update(batch_size=config.batch_size, seq_len=config.data.seq_len)
   return shape
+
+
+def _environment() -> dict[str, str]:
+  """Settings outside the config that change CPU speed."""
+  return {k: os.environ[k] for k in ("XLA_FLAGS", "GLIBC_TUNABLES")
+          if k in os.environ}
 
 
 def time_train_step(config, *, steps: int, warmup: int) -> dict[str, Any]:
@@ -263,6 +274,7 @@ def bench_train(config) -> dict[str, Any]:
       peak_rss_mb=peak_rss_mb(),
       loadavg_1m_before=load_before,
       loadavg_1m_after=_load(),
+      env=_environment(),
       note="random token batches; dropout as the default config")
   return out
 
@@ -314,9 +326,12 @@ def bench_data(config) -> dict[str, Any]:
       data_over_train=None if not train_eps else round(data_eps / train_eps, 1),
       device=device_description(),
       peak_rss_mb=peak_rss_mb(),
-      note="train timing at the same config shape on random tokens, run "
-           "before the pipeline starts")
-  del it, ds
+      env=_environment())
+  if train_eps:
+    out["note"] = ("train timed at the same config shape on random tokens, "
+                   "before the pipeline started")
+  if hasattr(it, "close"):  # Stops grain's worker processes.
+    it.close()
   return out
 
 
@@ -391,7 +406,7 @@ def bench_sample(config) -> dict[str, Any]:
   carried_tps = batch * length / carried_s
   return {
       "bench": "sample",
-      **_model_shape(config, int(representation.vocab_size)),
+      **_model_shape(config, int(representation.vocab_size), batch=False),
       "sample_batch": batch,
       "sample_length": length,
       "tokens_per_sec": round(carried_tps, 1),
@@ -413,6 +428,7 @@ def bench_sample(config) -> dict[str, Any]:
       "speedup": round(baseline_s / carried_s, 1),
       "device": device_description(),
       "peak_rss_mb": peak_rss_mb(),
+      "env": _environment(),
       "note": f"random init params; the baseline ran {n_measured} tokens, its "
               "cost for the remaining tokens is the measured per-call time of "
               "their padded length",

@@ -13,6 +13,7 @@ compare (`pip install torch`).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import time
@@ -34,6 +35,17 @@ flags.DEFINE_integer("roof_size", 2048, "Side of the float32 matmul timed as the
 TRAIN_SHAPE = {"vocab_size": 390, "embed_dim": 256, "hidden_size": 512,
                "num_layers": 3, "dropout_rate": 0.1, "batch_size": 32,
                "seq_len": 128}
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
 
 
 def _import_torch():
@@ -119,7 +131,7 @@ def bench_lstm(torch) -> dict:
       "bench": "torch_lstm_train",
       **shape,
       "dtype": "float32",
-      "device": f"cpu ({platform.processor() or platform.machine()}), "
+      "device": f"cpu ({_cpu_model()}, {os.cpu_count()} cores), "
                 f"torch {torch.__version__}, {torch.get_num_threads()} threads",
       "examples_per_sec": round(batch / step_s, 2),
       "tokens_per_sec": round(batch * seq_len / step_s, 1),
@@ -135,6 +147,7 @@ def bench_lstm(torch) -> dict:
       "roof_gflops": round(roof, 1),
       "roof_source": f"torch float32 {FLAGS.roof_size}^3 matmul",
       "mfu": round(flops / step_s / 1e9 / roof, 3),
+      "env": {k: os.environ[k] for k in ("GLIBC_TUNABLES",) if k in os.environ},
   }
 
 

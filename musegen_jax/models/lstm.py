@@ -2,9 +2,19 @@
 
 Each layer computes its input-to-hidden projection for all time steps at once
 (one large matmul); only the recurrent matmul runs inside the time loop. The
-recurrence has a hand-written backward pass, as fused RNN kernels do: the
-reverse scan carries only the recurrent gradient, and the recurrent weight
-gradient is one matmul over all time steps afterwards.
+layer has a hand-written backward pass, as fused RNN kernels do: the forward
+loop saves the gate derivatives it already has at hand, the reverse loop
+carries only the recurrent gradient, and the input gradient and all weight
+gradients are large matmuls over every time step afterwards.
+
+What made it fast on a 2-core CPU (measurements in BUILD_NOTES.md):
+- activations stay time-major ([time, batch, features]) from the embedding
+  lookup to the head, so no layer transposes its input or output;
+- one tanh evaluates all four gates (sigmoid(x) = (1 + tanh(x / 2)) / 2);
+- the forward loop writes its residuals over the input projections and the
+  backward loop its gradients over the residuals, in place: fewer fresh
+  pages to fault in per step;
+- dropout masks compare raw random bits instead of converting them to floats.
 """
 
 from __future__ import annotations
@@ -20,24 +30,98 @@ Array = jax.Array
 Carry = tuple[Array, Array]
 
 
-def _gates(pre: Array) -> tuple[Array, Array, Array, Array]:
-  i, f, g, o = jnp.split(pre, 4, axis=-1)
-  return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+def _gate_scale(hidden: int, dtype) -> Array:
+  """0.5 for the sigmoid gates (i, f, o), 1 for the tanh gate (g).
+
+  sigmoid(x) = (1 + tanh(x / 2)) / 2, so one tanh over all four gates
+  evaluates every nonlinearity of a step in a single pass.
+  """
+  half = jnp.full((hidden,), 0.5, dtype)
+  return jnp.concatenate([half, half, jnp.ones((hidden,), dtype), half])
 
 
-def _forward(xproj: Array, w_hh: Array, h0: Array, c0: Array):
-  """Runs the recurrence; returns outputs, final carry and backward residuals."""
+def _gates(pre: Array, scale: Array) -> tuple[Array, Array, Array, Array]:
+  """Gate activations (i, f, g, o) from pre-activations [batch, 4 * hidden]."""
+  hidden = pre.shape[-1] // 4
+  a = jnp.tanh(pre * scale)
+  i = 0.5 * a[:, :hidden] + 0.5
+  f = 0.5 * a[:, hidden:2 * hidden] + 0.5
+  g = a[:, 2 * hidden:3 * hidden]
+  o = 0.5 * a[:, 3 * hidden:] + 0.5
+  return i, f, g, o
 
-  def step(carry, x_t):
-    h, c = carry
-    i, f, g, o = _gates(x_t + (h @ w_hh).astype(x_t.dtype))
+
+def _recurrent_matmul(h: Array, w_hh: Array, dtype) -> Array:
+  return jnp.dot(h, w_hh, preferred_element_type=dtype)
+
+
+def _scan_forward(xproj, bias, w_hh, h0, c0, *, save: bool):
+  """The forward loop; with `save`, also the backward loop's residuals.
+
+  With dc the gradient of a step's new cell state and dh that of its new
+  hidden state, the gradient of its pre-activations is [dc, dc, dc, dh] * m,
+  where m = [g i(1-i), c_prev f(1-f), i(1-g^2), tanh(c) o(1-o)]; dc itself
+  gains dh * p with p = o (1 - tanh(c)^2), and the previous cell's gradient
+  is dc * f. Saving m, p and f leaves the backward loop one matmul and a few
+  multiply-adds per step. m is written over xproj, step by step, in the
+  loop-carried buffer (XLA updates it in place).
+
+  Returns:
+    ((h_T, c_T), hs), or with `save` ((h_T, c_T), (hs, m, p, f)).
+  """
+  scale = _gate_scale(h0.shape[-1], xproj.dtype)
+
+  def cell(h, c, x_t):
+    i, f, g, o = _gates(x_t + bias + _recurrent_matmul(h, w_hh, x_t.dtype), scale)
     c_new = f * c + i * g
     tanh_c = jnp.tanh(c_new)
     h_new = (o * tanh_c).astype(h.dtype)
-    return (h_new, c_new), (h_new, c_new, jnp.concatenate([i, f, g, o], -1))
+    return i, f, g, o, c_new, tanh_c, h_new
 
-  (h_t, c_t), (hs, cs, acts) = jax.lax.scan(step, (h0, c0), xproj)
-  return hs, h_t, c_t, (cs, acts)
+  if not save:
+    def step(carry, x_t):
+      h, c = carry
+      *_, c_new, _, h_new = cell(h, c, x_t)
+      return (h_new, c_new), h_new
+    return jax.lax.scan(step, (h0, c0), xproj)
+
+  def step_save(carry, t):
+    h, c, buf = carry
+    x_t = jax.lax.dynamic_index_in_dim(buf, t, keepdims=False)
+    i, f, g, o, c_new, tanh_c, h_new = cell(h, c, x_t)
+    m = jnp.concatenate([g * i * (1.0 - i), c * f * (1.0 - f),
+                         i * (1.0 - g * g), tanh_c * o * (1.0 - o)], -1)
+    p = o * (1.0 - tanh_c * tanh_c)
+    buf = jax.lax.dynamic_update_index_in_dim(buf, m, t, 0)
+    return (h_new, c_new, buf), (h_new, p, f)
+
+  (h_t, c_t, m), (hs, p, f) = jax.lax.scan(
+      step_save, (h0, c0, xproj), jnp.arange(xproj.shape[0]))
+  return (h_t, c_t), (hs, m, p, f)
+
+
+def _scan_backward(w_hh, m, p, f, d_hs, d_ht, d_ct):
+  """The reverse loop; returns (d_pre [time, batch, 4 * hidden], dh0, dc0).
+
+  d_pre is written over m in the loop-carried buffer.
+  """
+  w_t = w_hh.T
+
+  def step(carry, inputs):
+    dh_next, dc_next, buf = carry
+    t, dh_out, p_t, f_t = inputs
+    m_t = jax.lax.dynamic_index_in_dim(buf, t, keepdims=False)
+    dh = dh_out + dh_next
+    dc = dc_next + dh * p_t
+    d_pre = jnp.concatenate([dc, dc, dc, dh], -1) * m_t
+    dh_prev = _recurrent_matmul(d_pre, w_t, dh.dtype)
+    buf = jax.lax.dynamic_update_index_in_dim(buf, d_pre, t, 0)
+    return (dh_prev, dc * f_t, buf), None
+
+  (dh0, dc0, d_pre), _ = jax.lax.scan(
+      step, (d_ht.astype(m.dtype), d_ct.astype(m.dtype), m),
+      (jnp.arange(m.shape[0]), d_hs, p, f), reverse=True)
+  return d_pre, dh0, dc0
 
 
 @jax.custom_vjp
@@ -54,79 +138,101 @@ def lstm_recurrence(xproj: Array, w_hh: Array, h0: Array, c0: Array):
   Returns:
     (hs [time, batch, hidden], h_T [batch, hidden], c_T [batch, hidden]).
   """
-  hs, h_t, c_t, _ = _forward(xproj, w_hh, h0, c0)
+  (h_t, c_t), hs = _scan_forward(xproj, 0.0, w_hh, h0, c0, save=False)
   return hs, h_t, c_t
 
 
 def _recurrence_fwd(xproj, w_hh, h0, c0):
-  hs, h_t, c_t, (cs, acts) = _forward(xproj, w_hh, h0, c0)
-  return (hs, h_t, c_t), (w_hh, h0, c0, hs, cs, acts)
+  (h_t, c_t), (hs, m, p, f) = _scan_forward(xproj, 0.0, w_hh, h0, c0, save=True)
+  return (hs, h_t, c_t), (w_hh, h0, hs, m, p, f)
 
 
 def _recurrence_bwd(res, grads):
-  w_hh, h0, c0, hs, cs, acts = res
-  d_hs, d_ht, d_ct = grads
-  c_prev = jnp.concatenate([c0[None], cs[:-1]], 0)
-  w_t = w_hh.T
-
-  def step(carry, inputs):
-    dh_next, dc_next = carry
-    dh_out, c, cp, act = inputs
-    i, f, g, o = jnp.split(act, 4, axis=-1)
-    dh = dh_out + dh_next
-    tanh_c = jnp.tanh(c)
-    dc = dc_next + dh * o * (1.0 - tanh_c * tanh_c)
-    d_pre = jnp.concatenate([
-        dc * g * i * (1.0 - i),
-        dc * cp * f * (1.0 - f),
-        dc * i * (1.0 - g * g),
-        dh * tanh_c * o * (1.0 - o),
-    ], -1)
-    dh_prev = (d_pre @ w_t).astype(dh.dtype)
-    return (dh_prev, dc * f), d_pre
-
-  (dh0, dc0), d_pre = jax.lax.scan(
-      step, (d_ht, d_ct), (d_hs, cs, c_prev, acts), reverse=True)
-  h_prev = jnp.concatenate([h0[None], hs[:-1]], 0)
+  w_hh, h0, hs, m, p, f = res
+  d_pre, dh0, dc0 = _scan_backward(w_hh, m, p, f, *grads)
   hidden = h0.shape[-1]
-  d_w = jnp.dot(h_prev.reshape(-1, hidden).T,
-                d_pre.reshape(-1, 4 * hidden).astype(h_prev.dtype),
+  h_prev = jnp.concatenate([h0[None], hs[:-1]], 0).reshape(-1, hidden)
+  d_w = jnp.dot(h_prev.T, d_pre.reshape(-1, 4 * hidden).astype(h_prev.dtype),
                 preferred_element_type=w_hh.dtype)
-  return d_pre.astype(acts.dtype), d_w, dh0, dc0
+  return (d_pre.astype(m.dtype), d_w, dh0.astype(h0.dtype),
+          dc0.astype(h0.dtype))
 
 
 lstm_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
+@jax.custom_vjp
+def lstm_layer(x: Array, w_ih: Array, bias: Array, w_hh: Array, h0: Array,
+               c0: Array):
+  """One LSTM layer: the input projection, then `lstm_recurrence`.
+
+  The same function as `lstm_recurrence(x @ w_ih + bias, w_hh, h0, c0)` with
+  a backward pass that computes the input and weight gradients as a few
+  large matmuls over all time steps (and adds the bias inside the loop).
+
+  Args:
+    x: [time, batch, features] inputs.
+    w_ih: [features, 4 * hidden]; bias: [4 * hidden]; w_hh: [hidden, 4 * hidden].
+    h0, c0: [batch, hidden] initial state.
+
+  Returns:
+    (hs [time, batch, hidden], h_T, c_T).
+  """
+  (h_t, c_t), hs = _scan_forward(jnp.dot(x, w_ih), bias, w_hh, h0, c0,
+                                 save=False)
+  return hs, h_t, c_t
+
+
+def _layer_fwd(x, w_ih, bias, w_hh, h0, c0):
+  (h_t, c_t), (hs, m, p, f) = _scan_forward(jnp.dot(x, w_ih), bias, w_hh, h0,
+                                            c0, save=True)
+  return (hs, h_t, c_t), (x, w_ih, w_hh, h0, hs, m, p, f)
+
+
+def _layer_bwd(res, grads):
+  x, w_ih, w_hh, h0, hs, m, p, f = res
+  d_pre, dh0, dc0 = _scan_backward(w_hh, m, p, f, *grads)
+  hidden = h0.shape[-1]
+  d_pre2 = d_pre.reshape(-1, 4 * hidden)
+  h_prev = jnp.concatenate([h0[None], hs[:-1]], 0).reshape(-1, hidden)
+  d_x = jnp.dot(d_pre, w_ih.T, preferred_element_type=x.dtype)
+  d_w_ih = jnp.dot(x.reshape(-1, x.shape[-1]).T, d_pre2,
+                   preferred_element_type=w_ih.dtype)
+  d_w_hh = jnp.dot(h_prev.T, d_pre2, preferred_element_type=w_hh.dtype)
+  d_bias = jnp.sum(d_pre2, 0, dtype=w_ih.dtype)
+  return (d_x, d_w_ih, d_bias, d_w_hh, dh0.astype(h0.dtype),
+          dc0.astype(h0.dtype))
+
+
+lstm_layer.defvjp(_layer_fwd, _layer_bwd)
+
+
 class LSTMLayer(nn.Module):
-  """One LSTM layer over a batch-major sequence."""
+  """One LSTM layer over a time-major sequence."""
 
   hidden_size: int
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, carry: Carry | None = None) -> tuple[Array, Carry]:
-    """Args: x [batch, time, features]; carry (h, c) or None for zeros.
+    """Args: x [time, batch, features]; carry (h, c) or None for zeros.
 
-    Returns: ([batch, time, hidden] outputs, final (h, c)).
+    Returns: ([time, batch, hidden] outputs, final (h, c)).
     """
-    batch = x.shape[0]
-    # One matmul for the input projection of every time step, produced
-    # time-major so the scan reads contiguous slices.
+    batch = x.shape[1]
     w_ih = self.param("w_ih", nn.initializers.lecun_normal(),
                       (x.shape[-1], 4 * self.hidden_size))
     bias = self.param("bias", _forget_bias_init, (4 * self.hidden_size,))
     w_hh = self.param("w_hh", nn.initializers.orthogonal(column_axis=-1),
                       (self.hidden_size, 4 * self.hidden_size))
-    xproj = jnp.einsum("btf,fg->tbg", x.astype(self.dtype),
-                       w_ih.astype(self.dtype)) + bias.astype(self.dtype)
     if carry is None:
       zeros = jnp.zeros((batch, self.hidden_size), self.dtype)
       carry = (zeros, zeros)
     h0, c0 = carry
-    hs, h_t, c_t = lstm_recurrence(xproj, w_hh.astype(self.dtype),
-                                   h0.astype(self.dtype), c0.astype(self.dtype))
-    return jnp.swapaxes(hs, 0, 1), (h_t, c_t)
+    cast = lambda a: a.astype(self.dtype)
+    hs, h_t, c_t = lstm_layer(cast(x), cast(w_ih), cast(bias), cast(w_hh),
+                              cast(h0), cast(c0))
+    return hs, (h_t, c_t)
 
 
 def _forget_bias_init(rng, shape, dtype=jnp.float32):
@@ -154,6 +260,26 @@ def train_matmul_flops(*, vocab_size: int, embed_dim: int, hidden_size: int,
   return 3 * forward
 
 
+class Dropout(nn.Module):
+  """Inverted dropout whose mask compares raw random bits to a threshold.
+
+  Same distribution as `nn.Dropout` (drop probability `rate`, up to 2^-32)
+  without turning each random word into a float first, which on CPU costs
+  more than generating it.
+  """
+
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: Array, *, deterministic: bool) -> Array:
+    if deterministic or self.rate == 0.0:
+      return x
+    threshold = min(round(self.rate * 2.0**32), 2**32 - 1)
+    bits = jax.random.bits(self.make_rng("dropout"), x.shape, jnp.uint32)
+    keep = bits >= jnp.uint32(threshold)
+    return jnp.where(keep, x * (1.0 / (1.0 - self.rate)), 0.0).astype(x.dtype)
+
+
 class LSTMLanguageModel(nn.Module):
   """Embedding -> stacked LSTM with dropout -> vocabulary logits."""
 
@@ -172,17 +298,18 @@ class LSTMLanguageModel(nn.Module):
 
     Returns: (logits [batch, time, vocab] float32, the new carry per layer).
     """
-    x = nn.Embed(self.vocab_size, self.embed_dim, name="embed")(tokens)
+    # Time-major from the embedding lookup on (transposing int tokens is free).
+    x = nn.Embed(self.vocab_size, self.embed_dim, name="embed")(tokens.T)
     new_carry = []
     for layer in range(self.num_layers):
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      x = Dropout(self.dropout_rate)(x, deterministic=not train)
       x, layer_carry = LSTMLayer(self.hidden_size, self.dtype,
                                  name=f"lstm_{layer}")(
                                      x, None if carry is None else carry[layer])
       new_carry.append(layer_carry)
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = Dropout(self.dropout_rate)(x, deterministic=not train)
     logits = nn.Dense(self.vocab_size, dtype=self.dtype, name="head")(x)
-    return logits.astype(jnp.float32), tuple(new_carry)
+    return jnp.swapaxes(logits, 0, 1).astype(jnp.float32), tuple(new_carry)
 
   def initial_carry(self, batch_size: int) -> tuple[Carry, ...]:
     zeros = jnp.zeros((batch_size, self.hidden_size), self.dtype)

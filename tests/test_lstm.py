@@ -1,0 +1,192 @@
+"""Tests of the LSTM language model: shapes, variables, gradients, carried state."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from musegen_jax.models import lstm
+
+VOCAB, EMBED, HIDDEN, LAYERS = 11, 6, 8, 2
+
+
+def _reference_recurrence(xproj, w_hh, h0, c0):
+  """A plain LSTM recurrence, differentiated by autodiff through lax.scan."""
+
+  def step(carry, x_t):
+    h, c = carry
+    i, f, g, o = jnp.split(x_t + h @ w_hh, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return (h, c), h
+
+  (h_t, c_t), hs = jax.lax.scan(step, (h0, c0), xproj)
+  return hs, h_t, c_t
+
+
+def _reference_layer(x, w_ih, bias, w_hh, h0, c0):
+  return _reference_recurrence(x @ w_ih + bias, w_hh, h0, c0)
+
+
+def _random(shapes, seed):
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(shapes))
+  return [jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, shapes)]
+
+
+def _weighted_sum(fn, cotangents):
+  """A scalar whose gradient pulls `cotangents` back through `fn`'s outputs."""
+  return lambda *args: sum(jnp.sum(out * cot) for out, cot in
+                           zip(fn(*args), cotangents))
+
+
+def _model(dropout_rate=0.0):
+  return lstm.LSTMLanguageModel(vocab_size=VOCAB, embed_dim=EMBED,
+                                hidden_size=HIDDEN, num_layers=LAYERS,
+                                dropout_rate=dropout_rate)
+
+
+def _tokens(batch=3, length=7, seed=0):
+  return jax.random.randint(jax.random.PRNGKey(seed), (batch, length), 0, VOCAB)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compile():
+  """Tiny shapes: compile time dominates, so skip most XLA optimizations."""
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
+@pytest.fixture(scope="module")
+def params():
+  return _model().init(jax.random.PRNGKey(0), _tokens())["params"]
+
+
+def test_output_shapes(params):
+  tokens = _tokens(batch=3, length=7)
+  logits, carry = _model().apply({"params": params}, tokens)
+  assert logits.shape == (3, 7, VOCAB)
+  assert logits.dtype == jnp.float32
+  assert len(carry) == LAYERS
+  for h, c in carry:
+    assert h.shape == c.shape == (3, HIDDEN)
+
+
+def test_variable_structure(params):
+  shapes = jax.tree.map(jnp.shape, params)
+  expected = {"embed": {"embedding": (VOCAB, EMBED)},
+              "head": {"kernel": (HIDDEN, VOCAB), "bias": (VOCAB,)}}
+  for layer in range(LAYERS):
+    expected[f"lstm_{layer}"] = {
+        "w_ih": (EMBED if layer == 0 else HIDDEN, 4 * HIDDEN),
+        "bias": (4 * HIDDEN,),
+        "w_hh": (HIDDEN, 4 * HIDDEN)}
+  assert shapes == expected
+  # Forget-gate bias 1, the other gates 0 (gate order i, f, g, o).
+  np.testing.assert_array_equal(
+      params["lstm_0"]["bias"],
+      np.repeat(np.array([0.0, 1.0, 0.0, 0.0], np.float32), HIDDEN))
+
+
+def test_recurrence_matches_reference_and_autodiff():
+  t, b, h = 6, 3, 5
+  xproj, w_hh, h0, c0 = _random([(t, b, 4 * h), (h, 4 * h), (b, h), (b, h)], 1)
+  w_hh = 0.5 * w_hh
+  args = (xproj, w_hh, h0, c0)
+  for ours, ref in zip(lstm.lstm_recurrence(*args), _reference_recurrence(*args)):
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
+  cots = _random([(t, b, h), (b, h), (b, h)], 2)
+  argnums = tuple(range(4))
+  grads = jax.grad(_weighted_sum(lstm.lstm_recurrence, cots), argnums)(*args)
+  ref_grads = jax.grad(_weighted_sum(_reference_recurrence, cots), argnums)(*args)
+  for ours, ref in zip(grads, ref_grads):
+    np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_layer_matches_reference_and_autodiff():
+  t, b, f, h = 6, 3, 4, 5
+  args = _random([(t, b, f), (f, 4 * h), (4 * h,), (h, 4 * h), (b, h), (b, h)], 3)
+  args[3] = 0.5 * args[3]
+  for ours, ref in zip(lstm.lstm_layer(*args), _reference_layer(*args)):
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
+  cots = _random([(t, b, h), (b, h), (b, h)], 4)
+  argnums = tuple(range(6))
+  grads = jax.grad(_weighted_sum(lstm.lstm_layer, cots), argnums)(*args)
+  ref_grads = jax.grad(_weighted_sum(_reference_layer, cots), argnums)(*args)
+  for ours, ref in zip(grads, ref_grads):
+    np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_model_gradients_match_plain_autodiff(params):
+  """The whole model against the same math written with the reference layer."""
+  tokens = _tokens(batch=2, length=5, seed=1)
+
+  def loss(p):
+    logits, _ = _model().apply({"params": p}, tokens)
+    return jnp.sum(jax.nn.log_softmax(logits) * jax.nn.one_hot(tokens, VOCAB))
+
+  def reference_loss(p):
+    x = p["embed"]["embedding"][tokens.T]
+    zeros = jnp.zeros((tokens.shape[0], HIDDEN))
+    for layer in range(LAYERS):
+      q = p[f"lstm_{layer}"]
+      x, _, _ = _reference_layer(x, q["w_ih"], q["bias"], q["w_hh"], zeros, zeros)
+    logits = jnp.swapaxes(x @ p["head"]["kernel"] + p["head"]["bias"], 0, 1)
+    return jnp.sum(jax.nn.log_softmax(logits) * jax.nn.one_hot(tokens, VOCAB))
+
+  np.testing.assert_allclose(loss(params), reference_loss(params), rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
+               jax.grad(loss)(params), jax.grad(reference_loss)(params))
+
+
+def test_carrying_state_token_by_token_equals_full_sequence(params):
+  model = _model()
+  tokens = _tokens(batch=2, length=9, seed=2)
+  full_logits, full_carry = model.apply({"params": params}, tokens)
+  carry = model.initial_carry(2)
+  apply = jax.jit(lambda p, x, carry: model.apply({"params": p}, x, carry=carry))
+  step_logits = []
+  for t in range(tokens.shape[1]):
+    logits, carry = apply(params, tokens[:, t:t + 1], carry)
+    step_logits.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(step_logits, 1), full_logits,
+                             atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+               carry, full_carry)
+  # A prefix, then the rest from its carry.
+  _, prefix_carry = model.apply({"params": params}, tokens[:, :4])
+  rest_logits, _ = model.apply({"params": params}, tokens[:, 4:],
+                               carry=prefix_carry)
+  np.testing.assert_allclose(rest_logits, full_logits[:, 4:], atol=1e-5)
+
+
+def test_dropout_only_in_training(params):
+  model = _model(dropout_rate=0.5)
+  tokens = _tokens()
+  rngs = {"dropout": jax.random.PRNGKey(3)}
+  eval_logits, _ = model.apply({"params": params}, tokens)
+  np.testing.assert_allclose(eval_logits, _model().apply({"params": params}, tokens)[0])
+  train_logits, _ = model.apply({"params": params}, tokens, train=True, rngs=rngs)
+  assert not np.allclose(train_logits, eval_logits)
+  again, _ = model.apply({"params": params}, tokens, train=True, rngs=rngs)
+  np.testing.assert_array_equal(train_logits, again)
+
+
+def test_dropout_rate_and_scale():
+  x = jnp.ones((200, 500))
+  y = lstm.Dropout(0.1).apply({}, x, deterministic=False,
+                              rngs={"dropout": jax.random.PRNGKey(4)})
+  kept = np.asarray(y) != 0
+  assert abs(kept.mean() - 0.9) < 0.005
+  np.testing.assert_allclose(np.asarray(y)[kept], 1 / 0.9, rtol=1e-6)
+
+
+def test_train_matmul_flops():
+  flops = lstm.train_matmul_flops(vocab_size=390, embed_dim=256, hidden_size=512,
+                                  num_layers=3, batch_size=32, seq_len=128)
+  tokens, gates = 32 * 128, 2048
+  forward = 2 * tokens * ((256 + 512) * gates + 2 * (512 + 512) * gates + 512 * 390)
+  assert flops == 3 * forward == 146_641_256_448
