@@ -202,11 +202,7 @@ def time_train_step(config, *, steps: int, warmup: int) -> dict[str, Any]:
   mesh = parallel.create_mesh()
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   state = train.create_train_state(task, config, mesh, init_rng)
-  state_sharding = parallel.replicated(mesh)
-  data_sharding = parallel.batch_sharding(mesh)
-  train_step = jax.jit(task.train_step,
-                       in_shardings=(state_sharding, data_sharding, None),
-                       out_shardings=(state_sharding, None), donate_argnums=0)
+  train_step, _ = train.jit_steps(task, mesh)
 
   # Random tokens that avoid PAD (0), so every position carries weight.
   vocab = int(representation.vocab_size)

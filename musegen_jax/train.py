@@ -101,6 +101,21 @@ def create_train_state(task, config: config_dict.ConfigDict, mesh,
   return jax.jit(init, out_shardings=parallel.replicated(mesh))(rng)
 
 
+def jit_steps(task, mesh):
+  """The task's train and eval steps, jitted over `mesh`.
+
+  The state is replicated and donated (updated in place); batches are split
+  over the mesh's data axis.
+  """
+  state_sharding = parallel.replicated(mesh)
+  data_sharding = parallel.batch_sharding(mesh)
+  train_step = jax.jit(task.train_step,
+                       in_shardings=(state_sharding, data_sharding, None),
+                       out_shardings=(state_sharding, None), donate_argnums=0)
+  eval_step = jax.jit(task.eval_step, in_shardings=(state_sharding, data_sharding))
+  return train_step, eval_step
+
+
 @contextlib.contextmanager
 def _stop_on_signals():
   """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
@@ -220,12 +235,7 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
     state, start_step = restored
     say(f"Resumed from step {start_step} in {workdir}", flush=True)
 
-  state_sharding = parallel.replicated(mesh)
-  data_sharding = parallel.batch_sharding(mesh)
-  train_step = jax.jit(task.train_step,
-                       in_shardings=(state_sharding, data_sharding, None),
-                       out_shardings=(state_sharding, None), donate_argnums=0)
-  eval_step = jax.jit(task.eval_step, in_shardings=(state_sharding, data_sharding))
+  train_step, eval_step = jit_steps(task, mesh)
   learning_rate_fn = create_learning_rate_fn(config)
   valid_windows = pipeline.eval_windows(
       data_dir, representation, seq_len=config.data.seq_len,
