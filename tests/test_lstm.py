@@ -120,9 +120,13 @@ def test_layer_matches_reference_and_autodiff():
     np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_model_gradients_match_plain_autodiff(params):
+@pytest.mark.parametrize("length", [
+    5,  # 10 tokens < VOCAB: embeddings looked up, then projected.
+    9,  # 18 tokens > VOCAB: the first layer projects the table, then gathers.
+])
+def test_model_gradients_match_plain_autodiff(params, length):
   """The whole model against the same math written with the reference layer."""
-  tokens = _tokens(batch=2, length=5, seed=1)
+  tokens = _tokens(batch=2, length=length, seed=1)
 
   def loss(p):
     logits, _ = _model().apply({"params": p}, tokens)

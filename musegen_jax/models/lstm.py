@@ -214,24 +214,40 @@ class LSTMLayer(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, carry: Carry | None = None) -> tuple[Array, Carry]:
-    """Args: x [time, batch, features]; carry (h, c) or None for zeros.
+  def __call__(self, x: Array, carry: Carry | None = None, *,
+               tokens: Array | None = None) -> tuple[Array, Carry]:
+    """Runs the layer.
 
-    Returns: ([time, batch, hidden] outputs, final (h, c)).
+    Args:
+      x: [time, batch, features] inputs; or, with `tokens`, an embedding
+        table [vocab, features] to look `tokens` up in.
+      carry: (h, c), each [batch, hidden], or None for zeros.
+      tokens: optional [time, batch] int ids into the table `x`.
+
+    Returns:
+      ([time, batch, hidden] outputs, final (h, c)).
     """
-    batch = x.shape[1]
     w_ih = self.param("w_ih", nn.initializers.lecun_normal(),
                       (x.shape[-1], 4 * self.hidden_size))
     bias = self.param("bias", _forget_bias_init, (4 * self.hidden_size,))
     w_hh = self.param("w_hh", nn.initializers.orthogonal(column_axis=-1),
                       (self.hidden_size, 4 * self.hidden_size))
+    batch = x.shape[1] if tokens is None else tokens.shape[1]
     if carry is None:
       zeros = jnp.zeros((batch, self.hidden_size), self.dtype)
       carry = (zeros, zeros)
     h0, c0 = carry
     cast = lambda a: a.astype(self.dtype)
-    hs, h_t, c_t = lstm_layer(cast(x), cast(w_ih), cast(bias), cast(w_hh),
-                              cast(h0), cast(c0))
+    if tokens is None:
+      hs, h_t, c_t = lstm_layer(cast(x), cast(w_ih), cast(bias), cast(w_hh),
+                                cast(h0), cast(c0))
+    else:
+      # Project the table once, then gather: the same function as projecting
+      # every looked-up row, with vocab instead of time * batch rows to
+      # multiply (and the gradient a scatter-add into vocab rows).
+      table = jnp.dot(cast(x), cast(w_ih)) + cast(bias)
+      hs, h_t, c_t = lstm_recurrence(jnp.take(table, tokens, axis=0),
+                                     cast(w_hh), cast(h0), cast(c0))
     return hs, (h_t, c_t)
 
 
@@ -281,7 +297,12 @@ class Dropout(nn.Module):
 
 
 class LSTMLanguageModel(nn.Module):
-  """Embedding -> stacked LSTM with dropout -> vocabulary logits."""
+  """Embedding -> stacked LSTM, dropout between layers -> vocabulary logits.
+
+  The first layer's input projection is applied to the embedding table
+  rather than to each looked-up embedding when the batch holds more tokens
+  than the vocabulary has rows (training): fewer FLOPs, same function.
+  """
 
   vocab_size: int
   embed_dim: int
@@ -298,16 +319,22 @@ class LSTMLanguageModel(nn.Module):
 
     Returns: (logits [batch, time, vocab] float32, the new carry per layer).
     """
-    # Time-major from the embedding lookup on (transposing int tokens is free).
-    x = nn.Embed(self.vocab_size, self.embed_dim, name="embed")(tokens.T)
+    embed = nn.Embed(self.vocab_size, self.embed_dim, name="embed")
+    tokens = tokens.T  # Time-major throughout (transposing int ids is free).
     new_carry = []
+    x = None
     for layer in range(self.num_layers):
-      x = Dropout(self.dropout_rate)(x, deterministic=not train)
-      x, layer_carry = LSTMLayer(self.hidden_size, self.dtype,
-                                 name=f"lstm_{layer}")(
-                                     x, None if carry is None else carry[layer])
+      lstm = LSTMLayer(self.hidden_size, self.dtype, name=f"lstm_{layer}")
+      layer_carry = None if carry is None else carry[layer]
+      if layer > 0:
+        # Dropout between layers, as torch.nn.LSTM(dropout=...) does.
+        x, layer_carry = lstm(Dropout(self.dropout_rate)(x, deterministic=not train),
+                              layer_carry)
+      elif tokens.size > self.vocab_size:
+        x, layer_carry = lstm(embed.embedding, layer_carry, tokens=tokens)
+      else:  # Few tokens (sampling): cheaper to look up, then project.
+        x, layer_carry = lstm(embed(tokens), layer_carry)
       new_carry.append(layer_carry)
-    x = Dropout(self.dropout_rate)(x, deterministic=not train)
     logits = nn.Dense(self.vocab_size, dtype=self.dtype, name="head")(x)
     return jnp.swapaxes(logits, 0, 1).astype(jnp.float32), tuple(new_carry)
 
