@@ -1,0 +1,38 @@
+"""The benchmark entry point runs and prints one JSON line with the shared keys.
+
+No timing is asserted here: figures belong in BUILD_NOTES.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+
+@pytest.mark.parametrize("bench, flags, keys", [
+    ("data", ["--ratio_steps=1", "--data_batches=5", "--data_warmup=1"],
+     ["examples_per_sec", "tokens_per_sec", "train_examples_per_sec",
+      "data_over_train", "peak_rss_mb", "device"]),
+    ("sample", ["--sample_batch=2", "--sample_length=24", "--sample_repeats=1",
+                "--baseline_tokens=8", "--baseline_bucket=8"],
+     ["tokens_per_sec", "step_ms", "compile_s", "speedup", "baseline_tokens",
+      "peak_rss_mb", "device"]),
+])
+def test_bench_prints_one_json_line(bench, flags, keys):
+  result = subprocess.run(
+      [sys.executable, "-m", "musegen_jax.bench", f"--bench={bench}",
+       f"--config={REPO_ROOT}/configs/lstm.py:smoke", *flags],
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+  assert len(lines) == 1, result.stdout
+  record = json.loads(lines[0])
+  assert record["bench"] == bench
+  for key in keys:
+    assert record[key] is not None, key
+  assert record["tokens_per_sec"] > 0
