@@ -29,8 +29,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
-import resource
 import statistics
 import time
 import warnings
@@ -40,6 +38,8 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from musegen_jax.bench_common import TRAIN_SHAPE, cpu_model, peak_rss_mb
 
 warnings.filterwarnings("ignore", message="Couldn't find ffmpeg or avconv")
 
@@ -67,26 +67,9 @@ flags.DEFINE_integer("baseline_bucket", 64,
                      "this (one compiled program per length).")
 flags.mark_flags_as_required(["config"])
 
-# The fixed shape of the train benchmark (see module docstring).
-TRAIN_SHAPE = {"vocab_size": 390, "embed_dim": 256, "hidden_size": 512,
-               "num_layers": 3, "dropout_rate": 0.1, "batch_size": 32,
-               "seq_len": 128}
-
-
 def _import_jax():
   import jax  # pylint: disable=import-outside-toplevel
   return jax
-
-
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def device_description() -> str:
@@ -95,13 +78,8 @@ def device_description() -> str:
   dev = jax.devices()[0]
   text = f"{jax.default_backend()}: {jax.device_count()} x {dev.device_kind}"
   if jax.default_backend() == "cpu":
-    text += f" ({_cpu_model()}, {os.cpu_count()} cores)"
+    text += f" ({cpu_model()}, {os.cpu_count()} cores)"
   return text
-
-
-def peak_rss_mb() -> float:
-  """Peak resident memory of this process (Linux reports KiB)."""
-  return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _load() -> float:
@@ -290,12 +268,7 @@ def bench_data(config) -> dict[str, Any]:
     out["train_step_ms"] = timing["step_ms"]
   data_dir = train.resolve_data_dir(config)
   representation = pipeline.load_representation(config.data.representation, data_dir)
-  ds = pipeline.create_train_dataset(
-      data_dir, representation, seq_len=config.data.seq_len,
-      global_batch_size=config.batch_size, seed=config.seed,
-      num_workers=config.data.num_workers,
-      prefetch_buffer_size=config.data.prefetch_buffer_size)
-  it = iter(ds)
+  it = iter(train.create_train_dataset(config, data_dir, representation))
   t0 = time.perf_counter()
   for _ in range(FLAGS.data_warmup):
     batch = next(it)

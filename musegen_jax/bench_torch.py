@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import resource
 import time
 
 import numpy as np
 from absl import app
 from absl import flags
 
+from musegen_jax.bench_common import TRAIN_SHAPE, cpu_model, peak_rss_mb
 from musegen_jax.models import lstm as lstm_model
 
 FLAGS = flags.FLAGS
@@ -30,23 +29,6 @@ flags.DEFINE_integer("steps", 20, "Timed steps (after warm-up).")
 flags.DEFINE_integer("warmup", 3, "Untimed steps first.")
 flags.DEFINE_integer("threads", 2, "torch.set_num_threads.")
 flags.DEFINE_integer("roof_size", 2048, "Side of the float32 matmul timed as the roof.")
-
-# The shape of the JAX train benchmark (`musegen_jax.bench.TRAIN_SHAPE`).
-TRAIN_SHAPE = {"vocab_size": 390, "embed_dim": 256, "hidden_size": 512,
-               "num_layers": 3, "dropout_rate": 0.1, "batch_size": 32,
-               "seq_len": 128}
-
-
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
 
 def _import_torch():
   try:
@@ -131,7 +113,7 @@ def bench_lstm(torch) -> dict:
       "bench": "torch_lstm_train",
       **shape,
       "dtype": "float32",
-      "device": f"cpu ({_cpu_model()}, {os.cpu_count()} cores), "
+      "device": f"cpu ({cpu_model()}, {os.cpu_count()} cores), "
                 f"torch {torch.__version__}, {torch.get_num_threads()} threads",
       "examples_per_sec": round(batch / step_s, 2),
       "tokens_per_sec": round(batch * seq_len / step_s, 1),
@@ -140,7 +122,7 @@ def bench_lstm(torch) -> dict:
       "steps": FLAGS.steps,
       "compile_s": round(first_step_s, 3),
       "compile_note": "eager: no compile; compile_s is the first step's time",
-      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+      "peak_rss_mb": peak_rss_mb(),
       "flops_per_step": flops,
       "flops_source": "analytic (matmuls only, 3x forward)",
       "gflops_per_sec": round(flops / step_s / 1e9, 1),

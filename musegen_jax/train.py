@@ -89,6 +89,16 @@ def resolve_data_dir(config: config_dict.ConfigDict) -> str:
   return ensure_default_dataset()
 
 
+def create_train_dataset(config: config_dict.ConfigDict, data_dir: str,
+                         representation):
+  """The grain training dataset that `config.data` and `config.batch_size` describe."""
+  return pipeline.create_train_dataset(
+      data_dir, representation, seq_len=config.data.seq_len,
+      global_batch_size=config.batch_size, seed=config.seed,
+      num_workers=config.data.num_workers,
+      prefetch_buffer_size=config.data.prefetch_buffer_size)
+
+
 def create_train_state(task, config: config_dict.ConfigDict, mesh,
                        rng: jax.Array) -> TrainState:
   """Initializes parameters and optimizer state directly replicated on `mesh`."""
@@ -213,12 +223,7 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
   rng = jax.random.PRNGKey(config.seed)
   init_rng, step_rng, sample_rng = jax.random.split(rng, 3)
   state = create_train_state(task, config, mesh, init_rng)
-  train_ds = pipeline.create_train_dataset(
-      data_dir, representation, seq_len=config.data.seq_len,
-      global_batch_size=config.batch_size, seed=config.seed,
-      num_workers=config.data.num_workers,
-      prefetch_buffer_size=config.data.prefetch_buffer_size)
-  train_iter = iter(train_ds)
+  train_iter = iter(create_train_dataset(config, data_dir, representation))
 
   manager = checkpoint.create_manager(os.path.join(workdir, "checkpoints"),
                                       keep=config.keep_checkpoints)

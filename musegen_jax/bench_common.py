@@ -1,0 +1,29 @@
+"""What the JAX benchmarks and the PyTorch reference share: the fixed train
+shape and how the machine and memory are described. No flags, no jax."""
+
+from __future__ import annotations
+
+import platform
+import resource
+
+# The fixed shape of the LSTM train benchmark (both frameworks).
+TRAIN_SHAPE = {"vocab_size": 390, "embed_dim": 256, "hidden_size": 512,
+               "num_layers": 3, "dropout_rate": 0.1, "batch_size": 32,
+               "seq_len": 128}
+
+
+def cpu_model() -> str:
+  """The CPU's model name (from /proc/cpuinfo on Linux)."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def peak_rss_mb() -> float:
+  """Peak resident memory of this process in MiB (Linux reports KiB)."""
+  return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
