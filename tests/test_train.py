@@ -69,19 +69,22 @@ def test_resumed_run_repeats_the_uninterrupted_losses_exactly(tmp_path):
 
 
 def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path):
+  """Ctrl-C as a terminal sends it: to the trainer and its grain workers."""
   workdir = str(tmp_path / "run")
   command = [sys.executable, "-m", "musegen_jax.main",
              f"--config={REPO_ROOT}/configs/lstm.py:smoke", f"--workdir={workdir}",
+             "--config.data.num_workers=2",
              "--config.num_train_steps=2000", "--config.checkpoint_every_steps=1000",
              "--config.eval_every_steps=1000"]
   proc = subprocess.Popen(command, cwd=str(tmp_path), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+                          stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)
   log = os.path.join(workdir, "train_log.jsonl")
   deadline = time.time() + 120
   while not (os.path.exists(log) and len(open(log).readlines()) >= 20):
     assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
     time.sleep(0.2)
-  proc.send_signal(signal.SIGINT)
+  os.killpg(proc.pid, signal.SIGINT)  # The whole process group.
   out, _ = proc.communicate(timeout=60)
   assert proc.returncode == 0, out
   stopped = max(_losses(workdir))

@@ -12,8 +12,11 @@ the valid loss of two runs or two steps is comparable.
 from __future__ import annotations
 
 import dataclasses
+import ctypes
 import json
 import os
+import signal
+import sys
 from typing import Any, Iterator
 
 import grain
@@ -132,8 +135,26 @@ def create_train_dataset(data_dir: str, representation, *, seq_len: int,
       # grain's workers read absl flags; outside an absl app (notebooks,
       # tests) use their defaults.
       flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
+                        worker_init_fn=_init_worker)
   return ds
+
+
+def _init_worker(worker_index: int, worker_count: int) -> None:
+  """Runs in each grain worker: its lifetime belongs to the trainer.
+
+  A terminal's Ctrl-C (and SLURM's SIGTERM) reach every process of the job;
+  a worker that died of it would leave the trainer waiting for a batch
+  instead of finishing its step and saving, so workers ignore both and the
+  trainer stops them when it closes the iterator. On Linux a worker is also
+  killed when the trainer dies (even by SIGKILL), so none is left behind.
+  """
+  del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  if sys.platform.startswith("linux"):
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
 
 
 def eval_windows(data_dir: str, representation, *, seq_len: int,
