@@ -126,6 +126,9 @@ def jit_steps(task, mesh):
   return train_step, eval_step
 
 
+_REPEAT_SIGNAL_GRACE_S = 2.0
+
+
 @contextlib.contextmanager
 def _stop_on_signals():
   """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
@@ -134,13 +137,19 @@ def _stop_on_signals():
     yield stop
     return
   previous = {}
+  first_at = []
 
   def handler(signum, frame):
     del frame
-    if stop.is_set():  # A second Ctrl-C stops at once.
+    # A second Ctrl-C stops at once, unless it comes with the first: wrappers
+    # such as `timeout` and schedulers deliver one signal twice.
+    if first_at and time.monotonic() - first_at[0] > _REPEAT_SIGNAL_GRACE_S:
       signal.signal(signum, signal.SIG_DFL)
       os.kill(os.getpid(), signum)
-    logging.warning("Signal %d: saving a checkpoint after this step.", signum)
+    if not first_at:
+      first_at.append(time.monotonic())
+      logging.warning("Signal %d: saving a checkpoint after this step "
+                      "(signal again to stop at once).", signum)
     stop.set()
 
   for signum in (signal.SIGINT, signal.SIGTERM):
