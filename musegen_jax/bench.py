@@ -31,7 +31,6 @@ import math
 import os
 import statistics
 import time
-import warnings
 from typing import Any, Callable
 
 from absl import app
@@ -40,8 +39,6 @@ from absl import logging
 from ml_collections import config_flags
 
 from musegen_jax.bench_common import TRAIN_SHAPE, cpu_model, peak_rss_mb
-
-warnings.filterwarnings("ignore", message="Couldn't find ffmpeg or avconv")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(

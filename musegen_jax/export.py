@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 
 from absl import app
 from absl import flags
-
-warnings.filterwarnings("ignore", message="Couldn't find ffmpeg or avconv")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The training run's workdir.")

@@ -8,14 +8,11 @@ r"""Trains a config in a workdir; running the same command again resumes.
 from __future__ import annotations
 
 import sys
-import warnings
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
-
-warnings.filterwarnings("ignore", message="Couldn't find ffmpeg or avconv")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(

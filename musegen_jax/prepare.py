@@ -20,21 +20,17 @@ import os
 import shutil
 import sys
 import tempfile
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
+import note_seq
 from absl import app
 from absl import flags
 from tqdm import tqdm
 
-# note_seq imports pydub, which warns about a missing ffmpeg we never use.
-warnings.filterwarnings("ignore", message="Couldn't find ffmpeg", category=RuntimeWarning)
-import note_seq  # noqa: E402
-
-from musegen_jax.data import convert  # noqa: E402
-from musegen_jax.data import jsb  # noqa: E402
-from musegen_jax.data import shards  # noqa: E402
+from musegen_jax.data import convert
+from musegen_jax.data import jsb
+from musegen_jax.data import shards
 
 JSB_INPUT = "jsb"
 DEFAULT_DATASET_NAME = "jsb_chorales_v1"

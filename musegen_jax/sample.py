@@ -12,12 +12,9 @@ from token to token.
 from __future__ import annotations
 
 import os
-import warnings
 
 from absl import app
 from absl import flags
-
-warnings.filterwarnings("ignore", message="Couldn't find ffmpeg or avconv")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("export", None, "Bundle written by musegen_jax.export.")

@@ -8,12 +8,9 @@ the file, report it and go on.
 from __future__ import annotations
 
 import os
-import warnings
 
-# note_seq imports pydub, which warns about a missing ffmpeg we never use.
-warnings.filterwarnings("ignore", message="Couldn't find ffmpeg", category=RuntimeWarning)
-import note_seq  # noqa: E402
-from note_seq.protobuf import music_pb2  # noqa: E402
+import note_seq
+from note_seq.protobuf import music_pb2
 
 NoteSequence = music_pb2.NoteSequence
 

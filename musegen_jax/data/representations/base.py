@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import abc
 import math
-import warnings
 from typing import Any, ClassVar
 
+import note_seq
 import numpy as np
-
-# note_seq imports pydub, which warns when ffmpeg is missing; we never use it.
-warnings.filterwarnings(
-    "ignore", message="Couldn't find ffmpeg", category=RuntimeWarning)
-import note_seq  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 NoteSequence = note_seq.NoteSequence
 
