@@ -3,6 +3,7 @@ shape and how the machine and memory are described. No flags, no jax."""
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 
@@ -14,13 +15,11 @@ TRAIN_SHAPE = {"vocab_size": 390, "embed_dim": 256, "hidden_size": 512,
 
 def cpu_model() -> str:
   """The CPU's model name (from /proc/cpuinfo on Linux)."""
-  try:
+  if os.path.exists("/proc/cpuinfo"):
     with open("/proc/cpuinfo", encoding="utf-8") as f:
       for line in f:
         if line.startswith("model name"):
           return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
   return platform.processor() or platform.machine()
 
 
