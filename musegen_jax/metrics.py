@@ -15,18 +15,48 @@ import numpy as np
 from absl import logging
 
 
+def _truncate_log(path: str, last_step: int) -> None:
+  """Keeps the lines of `path` up to `last_step` (and drops a torn last line)."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:  # A line cut by a kill.
+        continue
+      if row["step"] <= last_step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.writelines(kept)
+  os.replace(path + ".tmp", path)
+
+
 class MetricWriter:
   """Writes scalars to TensorBoard (`WORKDIR/tensorboard`) and the log."""
 
-  def __init__(self, workdir: str, *, enabled: bool = True):
+  def __init__(self, workdir: str, *, enabled: bool = True,
+               resume_step: int = 0):
+    """Opens the writers.
+
+    Args:
+      workdir: the run's directory.
+      enabled: False on non-chief processes: nothing is written.
+      resume_step: the step the run restarts from. Anything logged after it
+        by a run that died before its next checkpoint is dropped, so the log
+        holds each step once and TensorBoard shows no doubled curves.
+    """
     self.enabled = enabled
     self._tb = None
     self._log = None
     if enabled:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-      self._log = open(os.path.join(workdir, "train_log.jsonl"), "a",
-                       encoding="utf-8")
+      log_path = os.path.join(workdir, "train_log.jsonl")
+      _truncate_log(log_path, resume_step)
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                               purge_step=resume_step or None)
+      self._log = open(log_path, "a", encoding="utf-8")
 
   def write_steps(self, prefix: str, rows: Iterable[tuple[int, Mapping[str, Any]]]
                   ) -> None:

@@ -256,7 +256,7 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
       max_windows=(None if config.num_eval_batches < 0
                    else config.num_eval_batches * config.batch_size))
 
-  writer = MetricWriter(workdir, enabled=is_chief)
+  writer = MetricWriter(workdir, enabled=is_chief, resume_step=start_step)
   last_step = config.num_train_steps if stop_at_step is None else min(
       stop_at_step, config.num_train_steps)
   pending: list[tuple[int, dict[str, jax.Array]]] = []
