@@ -16,12 +16,15 @@ import dataclasses
 import json
 import math
 import os
+import time
 from typing import Any
 
 import grain
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 
 BUNDLE_FORMAT_VERSION = 1
 BUNDLE_FILE = "bundle.json"
@@ -29,7 +32,11 @@ BUNDLE_FILE = "bundle.json"
 
 def create_manager(directory: str, *, keep: int, async_save: bool = True
                    ) -> ocp.CheckpointManager:
-  """A manager keeping the newest `keep` checkpoints plus the best valid loss."""
+  """A manager keeping the newest `keep` checkpoints plus the best valid loss.
+
+  Steps whose metadata cannot be read are moved aside first (see
+  `restore_latest`), as orbax would fail to open the directory.
+  """
   policy = ocp.checkpoint_managers.AnyPreservationPolicy([
       ocp.checkpoint_managers.LatestN(n=keep),
       ocp.checkpoint_managers.BestN(
@@ -42,8 +49,14 @@ def create_manager(directory: str, *, keep: int, async_save: bool = True
       # best checkpoint is still known (and kept) after a restart.
       best_fn=_valid_loss, best_mode="min",
       create=True, cleanup_tmp_directories=True)
+  directory = os.path.abspath(directory)
+  damaged = _unreadable_metadata(directory)
+  for step, reason in damaged:
+    logging.warning("Skipping damaged checkpoint step %d in %s: %s", step,
+                    directory, reason)
+  _move_aside(directory, [step for step, _ in damaged])
   return ocp.CheckpointManager(
-      os.path.abspath(directory), options=options,
+      directory, options=options,
       item_names=("state", "data"),
       item_handlers={"state": ocp.StandardCheckpointHandler(),
                      "data": grain.checkpoint.CheckpointHandler()})
@@ -78,9 +91,17 @@ def best_step(manager: ocp.CheckpointManager) -> int | None:
   return min(scored)[1] if scored else None
 
 
+DAMAGED_DIR = "damaged_checkpoints"
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
                    data_iter: Any) -> tuple[Any, int] | None:
-  """Restores the newest checkpoint into `data_iter` and a new state.
+  """Restores the newest readable checkpoint into `data_iter` and a new state.
+
+  A checkpoint that cannot be read (truncated or deleted files) is skipped
+  with a warning naming its step and the error, and moved aside to
+  `<checkpoints>/../damaged_checkpoints/STEP` so the resumed run can save
+  that step again; the next older one is tried.
 
   Args:
     manager: the run's checkpoint manager.
@@ -90,16 +111,71 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
 
   Returns:
     (state, step), or None when the directory has no checkpoint.
+
+  Raises:
+    RuntimeError: checkpoints exist but none can be read; training does not
+      silently start over.
   """
-  step = manager.latest_step()
-  if step is None:
-    return None
-  restored = manager.restore(
-      step,
-      args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          data=grain.checkpoint.CheckpointRestore(data_iter)))
-  return restored["state"], step
+  damaged = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_state),
+              data=grain.checkpoint.CheckpointRestore(data_iter)))
+    except Exception as e:  # pylint: disable=broad-except
+      # orbax and tensorstore raise many types for unreadable files.
+      first_line = str(e).splitlines()[0] if str(e) else ""
+      reason = f"{type(e).__name__}: {first_line[:300]}"
+      logging.warning("Skipping damaged checkpoint step %d in %s: %s", step,
+                      manager.directory, reason)
+      damaged.append((step, reason))
+      continue
+    if damaged:
+      _move_aside(manager.directory, [s for s, _ in damaged])
+      manager.reload()
+    return restored["state"], step
+  if damaged:
+    details = "; ".join(f"step {s}: {r}" for s, r in damaged)
+    raise RuntimeError(
+        f"No readable checkpoint in {manager.directory} ({details}). Not "
+        "starting over on top of them: move that directory away to train "
+        "from scratch.")
+  return None
+
+
+def _move_aside(directory: str, steps: list[int]) -> None:
+  """Moves damaged step directories to `<directory>/../damaged_checkpoints`."""
+  if not steps:
+    return
+  directory = os.fspath(directory)
+  if jax.process_index() == 0:
+    target = os.path.join(os.path.dirname(directory), DAMAGED_DIR)
+    os.makedirs(target, exist_ok=True)
+    for step in steps:
+      os.replace(os.path.join(directory, str(step)),
+                 os.path.join(target, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"))
+  multihost_utils.sync_global_devices("musegen_jax:damaged_checkpoints_moved")
+
+
+def _unreadable_metadata(directory: str) -> list[tuple[int, str]]:
+  """Finished steps whose JSON metadata (read when a manager opens) is broken."""
+  damaged = []
+  if not os.path.isdir(directory):
+    return damaged
+  for name in sorted(os.listdir(directory)):
+    if not name.isdigit():
+      continue
+    for relpath in ("_CHECKPOINT_METADATA", os.path.join("metrics", "metrics")):
+      path = os.path.join(directory, name, relpath)
+      try:
+        with open(path, encoding="utf-8") as f:
+          json.load(f)
+      except (OSError, ValueError) as e:
+        damaged.append((int(name), f"{relpath}: {type(e).__name__}: {e}"))
+        break
+  return damaged
 
 
 @dataclasses.dataclass(frozen=True)

@@ -115,3 +115,54 @@ def test_sigkill_three_times_then_resume_equals_an_unkilled_run(tmp_path):
   params = checkpoint.load_bundle(str(tmp_path / "export")).params
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _tiny(**overrides):
+  settings = dict(model__embed_dim=16, model__hidden_size=32, model__num_layers=1,
+                  data__seq_len=32, batch_size=16, num_train_steps=30,
+                  warmup_steps=5, log_every_steps=5, eval_every_steps=1000,
+                  checkpoint_every_steps=10, keep_checkpoints=5,
+                  sample_every_steps=0, num_eval_batches=1)
+  settings.update(overrides)
+  return load_config("lstm", **settings)
+
+
+def test_damaged_checkpoints_are_skipped_named_and_kept_aside(tmp_path, capfd,
+                                                             caplog):
+  workdir = str(tmp_path / "run")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  train.train_and_evaluate(_tiny(), workdir)
+  assert _complete_steps(ckpt_dir) == [10, 20, 30]
+  # Step 30: its array files deleted. Step 20: every file cut to half.
+  for root, _, files in os.walk(os.path.join(ckpt_dir, "30", "state")):
+    for name in files:
+      os.remove(os.path.join(root, name))
+  for root, _, files in os.walk(os.path.join(ckpt_dir, "20")):
+    for name in files:
+      path = os.path.join(root, name)
+      os.truncate(path, os.path.getsize(path) // 2)
+  capfd.readouterr()
+
+  train.train_and_evaluate(_tiny(num_train_steps=35), workdir)
+  out = capfd.readouterr()
+  assert "Resumed from step 10" in out.out
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  assert any("Skipping damaged checkpoint step 30" in w for w in warnings), warnings
+  assert any("Skipping damaged checkpoint step 20" in w for w in warnings), warnings
+  kept_aside = sorted(os.listdir(os.path.join(workdir, checkpoint.DAMAGED_DIR)))
+  assert [name.split("-")[0] for name in kept_aside] == ["20", "30"]
+  # The resumed run saved steps 20 and 30 again, and finished.
+  assert _complete_steps(ckpt_dir) == [10, 20, 30, 35]
+
+
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(_tiny(num_train_steps=10), workdir)
+  state_dir = os.path.join(workdir, "checkpoints", "10", "state")
+  for root, _, files in os.walk(state_dir):
+    for name in files:
+      os.remove(os.path.join(root, name))
+  import pytest
+  with pytest.raises(RuntimeError, match=r"No readable checkpoint .*step 10"):
+    train.train_and_evaluate(_tiny(num_train_steps=20), workdir)
+  assert _complete_steps(os.path.join(workdir, "checkpoints")) == [10]
