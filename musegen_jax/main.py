@@ -19,6 +19,9 @@ config_flags.DEFINE_config_file(
     "config", None, "Training config file, optionally with ':variant'.",
     lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+flags.DEFINE_bool("allow_config_change", False,
+                  "Resume a workdir even though the task, model, data dir or "
+                  "representation changed since its last run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -29,7 +32,12 @@ def main(argv: list[str]) -> None:
     # orbax and grain log every save at INFO; keep the console to our own lines.
     logging.set_verbosity(logging.WARNING)
   from musegen_jax import train  # After flag parsing: keeps --help fast.
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  from musegen_jax import workdir as workdir_lib
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                             allow_config_change=FLAGS.allow_config_change)
+  except workdir_lib.WorkdirInUseError as e:
+    sys.exit(f"FATAL {e}")
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -31,6 +31,7 @@ from ml_collections import config_dict
 from musegen_jax import checkpoint
 from musegen_jax import parallel
 from musegen_jax import tasks
+from musegen_jax import workdir as workdir_lib
 from musegen_jax.data import pipeline
 from musegen_jax.metrics import MetricWriter
 
@@ -204,7 +205,8 @@ def _format(values: dict[str, float]) -> str:
 
 
 def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
-                       stop_at_step: int | None = None) -> TrainState:
+                       stop_at_step: int | None = None,
+                       allow_config_change: bool = False) -> TrainState:
   """Trains `config` in `workdir`, resuming from its newest checkpoint.
 
   Args:
@@ -213,6 +215,8 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
       config go here.
     stop_at_step: stop (with a checkpoint) at this step instead of
       `num_train_steps`, as a preemption would; the schedule is unchanged.
+    allow_config_change: resume even if the task, model, data dir or
+      representation differ from the workdir's earlier run.
 
   Returns:
     The final train state.
@@ -220,6 +224,21 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
   check_config(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  hold = (workdir_lib.hold(workdir) if jax.process_index() == 0
+          else contextlib.nullcontext())
+  with hold:
+    if any(name.isdigit() for name in _list(os.path.join(workdir, "checkpoints"))):
+      workdir_lib.check_config(workdir, config, allow_change=allow_config_change)
+    return _train(config, workdir, stop_at_step)
+
+
+def _list(directory: str) -> list[str]:
+  return os.listdir(directory) if os.path.isdir(directory) else []
+
+
+def _train(config: config_dict.ConfigDict, workdir: str,
+           stop_at_step: int | None) -> TrainState:
+  """The loop of `train_and_evaluate`, once the workdir is checked and held."""
   mesh = parallel.create_mesh()
 
   data_dir = resolve_data_dir(config)

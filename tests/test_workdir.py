@@ -1,0 +1,70 @@
+"""Workdir guards: one live run per workdir, no resume under an incompatible config."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from musegen_jax import train
+from musegen_jax import workdir as workdir_lib
+
+from conftest import load_config
+
+
+def _tiny(**overrides):
+  settings = dict(model__embed_dim=16, model__hidden_size=32, model__num_layers=1,
+                  data__seq_len=32, batch_size=16, num_train_steps=10,
+                  warmup_steps=2, log_every_steps=5, eval_every_steps=1000,
+                  checkpoint_every_steps=10, sample_every_steps=0,
+                  num_eval_batches=1)
+  settings.update(overrides)
+  return load_config("lstm", **settings)
+
+
+def test_second_run_on_a_held_workdir_is_refused_naming_the_holder(tmp_path):
+  workdir = str(tmp_path / "run")
+  # Another process holds the workdir, as a live training run would.
+  holder = subprocess.Popen(
+      [sys.executable, "-c", textwrap.dedent(f"""
+          import sys, time
+          from musegen_jax import workdir
+          with workdir.hold({workdir!r}):
+            print("held", flush=True)
+            time.sleep(60)
+          """)], stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(workdir_lib.WorkdirInUseError,
+                       match=rf"in use by another run .*\"pid\": {holder.pid}"):
+      train.train_and_evaluate(_tiny(), workdir)
+  finally:
+    holder.kill()
+    holder.wait()
+  # The holder is gone (killed: the OS released its lock): the run proceeds.
+  train.train_and_evaluate(_tiny(), workdir)
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["10"]
+
+
+def test_resume_with_another_model_is_refused_unless_allowed(tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(_tiny(), workdir)
+  with pytest.raises(ValueError, match=r"model.hidden_size: 32 -> 64.*allow_config_change"):
+    train.train_and_evaluate(_tiny(model__hidden_size=64, num_train_steps=20), workdir)
+  # A longer schedule is no structural change: it resumes.
+  train.train_and_evaluate(_tiny(num_train_steps=20), workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
+  # Allowed explicitly, a changed dropout (same parameters) resumes too.
+  train.train_and_evaluate(_tiny(num_train_steps=30, model__dropout_rate=0.2),
+                           workdir, allow_config_change=True)
+  assert "30" in os.listdir(os.path.join(workdir, "checkpoints"))
+
+
+def test_config_changes_lists_every_differing_key():
+  old = {"model": {"hidden_size": 32, "name": "lstm"}, "seed": 0}
+  new = {"model": {"hidden_size": 64, "name": "lstm"}, "seed": 0, "extra": 1}
+  assert workdir_lib.config_changes(old, new) == {
+      "extra": (None, 1), "model.hidden_size": (32, 64)}
