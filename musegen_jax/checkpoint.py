@@ -13,6 +13,7 @@ pickle anywhere.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -210,11 +211,26 @@ def export_bundle(output_dir: str, *, params: Any,
   checkpointer.wait_until_finished()
   _write_json(os.path.join(output_dir, "config.json"), config.to_dict())
   _write_json(os.path.join(output_dir, "representation.json"), representation)
-  # Written last: its presence marks a complete bundle.
+  # Written last: its presence marks a complete bundle. The checksums let
+  # load_bundle refuse a file changed or cut after export.
   _write_json(os.path.join(output_dir, BUNDLE_FILE),
               {"format_version": BUNDLE_FORMAT_VERSION, "step": int(step),
-               "task": config.task, "model": config.model.name})
+               "task": config.task, "model": config.model.name,
+               "sha256": _checksums(output_dir)})
   return output_dir
+
+
+def _checksums(directory: str) -> dict[str, str]:
+  """{relative path: sha256} of every file below `directory` but bundle.json."""
+  sums = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      relpath = os.path.relpath(path, directory)
+      if relpath != BUNDLE_FILE:
+        with open(path, "rb") as f:
+          sums[relpath] = hashlib.sha256(f.read()).hexdigest()
+  return dict(sorted(sums.items()))
 
 
 def load_bundle(export_dir: str) -> Bundle:
@@ -225,11 +241,22 @@ def load_bundle(export_dir: str) -> Bundle:
     raise FileNotFoundError(
         f"{export_dir} is not an export bundle (no {BUNDLE_FILE}); write one "
         "with `python -m musegen_jax.export --workdir=RUN --output=DIR`.")
-  info = _read_json(info_path)
+  try:
+    info = _read_json(info_path)
+  except ValueError as e:
+    raise ValueError(f"{info_path} is not valid JSON ({e}): the bundle is "
+                     "damaged; export it again.") from None
   if info.get("format_version") != BUNDLE_FORMAT_VERSION:
     raise ValueError(
         f"{export_dir}: bundle format_version {info.get('format_version')!r}, "
         f"this musegen_jax reads {BUNDLE_FORMAT_VERSION}.")
+  expected, found = info.get("sha256", {}), _checksums(export_dir)
+  changed = sorted(p for p in set(expected) | set(found)
+                   if expected.get(p) != found.get(p))
+  if changed:
+    raise ValueError(
+        f"{export_dir}: files changed, added or missing since export "
+        f"({', '.join(changed)}); refusing to load it. Export it again.")
   config = ml_collections.ConfigDict(
       _read_json(os.path.join(export_dir, "config.json")))
   representation = _read_json(os.path.join(export_dir, "representation.json"))

@@ -70,6 +70,21 @@ def test_bundle_round_trip_and_clear_errors(tmp_path):
                              representation=rep, step=8)
   with pytest.raises(FileNotFoundError, match="not an export bundle"):
     checkpoint.load_bundle(str(tmp_path))
+  # A changed config, then a cut parameter file: both refused, named.
+  config_path = os.path.join(out, "config.json")
+  original = open(config_path).read()
+  open(config_path, "w").write(original.replace('"seed": 0', '"seed": 1'))
+  with pytest.raises(ValueError, match=r"files changed.*config\.json"):
+    checkpoint.load_bundle(out)
+  open(config_path, "w").write(original)
+  array_files = [os.path.join(root, name) for root, _, files in
+                 os.walk(os.path.join(out, "params")) for name in files
+                 if "/d/" in os.path.join(root, name)]
+  assert array_files
+  os.truncate(array_files[0], os.path.getsize(array_files[0]) // 2)
+  with pytest.raises(ValueError, match=r"files changed.*params/"):
+    checkpoint.load_bundle(out)
+
   info_path = os.path.join(out, checkpoint.BUNDLE_FILE)
   info = json.load(open(info_path))
   info["format_version"] = 99
