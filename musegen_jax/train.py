@@ -19,13 +19,12 @@ import time
 from typing import Any
 
 import jax
-import matplotlib.image as plt_image
 import jax.numpy as jnp
+import matplotlib.image as plt_image
 import numpy as np
 import optax
 import tqdm
 from absl import logging
-from flax.training import train_state
 from ml_collections import config_dict
 
 from musegen_jax import checkpoint
@@ -34,8 +33,11 @@ from musegen_jax import tasks
 from musegen_jax import workdir as workdir_lib
 from musegen_jax.data import pipeline
 from musegen_jax.metrics import MetricWriter
+from musegen_jax.tasks import common
 
-TrainState = train_state.TrainState
+TrainState = common.TrainState
+# What a NaN/Inf loss or gradient does: stop with an error, or skip the update.
+NONFINITE_MODES = ("stop", "skip")
 
 
 def create_learning_rate_fn(config: config_dict.ConfigDict) -> optax.Schedule:
@@ -79,6 +81,9 @@ def check_config(config: config_dict.ConfigDict) -> None:
   if not 0 <= config.model.dropout_rate < 1:
     raise ValueError(f"config.model.dropout_rate={config.model.dropout_rate} "
                      "must be in [0, 1)")
+  if config.nonfinite not in NONFINITE_MODES:
+    raise ValueError(f"config.nonfinite={config.nonfinite!r}; allowed: "
+                     f"{list(NONFINITE_MODES)}")
   parallel.check_parallelism(config.parallelism, config.batch_size)
 
 
@@ -200,6 +205,19 @@ def _write_samples(task, config, params, rng, workdir: str, step: int,
                        (image[..., :3] * 255).astype(np.uint8))
 
 
+def _check_finite(rows: list[tuple[int, dict[str, Any]]], mode: str,
+                  manager) -> None:
+  """With `nonfinite="stop"`, raises at the first step whose update was skipped."""
+  bad = [step for step, metrics in rows if metrics["nonfinite"]]
+  if bad and mode == "stop":
+    manager.wait_until_finished()
+    raise FloatingPointError(
+        f"Non-finite loss or gradient at step {bad[0]} (update not applied). "
+        f"The last good checkpoint is step {manager.latest_step()} in "
+        f"{manager.directory}. Lower the learning rate, check the data, or "
+        "set --config.nonfinite=skip to skip such updates and count them.")
+
+
 def _format(values: dict[str, float]) -> str:
   return ", ".join(f"{k} {v:.4g}" for k, v in values.items())
 
@@ -280,57 +298,64 @@ def _train(config: config_dict.ConfigDict, workdir: str,
       stop_at_step, config.num_train_steps)
   pending: list[tuple[int, dict[str, jax.Array]]] = []
   step = start_step
-  with _stop_on_signals() as stop, tqdm.tqdm(
-      total=config.num_train_steps, initial=start_step, disable=not is_chief,
-      unit="step", dynamic_ncols=True) as bar:
-    t_log = time.perf_counter()
-    while step < last_step:
-      batch = parallel.global_batch(next(train_iter), mesh)
-      state, metrics = train_step(state, batch, step_rng)
-      step += 1
-      pending.append((step, metrics))
-      bar.update(1)
+  try:
+    with _stop_on_signals() as stop, tqdm.tqdm(
+        total=config.num_train_steps, initial=start_step, disable=not is_chief,
+        unit="step", dynamic_ncols=True) as bar:
+      t_log = time.perf_counter()
+      while step < last_step:
+        batch = parallel.global_batch(next(train_iter), mesh)
+        state, metrics = train_step(state, batch, step_rng)
+        step += 1
+        pending.append((step, metrics))
+        bar.update(1)
 
-      if step % config.log_every_steps == 0 or step == last_step or stop.is_set():
-        rows = jax.device_get(pending)
-        pending = []
-        now = time.perf_counter()
-        steps_per_sec = len(rows) / max(now - t_log, 1e-9)
-        t_log = now
-        writer.write_steps("train", rows)
-        summary = {k: float(np.mean([m[k] for _, m in rows])) for k in rows[0][1]}
-        summary.update(learning_rate=float(learning_rate_fn(step - 1)),
-                       steps_per_sec=steps_per_sec)
-        writer.write_scalars(step, summary, prefix="train")
-        bar.set_postfix(loss=f"{summary['loss']:.4f}", refresh=False)
-        if step % (config.log_every_steps * 10) == 0 and is_chief:
-          bar.write(f"step {step}: train " + _format(summary))
+        do_eval = step % config.eval_every_steps == 0 or step == config.num_train_steps
+        do_save = (step % config.checkpoint_every_steps == 0 or step == last_step
+                   or stop.is_set() or do_eval)
+        # Metrics are fetched (a host sync) only at log, eval and save steps;
+        # a checkpoint is only written after its steps were checked finite.
+        if step % config.log_every_steps == 0 or do_save:
+          rows = jax.device_get(pending)
+          pending = []
+          _check_finite(rows, config.nonfinite, manager)
+          now = time.perf_counter()
+          steps_per_sec = len(rows) / max(now - t_log, 1e-9)
+          t_log = now
+          writer.write_steps("train", rows)
+          summary = {k: float(np.mean([m[k] for _, m in rows])) for k in rows[0][1]}
+          summary.update(learning_rate=float(learning_rate_fn(step - 1)),
+                         steps_per_sec=steps_per_sec,
+                         skipped_updates=int(jax.device_get(state.skipped_updates)))
+          writer.write_scalars(step, summary, prefix="train")
+          bar.set_postfix(loss=f"{summary['loss']:.4f}", refresh=False)
+          if step % (config.log_every_steps * 10) == 0 and is_chief:
+            bar.write(f"step {step}: train " + _format(summary))
 
-      valid_loss = None
-      if step % config.eval_every_steps == 0 or step == config.num_train_steps:
-        valid = evaluate(eval_step, task.summarize, state.params, valid_windows,
-                         mesh, config.batch_size, representation.pad_id,
-                         config.num_eval_batches)
-        valid_loss = valid["loss"]
-        writer.write_scalars(step, valid, prefix="valid")
-        if is_chief:
-          bar.write(f"step {step}: valid " + _format(valid))
+        valid_loss = None
+        if do_eval:
+          valid = evaluate(eval_step, task.summarize, state.params, valid_windows,
+                           mesh, config.batch_size, representation.pad_id,
+                           config.num_eval_batches)
+          valid_loss = valid["loss"]
+          writer.write_scalars(step, valid, prefix="valid")
+          if is_chief:
+            bar.write(f"step {step}: valid " + _format(valid))
 
-      if config.sample_every_steps and step % config.sample_every_steps == 0:
-        _write_samples(task, config, state.params,
-                       jax.random.fold_in(sample_rng, step), workdir, step,
-                       writer, is_chief)
+        if config.sample_every_steps and step % config.sample_every_steps == 0:
+          _write_samples(task, config, state.params,
+                         jax.random.fold_in(sample_rng, step), workdir, step,
+                         writer, is_chief)
 
-      if (step % config.checkpoint_every_steps == 0 or step == last_step
-          or stop.is_set() or valid_loss is not None):
-        checkpoint.save(manager, step, state, train_iter, valid_loss=valid_loss,
-                        force=True)
-      if stop.is_set():
-        say(f"Stopped at step {step}; the same command resumes.", flush=True)
-        break
-
-  manager.wait_until_finished()
-  manager.close()
-  train_iter.close()  # Stops grain's worker processes and frees their memory.
-  writer.close()
+        if do_save:
+          checkpoint.save(manager, step, state, train_iter, valid_loss=valid_loss,
+                          force=True)
+        if stop.is_set():
+          say(f"Stopped at step {step}; the same command resumes.", flush=True)
+          break
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    train_iter.close()  # Stops grain's worker processes and frees their memory.
+    writer.close()
   return state

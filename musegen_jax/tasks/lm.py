@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import note_seq
 import numpy as np
 import optax
-from flax.training import train_state
 from ml_collections import config_dict
 
 from musegen_jax import models
 from musegen_jax import plots
+from musegen_jax.tasks import common
 
 Array = jax.Array
 
@@ -59,8 +59,8 @@ class LanguageModelTask:
             "correct_sum": jnp.sum(correct * weights),
             "weight_sum": jnp.sum(weights)}
 
-  def train_step(self, state: train_state.TrainState, batch: dict[str, Array],
-                 rng: Array) -> tuple[train_state.TrainState, dict[str, Array]]:
+  def train_step(self, state: common.TrainState, batch: dict[str, Array],
+                 rng: Array) -> tuple[common.TrainState, dict[str, Array]]:
     """One AdamW update; the dropout key is `rng` folded with the step."""
     rng = jax.random.fold_in(rng, state.step)
 
@@ -69,10 +69,12 @@ class LanguageModelTask:
       return sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1.0), sums
 
     (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads)
+    grad_norm = optax.tree.norm(grads)
+    state, finite = common.apply_finite_update(state, grads, loss, grad_norm)
     return state, {"loss": loss,
                    "accuracy": sums["correct_sum"] / jnp.maximum(sums["weight_sum"], 1.0),
-                   "grad_norm": optax.tree.norm(grads)}
+                   "grad_norm": grad_norm,
+                   "nonfinite": (~finite).astype(jnp.float32)}
 
   def eval_step(self, params: Any, batch: dict[str, Array]) -> dict[str, Array]:
     """Metric sums over a batch; `summarize` turns their totals into means."""

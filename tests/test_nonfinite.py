@@ -1,0 +1,103 @@
+"""A NaN loss is never applied: the run stops naming the step, or skips and counts.
+
+The NaN comes from a real batch: a token id outside the vocabulary makes the
+first layer's table lookup produce NaN (jnp.take's "fill" mode).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import grain
+import jax
+import numpy as np
+import pytest
+
+from musegen_jax import parallel
+from musegen_jax import tasks
+from musegen_jax import train
+from musegen_jax.data import pipeline
+
+from conftest import load_config
+
+
+def _tiny(**overrides):
+  settings = dict(model__embed_dim=16, model__hidden_size=32, model__num_layers=1,
+                  data__seq_len=32, batch_size=16, num_train_steps=12,
+                  warmup_steps=2, log_every_steps=4, eval_every_steps=1000,
+                  checkpoint_every_steps=5, sample_every_steps=0,
+                  num_eval_batches=1)
+  settings.update(overrides)
+  return load_config("lstm", **settings)
+
+
+@dataclasses.dataclass
+class PoisonBatch(grain.transforms.Map):
+  """Puts an out-of-vocabulary token into the `at`-th batch (1-based)."""
+  at: int
+  seen: int = 0
+
+  def map(self, batch):
+    self.seen += 1
+    if self.seen == self.at:
+      batch = {"tokens": batch["tokens"].copy()}
+      batch["tokens"][0, 5] = 390
+    return batch
+
+
+def _poison_at(monkeypatch, at):
+  original = train.create_train_dataset
+  monkeypatch.setattr(train, "create_train_dataset",
+                      lambda *args: original(*args).map(PoisonBatch(at)))
+
+
+def test_a_nonfinite_update_is_not_applied_and_is_counted(jsb_data_dir):
+  config = _tiny()
+  rep = pipeline.load_representation("performance", jsb_data_dir)
+  task = tasks.create_task(config, rep)
+  mesh = parallel.create_mesh()
+  state = train.create_train_state(task, config, mesh, jax.random.PRNGKey(0))
+  step, _ = train.jit_steps(task, mesh)
+  tokens = np.random.default_rng(0).integers(2, 390, (16, 33)).astype(np.int32)
+  bad = tokens.copy()
+  bad[3, 7] = 390
+  before = jax.device_get(state)
+  state, metrics = step(state, parallel.global_batch({"tokens": bad}, mesh),
+                        jax.random.PRNGKey(1))
+  assert not np.isfinite(float(metrics["loss"]))
+  assert float(metrics["nonfinite"]) == 1.0
+  after = jax.device_get(state)
+  assert int(after.step) == 1 and int(after.skipped_updates) == 1
+  for a, b in zip(jax.tree.leaves((before.params, before.opt_state)),
+                  jax.tree.leaves((after.params, after.opt_state))):
+    np.testing.assert_array_equal(a, b)
+  # Good batches update again (the optimizer's own count did not advance on
+  # the skipped one, so its warmup starts at a zero learning rate: two steps).
+  for _ in range(2):
+    state, metrics = step(state, parallel.global_batch({"tokens": tokens}, mesh),
+                          jax.random.PRNGKey(1))
+    assert float(metrics["nonfinite"]) == 0.0
+  assert int(state.skipped_updates) == 1 and int(state.step) == 3
+  assert not np.array_equal(jax.tree.leaves(jax.device_get(state.params))[0],
+                            jax.tree.leaves(after.params)[0])
+
+
+def test_stop_mode_names_the_step_and_the_last_good_checkpoint(tmp_path, monkeypatch):
+  _poison_at(monkeypatch, 7)
+  with pytest.raises(FloatingPointError,
+                     match=r"at step 7 .*last good checkpoint is step 5"):
+    train.train_and_evaluate(_tiny(), str(tmp_path))
+  # Nothing written after the bad step: step 5 is the newest checkpoint.
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["5"]
+
+
+def test_skip_mode_goes_on_and_counts(tmp_path, monkeypatch):
+  _poison_at(monkeypatch, 7)
+  state = train.train_and_evaluate(_tiny(nonfinite="skip"), str(tmp_path))
+  assert int(state.step) == 12 and int(state.skipped_updates) == 1
+  with open(tmp_path / "train_log.jsonl", encoding="utf-8") as f:
+    flags = {r["step"]: r["train/nonfinite"] for r in map(json.loads, f)}
+  assert [s for s, v in flags.items() if v] == [7]
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
