@@ -39,6 +39,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # grain worker processes for the training pipeline (0: in the main process).
   config.data.num_workers = 2
   config.data.prefetch_buffer_size = 32
+  # A shard record that does not parse: "error" (names shard and record) or
+  # "skip" (a warning with the same).
+  config.data.bad_records = "error"
 
   # Global batch size over all devices and hosts.
   config.batch_size = 32

@@ -81,6 +81,9 @@ def check_config(config: config_dict.ConfigDict) -> None:
   if not 0 <= config.model.dropout_rate < 1:
     raise ValueError(f"config.model.dropout_rate={config.model.dropout_rate} "
                      "must be in [0, 1)")
+  if config.data.bad_records not in pipeline.BAD_RECORD_MODES:
+    raise ValueError(f"config.data.bad_records={config.data.bad_records!r}; "
+                     f"allowed: {list(pipeline.BAD_RECORD_MODES)}")
   if config.nonfinite not in NONFINITE_MODES:
     raise ValueError(f"config.nonfinite={config.nonfinite!r}; allowed: "
                      f"{list(NONFINITE_MODES)}")
@@ -102,7 +105,8 @@ def create_train_dataset(config: config_dict.ConfigDict, data_dir: str,
       data_dir, representation, seq_len=config.data.seq_len,
       global_batch_size=config.batch_size, seed=config.seed,
       num_workers=config.data.num_workers,
-      prefetch_buffer_size=config.data.prefetch_buffer_size)
+      prefetch_buffer_size=config.data.prefetch_buffer_size,
+      on_bad_record=config.data.bad_records)
 
 
 def create_train_state(task, config: config_dict.ConfigDict, mesh,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
+
+import grain
 import numpy as np
 import orbax.checkpoint as ocp
-import grain
+import pytest
 
 from musegen_jax.data import pipeline
 from musegen_jax.data import representations
@@ -88,3 +92,28 @@ def test_eval_windows_cover_every_valid_token_once(jsb_data_dir):
   batches = list(pipeline.eval_batches(windows, 16, rep.pad_id))
   assert all(b["tokens"].shape == (16, seq_len + 1) for b in batches)
   assert len(batches) == -(-len(windows) // 16)
+
+
+def _dataset_with_a_bad_record(data_dir, tmp_path):
+  """Ten real chorales in two shards, the 4th record of shard 1 garbled."""
+  records = list(shards.read_records(shards.split_paths(data_dir, "train")))[:10]
+  records[7] = b"\xff\xff\xff\xff not a NoteSequence"
+  out = str(tmp_path / "bad")
+  os.makedirs(out)
+  shards.write_split(records, out, "train", 2)
+  shards.write_metadata(out, shards.read_metadata(data_dir))
+  return out
+
+
+def test_a_garbled_record_is_named_by_shard_and_index_or_skipped(jsb_data_dir, tmp_path):
+  out = _dataset_with_a_bad_record(jsb_data_dir, tmp_path)
+  paths = shards.split_paths(out, "train")
+  assert len(paths) == 2
+  rep = representations.get_representation("performance")
+  kwargs = dict(seq_len=16, global_batch_size=2, seed=0, num_workers=0)
+  with pytest.raises(pipeline.BadRecordError,
+                     match=re.escape(paths[1]) + r" record 2: DecodeError"):
+    _take(iter(pipeline.create_train_dataset(out, rep, **kwargs)), 10)
+  it = iter(pipeline.create_train_dataset(out, rep, on_bad_record="skip", **kwargs))
+  rows = np.concatenate(_take(it, 18))  # Four epochs of the 9 good records.
+  assert rows.shape == (36, 17) and (rows != 0).mean() > 0.9

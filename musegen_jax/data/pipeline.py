@@ -1,7 +1,8 @@
 """grain input pipeline: shards of NoteSequences -> batches of model inputs.
 
-Train: ArrayRecordDataSource -> seeded shuffle (a new order each epoch) ->
-repeat -> this process's slice -> parse + encode -> random crop / pad to
+Train: record indices -> seeded shuffle (a new order each epoch) -> repeat ->
+this process's slice -> read from the ArrayRecord shards -> parse + encode (a
+bad record raises or is skipped, named by shard and index) -> random crop / pad to
 `seq_len + 1` -> batch -> optional worker processes. The iterator's state is
 saved in every checkpoint, so a resumed run sees the same batches.
 
@@ -11,8 +12,9 @@ the valid loss of two runs or two steps is comparable.
 
 from __future__ import annotations
 
-import dataclasses
+import bisect
 import ctypes
+import dataclasses
 import json
 import os
 import signal
@@ -20,9 +22,11 @@ import sys
 from typing import Any, Iterator
 
 import grain
-from absl import flags
 import jax
 import numpy as np
+from absl import flags
+from absl import logging
+from google.protobuf.message import DecodeError
 
 from musegen_jax.data import representations
 from musegen_jax.data import shards
@@ -65,13 +69,49 @@ def representation_from_spec(spec: dict[str, Any]):
   return representations.get_representation(spec["name"], **spec["settings"])
 
 
+BAD_RECORD_MODES = ("error", "skip")
+
+
+class BadRecordError(ValueError):
+  """A shard record that does not parse or encode."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadRecord(grain.transforms.Map):
+  """Source index -> (index, serialized record)."""
+  source: Any
+
+  def map(self, index: int) -> tuple[int, bytes]:
+    return index, self.source[index]
+
+
 @dataclasses.dataclass(frozen=True)
 class EncodeRecord(grain.transforms.Map):
-  """Serialized NoteSequence -> encoded array ([time] tokens or [time, ...])."""
-  representation: Any
+  """(index, serialized NoteSequence) -> encoded array, or None when skipped.
 
-  def map(self, record: bytes) -> np.ndarray:
-    return encode_with_boundary(self.representation, parse_note_sequence(record))
+  A record that fails to parse or encode raises `BadRecordError` naming its
+  shard and record index (`on_bad_record="error"`), or is skipped with a
+  warning that says the same (`"skip"`; grain drops the None).
+  """
+  representation: Any
+  shard_paths: tuple[str, ...] = ()
+  shard_starts: tuple[int, ...] = ()
+  on_bad_record: str = "error"
+
+  def map(self, item: tuple[int, bytes]) -> np.ndarray | None:
+    index, record = item
+    try:
+      return encode_with_boundary(self.representation, parse_note_sequence(record))
+    except (DecodeError, ValueError) as e:
+      shard = bisect.bisect_right(self.shard_starts, index) - 1
+      where = (f"{self.shard_paths[shard]} record {index - self.shard_starts[shard]}"
+               if self.shard_paths else f"record {index}")
+      if self.on_bad_record == "error":
+        raise BadRecordError(
+            f"{where}: {type(e).__name__}: {e} (set "
+            "--config.data.bad_records=skip to skip such records)") from None
+      logging.warning("Skipping bad record %s: %s: %s", where, type(e).__name__, e)
+      return None
 
 
 def encode_with_boundary(representation, ns) -> np.ndarray:
@@ -106,7 +146,8 @@ def pad_to(x: np.ndarray, length: int, pad_value: int) -> np.ndarray:
 
 def create_train_dataset(data_dir: str, representation, *, seq_len: int,
                          global_batch_size: int, seed: int, num_workers: int,
-                         prefetch_buffer_size: int = 32) -> grain.IterDataset:
+                         prefetch_buffer_size: int = 32,
+                         on_bad_record: str = "error") -> grain.IterDataset:
   """The training dataset of this process: dicts of [batch, seq_len + 1].
 
   Args:
@@ -118,14 +159,23 @@ def create_train_dataset(data_dir: str, representation, *, seq_len: int,
     seed: shuffle and crop seed.
     num_workers: grain worker processes (0 runs in this process).
     prefetch_buffer_size: elements read ahead by grain's threads.
+    on_bad_record: "error" (raise `BadRecordError` naming the shard and
+      record) or "skip" (warn with the same, and go on).
   """
-  source = grain.sources.ArrayRecordDataSource(shards.split_paths(data_dir, "train"))
-  ds = (grain.MapDataset.source(source)
+  if on_bad_record not in BAD_RECORD_MODES:
+    raise ValueError(f"on_bad_record={on_bad_record!r}; allowed: {BAD_RECORD_MODES}")
+  paths = shards.split_paths(data_dir, "train")
+  source = grain.sources.ArrayRecordDataSource(paths)
+  starts = np.cumsum([0] + [len(grain.sources.ArrayRecordDataSource([p]))
+                            for p in paths[:-1]])
+  ds = (grain.MapDataset.range(len(source))
         .seed(seed)
         .shuffle()
         .repeat()
         [jax.process_index()::jax.process_count()]
-        .map(EncodeRecord(representation))
+        .map(ReadRecord(source))
+        .map(EncodeRecord(representation, tuple(paths),
+                          tuple(int(x) for x in starts), on_bad_record))
         .random_map(RandomWindow(seq_len + 1, representation.pad_id)))
   ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=2, prefetch_buffer_size=prefetch_buffer_size))
