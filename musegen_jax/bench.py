@@ -44,7 +44,11 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Training config file, optionally with ':variant'.",
     lock_config=True)
-flags.DEFINE_enum("bench", "train", ["train", "data", "sample"], "What to time.")
+flags.DEFINE_enum("bench", "train", ["train", "data", "sample", "soak"],
+                  "What to time.")
+flags.DEFINE_integer("soak_steps", 20_000, "Train steps of the soak benchmark.")
+flags.DEFINE_integer("soak_checkpoint_every", 500,
+                     "Checkpoint interval of the soak benchmark.")
 flags.DEFINE_integer("steps", 10, "Timed train steps (after warm-up).")
 flags.DEFINE_integer("warmup", 2, "Untimed train steps after compilation.")
 flags.DEFINE_integer("roof_size", 2048, "Side of the float32 matmul timed as the roof.")
@@ -401,7 +405,66 @@ def bench_sample(config) -> dict[str, Any]:
   }
 
 
-BENCHMARKS = {"train": bench_train, "data": bench_data, "sample": bench_sample}
+
+
+def _rss_mb() -> float:
+  """Current resident memory of this process in MiB (Linux /proc)."""
+  with open("/proc/self/statm", encoding="utf-8") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def bench_soak(config) -> dict[str, Any]:
+  """The config trained for `--soak_steps` with frequent checkpoints.
+
+  A thread samples the resident memory every second; the figure that matters
+  is the growth from just after the first checkpoint to the end (target:
+  under 10%).
+  """
+  import tempfile  # pylint: disable=import-outside-toplevel
+  import threading  # pylint: disable=import-outside-toplevel
+  from musegen_jax import train  # pylint: disable=import-outside-toplevel
+  config.num_train_steps = FLAGS.soak_steps
+  config.checkpoint_every_steps = FLAGS.soak_checkpoint_every
+  config.eval_every_steps = FLAGS.soak_steps
+  config.sample_every_steps = 0
+  workdir = tempfile.mkdtemp(prefix="musegen_soak-")
+  first_ckpt = os.path.join(workdir, "checkpoints", str(FLAGS.soak_checkpoint_every))
+  samples: list[tuple[float, float, bool]] = []
+  done = threading.Event()
+
+  def sample_rss():
+    while not done.wait(1.0):
+      samples.append((time.perf_counter(), _rss_mb(), os.path.isdir(first_ckpt)))
+
+  rss_start = _rss_mb()
+  sampler = threading.Thread(target=sample_rss, daemon=True)
+  t0 = time.perf_counter()
+  sampler.start()
+  train.train_and_evaluate(config, workdir)
+  seconds = time.perf_counter() - t0
+  done.set()
+  sampler.join()
+  rss_end = _rss_mb()
+  after_first = [rss for _, rss, saved in samples if saved]
+  rss_first = after_first[0] if after_first else None
+  return {
+      "bench": "soak", "steps": FLAGS.soak_steps,
+      "checkpoint_every_steps": FLAGS.soak_checkpoint_every,
+      "seconds": round(seconds, 1),
+      "steps_per_sec": round(FLAGS.soak_steps / seconds, 1),
+      "rss_start_mb": round(rss_start, 1),
+      "rss_after_first_checkpoint_mb": None if rss_first is None else round(rss_first, 1),
+      "rss_max_mb": round(max(rss for _, rss, _ in samples), 1) if samples else None,
+      "rss_end_mb": round(rss_end, 1),
+      "growth_after_first_checkpoint": (None if rss_first is None
+                                        else round(rss_end / rss_first - 1, 4)),
+      "checkpoints_kept": sorted(os.listdir(os.path.join(workdir, "checkpoints"))),
+      "workdir": workdir, "device": device_description(),
+      "peak_rss_mb": peak_rss_mb()}
+
+
+BENCHMARKS = {"train": bench_train, "data": bench_data, "sample": bench_sample,
+              "soak": bench_soak}
 
 
 def main(argv: list[str]) -> None:
