@@ -425,7 +425,9 @@ def bench_soak(config) -> dict[str, Any]:
   from musegen_jax import train  # pylint: disable=import-outside-toplevel
   config.num_train_steps = FLAGS.soak_steps
   config.checkpoint_every_steps = FLAGS.soak_checkpoint_every
-  config.eval_every_steps = FLAGS.soak_steps
+  # Eval with each checkpoint: its one-time compile happens before the first
+  # checkpoint, so the growth after it is the steady state.
+  config.eval_every_steps = FLAGS.soak_checkpoint_every
   config.sample_every_steps = 0
   workdir = tempfile.mkdtemp(prefix="musegen_soak-")
   first_ckpt = os.path.join(workdir, "checkpoints", str(FLAGS.soak_checkpoint_every))
@@ -458,6 +460,10 @@ def bench_soak(config) -> dict[str, Any]:
       "rss_end_mb": round(rss_end, 1),
       "growth_after_first_checkpoint": (None if rss_first is None
                                         else round(rss_end / rss_first - 1, 4)),
+      # RSS at each tenth of the run's wall time, to show any trend.
+      "rss_timeline_mb": [round(samples[min(len(samples) - 1,
+                                            i * len(samples) // 10)][1], 1)
+                          for i in range(11)] if samples else [],
       "checkpoints_kept": sorted(os.listdir(os.path.join(workdir, "checkpoints"))),
       "workdir": workdir, "device": device_description(),
       "peak_rss_mb": peak_rss_mb()}

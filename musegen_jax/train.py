@@ -25,6 +25,7 @@ import numpy as np
 import optax
 import tqdm
 from absl import logging
+from jax.experimental import multihost_utils
 from ml_collections import config_dict
 
 from musegen_jax import checkpoint
@@ -209,6 +210,19 @@ def _write_samples(task, config, params, rng, workdir: str, step: int,
                        (image[..., :3] * 255).astype(np.uint8))
 
 
+def _agree_to_stop(stop: threading.Event, manager, step: int) -> bool:
+  """Whether every process stops (and saves) after `step`.
+
+  A signal may reach only some hosts of a pod, so with several processes the
+  flags are gathered (one tiny collective per step) and any one stops all;
+  JAX's preemption notice (`jax.distributed`) is honoured through orbax.
+  """
+  if jax.process_count() == 1:
+    return stop.is_set()
+  flags = multihost_utils.process_allgather(np.asarray(stop.is_set()))
+  return bool(np.any(flags)) or manager.reached_preemption(step)
+
+
 def _check_finite(rows: list[tuple[int, dict[str, Any]]], mode: str,
                   manager) -> None:
   """With `nonfinite="stop"`, raises at the first step whose update was skipped."""
@@ -314,6 +328,8 @@ def _train(config: config_dict.ConfigDict, workdir: str,
         pending.append((step, metrics))
         bar.update(1)
 
+        if _agree_to_stop(stop, manager, step):
+          stop.set()
         do_eval = step % config.eval_every_steps == 0 or step == config.num_train_steps
         do_save = (step % config.checkpoint_every_steps == 0 or step == last_step
                    or stop.is_set() or do_eval)

@@ -22,6 +22,9 @@ from conftest import REPO_ROOT
                 "--baseline_tokens=8", "--baseline_bucket=8"],
      ["tokens_per_sec", "step_ms", "compile_s", "speedup", "baseline_tokens",
       "peak_rss_mb", "device"]),
+    ("soak", ["--soak_steps=200", "--soak_checkpoint_every=50"],
+     ["steps_per_sec", "rss_start_mb", "rss_after_first_checkpoint_mb",
+      "rss_end_mb", "growth_after_first_checkpoint", "peak_rss_mb", "device"]),
 ])
 def test_bench_prints_one_json_line(bench, flags, keys):
   result = subprocess.run(
@@ -35,4 +38,8 @@ def test_bench_prints_one_json_line(bench, flags, keys):
   assert record["bench"] == bench
   for key in keys:
     assert record[key] is not None, key
-  assert record["tokens_per_sec"] > 0
+  assert record[keys[0]] > 0
+  if bench == "soak":
+    # The newest three (keep_checkpoints) plus the best by valid loss.
+    kept = [int(step) for step in record["checkpoints_kept"]]
+    assert {100, 150, 200} <= set(kept) and len(kept) <= 4
