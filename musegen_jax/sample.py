@@ -11,7 +11,6 @@ from token to token.
 
 from __future__ import annotations
 
-import os
 
 from absl import app
 from absl import flags

@@ -44,3 +44,17 @@ def load_config(name: str, variant: str | None = "smoke", **overrides):
       node = node[parent]
     setattr(node, leaf, value)
   return config
+
+
+def tiny_lstm_config(**overrides):
+  """The LSTM config at test size (1 x 32 LSTM, 32 tokens, batch 16), locked.
+
+  Keyword overrides as in `load_config`.
+  """
+  settings = dict(model__embed_dim=16, model__hidden_size=32, model__num_layers=1,
+                  data__seq_len=32, batch_size=16, num_train_steps=10,
+                  warmup_steps=2, log_every_steps=5, eval_every_steps=1000,
+                  checkpoint_every_steps=10, sample_every_steps=0,
+                  num_eval_batches=1)
+  settings.update(overrides)
+  return load_config("lstm", **settings)

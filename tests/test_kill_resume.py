@@ -24,7 +24,7 @@ from musegen_jax import checkpoint
 from musegen_jax import export as export_lib
 from musegen_jax import train
 
-from conftest import REPO_ROOT, load_config
+from conftest import REPO_ROOT, load_config, tiny_lstm_config
 
 OVERRIDES = {"num_train_steps": 120, "checkpoint_every_steps": 10,
              "eval_every_steps": 1000, "sample_every_steps": 0,
@@ -118,13 +118,8 @@ def test_sigkill_three_times_then_resume_equals_an_unkilled_run(tmp_path):
 
 
 def _tiny(**overrides):
-  settings = dict(model__embed_dim=16, model__hidden_size=32, model__num_layers=1,
-                  data__seq_len=32, batch_size=16, num_train_steps=30,
-                  warmup_steps=5, log_every_steps=5, eval_every_steps=1000,
-                  checkpoint_every_steps=10, keep_checkpoints=5,
-                  sample_every_steps=0, num_eval_batches=1)
-  settings.update(overrides)
-  return load_config("lstm", **settings)
+  return tiny_lstm_config(**{"num_train_steps": 30, "warmup_steps": 5,
+                             "keep_checkpoints": 5, **overrides})
 
 
 def test_damaged_checkpoints_are_skipped_named_and_kept_aside(tmp_path, capfd,

@@ -20,17 +20,12 @@ from musegen_jax import tasks
 from musegen_jax import train
 from musegen_jax.data import pipeline
 
-from conftest import load_config
+from conftest import tiny_lstm_config
 
 
 def _tiny(**overrides):
-  settings = dict(model__embed_dim=16, model__hidden_size=32, model__num_layers=1,
-                  data__seq_len=32, batch_size=16, num_train_steps=12,
-                  warmup_steps=2, log_every_steps=4, eval_every_steps=1000,
-                  checkpoint_every_steps=5, sample_every_steps=0,
-                  num_eval_batches=1)
-  settings.update(overrides)
-  return load_config("lstm", **settings)
+  return tiny_lstm_config(**{"num_train_steps": 12, "log_every_steps": 4,
+                             "checkpoint_every_steps": 5, **overrides})
 
 
 @dataclasses.dataclass

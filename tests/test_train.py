@@ -24,16 +24,13 @@ from musegen_jax import train
 from musegen_jax.data import jsb
 from musegen_jax.data import pipeline
 
-from conftest import REPO_ROOT, load_config
+from conftest import REPO_ROOT, load_config, tiny_lstm_config
 
 
 def _tiny(**overrides):
-  settings = dict(model__embed_dim=16, model__hidden_size=32, model__num_layers=2,
-                  data__seq_len=32, batch_size=16, num_train_steps=40,
-                  warmup_steps=5, log_every_steps=5, eval_every_steps=20,
-                  checkpoint_every_steps=10, num_eval_batches=2)
-  settings.update(overrides)
-  return load_config("lstm", **settings)
+  return tiny_lstm_config(**{"model__num_layers": 2, "num_train_steps": 40,
+                             "warmup_steps": 5, "eval_every_steps": 20,
+                             "num_eval_batches": 2, **overrides})
 
 
 def _losses(workdir):

@@ -12,17 +12,7 @@ import pytest
 from musegen_jax import train
 from musegen_jax import workdir as workdir_lib
 
-from conftest import load_config
-
-
-def _tiny(**overrides):
-  settings = dict(model__embed_dim=16, model__hidden_size=32, model__num_layers=1,
-                  data__seq_len=32, batch_size=16, num_train_steps=10,
-                  warmup_steps=2, log_every_steps=5, eval_every_steps=1000,
-                  checkpoint_every_steps=10, sample_every_steps=0,
-                  num_eval_batches=1)
-  settings.update(overrides)
-  return load_config("lstm", **settings)
+from conftest import tiny_lstm_config
 
 
 def test_second_run_on_a_held_workdir_is_refused_naming_the_holder(tmp_path):
@@ -40,25 +30,25 @@ def test_second_run_on_a_held_workdir_is_refused_naming_the_holder(tmp_path):
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(workdir_lib.WorkdirInUseError,
                        match=rf"in use by another run .*\"pid\": {holder.pid}"):
-      train.train_and_evaluate(_tiny(), workdir)
+      train.train_and_evaluate(tiny_lstm_config(), workdir)
   finally:
     holder.kill()
     holder.wait()
   # The holder is gone (killed: the OS released its lock): the run proceeds.
-  train.train_and_evaluate(_tiny(), workdir)
+  train.train_and_evaluate(tiny_lstm_config(), workdir)
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["10"]
 
 
 def test_resume_with_another_model_is_refused_unless_allowed(tmp_path):
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(_tiny(), workdir)
+  train.train_and_evaluate(tiny_lstm_config(), workdir)
   with pytest.raises(ValueError, match=r"model.hidden_size: 32 -> 64.*allow_config_change"):
-    train.train_and_evaluate(_tiny(model__hidden_size=64, num_train_steps=20), workdir)
+    train.train_and_evaluate(tiny_lstm_config(model__hidden_size=64, num_train_steps=20), workdir)
   # A longer schedule is no structural change: it resumes.
-  train.train_and_evaluate(_tiny(num_train_steps=20), workdir)
+  train.train_and_evaluate(tiny_lstm_config(num_train_steps=20), workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
   # Allowed explicitly, a changed dropout (same parameters) resumes too.
-  train.train_and_evaluate(_tiny(num_train_steps=30, model__dropout_rate=0.2),
+  train.train_and_evaluate(tiny_lstm_config(num_train_steps=30, model__dropout_rate=0.2),
                            workdir, allow_config_change=True)
   assert "30" in os.listdir(os.path.join(workdir, "checkpoints"))
 

@@ -14,6 +14,10 @@ from musegen_jax.data.representations.chord_token import ChordTokenRepresentatio
 from musegen_jax.data.representations.performance import PerformanceRepresentation
 from musegen_jax.data.representations.pianoroll import PianorollRepresentation
 
+__all__ = ["ChordTokenRepresentation", "PerformanceRepresentation",
+           "PianorollRepresentation", "Representation", "TokenRepresentation",
+           "REPRESENTATIONS", "get_representation"]
+
 REPRESENTATIONS: dict[str, type[Representation]] = {
     cls.name: cls for cls in (PerformanceRepresentation, PianorollRepresentation,
                               ChordTokenRepresentation)
