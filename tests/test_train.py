@@ -163,3 +163,17 @@ def test_bad_config_override_fails_naming_the_key(tmp_path, override, message):
   assert result.returncode != 0
   assert message in result.stderr
   assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"learning_rate": -1e-3}, r"config.learning_rate=-0.001 must be > 0"),
+    ({"model__dropout_rate": 1.5}, r"config.model.dropout_rate=1.5 must be in \[0, 1\)"),
+    ({"nonfinite": "ignore"}, r"config.nonfinite='ignore'; allowed: \['stop', 'skip'\]"),
+    ({"data__bad_records": "drop"}, r"config.data.bad_records='drop'; allowed"),
+    ({"parallelism": "pmapp"}, r"config.parallelism='pmapp'; allowed"),
+])
+def test_out_of_range_values_fail_before_compile_naming_the_key(tmp_path, overrides,
+                                                                message):
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(_tiny(**overrides), str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")
