@@ -22,10 +22,12 @@ from typing import Any
 
 import grain
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
+
+from musegen_jax.data import shards
 
 BUNDLE_FORMAT_VERSION = 1
 BUNDLE_FILE = "bundle.json"
@@ -209,11 +211,11 @@ def export_bundle(output_dir: str, *, params: Any,
   checkpointer.save(os.path.join(output_dir, "params"),
                     jax.device_get(params))
   checkpointer.wait_until_finished()
-  _write_json(os.path.join(output_dir, "config.json"), config.to_dict())
-  _write_json(os.path.join(output_dir, "representation.json"), representation)
+  shards.write_json_atomic(os.path.join(output_dir, "config.json"), config.to_dict())
+  shards.write_json_atomic(os.path.join(output_dir, "representation.json"), representation)
   # Written last: its presence marks a complete bundle. The checksums let
   # load_bundle refuse a file changed or cut after export.
-  _write_json(os.path.join(output_dir, BUNDLE_FILE),
+  shards.write_json_atomic(os.path.join(output_dir, BUNDLE_FILE),
               {"format_version": BUNDLE_FORMAT_VERSION, "step": int(step),
                "task": config.task, "model": config.model.name,
                "sha256": _checksums(output_dir)})
@@ -263,13 +265,6 @@ def load_bundle(export_dir: str) -> Bundle:
   params = ocp.StandardCheckpointer().restore(os.path.join(export_dir, "params"))
   return Bundle(params=params, config=config, representation=representation,
                 step=int(info["step"]))
-
-
-def _write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def _read_json(path: str) -> Any:

@@ -11,7 +11,6 @@ one exactly.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import threading
@@ -33,6 +32,7 @@ from musegen_jax import parallel
 from musegen_jax import tasks
 from musegen_jax import workdir as workdir_lib
 from musegen_jax.data import pipeline
+from musegen_jax.data import shards
 from musegen_jax.metrics import MetricWriter
 from musegen_jax.tasks import common
 
@@ -189,10 +189,7 @@ def _write_run_files(workdir: str, config: config_dict.ConfigDict,
   """Records the config and representation that export needs."""
   for name, obj in (("config.json", config.to_dict()),
                     ("representation.json", representation_spec)):
-    path = os.path.join(workdir, name)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    shards.write_json_atomic(os.path.join(workdir, name), obj)
 
 
 def _write_samples(task, config, params, rng, workdir: str, step: int,

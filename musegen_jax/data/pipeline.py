@@ -42,7 +42,7 @@ def load_representation(name: str, data_dir: str):
   """Builds the representation `name` for a prepared dataset.
 
   Token vocabularies learnt from data (chord_token) are built on the train
-  split once and cached beside the shards, keyed by their settings.
+  split once and cached beside the shards (`cache/chord_token_vocab.json`).
   """
   if name != "chord_token":
     return representations.get_representation(name)
@@ -53,10 +53,7 @@ def load_representation(name: str, data_dir: str):
   sequences = shards.read_note_sequences(shards.split_paths(data_dir, "train"))
   rep = representations.get_representation(name).build(sequences)
   os.makedirs(os.path.dirname(cache), exist_ok=True)
-  tmp = f"{cache}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(rep.settings(), f)
-  os.replace(tmp, cache)
+  shards.write_json_atomic(cache, rep.settings())
   return rep
 
 
