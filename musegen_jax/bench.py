@@ -256,6 +256,7 @@ def bench_train(config) -> dict[str, Any]:
 
 def bench_data(config) -> dict[str, Any]:
   """The real grain pipeline at the config's shape, against the train step."""
+  from musegen_jax import tasks  # pylint: disable=import-outside-toplevel
   from musegen_jax import train  # pylint: disable=import-outside-toplevel
   from musegen_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   train.check_config(config)
@@ -269,7 +270,8 @@ def bench_data(config) -> dict[str, Any]:
     out["train_step_ms"] = timing["step_ms"]
   data_dir = train.resolve_data_dir(config)
   representation = pipeline.load_representation(config.data.representation, data_dir)
-  it = iter(train.create_train_dataset(config, data_dir, representation))
+  task = tasks.create_task(config, representation)
+  it = iter(task.create_train_dataset(task.prepare_data(data_dir)))
   t0 = time.perf_counter()
   for _ in range(FLAGS.data_warmup):
     batch = next(it)

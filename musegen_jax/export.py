@@ -72,7 +72,7 @@ def export(workdir: str, output: str, which: str = "latest") -> str:
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract)))
   manager.close()
-  return checkpoint.export_bundle(output, params=restored["state"].params,
+  return checkpoint.export_bundle(output, params=task.eval_params(restored["state"]),
                                   config=config, representation=spec, step=step)
 
 

@@ -84,6 +84,13 @@ class MetricWriter:
     if self.enabled:
       self._tb.add_image(tag, image, step, dataformats="HWC")
 
+  def write_audio(self, step: int, tag: str, wav_path: str) -> None:
+    """Adds a WAV file (read back at its own sample rate) as TensorBoard audio."""
+    if self.enabled:
+      import soundfile  # pylint: disable=import-outside-toplevel
+      samples, rate = soundfile.read(wav_path, dtype="float32", always_2d=True)
+      self._tb.add_audio(tag, samples[:, 0], step, sample_rate=rate)
+
   def close(self) -> None:
     if self.enabled:
       self._tb.close()

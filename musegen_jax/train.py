@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import matplotlib.image as plt_image
 import numpy as np
-import optax
 import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
@@ -41,53 +40,38 @@ TrainState = common.TrainState
 NONFINITE_MODES = ("stop", "skip")
 
 
-def create_learning_rate_fn(config: config_dict.ConfigDict) -> optax.Schedule:
-  """Linear warmup to `learning_rate`, then cosine decay to the end factor."""
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=config.learning_rate,
-      warmup_steps=config.warmup_steps,
-      decay_steps=max(config.num_train_steps, config.warmup_steps + 1),
-      end_value=config.learning_rate * config.end_learning_rate_factor)
-
-
-def create_optimizer(config: config_dict.ConfigDict) -> optax.GradientTransformation:
-  """AdamW with global-norm gradient clipping on the shared schedule."""
-  return optax.chain(
-      optax.clip_by_global_norm(config.grad_clip_norm),
-      optax.adamw(create_learning_rate_fn(config), b1=config.adam_b1,
-                  b2=config.adam_b2, weight_decay=config.weight_decay))
+# The shared optimizer lives with the tasks; these names are kept for callers.
+create_learning_rate_fn = common.create_learning_rate_fn
+create_optimizer = common.create_optimizer
 
 
 def check_config(config: config_dict.ConfigDict) -> None:
-  """Rejects out-of-range values before anything is compiled."""
+  """Rejects out-of-range values before anything is compiled.
+
+  The keys every config has are checked here, the task's own by
+  `tasks.check_config`.
+  """
   positive = {"batch_size": config.batch_size,
               "num_train_steps": config.num_train_steps,
               "log_every_steps": config.log_every_steps,
               "eval_every_steps": config.eval_every_steps,
               "checkpoint_every_steps": config.checkpoint_every_steps,
-              "keep_checkpoints": config.keep_checkpoints,
-              "data.seq_len": config.data.seq_len,
-              "learning_rate": config.learning_rate}
+              "keep_checkpoints": config.keep_checkpoints}
   for key, value in positive.items():
     if not value > 0:
       raise ValueError(f"config.{key}={value!r} must be > 0")
-  non_negative = {"warmup_steps": config.warmup_steps,
-                  "weight_decay": config.weight_decay,
-                  "grad_clip_norm": config.grad_clip_norm,
-                  "data.num_workers": config.data.num_workers,
-                  "model.dropout_rate": config.model.dropout_rate}
+  non_negative = {"data.num_workers": config.data.num_workers,
+                  "sample_every_steps": config.sample_every_steps}
   for key, value in non_negative.items():
     if value < 0:
       raise ValueError(f"config.{key}={value!r} must be >= 0")
-  if not 0 <= config.model.dropout_rate < 1:
-    raise ValueError(f"config.model.dropout_rate={config.model.dropout_rate} "
-                     "must be in [0, 1)")
   if config.data.bad_records not in pipeline.BAD_RECORD_MODES:
     raise ValueError(f"config.data.bad_records={config.data.bad_records!r}; "
                      f"allowed: {list(pipeline.BAD_RECORD_MODES)}")
   if config.nonfinite not in NONFINITE_MODES:
     raise ValueError(f"config.nonfinite={config.nonfinite!r}; allowed: "
                      f"{list(NONFINITE_MODES)}")
+  tasks.check_config(config)
   parallel.check_parallelism(config.parallelism, config.batch_size)
 
 
@@ -99,27 +83,11 @@ def resolve_data_dir(config: config_dict.ConfigDict) -> str:
   return ensure_default_dataset()
 
 
-def create_train_dataset(config: config_dict.ConfigDict, data_dir: str,
-                         representation):
-  """The grain training dataset that `config.data` and `config.batch_size` describe."""
-  return pipeline.create_train_dataset(
-      data_dir, representation, seq_len=config.data.seq_len,
-      global_batch_size=config.batch_size, seed=config.seed,
-      num_workers=config.data.num_workers,
-      prefetch_buffer_size=config.data.prefetch_buffer_size,
-      on_bad_record=config.data.bad_records)
-
-
 def create_train_state(task, config: config_dict.ConfigDict, mesh,
-                       rng: jax.Array) -> TrainState:
-  """Initializes parameters and optimizer state directly replicated on `mesh`."""
-  tx = create_optimizer(config)
-
-  def init(rng):
-    return TrainState.create(apply_fn=task.model.apply,
-                             params=task.init_params(rng), tx=tx)
-
-  return jax.jit(init, out_shardings=parallel.replicated(mesh))(rng)
+                       rng: jax.Array) -> Any:
+  """The task's initial state (`task.init_state`), created replicated on `mesh`."""
+  del config  # The task holds it.
+  return jax.jit(task.init_state, out_shardings=parallel.replicated(mesh))(rng)
 
 
 def jit_steps(task, mesh):
@@ -172,16 +140,25 @@ def _stop_on_signals():
       signal.signal(signum, old)
 
 
-def evaluate(eval_step, summarize, params, windows: np.ndarray, mesh,
-             batch_size: int, pad_value: int, num_batches: int) -> dict[str, float]:
-  """Runs `eval_step` over fixed valid windows and summarizes the totals."""
+def evaluate(eval_step, task, params, eval_data, mesh,
+             num_batches: int) -> dict[str, float]:
+  """Runs `eval_step` over the task's eval batches and summarizes the totals.
+
+  Args:
+    eval_step: the jitted `task.eval_step(params, batch) -> sums`.
+    task: gives `eval_batches(eval_data)` and `summarize(totals)`.
+    params: what `task.eval_params(state)` returned.
+    eval_data: what `task.eval_data(...)` returned.
+    mesh: the device mesh batches are placed on.
+    num_batches: stop after this many batches (-1: all).
+  """
   totals = None
-  for i, batch in enumerate(pipeline.eval_batches(windows, batch_size, pad_value)):
+  for i, batch in enumerate(task.eval_batches(eval_data)):
     if 0 <= num_batches <= i:
       break
     sums = eval_step(params, parallel.global_batch(batch, mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  return summarize(jax.device_get(totals))
+  return task.summarize(jax.device_get(totals))
 
 
 def _write_run_files(workdir: str, config: config_dict.ConfigDict,
@@ -192,19 +169,18 @@ def _write_run_files(workdir: str, config: config_dict.ConfigDict,
     shards.write_json_atomic(os.path.join(workdir, name), obj)
 
 
-def _write_samples(task, config, params, rng, workdir: str, step: int,
+def _write_samples(task, params, rng, workdir: str, step: int,
                    writer: MetricWriter, is_chief: bool) -> None:
-  """Writes samples to WORKDIR/samples/STEP and their pictures to TensorBoard."""
+  """Writes samples to WORKDIR/samples/STEP and their media to TensorBoard."""
   directory = os.path.join(workdir, "samples", str(step)) if is_chief else None
-  paths = task.write_samples(
-      params, rng, directory, num_samples=config.sample.num_samples,
-      length=config.sample.length, temperature=config.sample.temperature,
-      top_k=config.sample.top_k, top_p=config.sample.top_p,
-      title=f"step {step}: ")
-  for i, path in enumerate(paths):
-    image = plt_image.imread(os.path.splitext(path)[0] + ".png")
-    writer.write_image(step, f"samples/{i}",
-                       (image[..., :3] * 255).astype(np.uint8))
+  samples = task.write_step_samples(params, rng, directory, title=f"step {step}: ")
+  for i, sample in enumerate(samples):
+    if "image" in sample:
+      image = plt_image.imread(sample["image"])
+      writer.write_image(step, f"samples/{i}",
+                         (image[..., :3] * 255).astype(np.uint8))
+    if "wav" in sample:
+      writer.write_audio(step, f"samples/{i}", sample["wav"])
 
 
 def _agree_to_stop(stop: threading.Event, manager, step: int) -> bool:
@@ -277,6 +253,7 @@ def _train(config: config_dict.ConfigDict, workdir: str,
   data_dir = resolve_data_dir(config)
   representation = pipeline.load_representation(config.data.representation, data_dir)
   task = tasks.create_task(config, representation)
+  data_dir = task.prepare_data(data_dir)
   is_chief = jax.process_index() == 0
   if is_chief:
     _write_run_files(workdir, config, pipeline.representation_spec(representation))
@@ -284,7 +261,7 @@ def _train(config: config_dict.ConfigDict, workdir: str,
   rng = jax.random.PRNGKey(config.seed)
   init_rng, step_rng, sample_rng = jax.random.split(rng, 3)
   state = create_train_state(task, config, mesh, init_rng)
-  train_iter = iter(create_train_dataset(config, data_dir, representation))
+  train_iter = iter(task.create_train_dataset(data_dir))
 
   manager = checkpoint.create_manager(os.path.join(workdir, "checkpoints"),
                                       keep=config.keep_checkpoints)
@@ -293,7 +270,7 @@ def _train(config: config_dict.ConfigDict, workdir: str,
                                         parallel.replicated(mesh)), train_iter)
   start_step = 0
   say = print if is_chief else (lambda *args, **kwargs: None)
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  num_params = sum(x.size for x in jax.tree.leaves(task.eval_params(state)))
   say(f"{config.task}/{config.model.name}: {num_params:,} parameters, "
       f"{config.data.representation} data from {data_dir}, "
       f"{jax.device_count()} {jax.default_backend()} device(s)", flush=True)
@@ -302,11 +279,8 @@ def _train(config: config_dict.ConfigDict, workdir: str,
     say(f"Resumed from step {start_step} in {workdir}", flush=True)
 
   train_step, eval_step = jit_steps(task, mesh)
-  learning_rate_fn = create_learning_rate_fn(config)
-  valid_windows = pipeline.eval_windows(
-      data_dir, representation, seq_len=config.data.seq_len,
-      max_windows=(None if config.num_eval_batches < 0
-                   else config.num_eval_batches * config.batch_size))
+  learning_rate_fn = getattr(task, "learning_rate_fn", None)
+  eval_data = task.eval_data(data_dir)
 
   writer = MetricWriter(workdir, enabled=is_chief, resume_step=start_step)
   last_step = config.num_train_steps if stop_at_step is None else min(
@@ -341,26 +315,27 @@ def _train(config: config_dict.ConfigDict, workdir: str,
           t_log = now
           writer.write_steps("train", rows)
           summary = {k: float(np.mean([m[k] for _, m in rows])) for k in rows[0][1]}
-          summary.update(learning_rate=float(learning_rate_fn(step - 1)),
-                         steps_per_sec=steps_per_sec,
+          if learning_rate_fn is not None:
+            summary["learning_rate"] = float(learning_rate_fn(step - 1))
+          summary.update(steps_per_sec=steps_per_sec,
                          skipped_updates=int(jax.device_get(state.skipped_updates)))
           writer.write_scalars(step, summary, prefix="train")
-          bar.set_postfix(loss=f"{summary['loss']:.4f}", refresh=False)
+          bar.set_postfix({k: f"{summary[k]:.4g}" for k in task.progress_keys},
+                          refresh=False)
           if step % (config.log_every_steps * 10) == 0 and is_chief:
             bar.write(f"step {step}: train " + _format(summary))
 
         valid_loss = None
         if do_eval:
-          valid = evaluate(eval_step, task.summarize, state.params, valid_windows,
-                           mesh, config.batch_size, representation.pad_id,
-                           config.num_eval_batches)
-          valid_loss = valid["loss"]
+          valid = evaluate(eval_step, task, task.eval_params(state), eval_data,
+                           mesh, config.num_eval_batches)
+          valid_loss = valid[task.valid_metric]
           writer.write_scalars(step, valid, prefix="valid")
           if is_chief:
             bar.write(f"step {step}: valid " + _format(valid))
 
         if config.sample_every_steps and step % config.sample_every_steps == 0:
-          _write_samples(task, config, state.params,
+          _write_samples(task, task.eval_params(state),
                          jax.random.fold_in(sample_rng, step), workdir, step,
                          writer, is_chief)
 

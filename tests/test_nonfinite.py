@@ -43,9 +43,10 @@ class PoisonBatch(grain.transforms.Map):
 
 
 def _poison_at(monkeypatch, at):
-  original = train.create_train_dataset
-  monkeypatch.setattr(train, "create_train_dataset",
-                      lambda *args: original(*args).map(PoisonBatch(at)))
+  from musegen_jax.tasks import lm
+  original = lm.LanguageModelTask.create_train_dataset
+  monkeypatch.setattr(lm.LanguageModelTask, "create_train_dataset",
+                      lambda self, *args: original(self, *args).map(PoisonBatch(at)))
 
 
 def test_a_nonfinite_update_is_not_applied_and_is_counted(jsb_data_dir):

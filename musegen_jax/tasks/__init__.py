@@ -1,17 +1,51 @@
-"""Training objectives, one file each: each gives init, train_step, eval_step, sample."""
+"""Training objectives, one file each.
+
+A task module has `check_config(config)` (out-of-range values of its own
+keys) and a task class built as `Task(config, representation)` with:
+
+- `init_state(rng)`: the whole train state, one pytree with `step` and
+  `skipped_updates` (TrainState for one network; the GAN's holds both
+  networks, both optimizer states and the EMA generator);
+- `train_step(state, batch, rng) -> (state, metrics)`, with a `nonfinite`
+  metric, and `eval_step(params, batch) -> sums`, `summarize(totals)`;
+- `eval_params(state)`: the parameters evaluation, samples and export use;
+- `prepare_data(data_dir)`, `create_train_dataset(data_dir)`,
+  `eval_data(data_dir, split)`, `eval_batches(eval_data)`;
+- `write_step_samples(params, rng, directory, title)`: the loop's periodic
+  samples, as [{"image": png, "wav" | "midi": path}];
+- `valid_metric` (picks the best checkpoint; lower is better),
+  `progress_keys` (shown on the progress bar) and `learning_rate_fn` (or
+  None).
+
+The loop (`train.py`) uses only these.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from ml_collections import config_dict
 
-TASKS = ("lm",)
+# config.task -> (module, class).
+TASKS = {"lm": ("musegen_jax.tasks.lm", "LanguageModelTask"),
+         "gan": ("musegen_jax.tasks.gan", "GANTask")}
+
+
+def _lookup(name: str) -> tuple[Any, str]:
+  if name not in TASKS:
+    raise ValueError(f"config.task={name!r}; known tasks: {sorted(TASKS)}")
+  module, cls = TASKS[name]
+  return importlib.import_module(module), cls
+
+
+def check_config(config: config_dict.ConfigDict) -> None:
+  """Checks the task's own config keys before anything is compiled."""
+  module, _ = _lookup(config.task)
+  module.check_config(config)
 
 
 def create_task(config: config_dict.ConfigDict, representation: Any):
   """Builds the task named by `config.task`."""
-  if config.task == "lm":
-    from musegen_jax.tasks import lm
-    return lm.LanguageModelTask(config, representation)
-  raise ValueError(f"config.task={config.task!r}; known tasks: {list(TASKS)}")
+  module, cls = _lookup(config.task)
+  return getattr(module, cls)(config, representation)

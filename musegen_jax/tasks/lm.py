@@ -23,13 +23,43 @@ from ml_collections import config_dict
 
 from musegen_jax import models
 from musegen_jax import plots
+from musegen_jax.data import pipeline
 from musegen_jax.tasks import common
 
 Array = jax.Array
 
 
+def check_config(config: config_dict.ConfigDict) -> None:
+  """Rejects out-of-range values of the language model's keys."""
+  positive = {"data.seq_len": config.data.seq_len,
+              "learning_rate": config.learning_rate,
+              "sample.num_samples": config.sample.num_samples,
+              "sample.length": config.sample.length,
+              "sample.temperature": config.sample.temperature}
+  for key, value in positive.items():
+    if not value > 0:
+      raise ValueError(f"config.{key}={value!r} must be > 0")
+  non_negative = {"warmup_steps": config.warmup_steps,
+                  "weight_decay": config.weight_decay,
+                  "grad_clip_norm": config.grad_clip_norm,
+                  "sample.top_k": config.sample.top_k}
+  for key, value in non_negative.items():
+    if value < 0:
+      raise ValueError(f"config.{key}={value!r} must be >= 0")
+  if not 0 <= config.model.dropout_rate < 1:
+    raise ValueError(f"config.model.dropout_rate={config.model.dropout_rate} "
+                     "must be in [0, 1)")
+  if not 0 < config.sample.top_p <= 1:
+    raise ValueError(f"config.sample.top_p={config.sample.top_p} must be in (0, 1]")
+
+
 class LanguageModelTask:
   """Loss, steps and sampling of an autoregressive token model."""
+
+  # Valid metric that picks the best checkpoint (lower is better), and the
+  # train metrics the progress bar shows.
+  valid_metric = "loss"
+  progress_keys = ("loss",)
 
   def __init__(self, config: config_dict.ConfigDict, representation: Any):
     self.config = config
@@ -38,6 +68,45 @@ class LanguageModelTask:
     self.eos_id = int(representation.eos_id)
     self.vocab_size = int(representation.vocab_size)
     self.model: nn.Module = models.create_model(config.model, self.vocab_size)
+    self.learning_rate_fn = common.create_learning_rate_fn(config)
+
+  def init_state(self, rng: Array) -> common.TrainState:
+    """Fresh parameters and AdamW state (`common.create_optimizer`)."""
+    return common.TrainState.create(apply_fn=self.model.apply,
+                                    params=self.init_params(rng),
+                                    tx=common.create_optimizer(self.config))
+
+  @staticmethod
+  def prepare_data(data_dir: str) -> str:
+    """Token data is encoded on the fly: the prepared shards serve as they are."""
+    return data_dir
+
+  @staticmethod
+  def eval_params(state: common.TrainState) -> Any:
+    """The parameters that evaluation, samples and export use."""
+    return state.params
+
+  def create_train_dataset(self, data_dir: str):
+    """The grain training dataset of this process: {"tokens": [b, seq_len + 1]}."""
+    config = self.config
+    return pipeline.create_train_dataset(
+        data_dir, self.representation, seq_len=config.data.seq_len,
+        global_batch_size=config.batch_size, seed=config.seed,
+        num_workers=config.data.num_workers,
+        prefetch_buffer_size=config.data.prefetch_buffer_size,
+        on_bad_record=config.data.bad_records)
+
+  def eval_data(self, data_dir: str, split: str = "valid") -> np.ndarray:
+    """The fixed windows of `split` that `eval_batches` serves."""
+    config = self.config
+    return pipeline.eval_windows(
+        data_dir, self.representation, seq_len=config.data.seq_len, split=split,
+        max_windows=(None if config.num_eval_batches < 0
+                     else config.num_eval_batches * config.batch_size))
+
+  def eval_batches(self, windows: np.ndarray):
+    """This process's share of the global eval batches over `windows`."""
+    return pipeline.eval_batches(windows, self.config.batch_size, self.pad_id)
 
   def init_params(self, rng: Array) -> Any:
     tokens = jnp.zeros((1, self.config.data.seq_len), jnp.int32)
@@ -108,6 +177,20 @@ class LanguageModelTask:
                          top_p=float(top_p), eos_id=self.eos_id,
                          pad_id=self.pad_id)
 
+
+  def write_step_samples(self, params: Any, rng: Array, directory: str | None,
+                         title: str) -> list[dict[str, str]]:
+    """The training loop's periodic samples, as `config.sample` describes.
+
+    Returns one {"midi": path, "image": png path} per sample (none when
+    `directory` is None).
+    """
+    sample = self.config.sample
+    paths = self.write_samples(
+        params, rng, directory, num_samples=sample.num_samples,
+        length=sample.length, temperature=sample.temperature,
+        top_k=sample.top_k, top_p=sample.top_p, title=title)
+    return [{"midi": p, "image": os.path.splitext(p)[0] + ".png"} for p in paths]
 
   def write_samples(self, params: Any, rng: Array, directory: str | None, *,
                     num_samples: int, length: int, temperature: float = 1.0,
