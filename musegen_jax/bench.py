@@ -258,7 +258,6 @@ def bench_data(config) -> dict[str, Any]:
   """The real grain pipeline at the config's shape, against the train step."""
   from musegen_jax import tasks  # pylint: disable=import-outside-toplevel
   from musegen_jax import train  # pylint: disable=import-outside-toplevel
-  from musegen_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   train.check_config(config)
   out: dict[str, Any] = {"bench": "data"}
   train_eps = None
@@ -269,8 +268,7 @@ def bench_data(config) -> dict[str, Any]:
     train_eps = timing["examples_per_sec"]
     out["train_step_ms"] = timing["step_ms"]
   data_dir = train.resolve_data_dir(config)
-  representation = pipeline.load_representation(config.data.representation, data_dir)
-  task = tasks.create_task(config, representation)
+  task = tasks.create_task(config, train.load_representation(config, data_dir))
   it = iter(task.create_train_dataset(task.prepare_data(data_dir)))
   t0 = time.perf_counter()
   for _ in range(FLAGS.data_warmup):

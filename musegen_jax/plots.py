@@ -1,4 +1,4 @@
-"""Pictures of outputs: piano-roll PNGs of NoteSequences."""
+"""Pictures of outputs: piano-roll PNGs of NoteSequences, spectrograms of audio."""
 
 from __future__ import annotations
 
@@ -25,6 +25,32 @@ def plot_pianoroll(ns, path: str, *, title: str = "") -> None:
   ax.set_xlabel("time (s)")
   ax.set_ylabel("MIDI pitch")
   ax.set_title(title or f"{len(notes)} notes")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def plot_spectrogram(audio: np.ndarray, sample_rate: int, path: str, *,
+                     title: str = "") -> None:
+  """Draws the log-mel spectrogram of mono `audio` ([length] floats)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  from musegen_jax import spectral
+
+  hop, n_fft = 128, 512
+  audio = np.asarray(audio, np.float32).reshape(-1)
+  if len(audio) < n_fft:
+    audio = np.pad(audio, (0, n_fft - len(audio)))
+  mel = np.asarray(spectral.log_mel(audio[None], sample_rate, n_fft=n_fft,
+                                    hop=hop, n_mels=80))[0]
+  fig, ax = plt.subplots(figsize=(8, 3), dpi=100)
+  ax.imshow(mel.T, origin="lower", aspect="auto", cmap="magma",
+            extent=(0, len(audio) / sample_rate, 0, mel.shape[1]))
+  ax.set_xlabel("time (s)")
+  ax.set_ylabel("mel bin")
+  ax.set_title(title or "log-mel spectrogram")
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)

@@ -83,6 +83,18 @@ def resolve_data_dir(config: config_dict.ConfigDict) -> str:
   return ensure_default_dataset()
 
 
+def load_representation(config: config_dict.ConfigDict, data_dir: str):
+  """The representation `config.data.representation` names.
+
+  Its settings, where it has any, are the config's `data.<name>` section
+  (e.g. `data.audio`: sample rate and synthesizer).
+  """
+  name = config.data.representation
+  settings = config.data.get(name)
+  return pipeline.load_representation(
+      name, data_dir, settings.to_dict() if settings is not None else None)
+
+
 def create_train_state(task, config: config_dict.ConfigDict, mesh,
                        rng: jax.Array) -> Any:
   """The task's initial state (`task.init_state`), created replicated on `mesh`."""
@@ -146,7 +158,7 @@ def evaluate(eval_step, task, params, eval_data, mesh,
 
   Args:
     eval_step: the jitted `task.eval_step(params, batch) -> sums`.
-    task: gives `eval_batches(eval_data)` and `summarize(totals)`.
+    task: gives `eval_batches(eval_data)` and `summarize(totals, eval_data)`.
     params: what `task.eval_params(state)` returned.
     eval_data: what `task.eval_data(...)` returned.
     mesh: the device mesh batches are placed on.
@@ -158,7 +170,7 @@ def evaluate(eval_step, task, params, eval_data, mesh,
       break
     sums = eval_step(params, parallel.global_batch(batch, mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  return task.summarize(jax.device_get(totals))
+  return task.summarize(jax.device_get(totals), eval_data)
 
 
 def _write_run_files(workdir: str, config: config_dict.ConfigDict,
@@ -251,7 +263,7 @@ def _train(config: config_dict.ConfigDict, workdir: str,
   mesh = parallel.create_mesh()
 
   data_dir = resolve_data_dir(config)
-  representation = pipeline.load_representation(config.data.representation, data_dir)
+  representation = load_representation(config, data_dir)
   task = tasks.create_task(config, representation)
   data_dir = task.prepare_data(data_dir)
   is_chief = jax.process_index() == 0

@@ -38,14 +38,21 @@ def parse_note_sequence(record: bytes):
   return music_pb2.NoteSequence.FromString(record)
 
 
-def load_representation(name: str, data_dir: str):
+def load_representation(name: str, data_dir: str,
+                        settings: dict[str, Any] | None = None):
   """Builds the representation `name` for a prepared dataset.
 
   Token vocabularies learnt from data (chord_token) are built on the train
   split once and cached beside the shards (`cache/chord_token_vocab.json`).
+
+  Args:
+    name: a representation name (`representations.REPRESENTATIONS`).
+    data_dir: the prepared dataset.
+    settings: constructor settings, e.g. the audio representation's sample
+      rate and synthesizer (a config's `data.<name>` section).
   """
   if name != "chord_token":
-    return representations.get_representation(name)
+    return representations.get_representation(name, **(settings or {}))
   cache = os.path.join(data_dir, "cache", "chord_token_vocab.json")
   if os.path.exists(cache):
     with open(cache, encoding="utf-8") as f:

@@ -7,7 +7,7 @@ keys) and a task class built as `Task(config, representation)` with:
   `skipped_updates` (TrainState for one network; the GAN's holds both
   networks, both optimizer states and the EMA generator);
 - `train_step(state, batch, rng) -> (state, metrics)`, with a `nonfinite`
-  metric, and `eval_step(params, batch) -> sums`, `summarize(totals)`;
+  metric, and `eval_step(params, batch) -> sums`, `summarize(totals, eval_data)`;
 - `eval_params(state)`: the parameters evaluation, samples and export use;
 - `prepare_data(data_dir)`, `create_train_dataset(data_dir)`,
   `eval_data(data_dir, split)`, `eval_batches(eval_data)`;

@@ -150,7 +150,9 @@ class LanguageModelTask:
     return self._sums(params, batch["tokens"], None, train=False)
 
   @staticmethod
-  def summarize(sums: dict[str, float]) -> dict[str, float]:
+  def summarize(sums: dict[str, float], eval_data: Any = None) -> dict[str, float]:
+    """Mean loss, accuracy and perplexity from the totals of `eval_step`."""
+    del eval_data  # The sums hold everything.
     n = max(float(sums["weight_sum"]), 1.0)
     loss = float(sums["loss_sum"]) / n
     return {"loss": loss, "accuracy": float(sums["correct_sum"]) / n,

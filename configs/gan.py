@@ -1,0 +1,141 @@
+r"""WaveGAN (WGAN-GP) on the bundled JSB Chorales, rendered to 16 kHz audio.
+
+    python -m musegen_jax.main --config=configs/gan.py --workdir=runs/gan
+    python -m musegen_jax.main --config=configs/gan.py:smoke --workdir=runs/gan_smoke
+
+Variants: "" (the WaveGAN setup: d = 64, batch 64, 16,384 samples at 16 kHz,
+WGAN-GP with 5 critic updates per generator update, Adam 1e-4, betas 0.5/0.9),
+"bce" (non-saturating loss, Adam 2e-4, betas 0.5/0.999, one critic update),
+"hinge" (hinge loss, otherwise as bce), and "smoke" (a tiny model that trains on
+a CPU in about a minute); "smoke" combines with the others, e.g. "smoke,bce".
+
+The chorales are rendered once by the additive synthesizer (`data/synth.py`)
+into a cache beside the prepared shards, keyed by `data.audio`. To train on
+your own recordings, prepare a folder of WAV/FLAC/OGG files
+(`python -m musegen_jax.prepare --input=DIR --output=OUT --sample_rate=16000`)
+and pass `--config.data.dir=OUT`. Any field can be overridden on the command
+line; a misspelt key fails before any compute.
+"""
+
+from ml_collections import config_dict
+
+VARIANTS = ("smoke", "bce", "hinge")
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+  """Returns the config of the comma-separated variants in `arg`."""
+  variants = [v for v in (arg or "").split(",") if v]
+  unknown = [v for v in variants if v not in VARIANTS]
+  if unknown or ("bce" in variants and "hinge" in variants):
+    raise ValueError(f"Unknown or conflicting config variants {variants!r}; "
+                     f"known: {list(VARIANTS)} (at most one of bce, hinge).")
+  config = config_dict.ConfigDict()
+
+  # Objective (musegen_jax/tasks/<task>.py) and the global RNG seed.
+  config.task = "gan"
+  config.seed = 0
+
+  config.model = config_dict.ConfigDict()
+  config.model.name = "wavegan"  # musegen_jax/models/wavegan.py
+  # Model dimension d: the generator's last hidden layer has d channels, the
+  # first 16 d (32 d for slices over 16,384).
+  config.model.dim = 64
+  config.model.latent_dim = 100
+  config.model.kernel_size = 25
+  # The discriminator's phase shuffle: random shifts of +-n samples.
+  config.model.phase_shuffle = 2
+  # The seed-style variant: batch norm in both networks.
+  config.model.use_batchnorm = False
+  # 1-D convolutions: "auto" (patches + matmul on CPU, where XLA's own are
+  # 10-40x slower; XLA's convolutions on GPU/TPU), "matmul" or "lax".
+  config.model.conv_impl = "auto"
+  # Compute dtype; parameters stay float32.
+  config.model.dtype = "float32"
+
+  config.gan = config_dict.ConfigDict()
+  config.gan.loss = "wgan-gp"  # "wgan-gp", "bce" (non-saturating) or "hinge"
+  config.gan.gp_weight = 10.0  # Gradient penalty lambda (0: none).
+  config.gan.critic_steps = 5  # Discriminator updates per generator update.
+  config.gan.ema_decay = 0.999  # EMA of the generator: evaluated and exported.
+
+  config.data = config_dict.ConfigDict()
+  # A directory written by `python -m musegen_jax.prepare`: music files
+  # (rendered to audio with `data.audio`) or audio files. Empty: the bundled
+  # JSB Chorales.
+  config.data.dir = ""
+  config.data.representation = "audio"
+  # Sample rate and synthesizer of the rendered audio (data/synth.py); a
+  # different setting renders a new cache. `soundfont` (an .sf2 path) renders
+  # with FluidSynth instead (needs fluidsynth and pyfluidsynth).
+  config.data.audio = config_dict.ConfigDict()
+  config.data.audio.sample_rate = 16_000
+  config.data.audio.num_harmonics = 6
+  config.data.audio.harmonic_decay = 0.6
+  config.data.audio.attack = 0.01
+  config.data.audio.decay = 0.4
+  config.data.audio.sustain = 0.5
+  config.data.audio.release = 0.1
+  config.data.audio.gain = 0.2
+  config.data.audio.soundfont = ""
+  config.data.audio.program = -1
+  # Samples per training clip: 16384, 32768 or 65536.
+  config.data.slice_len = 16_384
+  # Slices whose peak stays below this are skipped as silence.
+  config.data.silence_threshold = 0.01
+  # Scale every clip to a peak of 1.
+  config.data.normalize = True
+  config.data.num_workers = 2
+  config.data.prefetch_buffer_size = 8
+  # A shard record that does not decode: "error" (names shard and record) or
+  # "skip" (a warning with the same).
+  config.data.bad_records = "error"
+
+  # Global batch size (per critic update and per generator update).
+  config.batch_size = 64
+  config.num_train_steps = 100_000
+  config.learning_rate = 1e-4
+  config.adam_b1 = 0.5
+  config.adam_b2 = 0.9
+  # A NaN/Inf loss or gradient is never applied. "stop": fail naming the step
+  # and the last good checkpoint; "skip": go on and count skipped updates.
+  config.nonfinite = "stop"
+
+  config.log_every_steps = 50
+  # Every eval: the Frechet distance between log-mel statistics of the EMA
+  # generator's clips and held-out (valid) real clips.
+  config.eval_every_steps = 2_000
+  # Batches of generated clips per eval, compared with as many real clips.
+  config.num_eval_batches = 8
+  config.checkpoint_every_steps = 2_000
+  # Checkpoints kept: the newest `keep_checkpoints` plus the best by Frechet
+  # distance.
+  config.keep_checkpoints = 3
+  # Every sample_every_steps (0: never) write WAV files and spectrogram PNGs
+  # to WORKDIR/samples/STEP/ and both to TensorBoard.
+  config.sample_every_steps = 2_000
+  config.sample = config_dict.ConfigDict()
+  config.sample.num_samples = 4
+
+  # "jit": one program over a Mesh of all devices ("pmap" comes with scale-out).
+  config.parallelism = "jit"
+
+  if "bce" in variants or "hinge" in variants:
+    config.gan.loss = "bce" if "bce" in variants else "hinge"
+    config.gan.gp_weight = 0.0
+    config.gan.critic_steps = 1
+    config.learning_rate = 2e-4
+    config.adam_b2 = 0.999
+  if "smoke" in variants:
+    config.model.dim = 4
+    config.data.num_workers = 0
+    config.batch_size = 8
+    config.gan.critic_steps = min(config.gan.critic_steps, 2)
+    config.num_train_steps = 120
+    config.learning_rate *= 5
+    config.log_every_steps = 10
+    config.eval_every_steps = 60
+    config.num_eval_batches = 2
+    config.checkpoint_every_steps = 60
+    config.sample_every_steps = 120
+    config.sample.num_samples = 2
+  return config

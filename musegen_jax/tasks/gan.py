@@ -1,0 +1,419 @@
+"""Waveform GAN (WaveGAN): WGAN-GP by default, non-saturating BCE or hinge.
+
+Batches are {"audio": [batch, critic_steps, slice_len, 1] float32 in [-1, 1]}:
+every critic update of a step sees its own real batch. One compiled step runs
+all critic updates (a `lax.scan`) and then one generator update, and keeps an
+exponential moving average (EMA) of the generator's parameters, which is what
+evaluation, samples and export use.
+
+Evaluation is a Frechet distance between the log-mel statistics of generated
+clips and held-out real clips (`spectral.py`); lower is better, and it picks
+the best checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from ml_collections import config_dict
+
+from musegen_jax import models
+from musegen_jax import plots
+from musegen_jax import spectral
+from musegen_jax.data import audio
+from musegen_jax.models import wavegan
+from musegen_jax.tasks import common
+
+Array = jax.Array
+
+LOSSES = ("wgan-gp", "bce", "hinge")
+SLICE_LENGTHS = (16384, 32768, 65536)
+# Log-mel features of the Frechet distance.
+FRECHET_N_FFT = 1024
+FRECHET_HOP = 256
+FRECHET_N_MELS = 64
+
+
+def check_config(config: config_dict.ConfigDict) -> None:
+  """Rejects out-of-range values of the GAN's keys."""
+  positive = {"learning_rate": config.learning_rate,
+              "gan.critic_steps": config.gan.critic_steps,
+              "model.dim": config.model.dim,
+              "model.latent_dim": config.model.latent_dim,
+              "model.kernel_size": config.model.kernel_size,
+              "data.audio.sample_rate": config.data.audio.sample_rate,
+              "sample.num_samples": config.sample.num_samples}
+  for key, value in positive.items():
+    if not value > 0:
+      raise ValueError(f"config.{key}={value!r} must be > 0")
+  non_negative = {"gan.gp_weight": config.gan.gp_weight,
+                  "model.phase_shuffle": config.model.phase_shuffle,
+                  "data.silence_threshold": config.data.silence_threshold}
+  for key, value in non_negative.items():
+    if value < 0:
+      raise ValueError(f"config.{key}={value!r} must be >= 0")
+  if config.gan.loss not in LOSSES:
+    raise ValueError(f"config.gan.loss={config.gan.loss!r}; allowed: {list(LOSSES)}")
+  if config.data.slice_len not in SLICE_LENGTHS:
+    raise ValueError(f"config.data.slice_len={config.data.slice_len}; allowed: "
+                     f"{list(SLICE_LENGTHS)}")
+  if not 0 <= config.gan.ema_decay < 1:
+    raise ValueError(f"config.gan.ema_decay={config.gan.ema_decay} must be in [0, 1)")
+  for key in ("adam_b1", "adam_b2"):
+    if not 0 <= config[key] < 1:
+      raise ValueError(f"config.{key}={config[key]} must be in [0, 1)")
+  wavegan.resolve_conv_impl(config.model.conv_impl)
+  models.get_dtype(config.model.dtype)
+
+
+class GANState(struct.PyTreeNode):
+  """Both networks, their optimizer states and the generator's EMA: one pytree.
+
+  `*_batch_stats` are empty dicts unless the models use batch norm.
+  """
+  step: Array
+  g_params: Any
+  d_params: Any
+  g_opt_state: Any
+  d_opt_state: Any
+  ema_params: Any
+  g_batch_stats: Any
+  d_batch_stats: Any
+  skipped_updates: Array
+  g_tx: optax.GradientTransformation = struct.field(pytree_node=False)
+  d_tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+
+def critic_loss(kind: str, d_real: Array, d_fake: Array) -> Array:
+  """The discriminator's loss (before any gradient penalty)."""
+  if kind == "wgan-gp":
+    return jnp.mean(d_fake) - jnp.mean(d_real)
+  if kind == "bce":
+    return jnp.mean(jax.nn.softplus(-d_real)) + jnp.mean(jax.nn.softplus(d_fake))
+  if kind == "hinge":
+    return jnp.mean(jax.nn.relu(1 - d_real)) + jnp.mean(jax.nn.relu(1 + d_fake))
+  raise ValueError(f"loss {kind!r}; allowed: {list(LOSSES)}")
+
+
+def generator_loss(kind: str, d_fake: Array) -> Array:
+  """The generator's loss (non-saturating for BCE)."""
+  if kind == "bce":
+    return jnp.mean(jax.nn.softplus(-d_fake))
+  if kind in ("wgan-gp", "hinge"):
+    return -jnp.mean(d_fake)
+  raise ValueError(f"loss {kind!r}; allowed: {list(LOSSES)}")
+
+
+def gradient_penalty(critic: Callable[[Array], Array], real: Array, fake: Array,
+                     alpha: Array) -> Array:
+  """WGAN-GP's penalty: mean over examples of (|grad_x critic(x_hat)| - 1)^2.
+
+  Args:
+    critic: [batch, ...] -> [batch] scores.
+    real, fake: [batch, ...] inputs.
+    alpha: [batch] mixing weights in [0, 1]; x_hat = real + alpha (fake - real).
+  """
+  alpha = alpha.reshape((-1,) + (1,) * (real.ndim - 1))
+  x_hat = real + alpha * (fake - real)
+  grads = jax.grad(lambda x: jnp.sum(critic(x)))(x_hat)
+  norms = jnp.sqrt(jnp.sum(grads.reshape(grads.shape[0], -1) ** 2, -1) + 1e-12)
+  return jnp.mean((norms - 1.0) ** 2)
+
+
+def slerp(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
+  """`steps` points on the great circle from `a` to `b` (ends included).
+
+  Falls back to a straight line when the two are (anti)parallel.
+  """
+  a = np.asarray(a, np.float64)
+  b = np.asarray(b, np.float64)
+  t = np.linspace(0.0, 1.0, steps)[:, None]
+  cos = np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)
+  omega = np.arccos(np.clip(cos, -1.0, 1.0))
+  if np.sin(omega) < 1e-6:
+    return ((1 - t) * a + t * b).astype(np.float32)
+  return ((np.sin((1 - t) * omega) * a + np.sin(t * omega) * b)
+          / np.sin(omega)).astype(np.float32)
+
+
+class GANTask:
+  """WaveGAN training, evaluation and sampling (see the module docstring)."""
+
+  valid_metric = "frechet"
+  progress_keys = ("d_loss", "g_loss", "gp", "wdist")
+
+  def __init__(self, config: config_dict.ConfigDict, representation: Any):
+    self.config = config
+    self.representation = representation
+    self.sample_rate = int(config.data.audio.sample_rate)
+    self.slice_len = int(config.data.slice_len)
+    self.batch_size = int(config.batch_size)
+    self.critic_steps = int(config.gan.critic_steps)
+    self.latent_dim = int(config.model.latent_dim)
+    m = config.model
+    common_args = dict(slice_len=self.slice_len, dim=m.dim, kernel_size=m.kernel_size,
+                       use_batchnorm=m.use_batchnorm, conv_impl=m.conv_impl,
+                       dtype=models.get_dtype(m.dtype))
+    self.generator = wavegan.WaveGANGenerator(latent_dim=self.latent_dim, **common_args)
+    self.discriminator = wavegan.WaveGANDiscriminator(
+        phase_shuffle=m.phase_shuffle, **common_args)
+    self.model = self.generator
+    self.learning_rate_fn = optax.constant_schedule(config.learning_rate)
+
+  # --- state -----------------------------------------------------------------
+
+  def _optimizer(self) -> optax.GradientTransformation:
+    return optax.adam(self.config.learning_rate, b1=self.config.adam_b1,
+                      b2=self.config.adam_b2)
+
+  def init_state(self, rng: Array) -> GANState:
+    """Fresh generator, discriminator, Adam states and EMA (= the generator)."""
+    g_rng, d_rng = jax.random.split(rng)
+    z = jnp.zeros((1, self.latent_dim), jnp.float32)
+    x = jnp.zeros((1, self.slice_len, 1), jnp.float32)
+    g_vars = self.generator.init({"params": g_rng}, z, train=False)
+    d_vars = self.discriminator.init({"params": d_rng}, x, train=False)
+    g_tx, d_tx = self._optimizer(), self._optimizer()
+    return GANState(
+        step=jnp.zeros((), jnp.int32), g_params=g_vars["params"],
+        d_params=d_vars["params"], g_opt_state=g_tx.init(g_vars["params"]),
+        d_opt_state=d_tx.init(d_vars["params"]),
+        ema_params=g_vars["params"],
+        g_batch_stats=g_vars.get("batch_stats", {}),
+        d_batch_stats=d_vars.get("batch_stats", {}),
+        skipped_updates=jnp.zeros((), jnp.int32), g_tx=g_tx, d_tx=d_tx)
+
+  @staticmethod
+  def eval_params(state: GANState) -> dict[str, Any]:
+    """The EMA generator's variables: what evaluation, samples and export use."""
+    variables = {"params": state.ema_params}
+    if state.g_batch_stats:
+      variables["batch_stats"] = state.g_batch_stats
+    return variables
+
+  # --- the compiled step ------------------------------------------------------
+
+  def latents(self, rng: Array, n: int) -> Array:
+    """WaveGAN's latent prior: uniform in [-1, 1]^latent_dim."""
+    return jax.random.uniform(rng, (n, self.latent_dim), jnp.float32, -1.0, 1.0)
+
+  def _generate(self, params, batch_stats, z, train: bool):
+    variables = {"params": params}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+      out, updates = self.generator.apply(variables, z, train=train,
+                                          mutable=["batch_stats"])
+      return out, updates["batch_stats"]
+    return self.generator.apply(variables, z, train=train), batch_stats
+
+  def _critic(self, params, batch_stats, x, rng):
+    variables = {"params": params}
+    rngs = {"phase_shuffle": rng}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+      out, updates = self.discriminator.apply(variables, x, train=True, rngs=rngs,
+                                              mutable=["batch_stats"])
+      return out, updates["batch_stats"]
+    return self.discriminator.apply(variables, x, train=True, rngs=rngs), batch_stats
+
+  def train_step(self, state: GANState, batch: dict[str, Array], rng: Array
+                 ) -> tuple[GANState, dict[str, Array]]:
+    """`critic_steps` discriminator updates, then one generator update."""
+    kind, gp_weight = self.config.gan.loss, float(self.config.gan.gp_weight)
+    rng = jax.random.fold_in(rng, state.step)
+    critic_rng, g_rng = jax.random.split(rng)
+    real_batches = jnp.swapaxes(batch["audio"], 0, 1)  # [critic_steps, b, len, 1]
+    n = real_batches.shape[1]
+
+    def critic_update(carry, inputs):
+      d_params, d_opt_state, d_stats = carry
+      real, key = inputs
+      z_key, alpha_key, real_key, fake_key, gp_key = jax.random.split(key, 5)
+      fake, _ = self._generate(state.g_params, state.g_batch_stats,
+                               self.latents(z_key, n), train=True)
+      fake = jax.lax.stop_gradient(fake)
+
+      def loss_fn(d_params):
+        d_real, stats = self._critic(d_params, d_stats, real, real_key)
+        d_fake, stats = self._critic(d_params, stats, fake, fake_key)
+        loss = critic_loss(kind, d_real, d_fake)
+        gp = jnp.zeros((), jnp.float32)
+        if gp_weight > 0:
+          gp = gradient_penalty(
+              lambda x: self._critic(d_params, d_stats, x, gp_key)[0], real, fake,
+              jax.random.uniform(alpha_key, (n,)))
+        wdist = jnp.mean(d_real) - jnp.mean(d_fake)
+        return loss + gp_weight * gp, (loss, gp, wdist, stats)
+
+      (_, (loss, gp, wdist, d_stats)), grads = jax.value_and_grad(
+          loss_fn, has_aux=True)(d_params)
+      updates, d_opt_state = state.d_tx.update(grads, d_opt_state, d_params)
+      d_params = optax.apply_updates(d_params, updates)
+      return (d_params, d_opt_state, d_stats), {
+          "d_loss": loss, "gp": gp, "wdist": wdist,
+          "d_grad_norm": optax.tree.norm(grads)}
+
+    (d_params, d_opt_state, d_stats), critic = jax.lax.scan(
+        critic_update, (state.d_params, state.d_opt_state, state.d_batch_stats),
+        (real_batches, jax.random.split(critic_rng, self.critic_steps)))
+
+    z_key, fake_key = jax.random.split(g_rng)
+    z = self.latents(z_key, n)
+
+    def g_loss_fn(g_params):
+      fake, g_stats = self._generate(g_params, state.g_batch_stats, z, train=True)
+      d_fake, _ = self._critic(d_params, d_stats, fake, fake_key)
+      return generator_loss(kind, d_fake), g_stats
+
+    (g_loss, g_stats), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
+        state.g_params)
+    updates, g_opt_state = state.g_tx.update(g_grads, state.g_opt_state,
+                                             state.g_params)
+    g_params = optax.apply_updates(state.g_params, updates)
+    decay = self.config.gan.ema_decay
+    ema_params = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p,
+                              state.ema_params, g_params)
+    g_grad_norm = optax.tree.norm(g_grads)
+    metrics = {k: jnp.mean(v) for k, v in critic.items()}
+    finite = (jnp.all(jnp.isfinite(critic["d_loss"]))
+              & jnp.all(jnp.isfinite(critic["d_grad_norm"]))
+              & jnp.isfinite(g_loss) & jnp.isfinite(g_grad_norm))
+    new_state = state.replace(
+        step=state.step + 1, g_params=g_params, d_params=d_params,
+        g_opt_state=g_opt_state, d_opt_state=d_opt_state, ema_params=ema_params,
+        g_batch_stats=g_stats, d_batch_stats=d_stats)
+    metrics.update(g_loss=g_loss, g_grad_norm=g_grad_norm,
+                   nonfinite=(~finite).astype(jnp.float32))
+    return common.keep_if_finite(new_state, state, finite), metrics
+
+  # --- data -------------------------------------------------------------------
+
+  def prepare_data(self, data_dir: str) -> str:
+    """The audio dataset to train on: `data_dir` itself, or its rendered cache."""
+    return audio.ensure_audio_dir(data_dir, self.representation)
+
+  def create_train_dataset(self, audio_dir: str):
+    """Batches of {"audio": [b, critic_steps, slice_len, 1]} for this process."""
+    config = self.config
+    per_process = self.batch_size // jax.process_count()
+    ds = audio.create_train_dataset(
+        audio_dir, slice_len=self.slice_len,
+        global_batch_size=self.batch_size * self.critic_steps, seed=config.seed,
+        num_workers=config.data.num_workers,
+        prefetch_buffer_size=config.data.prefetch_buffer_size,
+        silence_threshold=config.data.silence_threshold,
+        normalize=config.data.normalize, on_bad_record=config.data.bad_records)
+    shape = (per_process, self.critic_steps, self.slice_len, 1)
+    return ds.map(lambda b: {"audio": b["audio"].reshape(shape)})
+
+  def num_eval_clips(self) -> int:
+    n = self.config.num_eval_batches
+    return self.batch_size * (n if n > 0 else 8)
+
+  def eval_data(self, audio_dir: str, split: str = "valid") -> dict[str, Any]:
+    """Log-mel statistics of `split`'s real clips, and the latents to compare.
+
+    `num_eval_batches` batches of generated clips (8 when it is -1) are
+    compared with up to as many real clips of the split.
+    """
+    config = self.config
+    count = self.num_eval_clips()
+    clips = audio.eval_clips(audio_dir, slice_len=self.slice_len, split=split,
+                             max_clips=count,
+                             silence_threshold=config.data.silence_threshold,
+                             normalize=config.data.normalize)
+    if len(clips) < 2:
+      raise ValueError(f"{audio_dir}: split {split!r} has {len(clips)} non-silent "
+                       f"clips of {self.slice_len} samples; the Frechet distance "
+                       "needs at least 2.")
+    features = jax.jit(self._features)
+    totals = None
+    for start in range(0, len(clips), self.batch_size):
+      sums = features(jnp.asarray(clips[start:start + self.batch_size]))
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    real = spectral.stats_from_sums(jax.device_get(totals))
+    z = np.asarray(self.latents(jax.random.PRNGKey(config.seed + 1), count))
+    return {"real_stats": real, "z": z, "num_real": len(clips)}
+
+  def eval_batches(self, eval_data: dict[str, Any]):
+    """This process's share of the fixed latents, one global batch at a time."""
+    z = eval_data["z"]
+    per_process = self.batch_size // jax.process_count()
+    lo = jax.process_index() * per_process
+    for start in range(0, len(z), self.batch_size):
+      yield {"z": z[start:start + self.batch_size][lo:lo + per_process]}
+
+  def _features(self, clips: Array) -> dict[str, Array]:
+    mel = spectral.log_mel(clips[..., 0], self.sample_rate, n_fft=FRECHET_N_FFT,
+                           hop=FRECHET_HOP, n_mels=FRECHET_N_MELS)
+    return spectral.feature_sums(mel)
+
+  def eval_step(self, params: Any, batch: dict[str, Array]) -> dict[str, Array]:
+    """Log-mel sums of the EMA generator's clips for `batch["z"]`."""
+    clips = self.generator.apply(params, batch["z"], train=False)
+    return self._features(clips)
+
+  def summarize(self, totals: dict[str, Any], eval_data: dict[str, Any]
+                ) -> dict[str, float]:
+    mean, cov = spectral.stats_from_sums(totals)
+    real_mean, real_cov = eval_data["real_stats"]
+    return {"frechet": spectral.frechet_distance(mean, cov, real_mean, real_cov),
+            "frames": float(totals["count"])}
+
+  # --- samples ----------------------------------------------------------------
+
+  def generate(self, params: Any, z: np.ndarray) -> np.ndarray:
+    """Clips [n, slice_len] for latents [n, latent_dim], in batches."""
+    generate = jax.jit(lambda p, z: self.generator.apply(p, z, train=False))
+    out = [np.asarray(generate(params, jnp.asarray(z[i:i + self.batch_size])))
+           for i in range(0, len(z), self.batch_size)]
+    return np.concatenate(out)[..., 0]
+
+  def write_step_samples(self, params: Any, rng: Array, directory: str | None,
+                         title: str) -> list[dict[str, str]]:
+    """The training loop's periodic WAV + spectrogram samples."""
+    return self.write_samples(params, rng, directory,
+                              num_samples=self.config.sample.num_samples, title=title)
+
+  def write_samples(self, params: Any, rng: Array, directory: str | None, *,
+                    num_samples: int, interpolate_steps: int = 0,
+                    title: str = "") -> list[dict[str, str]]:
+    """Writes `sample_NNN.wav` and a spectrogram `.png` per clip.
+
+    Args:
+      params: the generator's variables (`eval_params`).
+      rng: draws the latents.
+      directory: created if missing; None generates without writing.
+      num_samples: clips from independent latents (when not interpolating).
+      interpolate_steps: if > 0, instead write this many clips along the
+        spherical interpolation between two latents drawn from `rng`.
+      title: prefix of each PNG's title.
+
+    Returns:
+      One {"wav": path, "image": png path} per clip.
+    """
+    if interpolate_steps > 0:
+      ends = np.asarray(self.latents(rng, 2))
+      z = slerp(ends[0], ends[1], interpolate_steps)
+    else:
+      z = np.asarray(self.latents(rng, num_samples))
+    clips = self.generate(params, z)
+    if directory is None:
+      return []
+    os.makedirs(directory, exist_ok=True)
+    written = []
+    for i, clip in enumerate(clips):
+      path = os.path.join(directory, f"sample_{i:03d}.wav")
+      audio.write_wav(path, clip, self.sample_rate)
+      image = path[:-4] + ".png"
+      plots.plot_spectrogram(clip, self.sample_rate, image,
+                             title=f"{title}sample {i}")
+      written.append({"wav": path, "image": image})
+    return written
+
