@@ -1,12 +1,19 @@
-r"""Samples MIDI files (and piano-roll PNGs) from an export bundle.
+r"""Samples from an export bundle: MIDI + piano rolls, or WAV + spectrograms.
 
     python -m musegen_jax.sample --export=exports/lstm --output_dir=samples \
         --num_samples=8 --length=1024 --temperature=1.0 --top_p=0.95 --seed=0
     python -m musegen_jax.sample --export=exports/lstm --output_dir=samples \
         --primer=my_tune.mid
+    python -m musegen_jax.sample --export=exports/gan --output_dir=wavs \
+        --num_samples=16 --seed=3
+    python -m musegen_jax.sample --export=exports/gan --output_dir=walk \
+        --interpolate_steps=8 --seed=3
 
-All samples are drawn in one compiled loop that carries the model's state
-from token to token.
+Token models draw all samples in one compiled loop that carries the model's
+state from token to token (`--length`, `--temperature`, `--top_k`, `--top_p`,
+`--primer`). The GAN generates WAV clips from random latents, or with
+`--interpolate_steps=N` N clips along the spherical interpolation between two
+latents drawn from `--seed`.
 """
 
 from __future__ import annotations
@@ -25,14 +32,20 @@ flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0: all).")
 flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass in (0, 1] (1: off).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("primer", None, "Optional MIDI file the samples continue.")
+flags.DEFINE_integer("interpolate_steps", 0,
+                     "Latent models: write this many samples along the "
+                     "spherical interpolation between two random latents "
+                     "(0: independent samples).")
 flags.mark_flags_as_required(["export", "output_dir"])
 
 
 def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
            length: int = 1024, temperature: float = 1.0, top_k: int = 0,
-           top_p: float = 1.0, seed: int = 0, primer: str | None = None
-           ) -> list[str]:
-  """Writes `num_samples` MIDI files and PNGs; returns the MIDI paths."""
+           top_p: float = 1.0, seed: int = 0, primer: str | None = None,
+           interpolate_steps: int = 0) -> list[str]:
+  """Writes samples and their PNGs; returns the MIDI (or WAV) paths."""
+  if interpolate_steps < 0:
+    raise ValueError(f"interpolate_steps={interpolate_steps} must be >= 0")
   if num_samples < 1 or length < 1:
     raise ValueError(f"num_samples={num_samples} and length={length} must be >= 1")
   if temperature <= 0 or not 0 < top_p <= 1 or top_k < 0:
@@ -48,6 +61,15 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
   bundle = checkpoint.load_bundle(export_dir)
   representation = pipeline.representation_from_spec(bundle.representation)
   task = tasks.create_task(bundle.config, representation)
+  title = f"seed {seed}, step {bundle.step}: "
+  if bundle.config.task == "gan":
+    written = task.write_samples(
+        bundle.params, jax.random.PRNGKey(seed), output_dir,
+        num_samples=num_samples, interpolate_steps=interpolate_steps, title=title)
+    return [w["wav"] for w in written]
+  if interpolate_steps:
+    raise ValueError(f"--interpolate_steps needs a latent model; {export_dir} "
+                     f"holds a {bundle.config.task!r} model.")
   prime = None
   if primer:
     prime = pipeline.encode_with_boundary(
@@ -55,8 +77,7 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
   return task.write_samples(
       bundle.params, jax.random.PRNGKey(seed), output_dir,
       num_samples=num_samples, length=length, temperature=temperature,
-      top_k=top_k, top_p=top_p, primer=prime,
-      title=f"seed {seed}, step {bundle.step}: ")
+      top_k=top_k, top_p=top_p, primer=prime, title=title)
 
 
 def main(argv: list[str]) -> None:
@@ -65,7 +86,7 @@ def main(argv: list[str]) -> None:
   paths = sample(FLAGS.export, FLAGS.output_dir, num_samples=FLAGS.num_samples,
                  length=FLAGS.length, temperature=FLAGS.temperature,
                  top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed,
-                 primer=FLAGS.primer)
+                 primer=FLAGS.primer, interpolate_steps=FLAGS.interpolate_steps)
   print(f"Wrote {len(paths)} samples to {FLAGS.output_dir}")
 
 
