@@ -17,18 +17,6 @@ from typing import Any
 from absl import app
 from absl import flags
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("export", None, "Bundle written by musegen_jax.export.")
-flags.DEFINE_enum("split", "valid", ["train", "valid", "test"], "Split to evaluate on.")
-flags.DEFINE_string("data_dir", None,
-                    "Prepared dataset (default: the one the model was trained on).")
-flags.DEFINE_integer("num_batches", None,
-                     "Eval batches (-1: the whole split; the GAN compares this "
-                     "many batches of generated clips with as many real ones). "
-                     "Default: the training config's num_eval_batches.")
-flags.mark_flags_as_required(["export"])
-
-
 def evaluate(export_dir: str, *, split: str = "valid", data_dir: str | None = None,
              num_batches: int | None = None) -> dict[str, Any]:
   """The task's eval metrics of bundle `export_dir` on `split`."""
@@ -64,11 +52,24 @@ def evaluate(export_dir: str, *, split: str = "valid", data_dir: str | None = No
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   print(json.dumps(evaluate(FLAGS.export, split=FLAGS.split,
                             data_dir=FLAGS.data_dir, num_batches=FLAGS.num_batches)))
 
 
 def run() -> None:
+  # Flags are defined here, not at import, so that importing this module
+  # next to sample.py (both have --export) does not clash.
+  flags.DEFINE_string("export", None, "Bundle written by musegen_jax.export.")
+  flags.DEFINE_enum("split", "valid", ["train", "valid", "test"],
+                    "Split to evaluate on.")
+  flags.DEFINE_string("data_dir", None,
+                      "Prepared dataset (default: the one the model was trained on).")
+  flags.DEFINE_integer("num_batches", None,
+                       "Eval batches (-1: the whole split; the GAN compares this "
+                       "many batches of generated clips with as many real ones). "
+                       "Default: the training config's num_eval_batches.")
+  flags.mark_flags_as_required(["export"])
   app.run(main)
 
 
