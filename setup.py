@@ -26,6 +26,8 @@ setuptools.setup(
         "tqdm>=4.66",
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
+        "soundfile>=0.12",
+        "scipy>=1.10",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5"],

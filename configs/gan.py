@@ -80,8 +80,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.data.audio.program = -1
   # Samples per training clip: 16384, 32768 or 65536.
   config.data.slice_len = 16_384
-  # Slices whose peak stays below this are skipped as silence.
-  config.data.silence_threshold = 0.01
+  # Slices whose RMS stays below this (about -46 dBFS) are skipped as silence.
+  config.data.silence_threshold = 0.005
   # Scale every clip to a peak of 1.
   config.data.normalize = True
   config.data.num_workers = 2

@@ -1,15 +1,25 @@
-"""Prepares a corpus: music files, or the bundled JSB Chorales, to ArrayRecord shards.
+"""Prepares a corpus: music files, audio files, or the bundled JSB Chorales, to shards.
 
   python -m musegen_jax.prepare --input=jsb --output=/tmp/jsb
   python -m musegen_jax.prepare --input=~/midi --output=/tmp/midi_ds --num_workers=8
+  python -m musegen_jax.prepare --input=~/wavs --output=/tmp/wav_ds --sample_rate=16000
 
-A folder is walked for .mid/.midi/.xml/.mxl/.musicxml/.abc files, which are
-converted in parallel. Files that fail (corrupt, empty, no notes, unsupported
-extension) are reported on stderr as `skipped FILE: REASON` and listed in
-`OUTPUT/prepare_report.json`; the run goes on. A folder named train, valid
-(validation, val) or test assigns the files below it to that split; other files
-are split by a hash of their path. `--input=jsb` keeps the chorales' own split and
-also writes them as MIDI to `OUTPUT/midi/`.
+A folder is walked for music files (.mid/.midi/.xml/.mxl/.musicxml/.abc), which
+become NoteSequence shards, or audio files (.wav/.flac/.ogg/.opus/.mp3/.aiff/
+.aif and others libsndfile reads), which become audio shards: one record per
+file, mono (channels averaged), resampled to --sample_rate (see data/audio.py).
+--kind=auto (the default) picks music when the folder holds any music file,
+else audio; in a folder with both (MAESTRO has .midi beside .wav) the other
+kind's files are skipped and reported, and --kind=audio or
+--kind=note_sequence chooses. Files are converted in parallel. Files that fail
+(corrupt, empty, no notes, not audio, unsupported extension) are reported on
+stderr as `skipped FILE: REASON` and listed in `OUTPUT/prepare_report.json`; the
+run goes on. A folder named train, valid (validation, val) or test assigns the
+files below it to that split; other files are split by a hash of their path.
+`--input=jsb` keeps the chorales' own split and also writes them as MIDI to
+`OUTPUT/midi/`; training on audio renders them with the synthesizer and caches
+the result beside the shards (`OUTPUT/cache/`, removed when OUTPUT is prepared
+again).
 """
 
 from __future__ import annotations
@@ -35,14 +45,20 @@ from musegen_jax.data import shards
 JSB_INPUT = "jsb"
 DEFAULT_DATASET_NAME = "jsb_chorales_v1"
 REPORT_FILE = "prepare_report.json"
+# Dataset kinds, as metadata.json names them (data/audio.py reads them). Audio
+# support is imported only where needed: it pulls in grain and scipy, which
+# the processes converting music files do not need.
+NOTE_SEQUENCE_KIND = "note_sequence"
+AUDIO_KIND = "audio"
+KINDS = ("auto", NOTE_SEQUENCE_KIND, AUDIO_KIND)
 
 
 class _Record(NamedTuple):
-  data: bytes  # A serialized NoteSequence.
-  num_notes: int
+  data: bytes  # A serialized NoteSequence, or an audio record.
   total_time: float
-  min_pitch: int
-  max_pitch: int
+  num_notes: int = 0
+  min_pitch: int = 128
+  max_pitch: int = -1
 
 
 class _FileResult(NamedTuple):
@@ -54,8 +70,8 @@ class _FileResult(NamedTuple):
 
 def _to_record(ns: convert.NoteSequence) -> _Record:
   pitches = [n.pitch for n in ns.notes]
-  return _Record(ns.SerializeToString(), len(ns.notes), ns.total_time,
-                 min(pitches), max(pitches))
+  return _Record(ns.SerializeToString(), ns.total_time, len(ns.notes), min(pitches),
+                 max(pitches))
 
 
 def _midi_path(midi_dir: str, split: str, sequence_id: str) -> str:
@@ -85,10 +101,25 @@ def _convert_file(relpath: str, root: str, collection: str, valid_fraction: floa
   return _FileResult(relpath, split, [_to_record(ns) for ns in sequences], problems)
 
 
-def _find_files(root: str, exclude: Sequence[str]) -> tuple[list[str], list[str]]:
-  """Lists (supported, unsupported) non-hidden files below root, as sorted relpaths."""
+def _convert_audio_file(relpath: str, root: str, sample_rate: int, valid_fraction: float,
+                        test_fraction: float) -> _FileResult:
+  """Reads one audio file as a mono record at sample_rate (runs in a worker process)."""
+  from musegen_jax.data import audio  # pylint: disable=import-outside-toplevel
+  split = shards.split_for_path(relpath, valid_fraction, test_fraction)
+  try:
+    samples = audio.read_audio_file(os.path.join(root, relpath), sample_rate)
+  except audio.AudioReadError as e:
+    return _FileResult(relpath, split, [], [e.reason])
+  record = _Record(audio.encode_audio_record(samples), len(samples) / sample_rate)
+  return _FileResult(relpath, split, [record], [])
+
+
+def _find_files(root: str, exclude: Sequence[str]
+                ) -> tuple[list[str], list[str], list[str]]:
+  """Lists (music, audio, unsupported) non-hidden files below root, as sorted relpaths."""
+  from musegen_jax.data import audio  # pylint: disable=import-outside-toplevel
   excluded = {os.path.realpath(p) for p in exclude}
-  supported, unsupported = [], []
+  music, sounds, unsupported = [], [], []
   for dirpath, dirnames, filenames in os.walk(root):
     dirnames[:] = [d for d in dirnames if not d.startswith(".")
                    and os.path.realpath(os.path.join(dirpath, d)) not in excluded]
@@ -96,8 +127,13 @@ def _find_files(root: str, exclude: Sequence[str]) -> tuple[list[str], list[str]
       if name.startswith("."):
         continue
       relpath = os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/")
-      (supported if convert.is_supported(name) else unsupported).append(relpath)
-  return sorted(supported), sorted(unsupported)
+      if convert.is_supported(name):
+        music.append(relpath)
+      elif audio.is_audio_file(name):
+        sounds.append(relpath)
+      else:
+        unsupported.append(relpath)
+  return sorted(music), sorted(sounds), sorted(unsupported)
 
 
 def _map(fn: Callable[[Any], Any], items: Sequence[Any], num_workers: int) -> Iterator[Any]:
@@ -118,17 +154,27 @@ def _jsb_results() -> Iterator[_FileResult]:
       yield _FileResult(ns.id, split, [_to_record(ns)], [])
 
 
+def _count_key(kind: str) -> str:
+  return "num_clips" if kind == AUDIO_KIND else "num_sequences"
+
+
 def _write_shards(results: Iterable[_FileResult], total: int, output_dir: str, num_shards: int,
                   report: list[dict[str, str]], progress: bool,
+                  kind: str = NOTE_SEQUENCE_KIND,
                   ) -> tuple[dict[str, dict[str, Any]], list[int]]:
   """Writes the records of all results; appends their problems to report.
 
   Returns:
-    Per-split statistics for metadata.json, and [lowest, highest] pitch.
+    Per-split statistics for metadata.json (num_sequences and num_notes, or
+    num_clips for audio; total_seconds; shards), and [lowest, highest] pitch.
   """
   writers = {split: shards.SplitWriter(output_dir, split, num_shards) for split in shards.SPLITS}
-  stats = {split: {"num_sequences": 0, "num_notes": 0, "total_seconds": 0.0}
-           for split in shards.SPLITS}
+  count_key = _count_key(kind)
+  stats: dict[str, dict[str, Any]] = {split: {count_key: 0, "total_seconds": 0.0}
+                                      for split in shards.SPLITS}
+  if kind != AUDIO_KIND:
+    for split_stats in stats.values():
+      split_stats["num_notes"] = 0
   pitch_range = [128, -1]
   try:
     for result in tqdm(results, total=total, desc="prepare", unit="file", file=sys.stderr,
@@ -139,9 +185,10 @@ def _write_shards(results: Iterable[_FileResult], total: int, output_dir: str, n
       for record in result.records:
         writers[result.split].write(record.data)
         split_stats = stats[result.split]
-        split_stats["num_sequences"] += 1
-        split_stats["num_notes"] += record.num_notes
+        split_stats[count_key] += 1
         split_stats["total_seconds"] += record.total_time
+        if "num_notes" in split_stats:
+          split_stats["num_notes"] += record.num_notes
         pitch_range = [min(pitch_range[0], record.min_pitch),
                        max(pitch_range[1], record.max_pitch)]
   except BaseException:
@@ -159,13 +206,15 @@ def _write_shards(results: Iterable[_FileResult], total: int, output_dir: str, n
 
 def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
             num_shards: int = 4, valid_fraction: float = 0.1, test_fraction: float = 0.1,
-            write_midi: str | None = None, progress: bool = True) -> dict[str, Any]:
+            write_midi: str | None = None, progress: bool = True,
+            sample_rate: int = 16000, kind: str = "auto") -> dict[str, Any]:
   """Converts a corpus into shards, prepare_report.json and (last) metadata.json.
 
   Args:
-    input_path: a folder of music files, or "jsb" for the bundled chorales.
-    output_dir: the dataset folder; created if needed. Shards and metadata of an
-      earlier run there are replaced.
+    input_path: a folder of music or audio files, or "jsb" for the bundled
+      chorales.
+    output_dir: the dataset folder; created if needed. Shards, metadata and
+      caches (`cache/`) of an earlier run there are replaced.
     num_workers: conversion processes; None for min(cpu count, 8), 0 or 1 to
       convert in this process.
     num_shards: the most shards per split.
@@ -174,9 +223,14 @@ def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
     write_midi: if set, also write every converted sequence as MIDI under
       `write_midi/{split}/`.
     progress: show a tqdm bar on stderr.
+    sample_rate: samples per second of audio records (audio folders only).
+    kind: "note_sequence" (music files), "audio" (audio files), or "auto":
+      music if the folder holds any music file, else audio. Files of the
+      other kind are skipped and reported.
 
   Returns:
-    The metadata written to metadata.json.
+    The metadata written to metadata.json; for audio it has "kind": "audio"
+    and "sample_rate".
 
   Raises:
     FileNotFoundError: input_path is neither "jsb" nor a folder.
@@ -189,11 +243,21 @@ def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
     raise FileNotFoundError(f"--input={input_path!r} is neither {JSB_INPUT!r} nor a folder")
   if num_shards < 1:
     raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+  if kind not in KINDS:
+    raise ValueError(f"kind={kind!r}; allowed: {KINDS}")
+  if input_path == JSB_INPUT and kind == AUDIO_KIND:
+    raise ValueError(f"--input={JSB_INPUT} gives NoteSequences; train with the audio "
+                     "representation to render them (cached beside the shards)")
+  if int(sample_rate) != sample_rate or sample_rate <= 0:
+    raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
   shards.check_fractions(valid_fraction, test_fraction)
   os.makedirs(output_dir, exist_ok=True)
   shards.remove_shards(output_dir)
+  # Caches (rendered audio, vocabularies) belong to the shards just removed.
+  shutil.rmtree(os.path.join(output_dir, "cache"), ignore_errors=True)
   report: list[dict[str, str]] = []
   if input_path == JSB_INPUT:
+    kind = NOTE_SEQUENCE_KIND
     source, collection = JSB_INPUT, jsb.JSB_COLLECTION
     settings = {"num_shards": num_shards, "qpm": jsb.JSB_QPM, "velocity": jsb.JSB_VELOCITY}
     results: Iterable[_FileResult] = _jsb_results()
@@ -205,31 +269,51 @@ def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
     collection = os.path.basename(source)
     settings = {"num_shards": num_shards, "valid_fraction": valid_fraction,
                 "test_fraction": test_fraction}
-    files, unsupported = _find_files(input_path, [output_dir, write_midi or output_dir])
+    music, sounds, unsupported = _find_files(input_path, [output_dir, write_midi or output_dir])
     report += [{"file": f, "reason": f"unsupported extension {os.path.splitext(f)[1]!r}"}
                for f in unsupported]
-    convert_fn = functools.partial(
-        _convert_file, root=input_path, collection=collection, valid_fraction=valid_fraction,
-        test_fraction=test_fraction, midi_dir=write_midi)
+    if kind == "auto":
+      kind = NOTE_SEQUENCE_KIND if music or not sounds else AUDIO_KIND
+    if kind == AUDIO_KIND:
+      settings["sample_rate"] = int(sample_rate)
+      report += [{"file": f, "reason": "music file; this run prepares audio (--kind=audio)"}
+                 for f in music]
+      files = sounds
+      convert_fn = functools.partial(
+          _convert_audio_file, root=input_path, sample_rate=int(sample_rate),
+          valid_fraction=valid_fraction, test_fraction=test_fraction)
+    else:
+      report += [{"file": f, "reason": "audio file; this run prepares music files "
+                                       "(--kind=audio prepares the audio)"} for f in sounds]
+      files = music
+      convert_fn = functools.partial(
+          _convert_file, root=input_path, collection=collection,
+          valid_fraction=valid_fraction, test_fraction=test_fraction, midi_dir=write_midi)
+    report.sort(key=lambda entry: entry["file"])
     results, total = _map(convert_fn, files, num_workers), len(files)
   for entry in report:
     print(f"skipped {entry['file']}: {entry['reason']}", file=sys.stderr)
 
-  stats, pitch_range = _write_shards(results, total, output_dir, num_shards, report, progress)
+  stats, pitch_range = _write_shards(results, total, output_dir, num_shards, report, progress,
+                                     kind)
   shards.write_json_atomic(os.path.join(output_dir, REPORT_FILE), report)
-  if not any(s["num_sequences"] for s in stats.values()):
+  if not any(s[_count_key(kind)] for s in stats.values()):
     raise ValueError(f"No file in {input_path} could be converted; see "
                      f"{os.path.join(output_dir, REPORT_FILE)}")
   metadata = {
       "format_version": shards.FORMAT_VERSION,
+      "kind": kind,
       "source": source,
       "collection": collection,
       "splits": stats,
-      "pitch_range": pitch_range,
       "settings": settings,
       "skipped": len(report),
       "created_by": "musegen_jax.prepare",
   }
+  if kind == AUDIO_KIND:
+    metadata["sample_rate"] = int(sample_rate)
+  else:
+    metadata["pitch_range"] = pitch_range
   shards.write_metadata(output_dir, metadata)
   return metadata
 
@@ -284,25 +368,34 @@ def main(argv: Sequence[str]) -> None:
     metadata = prepare(os.path.expanduser(flag.input), flag.output,
                        num_workers=flag.num_workers, num_shards=flag.num_shards,
                        valid_fraction=flag.valid_fraction, test_fraction=flag.test_fraction,
-                       write_midi=write_midi)
+                       write_midi=write_midi, sample_rate=flag.sample_rate, kind=flag.kind)
   except (FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from e
   for split, s in metadata["splits"].items():
-    print(f"{split}: {s['num_sequences']} sequences, {s['num_notes']} notes, "
-          f"{s['total_seconds']:.0f} s in {len(s['shards'])} shards")
+    if metadata["kind"] == AUDIO_KIND:
+      counts = f"{s['num_clips']} clips at {metadata['sample_rate']} Hz"
+    else:
+      counts = f"{s['num_sequences']} sequences, {s['num_notes']} notes"
+    print(f"{split}: {counts}, {s['total_seconds']:.0f} s in {len(s['shards'])} shards")
   print(f"skipped {metadata['skipped']}; wrote {flag.output}")
 
 
 def run() -> None:
   """Console entry point. Flags are defined here, so importing this module defines none."""
-  flags.DEFINE_string("input", None, "Folder of .mid/.midi/.xml/.mxl/.musicxml/.abc files, "
-                      "or 'jsb' for the bundled JSB Chorales (a folder named jsb: ./jsb).")
+  flags.DEFINE_string("input", None, "Folder of .mid/.midi/.xml/.mxl/.musicxml/.abc files "
+                      "or of audio files (.wav/.flac/.ogg/.mp3/.aiff...), or 'jsb' for the "
+                      "bundled JSB Chorales (a folder named jsb: ./jsb).")
   flags.DEFINE_string("output", None, "Dataset folder to write.")
   flags.DEFINE_integer("num_workers", None,
                        "Conversion processes; default min(cpus, 8); 0 or 1: in-process.")
   flags.DEFINE_integer("num_shards", 4, "Most shards per split.")
   flags.DEFINE_float("valid_fraction", 0.1, "Share of hash-split files in valid.")
   flags.DEFINE_float("test_fraction", 0.1, "Share of hash-split files in test.")
+  flags.DEFINE_integer("sample_rate", 16000,
+                       "Audio folders: resample every file to this rate (Hz), mono.")
+  flags.DEFINE_enum("kind", "auto", list(KINDS),
+                    "What a folder is prepared as: note_sequence (music files), audio, or "
+                    "auto: music if there is any music file, else audio.")
   flags.DEFINE_string("write_midi", None,
                       "Also write each sequence as MIDI here (default for jsb: OUTPUT/midi).")
   flags.mark_flags_as_required(["input", "output"])

@@ -82,7 +82,8 @@ def sounding_steps(ns, steps_per_second):
 
 def test_get_representation_rebuilds_from_json_settings(chord_rep):
   reps = [PerformanceRepresentation(steps_per_second=50, max_shift_steps=20),
-          PianorollRepresentation(steps_per_quarter=2, qpm=90.0), chord_rep]
+          PianorollRepresentation(steps_per_quarter=2, qpm=90.0), chord_rep,
+          representations.AudioRepresentation(sample_rate=8000, num_harmonics=3)]
   for rep in reps:
     settings = json.loads(json.dumps(rep.settings()))
     rebuilt = representations.get_representation(rep.name, **settings)

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from musegen_jax.data.representations.audio import AudioRepresentation
 from musegen_jax.data.representations.base import Representation
 from musegen_jax.data.representations.base import TokenRepresentation
 from musegen_jax.data.representations.chord_token import ChordTokenRepresentation
 from musegen_jax.data.representations.performance import PerformanceRepresentation
 from musegen_jax.data.representations.pianoroll import PianorollRepresentation
 
-__all__ = ["ChordTokenRepresentation", "PerformanceRepresentation",
+__all__ = ["AudioRepresentation", "ChordTokenRepresentation", "PerformanceRepresentation",
            "PianorollRepresentation", "Representation", "TokenRepresentation",
            "REPRESENTATIONS", "get_representation"]
 
 REPRESENTATIONS: dict[str, type[Representation]] = {
     cls.name: cls for cls in (PerformanceRepresentation, PianorollRepresentation,
-                              ChordTokenRepresentation)
+                              ChordTokenRepresentation, AudioRepresentation)
 }
 
 
@@ -28,7 +29,8 @@ def get_representation(name: str, **settings: Any) -> Representation:
   """Builds a representation by name.
 
   Args:
-    name: one of REPRESENTATIONS: "performance", "pianoroll", "chord_token".
+    name: one of REPRESENTATIONS: "performance", "pianoroll", "chord_token",
+      "audio".
     **settings: constructor arguments, e.g. those `settings()` returned.
 
   Returns:
