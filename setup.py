@@ -38,6 +38,7 @@ setuptools.setup(
             "musegen-prepare=musegen_jax.prepare:run",
             "musegen-export=musegen_jax.export:run",
             "musegen-sample=musegen_jax.sample:run",
+            "musegen-evaluate=musegen_jax.evaluate:run",
             "musegen-bench=musegen_jax.bench:run",
         ],
     },

@@ -38,7 +38,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from musegen_jax.bench_common import TRAIN_SHAPE, cpu_model, peak_rss_mb
+from musegen_jax.bench_common import GAN_TRAIN_SHAPE, TRAIN_SHAPE, cpu_model, peak_rss_mb
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -50,6 +50,8 @@ flags.DEFINE_integer("soak_steps", 20_000, "Train steps of the soak benchmark.")
 flags.DEFINE_integer("soak_checkpoint_every", 500,
                      "Checkpoint interval of the soak benchmark.")
 flags.DEFINE_integer("steps", 10, "Timed train steps (after warm-up).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                  "Compute dtype of --bench=train (parameters stay float32).")
 flags.DEFINE_integer("warmup", 2, "Untimed train steps after compilation.")
 flags.DEFINE_integer("roof_size", 2048, "Side of the float32 matmul timed as the roof.")
 flags.DEFINE_integer("data_batches", 300, "Timed batches of the data benchmark.")
@@ -125,40 +127,77 @@ def _xla_flops(compiled) -> float | None:
 
 
 def fixed_train_config(config):
-  """`config` at TRAIN_SHAPE (optimizer and the rest of the config kept)."""
-  if config.model.name != "lstm":
-    raise ValueError(f"--bench=train has a fixed shape for config.model.name="
-                     f"'lstm' only, not {config.model.name!r}")
+  """`config` at the fixed benchmark shape of its model (TRAIN_SHAPE for the
+  LSTM, GAN_TRAIN_SHAPE for WaveGAN); optimizer and the rest kept."""
   config = config.copy_and_resolve_references()
-  config.data.representation = "performance"
-  config.model.embed_dim = TRAIN_SHAPE["embed_dim"]
-  config.model.hidden_size = TRAIN_SHAPE["hidden_size"]
-  config.model.num_layers = TRAIN_SHAPE["num_layers"]
-  config.model.dropout_rate = TRAIN_SHAPE["dropout_rate"]
-  config.model.dtype = "float32"
-  config.batch_size = TRAIN_SHAPE["batch_size"]
-  config.data.seq_len = TRAIN_SHAPE["seq_len"]
+  if config.model.name == "lstm":
+    config.data.representation = "performance"
+    config.model.embed_dim = TRAIN_SHAPE["embed_dim"]
+    config.model.hidden_size = TRAIN_SHAPE["hidden_size"]
+    config.model.num_layers = TRAIN_SHAPE["num_layers"]
+    config.model.dropout_rate = TRAIN_SHAPE["dropout_rate"]
+    config.batch_size = TRAIN_SHAPE["batch_size"]
+    config.data.seq_len = TRAIN_SHAPE["seq_len"]
+  elif config.model.name == "wavegan":
+    shape = GAN_TRAIN_SHAPE
+    for key in ("dim", "latent_dim", "kernel_size", "phase_shuffle"):
+      config.model[key] = shape[key]
+    config.data.slice_len = shape["slice_len"]
+    config.batch_size = shape["batch_size"]
+    config.gan.loss = "wgan-gp"
+    config.gan.critic_steps = shape["critic_steps"]
+    config.gan.gp_weight = shape["gp_weight"]
+  else:
+    raise ValueError(f"--bench=train has fixed shapes for config.model.name "
+                     f"'lstm' and 'wavegan', not {config.model.name!r}")
+  config.model.dtype = FLAGS.dtype
   return config
 
 
 def _representation(config):
   from musegen_jax import train  # pylint: disable=import-outside-toplevel
   from musegen_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-  from musegen_jax.data import representations  # pylint: disable=import-outside-toplevel
   name = config.data.representation
   if name == "chord_token":  # Its vocabulary is learnt from the data.
     return pipeline.load_representation(name, train.resolve_data_dir(config))
-  return representations.get_representation(name)
+  return train.load_representation(config, "")
 
 
-def _model_shape(config, vocab_size: int, *, batch: bool = True) -> dict[str, Any]:
-  shape = {"vocab_size": vocab_size}
-  for key in ("embed_dim", "hidden_size", "num_layers", "dropout_rate", "dtype"):
+def _model_shape(config, representation, *, batch: bool = True) -> dict[str, Any]:
+  shape = {}
+  if hasattr(representation, "vocab_size"):
+    shape["vocab_size"] = int(representation.vocab_size)
+  for key in ("embed_dim", "hidden_size", "num_layers", "dropout_rate", "dim",
+              "latent_dim", "kernel_size", "conv_impl", "dtype"):
     if key in config.model:
       shape[key] = config.model[key]
   if batch:
-    shape.update(batch_size=config.batch_size, seq_len=config.data.seq_len)
+    shape["batch_size"] = config.batch_size
+    if config.task == "gan":
+      shape.update(slice_len=config.data.slice_len,
+                   critic_steps=config.gan.critic_steps)
+    else:
+      shape["seq_len"] = config.data.seq_len
   return shape
+
+
+def _random_batches(config, representation, count: int) -> list[dict[str, Any]]:
+  """Host batches of the train step's shape: tokens avoiding PAD (0) and EOS
+  (1), so every position carries weight, or audio in [-1, 1]."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  if config.task == "gan":
+    shape = (config.batch_size, config.gan.critic_steps, config.data.slice_len, 1)
+    return [{"audio": rng.uniform(-1, 1, shape).astype(np.float32)}
+            for _ in range(count)]
+  return [{"tokens": rng.integers(2, int(representation.vocab_size),
+                                  (config.batch_size, config.data.seq_len + 1),
+                                  dtype=np.int32)} for _ in range(count)]
+
+
+def examples_per_step(config) -> int:
+  """Training examples one step consumes (each critic update has its own batch)."""
+  return config.batch_size * (config.gan.critic_steps if config.task == "gan" else 1)
 
 
 def _environment() -> dict[str, str]:
@@ -183,12 +222,8 @@ def time_train_step(config, *, steps: int, warmup: int) -> dict[str, Any]:
   state = train.create_train_state(task, config, mesh, init_rng)
   train_step, _ = train.jit_steps(task, mesh)
 
-  # Random tokens that avoid PAD (0), so every position carries weight.
-  vocab = int(representation.vocab_size)
-  host_rng = np.random.default_rng(0)
-  batches = [{"tokens": host_rng.integers(
-      2, vocab, (config.batch_size, config.data.seq_len + 1), dtype=np.int32)}
-             for _ in range(4)]
+  batches = _random_batches(config, representation, 4)
+  watch = task.progress_keys[0]
 
   t0 = time.perf_counter()
   compiled = train_step.lower(state, parallel.global_batch(batches[0], mesh),
@@ -200,17 +235,20 @@ def time_train_step(config, *, steps: int, warmup: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     state, metrics = compiled(state, parallel.global_batch(batches[i % 4], mesh),
                               step_rng)
-    jax.block_until_ready(metrics["loss"])
+    jax.block_until_ready(metrics[watch])
     if i >= warmup:
       times.append(time.perf_counter() - t0)
-  if not np.isfinite(float(metrics["loss"])):
-    raise FloatingPointError(f"train loss is {float(metrics['loss'])}")
+  if not np.isfinite(float(metrics[watch])):
+    raise FloatingPointError(f"train {watch} is {float(metrics[watch])}")
   step_s = statistics.median(times)
-  result = _model_shape(config, vocab)
+  result = _model_shape(config, representation)
+  # For the GAN: generated clips (one generator batch) per second.
+  result.update(model=config.model.name,
+                examples_per_sec=round(config.batch_size / step_s, 2))
+  if config.task != "gan":
+    result["tokens_per_sec"] = round(config.batch_size * config.data.seq_len / step_s, 1)
   result.update(
-      model=config.model.name,
-      examples_per_sec=round(config.batch_size / step_s, 2),
-      tokens_per_sec=round(config.batch_size * config.data.seq_len / step_s, 1),
+      consumed_examples_per_sec=round(examples_per_step(config) / step_s, 2),
       step_ms=round(step_s * 1e3, 1),
       step_ms_min=round(min(times) * 1e3, 1),
       steps=steps,
@@ -222,6 +260,7 @@ def time_train_step(config, *, steps: int, warmup: int) -> dict[str, Any]:
 def bench_train(config) -> dict[str, Any]:
   """The train step at TRAIN_SHAPE: speed, FLOP/s and utilization."""
   from musegen_jax.models import lstm  # pylint: disable=import-outside-toplevel
+  from musegen_jax.models import wavegan  # pylint: disable=import-outside-toplevel
   config = fixed_train_config(config)
   load_before = _load()
   result = time_train_step(config, steps=FLAGS.steps, warmup=FLAGS.warmup)
@@ -233,8 +272,13 @@ def bench_train(config) -> dict[str, Any]:
     flops = lstm.train_matmul_flops(**{k: result[k] for k in (
         "vocab_size", "embed_dim", "hidden_size", "num_layers", "batch_size",
         "seq_len")})
+  elif config.model.name == "wavegan":
+    flops = wavegan.train_flops(config.model.dim, config.data.slice_len,
+                                config.batch_size, config.gan.critic_steps,
+                                latent_dim=config.model.latent_dim,
+                                kernel_size=config.model.kernel_size)
   roof = measure_matmul_roof(FLAGS.roof_size)
-  source = "analytic matmul count (3x forward)"
+  source = "analytic matmul count (backward = 2x forward)"
   if flops is None and xla_flops is not None:
     flops, source = xla_flops, "xla cost_analysis"
   out = {"bench": "train", **result, "device": device_description()}
@@ -250,7 +294,8 @@ def bench_train(config) -> dict[str, Any]:
       loadavg_1m_before=load_before,
       loadavg_1m_after=_load(),
       env=_environment(),
-      note="random token batches; dropout as the default config")
+      note=("random audio in [-1, 1]; WGAN-GP" if config.task == "gan" else
+            "random token batches; dropout as the default config"))
   return out
 
 
@@ -265,7 +310,7 @@ def bench_data(config) -> dict[str, Any]:
     # Timed first: the grain workers below keep prefetching in the background.
     timing = time_train_step(config, steps=FLAGS.ratio_steps, warmup=1)
     timing.pop("_compiled")
-    train_eps = timing["examples_per_sec"]
+    train_eps = timing["consumed_examples_per_sec"]
     out["train_step_ms"] = timing["step_ms"]
   data_dir = train.resolve_data_dir(config)
   task = tasks.create_task(config, train.load_representation(config, data_dir))
@@ -278,28 +323,29 @@ def bench_data(config) -> dict[str, Any]:
   for _ in range(FLAGS.data_batches):
     batch = next(it)
   seconds = time.perf_counter() - t0
-  examples = FLAGS.data_batches * config.batch_size
-  tokens = batch["tokens"]
+  examples = FLAGS.data_batches * examples_per_step(config)
   data_eps = examples / seconds
   out.update(
       representation=config.data.representation,
-      batch_size=config.batch_size,
-      seq_len=config.data.seq_len,
-      batch_shape=list(tokens.shape),
+      **_model_shape(config, task.representation),
+      batch_shape=list(next(iter(batch.values())).shape),
       num_workers=config.data.num_workers,
       batches=FLAGS.data_batches,
       warmup_batches=FLAGS.data_warmup,
       warmup_s=round(warmup_s, 2),
-      examples_per_sec=round(data_eps, 1),
-      tokens_per_sec=round(data_eps * config.data.seq_len, 1),
+      examples_per_sec=round(data_eps, 1))
+  if config.task != "gan":
+    out["tokens_per_sec"] = round(data_eps * config.data.seq_len, 1)
+  out.update(
       train_examples_per_sec=train_eps,
       data_over_train=None if not train_eps else round(data_eps / train_eps, 1),
       device=device_description(),
       peak_rss_mb=peak_rss_mb(),
       env=_environment())
   if train_eps:
-    out["note"] = ("train timed at the same config shape on random tokens, "
-                   "before the pipeline started")
+    out["note"] = ("examples: training examples (clips for the GAN, every "
+                   "critic update's included); train timed at the same config "
+                   "shape on random batches, before the pipeline started")
   it.close()  # Stops grain's worker processes.
   return out
 

@@ -12,6 +12,12 @@ TRAIN_SHAPE = {"vocab_size": 390, "embed_dim": 256, "hidden_size": 512,
                "num_layers": 3, "dropout_rate": 0.1, "batch_size": 32,
                "seq_len": 128}
 
+# The fixed shape of the WaveGAN train benchmark (both frameworks): one step
+# is `critic_steps` WGAN-GP critic updates and one generator update.
+GAN_TRAIN_SHAPE = {"dim": 32, "slice_len": 16384, "batch_size": 16,
+                   "critic_steps": 5, "latent_dim": 100, "kernel_size": 25,
+                   "phase_shuffle": 2, "gp_weight": 10.0}
+
 
 def cpu_model() -> str:
   """The CPU's model name (from /proc/cpuinfo on Linux)."""
