@@ -1,12 +1,14 @@
-r"""Eager PyTorch reference for the LSTM train benchmark (not a dependency).
+r"""Eager PyTorch references for the train benchmarks (not a dependency).
 
     python -m musegen_jax.bench_torch --bench=lstm
+    python -m musegen_jax.bench_torch --bench=wavegan
 
 Times the same model and update as `python -m musegen_jax.bench --bench=train`
 (vocab 390, embedding 256, 3 LSTM layers of 512 with dropout 0.1, batch 32,
 sequence 128, float32, cross-entropy on every position, AdamW, gradient
 clipping at 1.0) in eager PyTorch with its fused CPU LSTM, and prints one JSON
-line with the same keys. PyTorch is imported only here; install it by hand to
+line with the same keys. `--bench=wavegan` times WaveGAN WGAN-GP steps (see
+`bench_wavegan`). PyTorch is imported only here; install it by hand to
 compare (`pip install torch`).
 """
 
@@ -22,13 +24,21 @@ from absl import flags
 
 from musegen_jax.bench_common import TRAIN_SHAPE, cpu_model, peak_rss_mb
 from musegen_jax.models import lstm as lstm_model
+from musegen_jax.models import wavegan as wavegan_model
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("bench", "lstm", ["lstm"], "Which reference model to time.")
+flags.DEFINE_enum("bench", "lstm", ["lstm", "wavegan"],
+                  "Which reference model to time.")
 flags.DEFINE_integer("steps", 20, "Timed steps (after warm-up).")
 flags.DEFINE_integer("warmup", 3, "Untimed steps first.")
 flags.DEFINE_integer("threads", 2, "torch.set_num_threads.")
 flags.DEFINE_integer("roof_size", 2048, "Side of the float32 matmul timed as the roof.")
+
+# The WaveGAN train benchmark: WGAN-GP with 5 critic updates per generator
+# update, Adam(1e-4, 0.5, 0.9), as in the WaveGAN paper, at d = 32.
+WAVEGAN_SHAPE = {"dim": 32, "slice_len": 16384, "batch_size": 16,
+                 "latent_dim": 100, "kernel_size": 25, "phase_shuffle": 2,
+                 "critic_steps": 5, "gp_weight": 10.0}
 
 def _import_torch():
   try:
@@ -133,12 +143,140 @@ def bench_lstm(torch) -> dict:
   }
 
 
+def bench_wavegan(torch) -> dict:
+  """Times WGAN-GP steps of an eager PyTorch WaveGAN.
+
+  One step: `critic_steps` discriminator updates (each with fresh latents; the
+  real batch is a fixed random tensor in [-1, 1]; loss mean D(fake) - mean
+  D(real) + gp_weight * gradient penalty on random interpolates), then one
+  generator update. Stride-4 convolutions with padding 11 (and output
+  padding 1 when transposed) keep the lengths of the 'SAME' convolutions in
+  musegen_jax.models.wavegan.
+  """
+  shape = WAVEGAN_SHAPE
+  dim, slice_len, batch = shape["dim"], shape["slice_len"], shape["batch_size"]
+  latent, k, shuffle = shape["latent_dim"], shape["kernel_size"], shape["phase_shuffle"]
+  nn = torch.nn
+  functional = torch.nn.functional
+  torch.manual_seed(0)
+  pad = (k - 4 + 1) // 2  # 11: length / 4 out, as 'SAME' padding.
+
+  class Generator(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.fc = nn.Linear(latent, 16 * 16 * dim)
+      chans = [16 * dim, 8 * dim, 4 * dim, 2 * dim, dim, 1]
+      self.convs = nn.ModuleList(
+          nn.ConvTranspose1d(a, b, k, stride=4, padding=pad, output_padding=1)
+          for a, b in zip(chans[:-1], chans[1:]))
+
+    def forward(self, z):
+      x = self.fc(z).view(-1, 16 * dim, 16)
+      for conv in self.convs:
+        x = conv(functional.relu(x))
+      return torch.tanh(x)
+
+  def phase_shuffle(x):
+    """Per-example shift in [-shuffle, shuffle], reflection padding."""
+    length = x.shape[-1]
+    shifts = torch.randint(-shuffle, shuffle + 1, (x.shape[0], 1, 1))
+    padded = functional.pad(x, (shuffle, shuffle), mode="reflect")
+    index = torch.arange(length).view(1, 1, -1) + shuffle - shifts
+    return padded.gather(2, index.expand(-1, x.shape[1], -1))
+
+  class Discriminator(nn.Module):
+    def __init__(self):
+      super().__init__()
+      chans = [1, dim, 2 * dim, 4 * dim, 8 * dim, 16 * dim]
+      self.convs = nn.ModuleList(
+          nn.Conv1d(a, b, k, stride=4, padding=pad)
+          for a, b in zip(chans[:-1], chans[1:]))
+      self.fc = nn.Linear(16 * 16 * dim, 1)
+
+    def forward(self, x):
+      for i, conv in enumerate(self.convs):
+        x = functional.leaky_relu(conv(x), 0.2)
+        if i < len(self.convs) - 1:
+          x = phase_shuffle(x)
+      return self.fc(x.flatten(1))[:, 0]
+
+  gen, disc = Generator(), Discriminator()
+  opt_g = torch.optim.Adam(gen.parameters(), lr=1e-4, betas=(0.5, 0.9))
+  opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.5, 0.9))
+  real = torch.rand(batch, 1, slice_len) * 2 - 1
+
+  def critic_step():
+    with torch.no_grad():
+      fake = gen(torch.rand(batch, latent) * 2 - 1)
+    alpha = torch.rand(batch, 1, 1)
+    mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    grad, = torch.autograd.grad(disc(mixed).sum(), mixed, create_graph=True)
+    penalty = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+    loss = disc(fake).mean() - disc(real).mean() + shape["gp_weight"] * penalty
+    opt_d.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_d.step()
+    return loss
+
+  def step():
+    for _ in range(shape["critic_steps"]):
+      d_loss = critic_step()
+    for p in disc.parameters():
+      p.requires_grad_(False)
+    g_loss = -disc(gen(torch.rand(batch, latent) * 2 - 1)).mean()
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    opt_g.step()
+    for p in disc.parameters():
+      p.requires_grad_(True)
+    return d_loss.item(), g_loss.item()
+
+  t0 = time.perf_counter()
+  step()
+  first_step_s = time.perf_counter() - t0
+  for _ in range(FLAGS.warmup):
+    step()
+  times = []
+  for _ in range(FLAGS.steps):
+    t0 = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t0)
+  step_s = float(np.median(times))
+  flops = wavegan_model.train_flops(dim, slice_len, batch, shape["critic_steps"],
+                                    latent_dim=latent, kernel_size=k)
+  roof = measure_torch_roof(torch, FLAGS.roof_size)
+  return {
+      "bench": "torch_wavegan_train",
+      **shape,
+      "dtype": "float32",
+      "device": f"cpu ({cpu_model()}, {os.cpu_count()} cores), "
+                f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+      # Clips the generator is trained on per second: one batch per step.
+      "examples_per_sec": round(batch / step_s, 2),
+      "step_ms": round(step_s * 1e3, 1),
+      "step_ms_min": round(min(times) * 1e3, 1),
+      "steps": FLAGS.steps,
+      "compile_s": round(first_step_s, 3),
+      "compile_note": "eager: no compile; compile_s is the first step's time",
+      "peak_rss_mb": peak_rss_mb(),
+      "flops_per_step": flops,
+      "flops_source": "analytic (wavegan.train_flops: conv/dense MACs, "
+                      "fwd+bwd = 3x fwd, GP double backward = 1 more D fwd+bwd)",
+      "gflops_per_sec": round(flops / step_s / 1e9, 1),
+      "roof_gflops": round(roof, 1),
+      "roof_source": f"torch float32 {FLAGS.roof_size}^3 matmul",
+      "mfu": round(flops / step_s / 1e9 / roof, 3),
+      "env": {k: os.environ[k] for k in ("GLIBC_TUNABLES",) if k in os.environ},
+  }
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   torch = _import_torch()
   torch.set_num_threads(FLAGS.threads)
-  print(json.dumps(bench_lstm(torch)), flush=True)
+  bench_fn = {"lstm": bench_lstm, "wavegan": bench_wavegan}[FLAGS.bench]
+  print(json.dumps(bench_fn(torch)), flush=True)
 
 
 if __name__ == "__main__":
