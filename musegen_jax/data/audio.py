@@ -477,10 +477,13 @@ def create_train_dataset(audio_dir: str, *, slice_len: int, global_batch_size: i
         .seed(seed)
         .shuffle()
         .repeat()
-        [jax.process_index()::jax.process_count()]
         .map(pipeline.ReadRecord(source))
         .map(DecodeAudioRecord(tuple(paths), _shard_starts(paths), on_bad_record))
-        .random_map(RandomAudioSlice(slice_len, silence_threshold, normalize)))
+        .random_map(RandomAudioSlice(slice_len, silence_threshold, normalize))
+        # Sliced after the crop, so that an element's random crop depends on
+        # its global index only: every process count sees the same global
+        # batches. The dataset is lazy: a process reads only its own records.
+        [jax.process_index()::jax.process_count()])
   ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=2, prefetch_buffer_size=prefetch_buffer_size))
   ds = ds.batch(global_batch_size // jax.process_count(), drop_remainder=True)

@@ -176,11 +176,14 @@ def create_train_dataset(data_dir: str, representation, *, seq_len: int,
         .seed(seed)
         .shuffle()
         .repeat()
-        [jax.process_index()::jax.process_count()]
         .map(ReadRecord(source))
         .map(EncodeRecord(representation, tuple(paths),
                           tuple(int(x) for x in starts), on_bad_record))
-        .random_map(RandomWindow(seq_len + 1, representation.pad_id)))
+        .random_map(RandomWindow(seq_len + 1, representation.pad_id))
+        # Sliced after the crop, so that an element's random crop depends on
+        # its global index only: every process count sees the same global
+        # batches. The dataset is lazy: a process reads only its own records.
+        [jax.process_index()::jax.process_count()])
   ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=2, prefetch_buffer_size=prefetch_buffer_size))
   ds = ds.batch(global_batch_size // jax.process_count(), drop_remainder=True)
