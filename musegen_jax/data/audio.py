@@ -42,7 +42,6 @@ import grain
 import jax
 import numpy as np
 import soundfile
-from absl import flags
 from absl import logging
 from google.protobuf.message import DecodeError
 from scipy import signal
@@ -484,17 +483,9 @@ def create_train_dataset(audio_dir: str, *, slice_len: int, global_batch_size: i
         # its global index only: every process count sees the same global
         # batches. The dataset is lazy: a process reads only its own records.
         [jax.process_index()::jax.process_count()])
-  ds = ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=2, prefetch_buffer_size=prefetch_buffer_size))
-  ds = ds.batch(global_batch_size // jax.process_count(), drop_remainder=True)
-  if num_workers > 0:
-    if not flags.FLAGS.is_parsed():
-      # grain's workers read absl flags; outside an absl app (notebooks,
-      # tests) use their defaults.
-      flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
-                        worker_init_fn=pipeline._init_worker)  # pylint: disable=protected-access
-  return ds
+  return pipeline.batch_and_prefetch(ds, global_batch_size=global_batch_size,
+                                     num_workers=num_workers,
+                                     prefetch_buffer_size=prefetch_buffer_size)
 
 
 def eval_clips(audio_dir: str, *, slice_len: int, split: str = "valid",

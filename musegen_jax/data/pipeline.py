@@ -184,6 +184,17 @@ def create_train_dataset(data_dir: str, representation, *, seq_len: int,
         # its global index only: every process count sees the same global
         # batches. The dataset is lazy: a process reads only its own records.
         [jax.process_index()::jax.process_count()])
+  return batch_and_prefetch(ds, global_batch_size=global_batch_size,
+                            num_workers=num_workers,
+                            prefetch_buffer_size=prefetch_buffer_size)
+
+
+def batch_and_prefetch(ds: grain.MapDataset, *, global_batch_size: int,
+                       num_workers: int, prefetch_buffer_size: int
+                       ) -> grain.IterDataset:
+  """The end every training pipeline shares: this process's share of each
+  global batch, read ahead by threads and, with `num_workers` > 0, produced
+  by worker processes."""
   ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=2, prefetch_buffer_size=prefetch_buffer_size))
   ds = ds.batch(global_batch_size // jax.process_count(), drop_remainder=True)
