@@ -311,11 +311,13 @@ def _train(config: config_dict.ConfigDict, workdir: str,
         pending.append((step, metrics))
         bar.update(1)
 
-        if _agree_to_stop(stop, manager, step):
-          stop.set()
+        # Every process acts on the agreed decision, never on its own flag:
+        # a signal landing between the agreement and the save would
+        # otherwise make one process save (a collective) alone.
+        stopping = _agree_to_stop(stop, manager, step)
         do_eval = step % config.eval_every_steps == 0 or step == config.num_train_steps
         do_save = (step % config.checkpoint_every_steps == 0 or step == last_step
-                   or stop.is_set() or do_eval)
+                   or stopping or do_eval)
         # Metrics are fetched (a host sync) only at log, eval and save steps;
         # a checkpoint is only written after its steps were checked finite.
         if step % config.log_every_steps == 0 or do_save:
@@ -354,7 +356,7 @@ def _train(config: config_dict.ConfigDict, workdir: str,
         if do_save:
           checkpoint.save(manager, step, state, train_iter, valid_loss=valid_loss,
                           force=True)
-        if stop.is_set():
+        if stopping:
           say(f"Stopped at step {step}; the same command resumes.", flush=True)
           break
   finally:

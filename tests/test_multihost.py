@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -139,11 +141,9 @@ def test_two_processes_train_checkpoint_and_resume(runs):
 def test_two_processes_match_one_process_losses_step_by_step(runs):
   """2 processes x 2 devices give 1 process x 4 devices' losses.
 
-  Fails while data/pipeline.py slices records per process *before* its
-  random crop: grain seeds each crop by the element's index in the sliced
-  dataset (and the crop's place in the pipeline), so with 2 processes the
-  global batch holds the same records as with 1 but cut at other offsets.
-  Slicing after `.random_map(RandomWindow(...))` makes the batches equal.
+  Each process reads every second element of the shuffled, cropped stream
+  (data/pipeline.py slices after the random crop), so the global batches are
+  the same records cut at the same offsets as with one process.
   """
   code, out = runs["single"]
   assert code == 0, out[-4000:]
@@ -153,6 +153,51 @@ def test_two_processes_match_one_process_losses_step_by_step(runs):
   np.testing.assert_allclose([two[s] for s in range(1, 7)],
                              [one[s] for s in range(1, 7)], rtol=1e-5,
                              err_msg="per-step train loss, 2 processes vs 1")
+
+
+def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path, jsb_data_dir):
+  """SIGTERM reaches only process 1 (as on a pod where one host is
+  preempted): the processes agree on the step, both save it and exit 0, and
+  the same command resumes from it."""
+  del jsb_data_dir  # Prepared before the processes start.
+  workdir = str(tmp_path / "run")
+  port = _free_port()
+  overrides = dict(num_train_steps=100_000, checkpoint_every_steps=100_000,
+                   eval_every_steps=100_000)
+  procs = [subprocess.Popen(
+      _command(workdir, f"--coordinator_address=localhost:{port}",
+               "--num_processes=2", f"--process_id={i}", **overrides),
+      cwd=str(tmp_path), env=_env(2), stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  try:
+    log = os.path.join(workdir, "train_log.jsonl")
+    deadline = time.monotonic() + _TIMEOUT_S
+    while time.monotonic() < deadline and not (
+        os.path.exists(log) and sum(1 for _ in open(log, encoding="utf-8")) >= 5):
+      assert all(p.poll() is None for p in procs), "a process exited early"
+      time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    outputs = [p.communicate(timeout=_TIMEOUT_S)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  for i, (proc, out) in enumerate(zip(procs, outputs)):
+    assert proc.returncode == 0, f"process {i}:\n{out[-4000:]}"
+  match = re.search(r"Stopped at step (\d+)", outputs[0])
+  assert match, outputs[0][-4000:]
+  step = int(match.group(1))
+  assert 5 <= step < 100_000
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(step)]
+  assert max(_train_losses(workdir)) == step
+
+  resumed = _two_processes(workdir, str(tmp_path), **{**overrides,
+                                                      "num_train_steps": step + 2})
+  for i, (code, out) in enumerate(resumed):
+    assert code == 0, f"process {i}:\n{out[-4000:]}"
+  assert f"Resumed from step {step}" in resumed[0][1]
+  assert sorted(_train_losses(workdir)) == list(range(1, step + 3))
 
 
 def test_unreachable_coordinator_fails_naming_it_within_the_timeout(tmp_path):
