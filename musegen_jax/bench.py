@@ -7,7 +7,9 @@ r"""Benchmarks of the training step, the input pipeline and sampling.
 Each prints one JSON line. The code measured is the code that trains: the task
 from `tasks.create_task`, the state from `train.create_train_state`, and the
 step jitted as `train.py` does it (donated state, shardings over
-`parallel.create_mesh()`).
+`train.create_mesh(config)`). `--bench=train` also gives `peak_memory_mb`, each
+local device's peak allocation on GPU/TPU (None on CPU, where `peak_rss_mb`
+is the figure).
 
 - train: a fixed shape (`TRAIN_SHAPE`: performance vocabulary of 390, LSTM
   with embedding 256, 3 layers of 512, dropout 0.1, batch 32, sequence 128,
@@ -217,7 +219,7 @@ def time_train_step(config, *, steps: int, warmup: int) -> dict[str, Any]:
   train.check_config(config)
   representation = _representation(config)
   task = tasks.create_task(config, representation)
-  mesh = parallel.create_mesh()
+  mesh = train.create_mesh(config)
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   state = train.create_train_state(task, config, mesh, init_rng)
   train_step, _ = train.jit_steps(task, mesh)
@@ -257,6 +259,22 @@ def time_train_step(config, *, steps: int, warmup: int) -> dict[str, Any]:
   return result
 
 
+def peak_device_memory_mb() -> list[float] | None:
+  """Peak allocated memory of each local device in MiB (GPU/TPU), or None.
+
+  None where the backend keeps no allocator statistics (CPU: see
+  `peak_rss_mb` instead).
+  """
+  jax = _import_jax()
+  peaks = []
+  for device in jax.local_devices():
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if not stats or "peak_bytes_in_use" not in stats:
+      return None
+    peaks.append(round(stats["peak_bytes_in_use"] / 2**20, 1))
+  return peaks
+
+
 def bench_train(config) -> dict[str, Any]:
   """The train step at TRAIN_SHAPE: speed, FLOP/s and utilization."""
   from musegen_jax.models import lstm  # pylint: disable=import-outside-toplevel
@@ -291,6 +309,7 @@ def bench_train(config) -> dict[str, Any]:
       roof_source=f"jax float32 {FLAGS.roof_size}^3 matmul, median of 10",
       mfu=None if flops is None else round(flops / step_s / 1e9 / roof, 3),
       peak_rss_mb=peak_rss_mb(),
+      peak_memory_mb=peak_device_memory_mb(),
       loadavg_1m_before=load_before,
       loadavg_1m_after=_load(),
       env=_environment(),

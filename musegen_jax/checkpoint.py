@@ -272,8 +272,20 @@ def _read_json(path: str) -> Any:
     return json.load(f)
 
 
-def with_sharding(abstract_tree: Any, sharding: jax.sharding.Sharding) -> Any:
-  """Gives every leaf of an abstract pytree (from eval_shape) `sharding`."""
+def with_sharding(abstract_tree: Any, sharding: Any) -> Any:
+  """Gives the leaves of an abstract pytree (from eval_shape) their shardings.
+
+  Args:
+    abstract_tree: a pytree of arrays or `jax.ShapeDtypeStruct`.
+    sharding: one `jax.sharding.Sharding` for every leaf, or a pytree of them
+      with the structure of `abstract_tree` (e.g. `train.state_shardings`),
+      which restores a checkpoint onto a different mesh than it was written
+      from.
+  """
+  if isinstance(sharding, jax.sharding.Sharding):
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        abstract_tree)
   return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-      abstract_tree)
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      abstract_tree, sharding)

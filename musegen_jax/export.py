@@ -65,10 +65,12 @@ def export(workdir: str, output: str, which: str = "latest") -> str:
     raise ValueError(f"--checkpoint={which!r}: use 'latest', 'best' or one of "
                      f"the saved steps {sorted(steps)}.")
 
+  # One device: the parameters are gathered whole (however the run's mesh
+  # split them) and written from the host.
   mesh = parallel.create_mesh(jax.devices()[:1])
   abstract = jax.eval_shape(
       lambda: train.create_train_state(task, config, mesh, jax.random.PRNGKey(0)))
-  abstract = checkpoint.with_sharding(abstract, parallel.replicated(mesh))
+  abstract = checkpoint.with_sharding(abstract, train.state_shardings(task, mesh))
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract)))
   manager.close()

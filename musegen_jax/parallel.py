@@ -1,9 +1,16 @@
 """Multi-host init, device mesh, shardings and host-to-global batch placement.
 
 With `parallelism = "jit"` one program runs over a `Mesh` of every device of
-every process; the batch is split along its first axis over the `data` axis
-and the train state is replicated. A single CPU and a pod differ only in the
-mesh's shape.
+every process, with two axes: `data` (pure data parallelism) and `fsdp`
+(data parallelism whose parameters and optimizer state are also split). The
+batch is split along its first axis over both; each parameter is split over
+`fsdp` along the dimension its Flax logical axis names
+(`nn.with_logical_partitioning`) map there through `config.logical_axis_rules`.
+A single CPU and a pod differ only in the mesh's shape.
+
+With `parallelism = "pmap"` the state is replicated on every local device,
+batches are [devices, per_device, ...] and the step averages gradients over
+the `batch` axis name (`PMAP_AXIS`).
 
 Several processes (hosts, or several processes on one machine) join through
 `initialize_distributed`, which `main` calls before anything else touches
@@ -14,48 +21,151 @@ JAX detects by itself (SLURM, Cloud TPU), or not at all for one process.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import sys
 import threading
-from typing import Any
+from typing import Any, Sequence
 
+import flax.linen as nn
 import jax
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
-PARALLELISM_MODES = ("jit",)
+FSDP_AXIS = "fsdp"
+# The batch dimension is split over both mesh axes.
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
+# The axis name of the pmapped step (gradients are averaged over it).
+PMAP_AXIS = "batch"
+PARALLELISM_MODES = ("jit", "pmap")
 
 
-def create_mesh(devices: list[jax.Device] | None = None) -> Mesh:
-  """A 1-D data-parallel mesh over all (global) devices."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
+def mesh_shape(num_devices: int, fsdp: int) -> tuple[int, int]:
+  """(data, fsdp) sizes of the mesh over `num_devices`; fails if fsdp does not divide."""
+  if fsdp < 1 or num_devices % fsdp:
+    raise ValueError(
+        f"config.mesh.fsdp={fsdp} must be a positive divisor of the number of "
+        f"devices ({num_devices}): the mesh is data ({num_devices} / fsdp) x "
+        "fsdp.")
+  return num_devices // fsdp, fsdp
+
+
+def create_mesh(devices: Sequence[jax.Device] | None = None, *,
+                fsdp: int = 1) -> Mesh:
+  """A (data, fsdp) mesh over `devices` (default: all global devices)."""
+  devices = jax.devices() if devices is None else list(devices)
+  shape = mesh_shape(len(devices), fsdp)
+  return Mesh(np.asarray(devices).reshape(shape), (DATA_AXIS, FSDP_AXIS))
 
 
 def check_parallelism(parallelism: str, batch_size: int,
-                      num_devices: int | None = None) -> None:
-  """Fails before compile when the global batch cannot be split over devices."""
+                      num_devices: int | None = None, *, fsdp: int = 1,
+                      grad_accum_steps: int = 1) -> None:
+  """Fails before compile when the mesh or the global batch does not fit the devices.
+
+  Args:
+    parallelism: "jit" or "pmap".
+    batch_size: the global batch (per update).
+    num_devices: all devices (default: `jax.device_count()`).
+    fsdp: the mesh's fsdp size (jit only; pmap needs 1).
+    grad_accum_steps: micro-batches per update; every micro-batch is split
+      over all devices.
+  """
   if parallelism not in PARALLELISM_MODES:
     raise ValueError(f"config.parallelism={parallelism!r}; allowed: "
                      f"{list(PARALLELISM_MODES)}")
   num_devices = jax.device_count() if num_devices is None else num_devices
-  if batch_size <= 0 or batch_size % num_devices:
+  if grad_accum_steps < 1:
+    raise ValueError(f"config.grad_accum_steps={grad_accum_steps} must be >= 1")
+  if parallelism == "pmap":
+    if fsdp != 1:
+      raise ValueError(f"config.mesh.fsdp={fsdp} needs config.parallelism='jit'; "
+                       "pmap replicates the state (use fsdp=1).")
+    if jax.process_count() > 1:
+      raise ValueError(
+          f"config.parallelism='pmap' runs on one process; this run has "
+          f"{jax.process_count()}. Use config.parallelism='jit'.")
+  mesh_shape(num_devices, fsdp)
+  multiple = grad_accum_steps * num_devices
+  if batch_size <= 0 or batch_size % multiple:
     raise ValueError(
-        f"config.batch_size={batch_size} must be a positive multiple of the "
-        f"number of devices ({num_devices}), so every device gets the same "
-        f"share; try --config.batch_size={max(1, batch_size // num_devices + 1) * num_devices}.")
+        f"config.batch_size={batch_size} must be a positive multiple of "
+        f"grad_accum_steps ({grad_accum_steps}) x the number of devices "
+        f"({num_devices}) = {multiple}, so every device gets the same share "
+        f"of every micro-batch; try --config.batch_size="
+        f"{max(1, batch_size // multiple + 1) * multiple}.")
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Splits the leading (batch) axis over the data axis."""
-  return NamedSharding(mesh, P(DATA_AXIS))
+  """Splits the leading (batch) axis over the data and fsdp axes."""
+  return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def axis_rules(rules: Sequence[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:
+  """`config.logical_axis_rules` as flax wants them (JSON turns tuples into lists)."""
+  out = []
+  for rule in rules:
+    if len(rule) != 2:
+      raise ValueError(f"config.logical_axis_rules entry {rule!r} must be a "
+                       "(logical name, mesh axis or None) pair")
+    logical, axis = rule
+    out.append((logical, tuple(axis) if isinstance(axis, list) else axis))
+  return tuple(out)
+
+
+def _mesh_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+               rules: tuple[tuple[str, Any], ...]) -> P:
+  """The mesh PartitionSpec of one annotated array; a dimension that does not
+  divide by its mesh axes' size stays whole (replicated)."""
+  spec = list(nn.logical_to_mesh_axes(names, rules))
+  for i, axes in enumerate(spec):
+    if axes is None:
+      continue
+    axes_tuple = axes if isinstance(axes, tuple) else (axes,)
+    unknown = [a for a in axes_tuple if a not in mesh.shape]
+    if unknown:
+      raise ValueError(f"config.logical_axis_rules map {names[i]!r} to mesh "
+                       f"axis {unknown[0]!r}; the mesh has {list(mesh.shape)}")
+    size = math.prod(mesh.shape[a] for a in axes_tuple)
+    if shape[i] % size:
+      logging.info("Dimension %s (%d) of an array named %s does not divide by "
+                   "mesh axes %s (%d): kept whole.", i, shape[i], names, axes,
+                   size)
+      spec[i] = None
+  return P(*spec)
+
+
+def state_shardings(boxed_abstract_state: Any, mesh: Mesh,
+                    rules: Sequence[Sequence[Any]]) -> Any:
+  """NamedShardings of the (unboxed) state from its logical axis annotations.
+
+  Args:
+    boxed_abstract_state: `jax.eval_shape` of `task.init_state`, whose
+      leaves may be `nn.Partitioned` boxes holding logical axis names.
+    mesh: the (data, fsdp) mesh.
+    rules: (logical name, mesh axis or None) pairs; names without a rule,
+      and unannotated leaves, are replicated.
+
+  Returns:
+    A pytree of NamedSharding with the structure of the unboxed state.
+  """
+  rules = axis_rules(rules)
+
+  def leaf_sharding(leaf):
+    if isinstance(leaf, nn.Partitioned):
+      return NamedSharding(mesh, _mesh_spec(leaf.names, leaf.value.shape, mesh,
+                                            rules))
+    return NamedSharding(mesh, P())
+
+  return jax.tree.map(leaf_sharding, boxed_abstract_state,
+                      is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
 def per_process_batch_size(global_batch_size: int) -> int:
@@ -63,11 +173,35 @@ def per_process_batch_size(global_batch_size: int) -> int:
 
 
 def global_batch(local_batch: Any, mesh: Mesh) -> Any:
-  """Assembles each process's batch into global arrays sharded over `data`."""
+  """Assembles each process's batch into global arrays sharded over data and fsdp."""
   sharding = batch_sharding(mesh)
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
       local_batch)
+
+
+def device_batch(local_batch: Any, num_devices: int | None = None) -> Any:
+  """[batch, ...] host arrays as [devices, batch / devices, ...] for pmap."""
+  num_devices = jax.local_device_count() if num_devices is None else num_devices
+  return jax.tree.map(
+      lambda x: np.asarray(x).reshape((num_devices, -1) + np.shape(x)[1:]),
+      local_batch)
+
+
+def replicate(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
+  """Copies `tree` to every local device, stacked on a new leading axis (pmap)."""
+  devices = jax.local_devices() if devices is None else list(devices)
+  sharding = NamedSharding(Mesh(np.asarray(devices), (PMAP_AXIS,)), P(PMAP_AXIS))
+  return jax.tree.map(
+      lambda x: jax.device_put(
+          np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)), sharding),
+      jax.device_get(tree))
+
+
+def unreplicate(tree: Any, mesh: Mesh | None = None) -> Any:
+  """The first device's copy of a pmap-replicated tree (replicated on `mesh`)."""
+  first = jax.tree.map(lambda x: x[0], tree)
+  return first if mesh is None else jax.device_put(first, replicated(mesh))
 
 
 # How `initialize_distributed` decides to join several processes.

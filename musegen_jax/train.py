@@ -72,7 +72,10 @@ def check_config(config: config_dict.ConfigDict) -> None:
     raise ValueError(f"config.nonfinite={config.nonfinite!r}; allowed: "
                      f"{list(NONFINITE_MODES)}")
   tasks.check_config(config)
-  parallel.check_parallelism(config.parallelism, config.batch_size)
+  parallel.check_parallelism(config.parallelism, config.batch_size,
+                             fsdp=config.mesh.fsdp,
+                             grad_accum_steps=config.grad_accum_steps)
+  parallel.axis_rules(config.logical_axis_rules)
 
 
 def resolve_data_dir(config: config_dict.ConfigDict) -> str:
@@ -95,26 +98,66 @@ def load_representation(config: config_dict.ConfigDict, data_dir: str):
       name, data_dir, settings.to_dict() if settings is not None else None)
 
 
+def create_mesh(config: config_dict.ConfigDict,
+                devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """The (data, fsdp) mesh of `config.mesh` over `devices` (default: all).
+
+  Under pmap the mesh (fsdp = 1) places the state between steps: for
+  evaluation, samples and checkpoints.
+  """
+  return parallel.create_mesh(devices, fsdp=config.mesh.fsdp)
+
+
+def state_shardings(task, mesh) -> Any:
+  """Where each leaf of the task's train state lives on `mesh`.
+
+  From the logical axis names of `task.init_state`'s parameters (abstract:
+  nothing is computed) and `task.config.logical_axis_rules`.
+  """
+  boxed = jax.eval_shape(task.init_state, jax.random.PRNGKey(0))
+  # Configs exported before logical axis rules existed replicate everything.
+  rules = task.config.get("logical_axis_rules", ())
+  return parallel.state_shardings(boxed, mesh, rules)
+
+
 def create_train_state(task, config: config_dict.ConfigDict, mesh,
                        rng: jax.Array) -> Any:
-  """The task's initial state (`task.init_state`), created replicated on `mesh`."""
+  """The task's initial state (`task.init_state`), unboxed and laid out on `mesh`.
+
+  The initializer is jitted with the state's shardings as its outputs, so
+  fsdp-split parameters are never whole on one device.
+  """
   del config  # The task holds it.
-  return jax.jit(task.init_state, out_shardings=parallel.replicated(mesh))(rng)
+  init = lambda rng: common.unbox(task.init_state(rng))
+  return jax.jit(init, out_shardings=state_shardings(task, mesh))(rng)
 
 
-def jit_steps(task, mesh):
+def jit_steps(task, mesh, shardings: Any = None):
   """The task's train and eval steps, jitted over `mesh`.
 
-  The state is replicated and donated (updated in place); batches are split
-  over the mesh's data axis.
+  The state keeps `shardings` (default: `state_shardings(task, mesh)`) and is
+  donated (updated in place); batches are split over the data and fsdp axes.
   """
-  state_sharding = parallel.replicated(mesh)
+  state_sharding = state_shardings(task, mesh) if shardings is None else shardings
   data_sharding = parallel.batch_sharding(mesh)
   train_step = jax.jit(task.train_step,
                        in_shardings=(state_sharding, data_sharding, None),
                        out_shardings=(state_sharding, None), donate_argnums=0)
-  eval_step = jax.jit(task.eval_step, in_shardings=(state_sharding, data_sharding))
+  eval_step = jax.jit(task.eval_step)
   return train_step, eval_step
+
+
+def pmap_train_step(task):
+  """The task's train step pmapped over local devices (`parallel.PMAP_AXIS`).
+
+  Takes the state replicated (`parallel.replicate`), batches as
+  [devices, per_device, ...] (`parallel.device_batch`) and one rng; returns
+  the replicated state and metrics (equal on every device).
+  """
+  step = lambda state, batch, rng: task.train_step(
+      state, batch, rng, axis_name=parallel.PMAP_AXIS)
+  return jax.pmap(step, axis_name=parallel.PMAP_AXIS, in_axes=(0, 0, None),
+                  donate_argnums=0)
 
 
 _REPEAT_SIGNAL_GRACE_S = 2.0
@@ -260,7 +303,8 @@ def _list(directory: str) -> list[str]:
 def _train(config: config_dict.ConfigDict, workdir: str,
            stop_at_step: int | None) -> TrainState:
   """The loop of `train_and_evaluate`, once the workdir is checked and held."""
-  mesh = parallel.create_mesh()
+  mesh = create_mesh(config)
+  use_pmap = config.parallelism == "pmap"
 
   data_dir = resolve_data_dir(config)
   representation = load_representation(config, data_dir)
@@ -272,14 +316,15 @@ def _train(config: config_dict.ConfigDict, workdir: str,
 
   rng = jax.random.PRNGKey(config.seed)
   init_rng, step_rng, sample_rng = jax.random.split(rng, 3)
+  shardings = state_shardings(task, mesh)
   state = create_train_state(task, config, mesh, init_rng)
   train_iter = iter(task.create_train_dataset(data_dir))
 
   manager = checkpoint.create_manager(os.path.join(workdir, "checkpoints"),
                                       keep=config.keep_checkpoints)
   restored = checkpoint.restore_latest(
-      manager, checkpoint.with_sharding(jax.eval_shape(lambda: state),
-                                        parallel.replicated(mesh)), train_iter)
+      manager, checkpoint.with_sharding(jax.eval_shape(lambda: state), shardings),
+      train_iter)
   start_step = 0
   say = print if is_chief else (lambda *args, **kwargs: None)
   num_params = sum(x.size for x in jax.tree.leaves(task.eval_params(state)))
@@ -290,7 +335,17 @@ def _train(config: config_dict.ConfigDict, workdir: str,
     state, start_step = restored
     say(f"Resumed from step {start_step} in {workdir}", flush=True)
 
-  train_step, eval_step = jit_steps(task, mesh)
+  if use_pmap:
+    # Replicated on the local devices while training; `on_mesh` puts one copy
+    # back on the mesh for evaluation, samples and checkpoints.
+    train_step, eval_step = pmap_train_step(task), jit_steps(task, mesh, shardings)[1]
+    state = parallel.replicate(state)
+    on_mesh = lambda state: parallel.unreplicate(state, mesh)
+    place_batch = parallel.device_batch
+  else:
+    train_step, eval_step = jit_steps(task, mesh, shardings)
+    on_mesh = lambda state: state
+    place_batch = lambda batch: parallel.global_batch(batch, mesh)
   learning_rate_fn = getattr(task, "learning_rate_fn", None)
   eval_data = task.eval_data(data_dir)
 
@@ -305,8 +360,10 @@ def _train(config: config_dict.ConfigDict, workdir: str,
         unit="step", dynamic_ncols=True) as bar:
       t_log = time.perf_counter()
       while step < last_step:
-        batch = parallel.global_batch(next(train_iter), mesh)
+        batch = place_batch(next(train_iter))
         state, metrics = train_step(state, batch, step_rng)
+        if use_pmap:
+          metrics = parallel.unreplicate(metrics)
         step += 1
         pending.append((step, metrics))
         bar.update(1)
@@ -332,7 +389,8 @@ def _train(config: config_dict.ConfigDict, workdir: str,
           if learning_rate_fn is not None:
             summary["learning_rate"] = float(learning_rate_fn(step - 1))
           summary.update(steps_per_sec=steps_per_sec,
-                         skipped_updates=int(jax.device_get(state.skipped_updates)))
+                         skipped_updates=int(jax.device_get(
+                             on_mesh(state.skipped_updates))))
           writer.write_scalars(step, summary, prefix="train")
           bar.set_postfix({k: f"{summary[k]:.4g}" for k in task.progress_keys},
                           refresh=False)
@@ -341,7 +399,7 @@ def _train(config: config_dict.ConfigDict, workdir: str,
 
         valid_loss = None
         if do_eval:
-          valid = evaluate(eval_step, task, task.eval_params(state), eval_data,
+          valid = evaluate(eval_step, task, task.eval_params(on_mesh(state)), eval_data,
                            mesh, config.num_eval_batches)
           valid_loss = valid[task.valid_metric]
           writer.write_scalars(step, valid, prefix="valid")
@@ -349,12 +407,13 @@ def _train(config: config_dict.ConfigDict, workdir: str,
             bar.write(f"step {step}: valid " + _format(valid))
 
         if config.sample_every_steps and step % config.sample_every_steps == 0:
-          _write_samples(task, task.eval_params(state),
+          _write_samples(task, task.eval_params(on_mesh(state)),
                          jax.random.fold_in(sample_rng, step), workdir, step,
                          writer, is_chief)
 
         if do_save:
-          checkpoint.save(manager, step, state, train_iter, valid_loss=valid_loss,
+          checkpoint.save(manager, step, on_mesh(state), train_iter,
+                          valid_loss=valid_loss,
                           force=True)
         if stopping:
           say(f"Stopped at step {step}; the same command resumes.", flush=True)
@@ -364,4 +423,4 @@ def _train(config: config_dict.ConfigDict, workdir: str,
     manager.close()
     train_iter.close()  # Stops grain's worker processes and frees their memory.
     writer.close()
-  return state
+  return on_mesh(state)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -159,7 +160,7 @@ def test_generator_full_length_output():
   assert float(jnp.std(out)) > 0.0
   assert not np.allclose(out[0], out[1])
   # Channels halve from 16 * dim; kernels [25, in, out].
-  params = variables["params"]
+  params = nn.unbox(variables["params"])  # Drops the logical axis names.
   assert params["z_project"]["kernel"].shape == (100, 16 * 16 * 4)
   assert [params[f"upconv_{i}"]["kernel"].shape for i in range(5)] == [
       (25, 64, 32), (25, 32, 16), (25, 16, 8), (25, 8, 4), (25, 4, 1)]
@@ -169,7 +170,7 @@ def test_discriminator_output_and_structure():
   disc = wavegan.WaveGANDiscriminator(dim=2)
   x = jax.random.uniform(jax.random.key(0), (3, 16384, 1), minval=-1, maxval=1)
   variables = jax.jit(disc.init)(jax.random.key(1), x)
-  params = variables["params"]
+  params = nn.unbox(variables["params"])
   assert [params[f"downconv_{i}"]["kernel"].shape for i in range(5)] == [
       (25, 1, 2), (25, 2, 4), (25, 4, 8), (25, 8, 16), (25, 16, 32)]
   assert params["output"]["kernel"].shape == (16 * 32, 1)
@@ -193,7 +194,7 @@ def test_longer_slices_add_a_layer():
     gen = wavegan.WaveGANGenerator(slice_len=slice_len, dim=1)
     out, variables = jax.eval_shape(gen.init_with_output, jax.random.key(0), z)
     assert out.shape == (1, slice_len, 1)
-    params = variables["params"]
+    params = nn.unbox(variables["params"])
     # 32 * dim initial channels, six transposed convs.
     assert params["z_project"]["kernel"].shape == (100, 16 * 32)
     assert [params[f"upconv_{i}"]["kernel"].shape[1:] for i in range(6)] == [
@@ -202,8 +203,9 @@ def test_longer_slices_add_a_layer():
     logits, d_vars = jax.eval_shape(disc.init_with_output, jax.random.key(0),
                                     jnp.zeros(out.shape))
     assert logits.shape == (1,)
-    assert d_vars["params"]["downconv_5"]["kernel"].shape == (25, 16, 32)
-    assert d_vars["params"]["output"]["kernel"].shape == (16 * 32, 1)
+    d_params = nn.unbox(d_vars["params"])
+    assert d_params["downconv_5"]["kernel"].shape == (25, 16, 32)
+    assert d_params["output"]["kernel"].shape == (16 * 32, 1)
 
 
 @pytest.mark.parametrize("slice_len", [8192, 20000])
@@ -239,7 +241,7 @@ def test_impls_agree_on_models():
 def test_init_follows_tf_defaults():
   """Glorot-uniform kernels (within their bound), zero biases."""
   gen = wavegan.WaveGANGenerator(dim=1)
-  params = jax.jit(gen.init)(jax.random.key(0), jnp.zeros((1, 100)))["params"]
+  params = nn.unbox(jax.jit(gen.init)(jax.random.key(0), jnp.zeros((1, 100)))["params"])
   for name, layer in params.items():
     kernel = np.asarray(layer["kernel"])
     receptive = int(np.prod(kernel.shape[:-2]))

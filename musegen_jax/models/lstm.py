@@ -207,11 +207,22 @@ def _layer_bwd(res, grads):
 lstm_layer.defvjp(_layer_fwd, _layer_bwd)
 
 
+def _logical(init, *names: str | None):
+  """`init` whose parameter carries Flax logical axis names (one per dimension)."""
+  return nn.with_logical_partitioning(init, names)
+
+
 class LSTMLayer(nn.Module):
-  """One LSTM layer over a time-major sequence."""
+  """One LSTM layer over a time-major sequence.
+
+  Parameters carry logical axis names: w_ih (input_name, "gates"), bias
+  ("gates",), w_hh ("hidden", "gates"), where `input_name` is "embed" for
+  the first layer and "hidden" above it.
+  """
 
   hidden_size: int
   dtype: Any = jnp.float32
+  input_name: str = "hidden"
 
   @nn.compact
   def __call__(self, x: Array, carry: Carry | None = None, *,
@@ -227,10 +238,13 @@ class LSTMLayer(nn.Module):
     Returns:
       ([time, batch, hidden] outputs, final (h, c)).
     """
-    w_ih = self.param("w_ih", nn.initializers.lecun_normal(),
+    w_ih = self.param("w_ih", _logical(nn.initializers.lecun_normal(),
+                                       self.input_name, "gates"),
                       (x.shape[-1], 4 * self.hidden_size))
-    bias = self.param("bias", _forget_bias_init, (4 * self.hidden_size,))
-    w_hh = self.param("w_hh", nn.initializers.orthogonal(column_axis=-1),
+    bias = self.param("bias", _logical(_forget_bias_init, "gates"),
+                      (4 * self.hidden_size,))
+    w_hh = self.param("w_hh", _logical(nn.initializers.orthogonal(column_axis=-1),
+                                       "hidden", "gates"),
                       (self.hidden_size, 4 * self.hidden_size))
     batch = x.shape[1] if tokens is None else tokens.shape[1]
     if carry is None:
@@ -299,6 +313,9 @@ class Dropout(nn.Module):
 class LSTMLanguageModel(nn.Module):
   """Embedding -> stacked LSTM, dropout between layers -> vocabulary logits.
 
+  Logical axis names: embedding ("vocab", "embed"), head kernel ("hidden",
+  "vocab") and bias ("vocab",); the layers' as `LSTMLayer` says.
+
   The first layer's input projection is applied to the embedding table
   rather than to each looked-up embedding when the batch holds more tokens
   than the vocabulary has rows (training): fewer FLOPs, same function.
@@ -319,12 +336,16 @@ class LSTMLanguageModel(nn.Module):
 
     Returns: (logits [batch, time, vocab] float32, the new carry per layer).
     """
-    embed = nn.Embed(self.vocab_size, self.embed_dim, name="embed")
+    embed = nn.Embed(self.vocab_size, self.embed_dim, name="embed",
+                     embedding_init=_logical(nn.linear.default_embed_init,
+                                             "vocab", "embed"))
     tokens = tokens.T  # Time-major throughout (transposing int ids is free).
     new_carry = []
     x = None
     for layer in range(self.num_layers):
-      lstm = LSTMLayer(self.hidden_size, self.dtype, name=f"lstm_{layer}")
+      lstm = LSTMLayer(self.hidden_size, self.dtype,
+                       input_name="embed" if layer == 0 else "hidden",
+                       name=f"lstm_{layer}")
       layer_carry = None if carry is None else carry[layer]
       if layer > 0:
         # Dropout between layers, as torch.nn.LSTM(dropout=...) does.
@@ -335,7 +356,10 @@ class LSTMLanguageModel(nn.Module):
       else:  # Few tokens (sampling): cheaper to look up, then project.
         x, layer_carry = lstm(embed(tokens), layer_carry)
       new_carry.append(layer_carry)
-    logits = nn.Dense(self.vocab_size, dtype=self.dtype, name="head")(x)
+    logits = nn.Dense(
+        self.vocab_size, dtype=self.dtype, name="head",
+        kernel_init=_logical(nn.linear.default_kernel_init, "hidden", "vocab"),
+        bias_init=_logical(nn.initializers.zeros_init(), "vocab"))(x)
     return jnp.swapaxes(logits, 0, 1).astype(jnp.float32), tuple(new_carry)
 
   def initial_carry(self, batch_size: int) -> tuple[Carry, ...]:

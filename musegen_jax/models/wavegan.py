@@ -288,8 +288,17 @@ def phase_shuffle(x: Array, rng: Array, n: int) -> Array:
   return out
 
 
+def _logical(init, *names: str | None):
+  """`init` whose parameter carries Flax logical axis names (one per dimension)."""
+  return nn.with_logical_partitioning(init, names)
+
+
 class Conv1D(nn.Module):
-  """Strided 'SAME' 1-D convolution with bias (see `conv1d`)."""
+  """Strided 'SAME' 1-D convolution with bias (see `conv1d`).
+
+  Logical axis names: kernel ("kernel", "conv_in", "conv_out"), bias
+  ("conv_out",).
+  """
 
   features: int
   kernel_size: int
@@ -301,9 +310,11 @@ class Conv1D(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """[batch, length, in] -> [batch, length / stride (or * stride), features]."""
-    kernel = self.param("kernel", nn.initializers.glorot_uniform(),
+    kernel = self.param("kernel", _logical(nn.initializers.glorot_uniform(),
+                                           "kernel", "conv_in", "conv_out"),
                         (self.kernel_size, x.shape[-1], self.features))
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    bias = self.param("bias", _logical(nn.initializers.zeros_init(), "conv_out"),
+                      (self.features,))
     op = conv_transpose1d if self.transpose else conv1d
     y = op(x.astype(self.dtype), kernel.astype(self.dtype), self.stride,
            self.conv_impl)
@@ -354,7 +365,9 @@ class WaveGANGenerator(nn.Module):
     strides = _check_slice_len(self.slice_len)
     dim_mul = 16 if self.slice_len == 16384 else 32
     x = nn.Dense(16 * dim_mul * self.dim, dtype=self.dtype,
-                 kernel_init=nn.initializers.glorot_uniform(),
+                 kernel_init=_logical(nn.initializers.glorot_uniform(),
+                                      "latent", "mlp"),
+                 bias_init=_logical(nn.initializers.zeros_init(), "mlp"),
                  name="z_project")(z.astype(self.dtype))
     x = x.reshape(z.shape[0], 16, dim_mul * self.dim)
     for i, stride in enumerate(strides):
@@ -415,7 +428,9 @@ class WaveGANDiscriminator(nn.Module):
         x = phase_shuffle(x, self.make_rng("phase_shuffle"), self.phase_shuffle)
     x = x.reshape(x.shape[0], -1)
     logits = nn.Dense(1, dtype=self.dtype,
-                      kernel_init=nn.initializers.glorot_uniform(),
+                      kernel_init=_logical(nn.initializers.glorot_uniform(),
+                                           "mlp", None),
+                      bias_init=_logical(nn.initializers.zeros_init(), None),
                       name="output")(x)
     return logits[:, 0].astype(jnp.float32)
 

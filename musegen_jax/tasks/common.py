@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -12,6 +13,10 @@ from flax.training import train_state
 from ml_collections import config_dict
 
 Array = jax.Array
+
+# Removes `nn.Partitioned` boxes (logical axis names) from a pytree: what
+# init_state returns carries them, the state the steps see does not.
+unbox = nn.meta.unbox
 
 
 class TrainState(train_state.TrainState):
@@ -67,3 +72,67 @@ def apply_finite_update(state: TrainState, grads: Any, loss: Array,
   """
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   return keep_if_finite(state.apply_gradients(grads=grads), state, finite), finite
+
+
+def micro_batches(x: Array, num: int) -> Array:
+  """[batch, ...] -> [num, batch / num, ...]: micro-batch k holds rows k, k + num, ...
+
+  Strided rather than contiguous, so each device's rows of a batch split over
+  devices stay on that device in every micro-batch (no resharding).
+  """
+  if x.shape[0] % num:
+    raise ValueError(f"batch of {x.shape[0]} does not split into {num} micro-batches")
+  return jnp.swapaxes(x.reshape((x.shape[0] // num, num) + x.shape[1:]), 0, 1)
+
+
+def accumulate(fn: Callable[[Any], Any], micro_inputs: Any, num: int) -> Any:
+  """The sum over micro-batches of `fn(inputs)`, in a `lax.scan`.
+
+  Args:
+    fn: one micro-batch's inputs -> a pytree of arrays to sum (gradients,
+      loss sums, ...).
+    micro_inputs: a pytree whose leaves have a leading axis of `num`.
+    num: the number of micro-batches; 1 calls `fn` once, without a loop,
+      and returns its result as it is (so non-additive outputs such as batch
+      statistics pass through unchanged).
+  """
+  if num == 1:
+    return fn(jax.tree.map(lambda x: x[0], micro_inputs))
+  first = jax.tree.map(lambda x: x[0], micro_inputs)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                       jax.eval_shape(fn, first))
+
+  def body(total, inputs):
+    return jax.tree.map(jnp.add, total, fn(inputs)), None
+
+  total, _ = jax.lax.scan(body, zeros, micro_inputs)
+  return total
+
+
+def fold_in_device(rng: Array, axis_name: str | None) -> Array:
+  """`rng` folded with the device index under pmap (per-device randomness)."""
+  if axis_name is None:
+    return rng
+  return jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+
+
+def device_share(x: Array, axis_name: str | None) -> Array:
+  """This device's rows of `x` under pmap (all of it otherwise).
+
+  Randomness drawn for the global batch (latents, mixing weights) and then
+  split this way is the same as with jit, whatever the device count.
+  """
+  if axis_name is None:
+    return x
+  n = x.shape[0] // jax.lax.axis_size(axis_name)
+  return jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(axis_name) * n, n)
+
+
+def psum(tree: Any, axis_name: str | None) -> Any:
+  """Sums over the pmap axis, or `tree` itself without one."""
+  return tree if axis_name is None else jax.lax.psum(tree, axis_name)
+
+
+def pmean(tree: Any, axis_name: str | None) -> Any:
+  """Averages over the pmap axis, or `tree` itself without one."""
+  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)

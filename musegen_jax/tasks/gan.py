@@ -68,6 +68,15 @@ def check_config(config: config_dict.ConfigDict) -> None:
   for key in ("adam_b1", "adam_b2"):
     if not 0 <= config[key] < 1:
       raise ValueError(f"config.{key}={config[key]} must be in [0, 1)")
+  if config.grad_accum_steps < 1:
+    raise ValueError(f"config.grad_accum_steps={config.grad_accum_steps} must be >= 1")
+  if config.model.use_batchnorm and (config.grad_accum_steps > 1
+                                     or config.parallelism == "pmap"):
+    raise ValueError(
+        "config.model.use_batchnorm=True needs the whole batch in one program: "
+        f"got grad_accum_steps={config.grad_accum_steps}, parallelism="
+        f"{config.parallelism!r} (batch statistics would be per micro-batch "
+        "or per device). Use grad_accum_steps=1 and parallelism='jit'.")
   wavegan.resolve_conv_impl(config.model.conv_impl)
   models.get_dtype(config.model.dtype)
 
@@ -165,6 +174,9 @@ class GANTask:
         phase_shuffle=m.phase_shuffle, **common_args)
     self.model = self.generator
     self.learning_rate_fn = optax.constant_schedule(config.learning_rate)
+    # Made once: the optimizers are part of the state's tree structure, which
+    # must be the same in every `init_state` (shardings are matched to it).
+    self.g_tx, self.d_tx = self._optimizer(), self._optimizer()
 
   # --- state -----------------------------------------------------------------
 
@@ -173,13 +185,17 @@ class GANTask:
                       b2=self.config.adam_b2)
 
   def init_state(self, rng: Array) -> GANState:
-    """Fresh generator, discriminator, Adam states and EMA (= the generator)."""
+    """Fresh generator, discriminator, Adam states and EMA (= the generator).
+
+    Parameters, Adam moments and the EMA keep their `nn.Partitioned` logical
+    axis names; the loop derives shardings from them and unboxes.
+    """
     g_rng, d_rng = jax.random.split(rng)
     z = jnp.zeros((1, self.latent_dim), jnp.float32)
     x = jnp.zeros((1, self.slice_len, 1), jnp.float32)
     g_vars = self.generator.init({"params": g_rng}, z, train=False)
     d_vars = self.discriminator.init({"params": d_rng}, x, train=False)
-    g_tx, d_tx = self._optimizer(), self._optimizer()
+    g_tx, d_tx = self.g_tx, self.d_tx
     return GANState(
         step=jnp.zeros((), jnp.int32), g_params=g_vars["params"],
         d_params=d_vars["params"], g_opt_state=g_tx.init(g_vars["params"]),
@@ -222,57 +238,107 @@ class GANTask:
       return out, updates["batch_stats"]
     return self.discriminator.apply(variables, x, train=True, rngs=rngs), batch_stats
 
-  def train_step(self, state: GANState, batch: dict[str, Array], rng: Array
-                 ) -> tuple[GANState, dict[str, Array]]:
-    """`critic_steps` discriminator updates, then one generator update."""
+  def train_step(self, state: GANState, batch: dict[str, Array], rng: Array,
+                 axis_name: str | None = None) -> tuple[GANState, dict[str, Array]]:
+    """`critic_steps` discriminator updates, then one generator update.
+
+    Each update's batch is split into `config.grad_accum_steps` micro-batches
+    whose gradients are averaged (and averaged over `axis_name` under pmap).
+    Latents and gradient-penalty mixing weights are drawn for the global
+    batch and split, so neither accumulation nor pmap changes them; the phase
+    shuffle's key is folded with the micro-batch and (under pmap) the device.
+
+    Args:
+      state: the GAN state.
+      batch: {"audio": [batch, critic_steps, slice_len, 1]} (this device's
+        share under pmap).
+      rng: the run's step key.
+      axis_name: the pmap axis to average gradients and metrics over, or None.
+    """
     kind, gp_weight = self.config.gan.loss, float(self.config.gan.gp_weight)
+    num = self.config.grad_accum_steps
     rng = jax.random.fold_in(rng, state.step)
     critic_rng, g_rng = jax.random.split(rng)
     real_batches = jnp.swapaxes(batch["audio"], 0, 1)  # [critic_steps, b, len, 1]
     n = real_batches.shape[1]
+    devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
+
+    def global_draw(values: Array) -> Array:
+      """This device's micro-batches of values drawn for the global batch."""
+      return common.micro_batches(common.device_share(values, axis_name), num)
+
+    def micro_key(key: Array, index: Array) -> Array:
+      return key if num == 1 else jax.random.fold_in(key, index)
+
+    def average(tree):
+      return common.pmean(jax.tree.map(lambda x: x / num, tree), axis_name)
 
     def critic_update(carry, inputs):
       d_params, d_opt_state, d_stats = carry
       real, key = inputs
       z_key, alpha_key, real_key, fake_key, gp_key = jax.random.split(key, 5)
-      fake, _ = self._generate(state.g_params, state.g_batch_stats,
-                               self.latents(z_key, n), train=True)
-      fake = jax.lax.stop_gradient(fake)
+      real_key, fake_key, gp_key = (common.fold_in_device(k, axis_name)
+                                    for k in (real_key, fake_key, gp_key))
 
-      def loss_fn(d_params):
-        d_real, stats = self._critic(d_params, d_stats, real, real_key)
-        d_fake, stats = self._critic(d_params, stats, fake, fake_key)
-        loss = critic_loss(kind, d_real, d_fake)
-        gp = jnp.zeros((), jnp.float32)
-        if gp_weight > 0:
-          gp = gradient_penalty(
-              lambda x: self._critic(d_params, d_stats, x, gp_key)[0], real, fake,
-              jax.random.uniform(alpha_key, (n,)))
-        wdist = jnp.mean(d_real) - jnp.mean(d_fake)
-        return loss + gp_weight * gp, (loss, gp, wdist, stats)
+      def micro(inputs):
+        real, z, alpha, index = inputs
+        fake, _ = self._generate(state.g_params, state.g_batch_stats, z, train=True)
+        fake = jax.lax.stop_gradient(fake)
 
-      (_, (loss, gp, wdist, d_stats)), grads = jax.value_and_grad(
-          loss_fn, has_aux=True)(d_params)
+        def loss_fn(d_params):
+          d_real, stats = self._critic(d_params, d_stats, real,
+                                       micro_key(real_key, index))
+          d_fake, stats = self._critic(d_params, stats, fake,
+                                       micro_key(fake_key, index))
+          loss = critic_loss(kind, d_real, d_fake)
+          gp = jnp.zeros((), jnp.float32)
+          if gp_weight > 0:
+            gp = gradient_penalty(
+                lambda x: self._critic(d_params, d_stats, x,
+                                       micro_key(gp_key, index))[0],
+                real, fake, alpha)
+          wdist = jnp.mean(d_real) - jnp.mean(d_fake)
+          return loss + gp_weight * gp, (loss, gp, wdist, stats)
+
+        (_, (loss, gp, wdist, stats)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(d_params)
+        # Batch statistics only come with one micro-batch (check_config).
+        return grads, {"d_loss": loss, "gp": gp, "wdist": wdist}, stats
+
+      grads, metrics, d_stats = common.accumulate(
+          micro, (common.micro_batches(real, num),
+                  global_draw(self.latents(z_key, n * devices)),
+                  global_draw(jax.random.uniform(alpha_key, (n * devices,))),
+                  jnp.arange(num)), num)
+      grads, metrics = average((grads, metrics))
       updates, d_opt_state = state.d_tx.update(grads, d_opt_state, d_params)
       d_params = optax.apply_updates(d_params, updates)
       return (d_params, d_opt_state, d_stats), {
-          "d_loss": loss, "gp": gp, "wdist": wdist,
-          "d_grad_norm": optax.tree.norm(grads)}
+          **metrics, "d_grad_norm": optax.tree.norm(grads)}
 
     (d_params, d_opt_state, d_stats), critic = jax.lax.scan(
         critic_update, (state.d_params, state.d_opt_state, state.d_batch_stats),
         (real_batches, jax.random.split(critic_rng, self.critic_steps)))
 
     z_key, fake_key = jax.random.split(g_rng)
-    z = self.latents(z_key, n)
+    fake_key = common.fold_in_device(fake_key, axis_name)
 
-    def g_loss_fn(g_params):
-      fake, g_stats = self._generate(g_params, state.g_batch_stats, z, train=True)
-      d_fake, _ = self._critic(d_params, d_stats, fake, fake_key)
-      return generator_loss(kind, d_fake), g_stats
+    def g_micro(inputs):
+      z, index = inputs
 
-    (g_loss, g_stats), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
-        state.g_params)
+      def g_loss_fn(g_params):
+        fake, g_stats = self._generate(g_params, state.g_batch_stats, z, train=True)
+        d_fake, _ = self._critic(d_params, d_stats, fake, micro_key(fake_key, index))
+        return generator_loss(kind, d_fake), g_stats
+
+      (g_loss, g_stats), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
+          state.g_params)
+      return g_grads, g_loss, g_stats
+
+    g_grads, g_loss, g_stats = common.accumulate(
+        g_micro, (global_draw(self.latents(z_key, n * devices)), jnp.arange(num)),
+        num)
+    g_grads, g_loss = average((g_grads, g_loss))
     updates, g_opt_state = state.g_tx.update(g_grads, state.g_opt_state,
                                              state.g_params)
     g_params = optax.apply_updates(state.g_params, updates)

@@ -46,6 +46,8 @@ def check_config(config: config_dict.ConfigDict) -> None:
   for key, value in non_negative.items():
     if value < 0:
       raise ValueError(f"config.{key}={value!r} must be >= 0")
+  if config.grad_accum_steps < 1:
+    raise ValueError(f"config.grad_accum_steps={config.grad_accum_steps} must be >= 1")
   if not 0 <= config.model.dropout_rate < 1:
     raise ValueError(f"config.model.dropout_rate={config.model.dropout_rate} "
                      "must be in [0, 1)")
@@ -69,12 +71,19 @@ class LanguageModelTask:
     self.vocab_size = int(representation.vocab_size)
     self.model: nn.Module = models.create_model(config.model, self.vocab_size)
     self.learning_rate_fn = common.create_learning_rate_fn(config)
+    # Made once: the optimizer is part of the state's tree structure, which
+    # must be the same in every `init_state` (shardings are matched to it).
+    self.tx = common.create_optimizer(config)
 
   def init_state(self, rng: Array) -> common.TrainState:
-    """Fresh parameters and AdamW state (`common.create_optimizer`)."""
+    """Fresh parameters and AdamW state (`common.create_optimizer`).
+
+    Parameters and the optimizer's moments keep their `nn.Partitioned`
+    logical axis names; the loop derives shardings from them and unboxes.
+    """
     return common.TrainState.create(apply_fn=self.model.apply,
-                                    params=self.init_params(rng),
-                                    tx=common.create_optimizer(self.config))
+                                    params=self.init_params(rng, unbox=False),
+                                    tx=self.tx)
 
   @staticmethod
   def prepare_data(data_dir: str) -> str:
@@ -108,9 +117,11 @@ class LanguageModelTask:
     """This process's share of the global eval batches over `windows`."""
     return pipeline.eval_batches(windows, self.config.batch_size, self.pad_id)
 
-  def init_params(self, rng: Array) -> Any:
+  def init_params(self, rng: Array, unbox: bool = True) -> Any:
+    """Fresh parameters; with `unbox=False` still in their `nn.Partitioned` boxes."""
     tokens = jnp.zeros((1, self.config.data.seq_len), jnp.int32)
-    return self.model.init({"params": rng}, tokens, train=False)["params"]
+    params = self.model.init({"params": rng}, tokens, train=False)["params"]
+    return common.unbox(params) if unbox else params
 
   def example_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     return {"tokens": jax.ShapeDtypeStruct(
@@ -129,19 +140,47 @@ class LanguageModelTask:
             "weight_sum": jnp.sum(weights)}
 
   def train_step(self, state: common.TrainState, batch: dict[str, Array],
-                 rng: Array) -> tuple[common.TrainState, dict[str, Array]]:
-    """One AdamW update; the dropout key is `rng` folded with the step."""
-    rng = jax.random.fold_in(rng, state.step)
+                 rng: Array, axis_name: str | None = None
+                 ) -> tuple[common.TrainState, dict[str, Array]]:
+    """One AdamW update over the batch, in `config.grad_accum_steps` micro-batches.
 
-    def loss_fn(params):
-      sums = self._sums(params, batch["tokens"], rng, train=True)
-      return sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1.0), sums
+    The loss is the token-weighted mean over the whole (global) batch: the
+    gradients of each micro-batch's loss sum are added up (and summed over
+    `axis_name` under pmap) and divided by the total target weight, so
+    accumulation and device count do not change the update. The dropout key
+    is `rng` folded with the step, the micro-batch and (under pmap) the
+    device.
 
-    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    Args:
+      state: the train state.
+      batch: {"tokens": [batch, seq_len + 1]} (this device's share under pmap).
+      rng: the run's step key.
+      axis_name: the pmap axis to sum gradients and metrics over, or None.
+    """
+    rng = common.fold_in_device(jax.random.fold_in(rng, state.step), axis_name)
+    num = self.config.grad_accum_steps
+
+    def micro(inputs):
+      tokens, index = inputs
+      key = rng if num == 1 else jax.random.fold_in(rng, index)
+
+      def loss_sum(params):
+        sums = self._sums(params, tokens, key, train=True)
+        return sums["loss_sum"], sums
+
+      (_, sums), grads = jax.value_and_grad(loss_sum, has_aux=True)(state.params)
+      return sums, grads
+
+    sums, grads = common.psum(common.accumulate(
+        micro, (common.micro_batches(batch["tokens"], num), jnp.arange(num)), num),
+        axis_name)
+    weight = jnp.maximum(sums["weight_sum"], 1.0)
+    grads = jax.tree.map(lambda g: g / weight, grads)
+    loss = sums["loss_sum"] / weight
     grad_norm = optax.tree.norm(grads)
     state, finite = common.apply_finite_update(state, grads, loss, grad_norm)
     return state, {"loss": loss,
-                   "accuracy": sums["correct_sum"] / jnp.maximum(sums["weight_sum"], 1.0),
+                   "accuracy": sums["correct_sum"] / weight,
                    "grad_norm": grad_norm,
                    "nonfinite": (~finite).astype(jnp.float32)}
 
