@@ -18,6 +18,12 @@ GAN_TRAIN_SHAPE = {"dim": 32, "slice_len": 16384, "batch_size": 16,
                    "critic_steps": 5, "latent_dim": 100, "kernel_size": 25,
                    "phase_shuffle": 2, "gp_weight": 10.0}
 
+# The fixed shape of the Transformer train benchmark (both frameworks):
+# pre-LayerNorm decoder, learned absolute positions, loss on every position.
+TRANSFORMER_TRAIN_SHAPE = {"vocab_size": 390, "d_model": 256, "num_layers": 4,
+                           "num_heads": 8, "mlp_dim": 1024, "dropout_rate": 0.1,
+                           "batch_size": 8, "seq_len": 256}
+
 
 def cpu_model() -> str:
   """The CPU's model name (from /proc/cpuinfo on Linux)."""

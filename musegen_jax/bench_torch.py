@@ -2,13 +2,15 @@ r"""Eager PyTorch references for the train benchmarks (not a dependency).
 
     python -m musegen_jax.bench_torch --bench=lstm
     python -m musegen_jax.bench_torch --bench=wavegan
+    python -m musegen_jax.bench_torch --bench=transformer
 
 Times the same model and update as `python -m musegen_jax.bench --bench=train`
 (vocab 390, embedding 256, 3 LSTM layers of 512 with dropout 0.1, batch 32,
 sequence 128, float32, cross-entropy on every position, AdamW, gradient
 clipping at 1.0) in eager PyTorch with its fused CPU LSTM, and prints one JSON
 line with the same keys. `--bench=wavegan` times WaveGAN WGAN-GP steps (see
-`bench_wavegan`). PyTorch is imported only here; install it by hand to
+`bench_wavegan`); `--bench=transformer` a decoder-only Transformer LM (see
+`bench_transformer`). PyTorch is imported only here; install it by hand to
 compare (`pip install torch`).
 """
 
@@ -22,12 +24,14 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from musegen_jax.bench_common import TRAIN_SHAPE, cpu_model, peak_rss_mb
+from musegen_jax.bench_common import TRAIN_SHAPE, TRANSFORMER_TRAIN_SHAPE
+from musegen_jax.bench_common import cpu_model, peak_rss_mb
 from musegen_jax.models import lstm as lstm_model
+from musegen_jax.models import transformer as transformer_model
 from musegen_jax.models import wavegan as wavegan_model
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("bench", "lstm", ["lstm", "wavegan"],
+flags.DEFINE_enum("bench", "lstm", ["lstm", "wavegan", "transformer"],
                   "Which reference model to time.")
 flags.DEFINE_integer("steps", 20, "Timed steps (after warm-up).")
 flags.DEFINE_integer("warmup", 3, "Untimed steps first.")
@@ -270,12 +274,127 @@ def bench_wavegan(torch) -> dict:
   }
 
 
+def bench_transformer(torch) -> dict:
+  """Times AdamW steps of an eager PyTorch decoder-only Transformer LM.
+
+  The shape of `musegen_jax.models.transformer` with attention="absolute",
+  position_encoding="learned": token + learned position embeddings, dropout,
+  pre-LayerNorm blocks (fused QKV projection, `scaled_dot_product_attention`
+  with is_causal=True and no attention dropout, tanh-GELU MLP, dropout on
+  each residual branch), final LayerNorm, untied head; cross-entropy on
+  every position, AdamW, gradient clipping at 1.0.
+  """
+  shape = TRANSFORMER_TRAIN_SHAPE
+  vocab, dim, layers = shape["vocab_size"], shape["d_model"], shape["num_layers"]
+  heads, mlp_dim = shape["num_heads"], shape["mlp_dim"]
+  batch, seq_len, dropout = shape["batch_size"], shape["seq_len"], shape["dropout_rate"]
+  nn = torch.nn
+  functional = torch.nn.functional
+  torch.manual_seed(0)
+
+  class Block(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.ln_attention = nn.LayerNorm(dim)
+      self.qkv = nn.Linear(dim, 3 * dim)
+      self.out = nn.Linear(dim, dim)
+      self.ln_mlp = nn.LayerNorm(dim)
+      self.wi = nn.Linear(dim, mlp_dim)
+      self.wo = nn.Linear(mlp_dim, dim)
+      self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+      b, t, _ = x.shape
+      q, k, v = self.qkv(self.ln_attention(x)).view(
+          b, t, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+      y = functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+      x = x + self.drop(self.out(y.transpose(1, 2).reshape(b, t, dim)))
+      h = functional.gelu(self.wi(self.ln_mlp(x)), approximate="tanh")
+      return x + self.drop(self.wo(h))
+
+  class Model(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.embed = nn.Embedding(vocab, dim)
+      self.positions = nn.Parameter(torch.randn(seq_len, dim) * 0.02)
+      self.drop = nn.Dropout(dropout)
+      self.blocks = nn.ModuleList(Block() for _ in range(layers))
+      self.ln_final = nn.LayerNorm(dim)
+      self.head = nn.Linear(dim, vocab)
+
+    def forward(self, tokens):
+      x = self.drop(self.embed(tokens) + self.positions[:tokens.shape[1]])
+      for block in self.blocks:
+        x = block(x)
+      return self.head(self.ln_final(x))
+
+  model = Model().train()
+  opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98),
+                          weight_decay=0.01)
+  loss_fn = nn.CrossEntropyLoss()
+  gen = torch.Generator().manual_seed(0)
+  batches = [torch.randint(2, vocab, (batch, seq_len + 1), generator=gen)
+             for _ in range(4)]
+
+  def step(tokens):
+    logits = model(tokens[:, :-1])
+    loss = loss_fn(logits.reshape(-1, vocab), tokens[:, 1:].reshape(-1))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.item()
+
+  t0 = time.perf_counter()
+  step(batches[0])
+  first_step_s = time.perf_counter() - t0
+  for i in range(FLAGS.warmup):
+    step(batches[i % len(batches)])
+  times = []
+  for i in range(FLAGS.steps):
+    t0 = time.perf_counter()
+    step(batches[i % len(batches)])
+    times.append(time.perf_counter() - t0)
+  step_s = float(np.median(times))
+  flops = transformer_model.train_matmul_flops(
+      attention="absolute", **{k: shape[k] for k in (
+          "vocab_size", "d_model", "num_layers", "mlp_dim", "batch_size",
+          "seq_len")})
+  roof = measure_torch_roof(torch, FLAGS.roof_size)
+  return {
+      "bench": "torch_transformer_train",
+      **shape,
+      "attention": "absolute",
+      "position_encoding": "learned",
+      "dtype": "float32",
+      "device": f"cpu ({cpu_model()}, {os.cpu_count()} cores), "
+                f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+      "examples_per_sec": round(batch / step_s, 2),
+      "tokens_per_sec": round(batch * seq_len / step_s, 1),
+      "step_ms": round(step_s * 1e3, 1),
+      "step_ms_min": round(min(times) * 1e3, 1),
+      "steps": FLAGS.steps,
+      "compile_s": round(first_step_s, 3),
+      "compile_note": "eager: no compile; compile_s is the first step's time",
+      "peak_rss_mb": peak_rss_mb(),
+      "flops_per_step": flops,
+      "flops_source": "analytic (transformer.train_matmul_flops: projections, "
+                      "MLP, head and full-square attention matmuls, 3x forward)",
+      "gflops_per_sec": round(flops / step_s / 1e9, 1),
+      "roof_gflops": round(roof, 1),
+      "roof_source": f"torch float32 {FLAGS.roof_size}^3 matmul",
+      "mfu": round(flops / step_s / 1e9 / roof, 3),
+      "env": {k: os.environ[k] for k in ("GLIBC_TUNABLES",) if k in os.environ},
+  }
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   torch = _import_torch()
   torch.set_num_threads(FLAGS.threads)
-  bench_fn = {"lstm": bench_lstm, "wavegan": bench_wavegan}[FLAGS.bench]
+  bench_fn = {"lstm": bench_lstm, "wavegan": bench_wavegan,
+              "transformer": bench_transformer}[FLAGS.bench]
   print(json.dumps(bench_fn(torch)), flush=True)
 
 

@@ -28,4 +28,18 @@ def create_model(model_config: config_dict.ConfigDict, vocab_size: int) -> nn.Mo
         num_layers=model_config.num_layers,
         dropout_rate=model_config.dropout_rate,
         dtype=get_dtype(model_config.dtype))
-  raise ValueError(f"config.model.name={name!r}; known models: ['lstm']")
+  if name == "transformer":
+    from musegen_jax.models import transformer
+    return transformer.TransformerLanguageModel(
+        vocab_size=vocab_size,
+        num_layers=model_config.num_layers,
+        d_model=model_config.d_model,
+        num_heads=model_config.num_heads,
+        mlp_dim=model_config.mlp_dim,
+        max_len=model_config.max_len,
+        dropout_rate=model_config.dropout_rate,
+        attention=model_config.attention,
+        position_encoding=model_config.position_encoding,
+        dtype=get_dtype(model_config.dtype))
+  raise ValueError(f"config.model.name={name!r}; known models: "
+                   "['lstm', 'transformer']")

@@ -1,0 +1,130 @@
+r"""Transformer language model on performance events of the bundled JSB Chorales.
+
+    python -m musegen_jax.main --config=configs/transformer.py --workdir=runs/transformer
+    python -m musegen_jax.main --config=configs/transformer.py:smoke \
+        --workdir=runs/transformer_smoke
+
+A decoder-only, pre-LayerNorm Transformer with Music Transformer relative
+attention (musegen_jax/models/transformer.py). Any field can be overridden on
+the command line, e.g. `--config.model.attention=absolute` or
+`--config.model.num_layers=6`; a misspelt key fails before any compute.
+"""
+
+from ml_collections import config_dict
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+  """Returns the default config; `arg="smoke"` gives a tiny CPU variant."""
+  if arg not in (None, "", "smoke"):
+    raise ValueError(f"Unknown config variant {arg!r}; known: 'smoke'.")
+  config = config_dict.ConfigDict()
+
+  # Objective (musegen_jax/tasks/<task>.py) and the global RNG seed.
+  config.task = "lm"
+  config.seed = 0
+
+  config.model = config_dict.ConfigDict()
+  config.model.name = "transformer"  # musegen_jax/models/<name>.py
+  config.model.num_layers = 4
+  config.model.d_model = 256
+  config.model.num_heads = 8
+  config.model.mlp_dim = 1024
+  # Longest sequence the model runs on, and the size of the sampling key/value
+  # cache: data.seq_len for training, primer + sample.length for sampling.
+  config.model.max_len = 2048
+  # "relative" (Music Transformer, Huang et al. 2018) or "absolute".
+  config.model.attention = "relative"
+  # "learned", "sinusoidal" or "none" (added to the token embeddings).
+  config.model.position_encoding = "sinusoidal"
+  # On the embeddings and on each residual branch (not on attention weights).
+  config.model.dropout_rate = 0.1
+  # Compute dtype of the matmuls; parameters stay float32.
+  config.model.dtype = "float32"
+
+  config.data = config_dict.ConfigDict()
+  # A directory written by `python -m musegen_jax.prepare`; empty means the
+  # bundled JSB Chorales, prepared into the cache on first use.
+  config.data.dir = ""
+  config.data.representation = "performance"
+  # Tokens per training example (the model sees seq_len inputs and targets).
+  config.data.seq_len = 512
+  # grain worker processes for the training pipeline (0: in the main process).
+  config.data.num_workers = 2
+  config.data.prefetch_buffer_size = 32
+  # A shard record that does not parse: "error" (names shard and record) or
+  # "skip" (a warning with the same).
+  config.data.bad_records = "error"
+
+  # Global batch size over all devices and hosts.
+  config.batch_size = 16
+  config.num_train_steps = 20_000
+  config.learning_rate = 5e-4
+  config.warmup_steps = 1_000
+  # Final learning rate of the cosine decay, as a fraction of learning_rate.
+  config.end_learning_rate_factor = 0.05
+  config.weight_decay = 0.01
+  config.adam_b1 = 0.9
+  config.adam_b2 = 0.98
+  config.grad_clip_norm = 1.0
+  # A NaN/Inf loss or gradient is never applied. "stop": fail naming the step
+  # and the last good checkpoint; "skip": go on and count skipped updates.
+  config.nonfinite = "stop"
+
+  config.log_every_steps = 50
+  config.eval_every_steps = 1_000
+  # Valid batches per eval; -1 evaluates the whole valid split.
+  config.num_eval_batches = -1
+  config.checkpoint_every_steps = 1_000
+  # Checkpoints kept: the newest `keep_checkpoints` plus the best by valid loss.
+  config.keep_checkpoints = 3
+  # Every sample_every_steps (0: never) write MIDI + piano-roll PNG samples
+  # to WORKDIR/samples/STEP/ and the piano rolls to TensorBoard.
+  config.sample_every_steps = 2_000
+  config.sample = config_dict.ConfigDict()
+  config.sample.num_samples = 4
+  config.sample.length = 1_024
+  config.sample.temperature = 1.0
+  config.sample.top_k = 0
+  config.sample.top_p = 0.95
+
+  # "jit": one program over a Mesh of all devices (data x fsdp axes, below);
+  # "pmap": the state replicated on every device of one process, gradients
+  # averaged over devices. Both give the same update on the same global batch
+  # (up to per-device randomness: dropout).
+  config.parallelism = "jit"
+  # The jit mesh: data = devices / fsdp. fsdp > 1 also splits parameters and
+  # optimizer state over fsdp devices (see logical_axis_rules); the batch is
+  # split over both axes. A size that does not divide the devices fails early.
+  config.mesh = config_dict.ConfigDict()
+  config.mesh.fsdp = 1
+  # Flax logical axis names of the parameters -> mesh axis (or None:
+  # replicated). A dimension that does not divide by its mesh axis size stays
+  # whole. The Transformer's names: vocab, embed, mlp, heads, head_dim.
+  config.logical_axis_rules = [
+      ("embed", "fsdp"), ("mlp", "fsdp"), ("vocab", None), ("heads", None),
+      ("head_dim", None)]
+  # Micro-batches per update (a lax.scan inside the step; gradients are
+  # averaged): the same update with 1 / grad_accum_steps of the activation
+  # memory. batch_size must be a multiple of grad_accum_steps x devices.
+  config.grad_accum_steps = 1
+
+  if arg == "smoke":
+    config.model.num_layers = 2
+    config.model.d_model = 32
+    config.model.num_heads = 4
+    config.model.mlp_dim = 64
+    config.model.max_len = 512
+    config.data.seq_len = 64
+    config.data.num_workers = 0
+    config.batch_size = 16
+    config.num_train_steps = 500
+    config.learning_rate = 3e-3
+    config.warmup_steps = 10
+    config.log_every_steps = 10
+    config.eval_every_steps = 250
+    config.num_eval_batches = 4
+    config.checkpoint_every_steps = 250
+    config.sample_every_steps = 500
+    config.sample.num_samples = 2
+    config.sample.length = 256
+  return config

@@ -1,0 +1,387 @@
+"""Decoder-only Transformer language model with an optional relative attention.
+
+Pre-LayerNorm blocks (causal self-attention, then a GELU MLP, each added to
+the residual stream), learned, sinusoidal or no absolute positions, and either
+plain ("absolute") attention or the relative attention of Music Transformer
+(Huang et al. 2018) in its memory-efficient "skewing" form: each head learns
+relative embeddings E_r [max_len, head_dim]; the relative logits Q E_r^T are
+shifted into place by a pad, reshape and slice (`skew`), so no
+[length, length, head_dim] tensor is ever formed. The relative logits enter
+`jax.nn.dot_product_attention` as an additive bias, so a GPU still gets its
+fused attention kernel.
+
+Sampling state (`carry`) is a fixed-size key/value cache per layer and the
+next position, so one-token steps run inside `lax.scan`:
+
+    logits, carry = model.apply(v, primer)                 # full causal pass
+    logits, carry = model.apply(v, token[:, None], carry=carry)  # one step
+
+The output projection is untied from the token embedding: with a vocabulary of
+a few hundred event tokens the head is a small share of the parameters, and
+keeping it separate lets the embedding keep a small init scale while the head
+uses a fan-in init. Attention probabilities are not dropped (the fused kernels
+take no dropout); dropout acts on the embeddings and on each residual branch.
+
+Parameters carry logical axis names (`nn.with_logical_partitioning`): "vocab",
+"embed", "mlp", "heads", "head_dim" (None: never sharded). Without logical
+axis rules they are plain metadata; `nn.unbox` strips them.
+
+Limits: a sequence longer than max_len fails with a ValueError naming it, as
+does a cached call whose (concrete) position would run past it; inside a
+compiled loop the position is traced and can't be checked, so such a step
+returns NaN logits instead. Callers that sample should keep primer + length
+<= max_len. Only the XLA attention path has been run (CPU); whether a GPU's
+fused kernel takes the gradient of the relative-logits bias is untested.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+# {"layers": ({"k": [batch, max_len, heads, head_dim], "v": same}, ...),
+#  "pos": int32 scalar, the position the next token is written at}.
+Carry = dict[str, Any]
+
+ATTENTION_KINDS = ("absolute", "relative")
+POSITION_ENCODINGS = ("learned", "sinusoidal", "none")
+
+
+def _init(base, *names):
+  return nn.with_logical_partitioning(base, names)
+
+
+def _fan_in(in_axis, out_axis):
+  return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                          in_axis=in_axis, out_axis=out_axis)
+
+
+def skew(rel_logits: Array, offset: Array | int = 0) -> Array:
+  """Moves relative logits from distance-indexed to key-indexed columns.
+
+  Column m of `rel_logits` holds the logit for relative distance
+  m - (keys - 1) (so the last column is distance 0). Row t is the query at
+  absolute position offset + t; the result's column j is key position j:
+
+      out[..., t, j] = rel_logits[..., t, j - (offset + t) + keys - 1]
+
+  wherever that index is in range, i.e. for every causal pair j <= offset + t
+  (offset + queries <= keys). Other entries are unspecified (mask them). One
+  pad, reshape and slice (Huang et al. 2018, section 3.4.1), no gather.
+
+  Args:
+    rel_logits: [..., queries, keys].
+    offset: position of the first query; an int or a traced int32 scalar.
+
+  Returns:
+    [..., queries, keys].
+  """
+  *lead, queries, keys = rel_logits.shape
+  # One zero column in front: row t then starts t flat positions later in a
+  # row width of `keys`, which shifts row t by t relative to row 0.
+  padded = jnp.pad(rel_logits, [(0, 0)] * len(lead) + [(0, 0), (1, 0)])
+  flat = padded.reshape(*lead, queries * (keys + 1))
+  if isinstance(offset, int) and offset == 0 and queries == keys:
+    out = flat[..., keys:]  # Exactly queries * keys entries remain.
+  else:
+    flat = jnp.pad(flat, [(0, 0)] * len(lead) + [(0, keys)])
+    out = jax.lax.dynamic_slice_in_dim(flat, keys - offset, queries * keys,
+                                       axis=-1)
+  return out.reshape(*lead, queries, keys)
+
+
+def sinusoidal_positions(positions: Array, dim: int) -> Array:
+  """[..., dim] sin/cos encodings of integer `positions` (Vaswani et al.)."""
+  half = dim // 2
+  freqs = np.exp(-math.log(10_000.0) * np.arange(half) / max(half - 1, 1))
+  angles = positions[..., None].astype(jnp.float32) * freqs.astype(np.float32)
+  enc = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], -1)
+  if dim % 2:
+    enc = jnp.pad(enc, [(0, 0)] * (enc.ndim - 1) + [(0, 1)])
+  return enc
+
+
+class Dropout(nn.Module):
+  """Inverted dropout drawing its mask as raw random bits (cheap on CPU)."""
+
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: Array, *, deterministic: bool) -> Array:
+    if deterministic or self.rate == 0.0:
+      return x
+    threshold = min(round(self.rate * 2.0**32), 2**32 - 1)
+    bits = jax.random.bits(self.make_rng("dropout"), x.shape, jnp.uint32)
+    return jnp.where(bits >= jnp.uint32(threshold),
+                     x * jnp.asarray(1.0 / (1.0 - self.rate), x.dtype),
+                     jnp.zeros((), x.dtype))
+
+
+class SelfAttention(nn.Module):
+  """Multi-head causal self-attention with a fused QKV projection."""
+
+  num_heads: int
+  max_len: int
+  attention: str = "absolute"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, cache: dict[str, Array] | None = None,
+               pos: Array | None = None
+               ) -> tuple[Array, dict[str, Array]]:
+    """Attends over the sequence (cache None) or over the cache.
+
+    Args:
+      x: [batch, length, embed] normalized inputs.
+      cache: None for a full causal pass from position 0; else {"k", "v"},
+        each [batch, max_len, heads, head_dim], holding positions < pos.
+      pos: int32 scalar, the position of x[:, 0] (with `cache`).
+
+    Returns:
+      ([batch, length, embed] outputs, the cache with x's keys and values).
+    """
+    batch, length, embed = x.shape
+    heads = self.num_heads
+    head_dim = embed // heads
+    qkv_kernel = self.param(
+        "qkv_kernel", _init(_fan_in(0, (1, 2, 3)), "embed", None, "heads",
+                            "head_dim"), (embed, 3, heads, head_dim))
+    qkv_bias = self.param("qkv_bias", _init(nn.initializers.zeros, None,
+                                            "heads", "head_dim"),
+                          (3, heads, head_dim))
+    out_kernel = self.param(
+        "out_kernel", _init(_fan_in((0, 1), 2), "heads", "head_dim", "embed"),
+        (heads, head_dim, embed))
+    out_bias = self.param("out_bias", _init(nn.initializers.zeros, "embed"),
+                          (embed,))
+    dtype = self.dtype
+    qkv = jnp.einsum("btd,dkhe->kbthe", x, qkv_kernel.astype(dtype))
+    qkv = qkv + qkv_bias.astype(dtype)[:, None, None]
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    scale = 1.0 / math.sqrt(head_dim)
+
+    if cache is None:
+      keys = length
+      new_cache = {name: jnp.pad(t, [(0, 0), (0, self.max_len - length),
+                                     (0, 0), (0, 0)])
+                   for name, t in (("k", k), ("v", v))}
+      offset = 0
+    else:
+      new_cache = {
+          "k": jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(
+              cache["k"].dtype), pos, axis=1),
+          "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(
+              cache["v"].dtype), pos, axis=1)}
+      k, v = new_cache["k"].astype(dtype), new_cache["v"].astype(dtype)
+      keys = self.max_len
+      offset = pos
+
+    bias = None
+    if self.attention == "relative":
+      rel = self.param("rel_embedding",
+                       _init(nn.initializers.normal(head_dim**-0.5), "heads",
+                             None, "head_dim"),
+                       (heads, self.max_len, head_dim))
+      # Distances -(keys - 1) .. 0: the last `keys` rows (row max_len - 1 is 0).
+      rel = rel[:, self.max_len - keys:].astype(dtype)
+      rel_logits = jnp.einsum("bthe,hse->bhts", q * jnp.asarray(scale, dtype),
+                              rel)
+      bias = skew(rel_logits, offset)
+
+    if cache is None:
+      y = jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale,
+                                       is_causal=True)
+    else:
+      query_pos = pos + jnp.arange(length)
+      mask = jnp.arange(keys)[None, :] <= query_pos[:, None]
+      y = jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale,
+                                       mask=mask[None, None])
+    out = jnp.einsum("bthe,hed->btd", y, out_kernel.astype(dtype))
+    return out + out_bias.astype(dtype), new_cache
+
+
+class MLP(nn.Module):
+  """Dense -> GELU -> Dense."""
+
+  mlp_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    embed = x.shape[-1]
+    wi = self.param("wi", _init(_fan_in(0, 1), "embed", "mlp"),
+                    (embed, self.mlp_dim))
+    bi = self.param("bi", _init(nn.initializers.zeros, "mlp"), (self.mlp_dim,))
+    wo = self.param("wo", _init(_fan_in(0, 1), "mlp", "embed"),
+                    (self.mlp_dim, embed))
+    bo = self.param("bo", _init(nn.initializers.zeros, "embed"), (embed,))
+    h = jax.nn.gelu(jnp.dot(x, wi.astype(self.dtype)) + bi.astype(self.dtype))
+    return jnp.dot(h, wo.astype(self.dtype)) + bo.astype(self.dtype)
+
+
+def _layer_norm(dtype, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(dtype=dtype, name=name,
+                      scale_init=_init(nn.initializers.ones, "embed"),
+                      bias_init=_init(nn.initializers.zeros, "embed"))
+
+
+class DecoderBlock(nn.Module):
+  """x + attn(LN(x)), then x + mlp(LN(x)), dropout on each branch."""
+
+  num_heads: int
+  mlp_dim: int
+  max_len: int
+  dropout_rate: float = 0.0
+  attention: str = "absolute"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, cache: dict[str, Array] | None, pos: Array | None,
+               *, train: bool) -> tuple[Array, dict[str, Array]]:
+    y, cache = SelfAttention(self.num_heads, self.max_len, self.attention,
+                             self.dtype, name="attention")(
+                                 _layer_norm(self.dtype, "ln_attention")(x),
+                                 cache, pos)
+    x = x + Dropout(self.dropout_rate)(y, deterministic=not train)
+    y = MLP(self.mlp_dim, self.dtype, name="mlp")(
+        _layer_norm(self.dtype, "ln_mlp")(x))
+    x = x + Dropout(self.dropout_rate)(y, deterministic=not train)
+    return x, cache
+
+
+class TransformerLanguageModel(nn.Module):
+  """Token (+ position) embedding -> pre-LN decoder blocks -> LN -> logits.
+
+  Attributes:
+    vocab_size: number of token ids.
+    num_layers: decoder blocks.
+    d_model: width of the residual stream.
+    num_heads: attention heads (d_model must divide evenly).
+    mlp_dim: hidden width of each block's MLP.
+    max_len: longest sequence (and size of the key/value cache).
+    dropout_rate: on the embeddings and on every residual branch.
+    attention: "absolute" (plain dot-product) or "relative" (Music
+      Transformer relative logits).
+    position_encoding: "learned", "sinusoidal" or "none" (only sensible with
+      relative attention).
+    dtype: compute dtype; parameters stay float32, logits are float32.
+  """
+
+  vocab_size: int
+  num_layers: int
+  d_model: int
+  num_heads: int
+  mlp_dim: int
+  max_len: int
+  dropout_rate: float = 0.0
+  attention: str = "relative"
+  position_encoding: str = "learned"
+  dtype: Any = jnp.float32
+
+  def _check(self, length: int, pos: Array | None) -> None:
+    if self.attention not in ATTENTION_KINDS:
+      raise ValueError(f"attention={self.attention!r}; allowed: {ATTENTION_KINDS}")
+    if self.position_encoding not in POSITION_ENCODINGS:
+      raise ValueError(f"position_encoding={self.position_encoding!r}; "
+                       f"allowed: {POSITION_ENCODINGS}")
+    if self.d_model % self.num_heads:
+      raise ValueError(f"d_model={self.d_model} is not a multiple of "
+                       f"num_heads={self.num_heads}")
+    if length > self.max_len:
+      raise ValueError(f"Sequence of {length} tokens is longer than the "
+                       f"model's max_len={self.max_len}.")
+    if pos is not None and not isinstance(pos, jax.core.Tracer):
+      if int(pos) + length > self.max_len:
+        raise ValueError(f"Writing {length} tokens at position {int(pos)} runs "
+                         f"past the model's max_len={self.max_len}.")
+
+  @nn.compact
+  def __call__(self, tokens: Array, *, train: bool = False,
+               carry: Carry | None = None) -> tuple[Array, Carry]:
+    """Runs the model over `tokens`, from scratch or after `carry`.
+
+    Args:
+      tokens: [batch, length] int ids.
+      train: enables dropout (needs a "dropout" rng).
+      carry: None for a causal pass from position 0; else the carry returned
+        by a previous call: `tokens` continue at carry["pos"]. A traced
+        position can't be checked while tracing: a step that runs past
+        max_len gives NaN logits.
+
+    Returns:
+      (logits [batch, length, vocab] float32, the carry after `tokens`).
+    """
+    batch, length = tokens.shape
+    pos = None if carry is None else carry["pos"]
+    self._check(length, pos)
+    embedding = self.param(
+        "token_embedding", _init(nn.initializers.normal(0.02), "vocab", "embed"),
+        (self.vocab_size, self.d_model))
+    x = jnp.take(embedding, tokens, axis=0).astype(self.dtype)
+    start = 0 if pos is None else pos
+    if self.position_encoding == "learned":
+      table = self.param("position_embedding",
+                         _init(nn.initializers.normal(0.02), None, "embed"),
+                         (self.max_len, self.d_model))
+      x = x + jax.lax.dynamic_slice_in_dim(table, start, length).astype(
+          self.dtype)
+    elif self.position_encoding == "sinusoidal":
+      x = x + sinusoidal_positions(start + jnp.arange(length),
+                                   self.d_model).astype(self.dtype)
+    x = Dropout(self.dropout_rate)(x, deterministic=not train)
+
+    caches = []
+    for layer in range(self.num_layers):
+      x, cache = DecoderBlock(
+          self.num_heads, self.mlp_dim, self.max_len, self.dropout_rate,
+          self.attention, self.dtype, name=f"block_{layer}")(
+              x, None if carry is None else carry["layers"][layer], pos,
+              train=train)
+      caches.append(cache)
+    x = _layer_norm(self.dtype, "ln_final")(x)
+    head = self.param("head_kernel", _init(_fan_in(0, 1), "embed", "vocab"),
+                      (self.d_model, self.vocab_size))
+    head_bias = self.param("head_bias", _init(nn.initializers.zeros, "vocab"),
+                           (self.vocab_size,))
+    logits = (jnp.dot(x, head.astype(self.dtype)) + head_bias.astype(self.dtype)
+              ).astype(jnp.float32)
+    end = length + (0 if pos is None else pos)
+    if pos is not None:
+      # A traced position past max_len: the cache write was clamped, so make
+      # the result unusable rather than silently wrong.
+      logits = jnp.where(end <= self.max_len, logits, jnp.nan)
+    return logits, {"layers": tuple(caches),
+                    "pos": jnp.asarray(end, jnp.int32)}
+
+  def initial_carry(self, batch_size: int) -> Carry:
+    """An empty cache at position 0 (same as no carry, but a fixed pytree)."""
+    head_dim = self.d_model // self.num_heads
+    shape = (batch_size, self.max_len, self.num_heads, head_dim)
+    layer = {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)}
+    return {"layers": tuple(dict(layer) for _ in range(self.num_layers)),
+            "pos": jnp.zeros((), jnp.int32)}
+
+
+def train_matmul_flops(*, vocab_size: int, d_model: int, num_layers: int,
+                       mlp_dim: int, batch_size: int, seq_len: int,
+                       attention: str = "absolute") -> int:
+  """Matmul FLOPs of one training step (forward + backward = 3x forward).
+
+  Counts the QKV, output, MLP and head projections and the attention matmuls
+  (Q K^T and P V over the whole [seq_len, seq_len] square, as dense kernels
+  compute it, plus Q E_r^T for relative attention); 2 FLOPs per
+  multiply-add. Element-wise work, softmax, the embedding gather and the
+  optimizer are left out.
+  """
+  tokens = batch_size * seq_len
+  per_layer = 2 * tokens * d_model * (3 * d_model + d_model + 2 * mlp_dim)
+  attention_pairs = 2 if attention == "absolute" else 3
+  per_layer += attention_pairs * 2 * tokens * seq_len * d_model
+  forward = num_layers * per_layer + 2 * tokens * d_model * vocab_size
+  return 3 * forward
