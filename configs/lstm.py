@@ -28,6 +28,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.model.dropout_rate = 0.1
   # Compute dtype of the matmuls; parameters stay float32.
   config.model.dtype = "float32"
+  # Recompute activations in the backward pass instead of storing them:
+  # less memory for about one more forward pass.
+  config.model.remat = False
 
   config.data = config_dict.ConfigDict()
   # A directory written by `python -m musegen_jax.prepare`; empty means the

@@ -40,7 +40,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from musegen_jax.bench_common import GAN_TRAIN_SHAPE, TRAIN_SHAPE, cpu_model, peak_rss_mb
+from musegen_jax.bench_common import (GAN_TRAIN_SHAPE, TRAIN_SHAPE,
+                                      TRANSFORMER_TRAIN_SHAPE, cpu_model,
+                                      peak_rss_mb)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -52,6 +54,9 @@ flags.DEFINE_integer("soak_steps", 20_000, "Train steps of the soak benchmark.")
 flags.DEFINE_integer("soak_checkpoint_every", 500,
                      "Checkpoint interval of the soak benchmark.")
 flags.DEFINE_integer("steps", 10, "Timed train steps (after warm-up).")
+flags.DEFINE_bool("keep_attention", False,
+                  "Transformer train bench: keep the config's attention kind "
+                  "instead of the reference's absolute attention.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                   "Compute dtype of --bench=train (parameters stay float32).")
 flags.DEFINE_integer("warmup", 2, "Untimed train steps after compilation.")
@@ -140,6 +145,19 @@ def fixed_train_config(config):
     config.model.dropout_rate = TRAIN_SHAPE["dropout_rate"]
     config.batch_size = TRAIN_SHAPE["batch_size"]
     config.data.seq_len = TRAIN_SHAPE["seq_len"]
+  elif config.model.name == "transformer":
+    shape = TRANSFORMER_TRAIN_SHAPE
+    config.data.representation = "performance"
+    for key in ("d_model", "num_layers", "num_heads", "mlp_dim", "dropout_rate"):
+      config.model[key] = shape[key]
+    config.model.max_len = max(config.model.max_len, shape["seq_len"])
+    # As the PyTorch reference: absolute attention, learned positions
+    # (--config.model.attention is kept only with --keep_attention).
+    if not FLAGS.keep_attention:
+      config.model.attention = "absolute"
+      config.model.position_encoding = "learned"
+    config.batch_size = shape["batch_size"]
+    config.data.seq_len = shape["seq_len"]
   elif config.model.name == "wavegan":
     shape = GAN_TRAIN_SHAPE
     for key in ("dim", "latent_dim", "kernel_size", "phase_shuffle"):
@@ -151,7 +169,8 @@ def fixed_train_config(config):
     config.gan.gp_weight = shape["gp_weight"]
   else:
     raise ValueError(f"--bench=train has fixed shapes for config.model.name "
-                     f"'lstm' and 'wavegan', not {config.model.name!r}")
+                     f"'lstm', 'transformer' and 'wavegan', not "
+                     f"{config.model.name!r}")
   config.model.dtype = FLAGS.dtype
   return config
 
@@ -169,7 +188,8 @@ def _model_shape(config, representation, *, batch: bool = True) -> dict[str, Any
   shape = {}
   if hasattr(representation, "vocab_size"):
     shape["vocab_size"] = int(representation.vocab_size)
-  for key in ("embed_dim", "hidden_size", "num_layers", "dropout_rate", "dim",
+  for key in ("embed_dim", "hidden_size", "d_model", "num_layers", "num_heads",
+              "mlp_dim", "attention", "position_encoding", "dropout_rate", "dim",
               "latent_dim", "kernel_size", "conv_impl", "dtype"):
     if key in config.model:
       shape[key] = config.model[key]
@@ -278,6 +298,7 @@ def peak_device_memory_mb() -> list[float] | None:
 def bench_train(config) -> dict[str, Any]:
   """The train step at TRAIN_SHAPE: speed, FLOP/s and utilization."""
   from musegen_jax.models import lstm  # pylint: disable=import-outside-toplevel
+  from musegen_jax.models import transformer  # pylint: disable=import-outside-toplevel
   from musegen_jax.models import wavegan  # pylint: disable=import-outside-toplevel
   config = fixed_train_config(config)
   load_before = _load()
@@ -290,6 +311,12 @@ def bench_train(config) -> dict[str, Any]:
     flops = lstm.train_matmul_flops(**{k: result[k] for k in (
         "vocab_size", "embed_dim", "hidden_size", "num_layers", "batch_size",
         "seq_len")})
+  elif config.model.name == "transformer":
+    flops = transformer.train_matmul_flops(
+        vocab_size=result["vocab_size"], d_model=config.model.d_model,
+        num_layers=config.model.num_layers, mlp_dim=config.model.mlp_dim,
+        batch_size=config.batch_size, seq_len=config.data.seq_len,
+        attention=config.model.attention)
   elif config.model.name == "wavegan":
     flops = wavegan.train_flops(config.model.dim, config.data.slice_len,
                                 config.batch_size, config.gan.critic_steps,

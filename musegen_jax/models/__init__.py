@@ -27,7 +27,8 @@ def create_model(model_config: config_dict.ConfigDict, vocab_size: int) -> nn.Mo
         hidden_size=model_config.hidden_size,
         num_layers=model_config.num_layers,
         dropout_rate=model_config.dropout_rate,
-        dtype=get_dtype(model_config.dtype))
+        dtype=get_dtype(model_config.dtype),
+        remat=model_config.get("remat", False))
   if name == "transformer":
     from musegen_jax.models import transformer
     return transformer.TransformerLanguageModel(
@@ -40,6 +41,7 @@ def create_model(model_config: config_dict.ConfigDict, vocab_size: int) -> nn.Mo
         dropout_rate=model_config.dropout_rate,
         attention=model_config.attention,
         position_encoding=model_config.position_encoding,
-        dtype=get_dtype(model_config.dtype))
+        dtype=get_dtype(model_config.dtype),
+        remat=model_config.get("remat", False))
   raise ValueError(f"config.model.name={name!r}; known models: "
                    "['lstm', 'transformer']")

@@ -327,6 +327,7 @@ class LSTMLanguageModel(nn.Module):
   num_layers: int
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, tokens: Array, *, train: bool = False,
@@ -342,8 +343,11 @@ class LSTMLanguageModel(nn.Module):
     tokens = tokens.T  # Time-major throughout (transposing int ids is free).
     new_carry = []
     x = None
+    # With remat, a layer's activations (its gates over all steps) are
+    # recomputed in the backward pass instead of stored.
+    layer_cls = nn.remat(LSTMLayer) if self.remat else LSTMLayer
     for layer in range(self.num_layers):
-      lstm = LSTMLayer(self.hidden_size, self.dtype,
+      lstm = layer_cls(self.hidden_size, self.dtype,
                        input_name="embed" if layer == 0 else "hidden",
                        name=f"lstm_{layer}")
       layer_carry = None if carry is None else carry[layer]

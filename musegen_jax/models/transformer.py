@@ -243,7 +243,7 @@ class DecoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, cache: dict[str, Array] | None, pos: Array | None,
-               *, train: bool) -> tuple[Array, dict[str, Array]]:
+               train: bool) -> tuple[Array, dict[str, Array]]:
     y, cache = SelfAttention(self.num_heads, self.max_len, self.attention,
                              self.dtype, name="attention")(
                                  _layer_norm(self.dtype, "ln_attention")(x),
@@ -271,6 +271,8 @@ class TransformerLanguageModel(nn.Module):
     position_encoding: "learned", "sinusoidal" or "none" (only sensible with
       relative attention).
     dtype: compute dtype; parameters stay float32, logits are float32.
+    remat: recompute each block's activations in the backward pass
+      (less memory, about one more forward pass of compute).
   """
 
   vocab_size: int
@@ -283,6 +285,7 @@ class TransformerLanguageModel(nn.Module):
   attention: str = "relative"
   position_encoding: str = "learned"
   dtype: Any = jnp.float32
+  remat: bool = False
 
   def _check(self, length: int, pos: Array | None) -> None:
     if self.attention not in ATTENTION_KINDS:
@@ -337,12 +340,14 @@ class TransformerLanguageModel(nn.Module):
     x = Dropout(self.dropout_rate)(x, deterministic=not train)
 
     caches = []
+    # With remat, each block's activations are recomputed in the backward
+    # pass instead of stored (argument 4, `train`, is static).
+    block = nn.remat(DecoderBlock, static_argnums=(4,)) if self.remat else DecoderBlock
     for layer in range(self.num_layers):
-      x, cache = DecoderBlock(
+      x, cache = block(
           self.num_heads, self.mlp_dim, self.max_len, self.dropout_rate,
           self.attention, self.dtype, name=f"block_{layer}")(
-              x, None if carry is None else carry["layers"][layer], pos,
-              train=train)
+              x, None if carry is None else carry["layers"][layer], pos, train)
       caches.append(cache)
     x = _layer_norm(self.dtype, "ln_final")(x)
     head = self.param("head_kernel", _init(_fan_in(0, 1), "embed", "vocab"),
