@@ -251,6 +251,13 @@ def _agree_to_stop(stop: threading.Event, manager, step: int) -> bool:
   return bool(np.any(flags)) or manager.reached_preemption(step)
 
 
+def _sum_over_processes(values: np.ndarray) -> np.ndarray:
+  """Elementwise sum of a host array over all processes (itself with one)."""
+  if jax.process_count() == 1:
+    return values
+  return np.sum(multihost_utils.process_allgather(values), axis=0)
+
+
 def _check_finite(rows: list[tuple[int, dict[str, Any]]], mode: str,
                   manager) -> None:
   """With `nonfinite="stop"`, raises at the first step whose update was skipped."""
@@ -353,6 +360,8 @@ def _train(config: config_dict.ConfigDict, workdir: str,
   last_step = config.num_train_steps if stop_at_step is None else min(
       stop_at_step, config.num_train_steps)
   pending: list[tuple[int, dict[str, jax.Array]]] = []
+  bad_records: list[int] = []  # Per pending step, this process's count.
+  bad_records_total = 0  # Since this launch, all processes.
   step = start_step
   try:
     with _stop_on_signals() as stop, tqdm.tqdm(
@@ -360,7 +369,11 @@ def _train(config: config_dict.ConfigDict, workdir: str,
         unit="step", dynamic_ncols=True) as bar:
       t_log = time.perf_counter()
       while step < last_step:
-        batch = place_batch(next(train_iter))
+        host_batch = next(train_iter)
+        # Bad records skipped (replaced) by the pipeline: counted on the
+        # host, never sent to the devices.
+        bad_records.append(int(np.sum(host_batch.pop("bad_records", 0))))
+        batch = place_batch(host_batch)
         state, metrics = train_step(state, batch, step_rng)
         if use_pmap:
           metrics = parallel.unreplicate(metrics)
@@ -380,6 +393,11 @@ def _train(config: config_dict.ConfigDict, workdir: str,
         if step % config.log_every_steps == 0 or do_save:
           rows = jax.device_get(pending)
           pending = []
+          counts = _sum_over_processes(np.asarray(bad_records, np.int64))
+          bad_records = []
+          bad_records_total += int(counts.sum())
+          for (_, row), count in zip(rows, counts):
+            row["bad_records"] = int(count)
           _check_finite(rows, config.nonfinite, manager)
           now = time.perf_counter()
           steps_per_sec = len(rows) / max(now - t_log, 1e-9)
@@ -388,7 +406,8 @@ def _train(config: config_dict.ConfigDict, workdir: str,
           summary = {k: float(np.mean([m[k] for _, m in rows])) for k in rows[0][1]}
           if learning_rate_fn is not None:
             summary["learning_rate"] = float(learning_rate_fn(step - 1))
-          summary.update(steps_per_sec=steps_per_sec,
+          summary.update(bad_records_total=bad_records_total,
+                         steps_per_sec=steps_per_sec,
                          skipped_updates=int(jax.device_get(
                              on_mesh(state.skipped_updates))))
           writer.write_scalars(step, summary, prefix="train")

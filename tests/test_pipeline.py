@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -101,6 +102,8 @@ def _dataset_with_a_bad_record(data_dir, tmp_path):
   out = str(tmp_path / "bad")
   os.makedirs(out)
   shards.write_split(records, out, "train", 2)
+  valid = list(shards.read_records(shards.split_paths(data_dir, "valid")))[:4]
+  shards.write_split(valid, out, "valid", 1)
   shards.write_metadata(out, shards.read_metadata(data_dir))
   return out
 
@@ -115,5 +118,23 @@ def test_a_garbled_record_is_named_by_shard_and_index_or_skipped(jsb_data_dir, t
                      match=re.escape(paths[1]) + r" record 2: DecodeError"):
     _take(iter(pipeline.create_train_dataset(out, rep, **kwargs)), 10)
   it = iter(pipeline.create_train_dataset(out, rep, on_bad_record="skip", **kwargs))
-  rows = np.concatenate(_take(it, 18))  # Four epochs of the 9 good records.
-  assert rows.shape == (36, 17) and (rows != 0).mean() > 0.9
+  batches = [next(it) for _ in range(15)]  # Three epochs of the 10 records.
+  rows = np.concatenate([b["tokens"] for b in batches])
+  assert rows.shape == (30, 17) and (rows != 0).mean() > 0.9
+  # The bad record's place went to the next good one, and was counted: once
+  # an epoch.
+  counts = np.concatenate([b["bad_records"] for b in batches])
+  assert sorted(set(counts.tolist())) == [0, 1] and counts.sum() == 3
+
+
+def test_the_loop_counts_skipped_bad_records(jsb_data_dir, tmp_path):
+  from musegen_jax import train
+  from conftest import tiny_lstm_config
+  out = _dataset_with_a_bad_record(jsb_data_dir, tmp_path)
+  config = tiny_lstm_config(data__dir=out, data__bad_records="skip",
+                            batch_size=8, num_train_steps=5, log_every_steps=1)
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  with open(tmp_path / "run" / "train_log.jsonl", encoding="utf-8") as f:
+    counts = [json.loads(line)["train/bad_records"] for line in f]
+  # 40 elements = 4 epochs of 10 records, each with the bad one once.
+  assert len(counts) == 5 and sum(counts) == 4

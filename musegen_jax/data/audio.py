@@ -26,7 +26,6 @@ Eval: `eval_clips` cuts a split into consecutive windows, deterministically.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import hashlib
 import math
@@ -188,14 +187,6 @@ def read_audio_metadata(audio_dir: str) -> dict[str, Any]:
   return metadata
 
 
-def _locate(index: int, shard_paths: tuple[str, ...], shard_starts: tuple[int, ...]) -> str:
-  """'SHARD record I' for a global record index, as pipeline.EncodeRecord says it."""
-  if not shard_paths:
-    return f"record {index}"
-  shard = bisect.bisect_right(shard_starts, index) - 1
-  return f"{shard_paths[shard]} record {index - shard_starts[shard]}"
-
-
 def _bad_record(error: Exception, where: str, on_bad_record: str) -> None:
   """Raises BadRecordError (on_bad_record="error") or logs a warning ("skip")."""
   if on_bad_record == "error":
@@ -208,11 +199,6 @@ def _bad_record(error: Exception, where: str, on_bad_record: str) -> None:
 def _check_bad_record_mode(on_bad_record: str) -> None:
   if on_bad_record not in pipeline.BAD_RECORD_MODES:
     raise ValueError(f"on_bad_record={on_bad_record!r}; allowed: {pipeline.BAD_RECORD_MODES}")
-
-
-def _shard_starts(paths: list[str]) -> tuple[int, ...]:
-  sizes = [len(grain.sources.ArrayRecordDataSource([p])) for p in paths[:-1]]
-  return tuple(int(x) for x in np.cumsum([0] + sizes))
 
 
 # Rendering NoteSequence datasets.
@@ -231,7 +217,7 @@ class _RenderRecord:
     try:
       samples = self.representation.encode(pipeline.parse_note_sequence(record))
     except (DecodeError, ValueError) as e:
-      _bad_record(e, _locate(index, self.shard_paths, self.shard_starts), self.on_bad_record)
+      _bad_record(e, pipeline.locate_record(index, self.shard_paths, self.shard_starts), self.on_bad_record)
       return None, 0.0
     return encode_audio_record(samples), len(samples) / self.representation.sample_rate
 
@@ -388,27 +374,6 @@ def _install(tmp: str, target: str, fingerprint: str) -> None:
 # Training and evaluation.
 
 
-@dataclasses.dataclass(frozen=True)
-class DecodeAudioRecord(grain.transforms.Map):
-  """(index, PCM16 record) -> [num_samples] int16, or None when skipped.
-
-  A record that does not decode raises `pipeline.BadRecordError` naming its
-  shard and record index (`on_bad_record="error"`), or is skipped with a
-  warning that says the same (`"skip"`; grain drops the None).
-  """
-  shard_paths: tuple[str, ...] = ()
-  shard_starts: tuple[int, ...] = ()
-  on_bad_record: str = "error"
-
-  def map(self, item: tuple[int, bytes]) -> np.ndarray | None:
-    index, record = item
-    try:
-      return audio_record_pcm(record)
-    except ValueError as e:
-      _bad_record(e, _locate(index, self.shard_paths, self.shard_starts), self.on_bad_record)
-      return None
-
-
 def is_silent(x: np.ndarray, threshold: float) -> bool:
   """Whether the RMS of float audio `x` is below `threshold`."""
   return not x.size or float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) < threshold
@@ -425,7 +390,8 @@ def finish_clip(x: np.ndarray, normalize: bool) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class RandomAudioSlice(grain.transforms.RandomMap):
-  """[num_samples] int16 -> {"audio": [slice_len, 1] float32}, or None if silent.
+  """`pipeline.DecodeRecord`'s {"value": [num_samples] int16, "bad_records"}
+  -> {"audio": [slice_len, 1] float32, "bad_records"}, or None if silent.
 
   Tries up to `tries` random offsets for a window whose RMS reaches
   `silence_threshold`; clips shorter than `slice_len` are zero-padded at the
@@ -436,13 +402,16 @@ class RandomAudioSlice(grain.transforms.RandomMap):
   normalize: bool = True
   tries: int = SLICE_TRIES
 
-  def random_map(self, pcm: np.ndarray, rng: np.random.Generator) -> dict | None:
+  def random_map(self, item: dict[str, Any], rng: np.random.Generator
+                 ) -> dict | None:
+    pcm = item["value"]
     max_start = max(0, len(pcm) - self.slice_len)
     for _ in range(self.tries if max_start else 1):
       start = int(rng.integers(0, max_start + 1))
       x = pipeline.pad_to(pcm_to_float(pcm[start:start + self.slice_len]), self.slice_len, 0)
       if not is_silent(x, self.silence_threshold):
-        return {"audio": finish_clip(x, self.normalize)}
+        return {"audio": finish_clip(x, self.normalize),
+                "bad_records": item["bad_records"]}
     return None
 
 
@@ -476,8 +445,8 @@ def create_train_dataset(audio_dir: str, *, slice_len: int, global_batch_size: i
         .seed(seed)
         .shuffle()
         .repeat()
-        .map(pipeline.ReadRecord(source))
-        .map(DecodeAudioRecord(tuple(paths), _shard_starts(paths), on_bad_record))
+        .map(pipeline.DecodeRecord(source, audio_record_pcm, tuple(paths),
+                                   pipeline.shard_starts(paths), on_bad_record))
         .random_map(RandomAudioSlice(slice_len, silence_threshold, normalize))
         # Sliced after the crop, so that an element's random crop depends on
         # its global index only: every process count sees the same global

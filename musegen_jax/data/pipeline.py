@@ -80,42 +80,62 @@ class BadRecordError(ValueError):
   """A shard record that does not parse or encode."""
 
 
+def locate_record(index: int, shard_paths: tuple[str, ...],
+                  shard_starts: tuple[int, ...]) -> str:
+  """'SHARD record I' for a global record index (or 'record I' without paths)."""
+  if not shard_paths:
+    return f"record {index}"
+  shard = bisect.bisect_right(shard_starts, index) - 1
+  return f"{shard_paths[shard]} record {index - shard_starts[shard]}"
+
+
+def shard_starts(paths: list[str]) -> tuple[int, ...]:
+  """The global index of each shard's first record."""
+  sizes = [len(grain.sources.ArrayRecordDataSource([p])) for p in paths[:-1]]
+  return tuple(int(x) for x in np.cumsum([0] + sizes))
+
+
 @dataclasses.dataclass(frozen=True)
-class ReadRecord(grain.transforms.Map):
-  """Source index -> (index, serialized record)."""
-  source: Any
+class DecodeRecord(grain.transforms.Map):
+  """Record index -> {"value": decode(record), "bad_records": n}.
 
-  def map(self, index: int) -> tuple[int, bytes]:
-    return index, self.source[index]
-
-
-@dataclasses.dataclass(frozen=True)
-class EncodeRecord(grain.transforms.Map):
-  """(index, serialized NoteSequence) -> encoded array, or None when skipped.
-
-  A record that fails to parse or encode raises `BadRecordError` naming its
-  shard and record index (`on_bad_record="error"`), or is skipped with a
-  warning that says the same (`"skip"`; grain drops the None).
+  A record that does not decode raises `BadRecordError` naming its shard
+  and record index (`on_bad_record="error"`); with `"skip"` a warning says
+  the same and the next record that decodes takes its place, with
+  `bad_records` counting the records passed over. Nothing is dropped, so
+  the batch shape and the order of the others stay as they were, and the
+  loop can count the skips exactly (`train/bad_records`).
   """
-  representation: Any
+  source: Any
+  decode: Any  # A picklable callable: bytes -> value.
   shard_paths: tuple[str, ...] = ()
   shard_starts: tuple[int, ...] = ()
   on_bad_record: str = "error"
 
-  def map(self, item: tuple[int, bytes]) -> np.ndarray | None:
-    index, record = item
-    try:
-      return encode_with_boundary(self.representation, parse_note_sequence(record))
-    except (DecodeError, ValueError) as e:
-      shard = bisect.bisect_right(self.shard_starts, index) - 1
-      where = (f"{self.shard_paths[shard]} record {index - self.shard_starts[shard]}"
-               if self.shard_paths else f"record {index}")
-      if self.on_bad_record == "error":
-        raise BadRecordError(
-            f"{where}: {type(e).__name__}: {e} (set "
-            "--config.data.bad_records=skip to skip such records)") from None
-      logging.warning("Skipping bad record %s: %s: %s", where, type(e).__name__, e)
-      return None
+  def map(self, index: int) -> dict[str, Any]:
+    count = len(self.source)
+    for skipped in range(count):
+      i = (index + skipped) % count
+      try:
+        return {"value": self.decode(self.source[i]), "bad_records": skipped}
+      except (DecodeError, ValueError) as e:
+        where = locate_record(i, self.shard_paths, self.shard_starts)
+        if self.on_bad_record == "error":
+          raise BadRecordError(
+              f"{where}: {type(e).__name__}: {e} (set "
+              "--config.data.bad_records=skip to skip such records)") from None
+        logging.warning("Skipping bad record %s: %s: %s", where,
+                        type(e).__name__, e)
+    raise BadRecordError(f"No record of {list(self.shard_paths)} decodes.")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeNoteSequence:
+  """Serialized NoteSequence -> [EOS, tokens..., EOS] (picklable for workers)."""
+  representation: Any
+
+  def __call__(self, record: bytes) -> np.ndarray:
+    return encode_with_boundary(self.representation, parse_note_sequence(record))
 
 
 def encode_with_boundary(representation, ns) -> np.ndarray:
@@ -130,14 +150,20 @@ def encode_with_boundary(representation, ns) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class RandomWindow(grain.transforms.RandomMap):
-  """Random crop of `length` steps along axis 0, padded with `pad_value`."""
+  """Random crop of `length` steps along axis 0, padded with `pad_value`.
+
+  Takes `DecodeRecord`'s {"value", "bad_records"}; gives {"tokens",
+  "bad_records"}.
+  """
   length: int
   pad_value: int
 
-  def random_map(self, x: np.ndarray, rng: np.random.Generator) -> dict:
+  def random_map(self, item: dict[str, Any], rng: np.random.Generator) -> dict:
+    x = item["value"]
     start = int(rng.integers(0, max(0, len(x) - self.length) + 1))
     return {"tokens": pad_to(x[start:start + self.length], self.length,
-                             self.pad_value)}
+                             self.pad_value),
+            "bad_records": item["bad_records"]}
 
 
 def pad_to(x: np.ndarray, length: int, pad_value: int) -> np.ndarray:
@@ -164,21 +190,19 @@ def create_train_dataset(data_dir: str, representation, *, seq_len: int,
     num_workers: grain worker processes (0 runs in this process).
     prefetch_buffer_size: elements read ahead by grain's threads.
     on_bad_record: "error" (raise `BadRecordError` naming the shard and
-      record) or "skip" (warn with the same, and go on).
+      record) or "skip" (warn with the same, put the next good record in
+      its place and count it in the batch's "bad_records").
   """
   if on_bad_record not in BAD_RECORD_MODES:
     raise ValueError(f"on_bad_record={on_bad_record!r}; allowed: {BAD_RECORD_MODES}")
   paths = shards.split_paths(data_dir, "train")
   source = grain.sources.ArrayRecordDataSource(paths)
-  starts = np.cumsum([0] + [len(grain.sources.ArrayRecordDataSource([p]))
-                            for p in paths[:-1]])
   ds = (grain.MapDataset.range(len(source))
         .seed(seed)
         .shuffle()
         .repeat()
-        .map(ReadRecord(source))
-        .map(EncodeRecord(representation, tuple(paths),
-                          tuple(int(x) for x in starts), on_bad_record))
+        .map(DecodeRecord(source, EncodeNoteSequence(representation), tuple(paths),
+                          shard_starts(paths), on_bad_record))
         .random_map(RandomWindow(seq_len + 1, representation.pad_id))
         # Sliced after the crop, so that an element's random crop depends on
         # its global index only: every process count sees the same global

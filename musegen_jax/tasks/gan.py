@@ -376,7 +376,8 @@ class GANTask:
         silence_threshold=config.data.silence_threshold,
         normalize=config.data.normalize, on_bad_record=config.data.bad_records)
     shape = (per_process, self.critic_steps, self.slice_len, 1)
-    return ds.map(lambda b: {"audio": b["audio"].reshape(shape)})
+    return ds.map(lambda b: {"audio": b["audio"].reshape(shape),
+                             "bad_records": b["bad_records"]})
 
   def num_eval_clips(self) -> int:
     n = self.config.num_eval_batches
