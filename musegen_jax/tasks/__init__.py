@@ -5,11 +5,17 @@ keys) and a task class built as `Task(config, representation)` with:
 
 - `init_state(rng)`: the whole train state, one pytree with `step` and
   `skipped_updates` (TrainState for one network; the GAN's holds both
-  networks, both optimizer states and the EMA generator);
-- `train_step(state, batch, rng) -> (state, metrics)`, with a `nonfinite`
-  metric, and `eval_step(params, batch) -> sums`, `summarize(totals, eval_data)`;
+  networks, both optimizer states and the EMA generator). Its parameters
+  are still boxed with their logical axis names (`nn.Partitioned`): the loop
+  derives the fsdp shardings from them, then unboxes
+  (`train.create_train_state`);
+- `train_step(state, batch, rng, axis_name=None) -> (state, metrics)`, with
+  a `nonfinite` metric; under pmap `axis_name` names the device axis to
+  sum or average gradients and metrics over. `eval_step(params, batch) ->
+  sums`, `summarize(totals, eval_data)`;
 - `eval_params(state)`: the parameters evaluation, samples and export use;
-- `prepare_data(data_dir)`, `create_train_dataset(data_dir)`,
+- `prepare_data(data_dir)`, `create_train_dataset(data_dir)` (batches may
+  carry "bad_records", which the loop counts and never sends to devices),
   `eval_data(data_dir, split)`, `eval_batches(eval_data)`;
 - `write_step_samples(params, rng, directory, title)`: the loop's periodic
   samples, as [{"image": png, "wav" | "midi": path}];
