@@ -257,3 +257,17 @@ def test_smoke_config_trains_exports_and_samples_midi(tmp_path):
   for path in paths:
     assert os.path.exists(path)
     note_seq.midi_file_to_note_sequence(path)  # Parses as MIDI.
+
+
+def test_lengths_past_max_len_fail_before_compile_naming_the_key():
+  from musegen_jax import tasks
+  from musegen_jax import train
+  from musegen_jax.data import representations
+  with pytest.raises(ValueError, match=r"config.data.seq_len=600 .*max_len=512"):
+    train.check_config(load_config("transformer", data__seq_len=600))
+  with pytest.raises(ValueError, match=r"config.sample.length=600 .*max_len=512"):
+    train.check_config(load_config("transformer", sample__length=600))
+  config = load_config("transformer")
+  task = tasks.create_task(config, representations.get_representation("performance"))
+  with pytest.raises(ValueError, match="needs 513 positions; the model has max_len=512"):
+    task.sample(None, jax.random.PRNGKey(0), np.ones((1, 3), np.int32), length=510)

@@ -53,6 +53,17 @@ def check_config(config: config_dict.ConfigDict) -> None:
                      "must be in [0, 1)")
   if not 0 < config.sample.top_p <= 1:
     raise ValueError(f"config.sample.top_p={config.sample.top_p} must be in (0, 1]")
+  max_len = config.model.get("max_len")
+  if max_len is not None:
+    # Training windows hold seq_len inputs; sampling primes with one token
+    # and then writes sample.length more into the model's cache.
+    for key, needed in (("data.seq_len", config.data.seq_len),
+                        ("sample.length", config.sample.length + 1)):
+      if needed > max_len:
+        raise ValueError(
+            f"config.{key}={config.get(key.split('.')[0])[key.split('.')[1]]} "
+            f"needs {needed} positions, more than config.model.max_len="
+            f"{max_len}; raise model.max_len or lower {key}.")
 
 
 class LanguageModelTask:
@@ -213,6 +224,12 @@ class LanguageModelTask:
     Returns:
       [batch, length] int32; after a sample's EOS, PAD.
     """
+    max_len = getattr(self.model, "max_len", None)
+    if max_len is not None and primer.shape[1] + length > max_len:
+      raise ValueError(
+          f"A primer of {primer.shape[1]} tokens plus length={length} needs "
+          f"{primer.shape[1] + length} positions; the model has max_len="
+          f"{max_len}.")
     return sample_tokens(self.model, params, rng, primer, length=length,
                          temperature=float(temperature), top_k=int(top_k),
                          top_p=float(top_p), eos_id=self.eos_id,
