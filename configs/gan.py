@@ -19,6 +19,8 @@ line; a misspelt key fails before any compute.
 
 from ml_collections import config_dict
 
+from musegen_jax import config_defaults
+
 VARIANTS = ("smoke", "bce", "hinge")
 
 
@@ -116,29 +118,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.sample = config_dict.ConfigDict()
   config.sample.num_samples = 4
 
-  # "jit": one program over a Mesh of all devices (data x fsdp axes, below);
-  # "pmap": the state replicated on every device of one process, gradients
-  # averaged over devices. Both give the same update on the same global batch
-  # (up to per-device randomness: dropout, phase shuffle).
-  config.parallelism = "jit"
-  # The jit mesh: data = devices / fsdp. fsdp > 1 also splits parameters and
-  # optimizer state over fsdp devices (see logical_axis_rules); the batch is
-  # split over both axes. A size that does not divide the devices fails early.
-  config.mesh = config_dict.ConfigDict()
-  config.mesh.fsdp = 1
-  # Flax logical axis names of the parameters -> mesh axis (or None:
-  # replicated). A dimension that does not divide by its mesh axis size stays
-  # whole. Names: vocab, embed, mlp, heads, head_dim, hidden, gates, conv_in,
-  # conv_out, kernel, latent.
-  config.logical_axis_rules = [
-      ("embed", "fsdp"), ("hidden", "fsdp"), ("mlp", "fsdp"),
-      ("conv_out", "fsdp"), ("vocab", None), ("heads", None),
-      ("head_dim", None), ("gates", None), ("conv_in", None),
-      ("kernel", None), ("latent", None)]
-  # Micro-batches per update (per critic update and per generator update) (a lax.scan inside the step; gradients are
-  # averaged): the same update with 1 / grad_accum_steps of the activation
-  # memory. batch_size must be a multiple of grad_accum_steps x devices.
-  config.grad_accum_steps = 1
+  # parallelism ("jit" | "pmap"), mesh.fsdp, logical_axis_rules and
+  # grad_accum_steps: see musegen_jax/config_defaults.py.
+  config_defaults.add_parallelism(config)
 
   if "bce" in variants or "hinge" in variants:
     config.gan.loss = "bce" if "bce" in variants else "hinge"
