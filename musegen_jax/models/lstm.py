@@ -333,14 +333,24 @@ class LSTMLanguageModel(nn.Module):
   def __call__(self, tokens: Array, *, train: bool = False,
                carry: tuple[Carry, ...] | None = None
                ) -> tuple[Array, tuple[Carry, ...]]:
-    """Args: tokens [batch, time] int; carry: one (h, c) per layer, or None.
+    """Runs the model.
 
-    Returns: (logits [batch, time, vocab] float32, the new carry per layer).
+    Args:
+      tokens: [batch, time] int ids; or multi-hot frames [batch, time,
+        features] (float or uint8), which the first layer reads as they are
+        (its input projection takes the embedding's place: no table).
+      train: enables dropout (needs a "dropout" rng).
+      carry: one (h, c) per layer, or None.
+
+    Returns:
+      (logits [batch, time, vocab] float32, the new carry per layer).
     """
     embed = nn.Embed(self.vocab_size, self.embed_dim, name="embed",
                      embedding_init=_logical(nn.linear.default_embed_init,
                                              "vocab", "embed"))
-    tokens = tokens.T  # Time-major throughout (transposing int ids is free).
+    multihot = tokens.ndim == 3
+    # Time-major throughout (transposing int ids is free).
+    tokens = jnp.swapaxes(tokens, 0, 1).astype(self.dtype) if multihot else tokens.T
     new_carry = []
     x = None
     # With remat, a layer's activations (its gates over all steps) are
@@ -355,6 +365,8 @@ class LSTMLanguageModel(nn.Module):
         # Dropout between layers, as torch.nn.LSTM(dropout=...) does.
         x, layer_carry = lstm(Dropout(self.dropout_rate)(x, deterministic=not train),
                               layer_carry)
+      elif multihot:
+        x, layer_carry = lstm(tokens, layer_carry)
       elif tokens.size > self.vocab_size:
         x, layer_carry = lstm(embed.embedding, layer_carry, tokens=tokens)
       else:  # Few tokens (sampling): cheaper to look up, then project.

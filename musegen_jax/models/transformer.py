@@ -310,7 +310,9 @@ class TransformerLanguageModel(nn.Module):
     """Runs the model over `tokens`, from scratch or after `carry`.
 
     Args:
-      tokens: [batch, length] int ids.
+      tokens: [batch, length] int ids; or multi-hot frames [batch, length,
+        features] (float or uint8), projected to d_model by a learned
+        `input_kernel` [features, d_model] instead of the token embedding.
       train: enables dropout (needs a "dropout" rng).
       carry: None for a causal pass from position 0; else the carry returned
         by a previous call: `tokens` continue at carry["pos"]. A traced
@@ -320,13 +322,18 @@ class TransformerLanguageModel(nn.Module):
     Returns:
       (logits [batch, length, vocab] float32, the carry after `tokens`).
     """
-    batch, length = tokens.shape
+    batch, length = tokens.shape[:2]
     pos = None if carry is None else carry["pos"]
     self._check(length, pos)
-    embedding = self.param(
-        "token_embedding", _init(nn.initializers.normal(0.02), "vocab", "embed"),
-        (self.vocab_size, self.d_model))
-    x = jnp.take(embedding, tokens, axis=0).astype(self.dtype)
+    if tokens.ndim == 3:  # Multi-hot frames.
+      kernel = self.param("input_kernel", _init(_fan_in(0, 1), "vocab", "embed"),
+                          (tokens.shape[-1], self.d_model))
+      x = jnp.dot(tokens.astype(self.dtype), kernel.astype(self.dtype))
+    else:
+      embedding = self.param(
+          "token_embedding", _init(nn.initializers.normal(0.02), "vocab", "embed"),
+          (self.vocab_size, self.d_model))
+      x = jnp.take(embedding, tokens, axis=0).astype(self.dtype)
     start = 0 if pos is None else pos
     if self.position_encoding == "learned":
       table = self.param("position_embedding",

@@ -35,6 +35,7 @@ from ml_collections import config_dict
 
 # config.task -> (module, class).
 TASKS = {"lm": ("musegen_jax.tasks.lm", "LanguageModelTask"),
+         "pianoroll": ("musegen_jax.tasks.pianoroll", "PianorollTask"),
          "gan": ("musegen_jax.tasks.gan", "GANTask")}
 
 

@@ -1,0 +1,103 @@
+r"""LSTM on the JSB Chorales polyphonic benchmark (88-key frames, quarter notes).
+
+    python -m musegen_jax.main --config=configs/jsb_lstm.py --workdir=runs/jsb_lstm
+    python -m musegen_jax.main --config=configs/jsb_lstm.py:smoke --workdir=runs/jsb_lstm_smoke
+
+The `pianoroll` task (musegen_jax/tasks/pianoroll.py): next-frame Bernoulli
+NLL in nats per frame on the bundled quarter-note chorales, with the
+literature's split (published test NLL: LSTM 8.45, GRU 8.43, TCN 8.10, Bai et
+al. 2018). Evaluate the best checkpoint on test after export:
+
+    python -m musegen_jax.export --workdir=runs/jsb_lstm --output=exports/jsb_lstm \
+        --checkpoint=best
+    python -m musegen_jax.evaluate --export=exports/jsb_lstm --split=test
+"""
+
+from ml_collections import config_dict
+
+from musegen_jax import config_defaults
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+  """Returns the default config; `arg="smoke"` gives a tiny CPU variant."""
+  if arg not in (None, "", "smoke"):
+    raise ValueError(f"Unknown config variant {arg!r}; known: 'smoke'.")
+  config = config_dict.ConfigDict()
+
+  # Objective (musegen_jax/tasks/<task>.py) and the global RNG seed.
+  config.task = "pianoroll"
+  config.seed = 0
+
+  config.model = config_dict.ConfigDict()
+  config.model.name = "lstm"  # musegen_jax/models/<name>.py
+  # Unused with multi-hot frames (the first layer reads the 88 keys directly),
+  # but a field of the LSTM.
+  config.model.embed_dim = 88
+  config.model.hidden_size = 256
+  config.model.num_layers = 2
+  # Between the LSTM layers.
+  config.model.dropout_rate = 0.5
+  config.model.dtype = "float32"
+  config.model.remat = False
+
+  # Dropout on the model's input frames while training (targets stay whole).
+  config.input_dropout_rate = 0.5
+
+  config.data = config_dict.ConfigDict()
+  # Not read by the task (the quarter-note chorales are bundled); the loop
+  # records it with the run.
+  config.data.dir = ""
+  # Recorded with exports (a roll decodes like the pianoroll representation).
+  config.data.representation = "pianoroll"
+  # Every piece is padded to this many frames (the longest has 160).
+  config.data.max_frames = 160
+  # grain worker processes for the training pipeline (0: in the main process).
+  config.data.num_workers = 0
+  config.data.prefetch_buffer_size = 8
+  # Unused by this task (no shards are read); checked by the loop.
+  config.data.bad_records = "error"
+
+  # Global batch size (pieces) over all devices and hosts.
+  config.batch_size = 16
+  config.num_train_steps = 3_000
+  config.learning_rate = 3e-3
+  config.warmup_steps = 100
+  # Final learning rate of the cosine decay, as a fraction of learning_rate.
+  config.end_learning_rate_factor = 0.05
+  config.weight_decay = 0.1
+  config.adam_b1 = 0.9
+  config.adam_b2 = 0.999
+  config.grad_clip_norm = 1.0
+  # A NaN/Inf loss or gradient is never applied: "stop" or "skip" (count).
+  config.nonfinite = "stop"
+
+  config.log_every_steps = 50
+  config.eval_every_steps = 100
+  # Valid batches per eval; -1 evaluates the whole valid split (every frame).
+  config.num_eval_batches = -1
+  config.checkpoint_every_steps = 500
+  # Checkpoints kept: the newest `keep_checkpoints` plus the best by valid NLL.
+  config.keep_checkpoints = 2
+  # Every sample_every_steps (0: never) write MIDI + piano-roll PNG samples.
+  config.sample_every_steps = 0
+  config.sample = config_dict.ConfigDict()
+  config.sample.num_samples = 4
+  config.sample.length = 64  # Frames (quarter notes).
+  config.sample.temperature = 1.0
+
+  # parallelism ("jit" | "pmap"), mesh.fsdp, logical_axis_rules and
+  # grad_accum_steps: see musegen_jax/config_defaults.py.
+  config_defaults.add_parallelism(config)
+
+  if arg == "smoke":
+    config.model.hidden_size = 32
+    config.batch_size = 16
+    config.num_train_steps = 20
+    config.warmup_steps = 5
+    config.log_every_steps = 5
+    config.eval_every_steps = 10
+    config.checkpoint_every_steps = 10
+    config.sample_every_steps = 20
+    config.sample.num_samples = 2
+    config.sample.length = 16
+  return config

@@ -1,0 +1,54 @@
+r"""Transformer on the JSB Chorales polyphonic benchmark (88-key frames, quarter notes).
+
+    python -m musegen_jax.main --config=configs/jsb_transformer.py \
+        --workdir=runs/jsb_transformer
+    python -m musegen_jax.main --config=configs/jsb_transformer.py:smoke \
+        --workdir=runs/jsb_transformer_smoke
+
+Everything but the model is configs/jsb_lstm.py's: the `pianoroll` task,
+next-frame Bernoulli NLL in nats per frame, the literature's split. The
+multi-hot frames enter through a learned [88, d_model] input projection.
+"""
+
+import importlib.util
+import os
+
+from ml_collections import config_dict
+
+
+def _jsb_lstm_config(arg: str | None) -> config_dict.ConfigDict:
+  """configs/jsb_lstm.py's config (loaded by path: configs is no package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jsb_lstm.py")
+  spec = importlib.util.spec_from_file_location("configs_jsb_lstm", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+  """Returns the default config; `arg="smoke"` gives a tiny CPU variant."""
+  config = _jsb_lstm_config(arg)
+  config.model = config_dict.ConfigDict()
+  config.model.name = "transformer"  # musegen_jax/models/<name>.py
+  config.model.num_layers = 3
+  config.model.d_model = 128
+  config.model.num_heads = 4
+  config.model.mlp_dim = 256
+  # Longest sequence: data.max_frames for training, 1 + sample.length for
+  # sampling.
+  config.model.max_len = 160
+  # "relative" (Music Transformer, Huang et al. 2018) or "absolute".
+  config.model.attention = "relative"
+  # "learned", "sinusoidal" or "none" (added to the projected frames).
+  config.model.position_encoding = "sinusoidal"
+  # On the input and on each residual branch.
+  config.model.dropout_rate = 0.3
+  config.model.dtype = "float32"
+  config.model.remat = False
+
+  if arg == "smoke":
+    config.model.num_layers = 1
+    config.model.d_model = 32
+    config.model.num_heads = 2
+    config.model.mlp_dim = 64
+  return config
