@@ -35,6 +35,13 @@ def _gan(**overrides):
   return load_config("gan", **{"model__phase_shuffle": 0, **overrides})
 
 
+def _roll(**overrides):
+  """The JSB piano-roll task at test size, dropout off."""
+  return load_config("jsb_lstm", **{"model__dropout_rate": 0.0,
+                                    "input_dropout_rate": 0.0, "warmup_steps": 0,
+                                    "data__max_frames": 32, **overrides})
+
+
 def _task(config):
   return tasks.create_task(config, train.load_representation(config, ""))
 
@@ -47,6 +54,12 @@ def _batches(config, task, steps=STEPS):
     tokens[:, :, -5:] = task.pad_id  # Padding targets weigh nothing.
     tokens[:, 0, 10:] = task.pad_id  # Examples of unequal weight.
     return [{"tokens": t.astype(np.int32)} for t in tokens]
+  if config.task == "pianoroll":
+    frames = (rng.random((steps, config.batch_size, config.data.max_frames, 88))
+              < 0.05).astype(np.uint8)
+    mask = np.ones(frames.shape[:3], np.uint8)
+    mask[:, 0, 20:] = 0  # Pieces of unequal length.
+    return [{"frames": f, "mask": m} for f, m in zip(frames, mask)]
   shape = (steps, config.batch_size, config.gan.critic_steps, config.data.slice_len, 1)
   return [{"audio": a} for a in rng.uniform(-1, 1, shape).astype(np.float32)]
 
@@ -89,7 +102,7 @@ def _params(state):
           else (state.g_params, state.d_params, state.ema_params))
 
 
-@pytest.mark.parametrize("make", [_lstm, _gan], ids=["lstm", "gan"])
+@pytest.mark.parametrize("make", [_lstm, _gan, _roll], ids=["lstm", "gan", "pianoroll"])
 def test_grad_accumulation_equals_one_big_batch(make):
   config = make(batch_size=16)
   reference = _params(_train_jit(config))
@@ -132,7 +145,14 @@ def test_fsdp_gan_equals_one_device_and_falls_back_for_odd_sizes():
   assert state.ema_params["upconv_0"]["kernel"].sharding.spec == spec
 
 
-@pytest.mark.parametrize("make", [_lstm, _gan], ids=["lstm", "gan"])
+def test_fsdp_pianoroll_equals_one_device():
+  single = _params(_train_jit(_roll(), jax.devices()[:1]))
+  state = _train_jit(_roll(mesh__fsdp=2))
+  _assert_close(_params(state), single)
+  assert any("fsdp" in str(x.sharding.spec) for x in jax.tree.leaves(state.params))
+
+
+@pytest.mark.parametrize("make", [_lstm, _gan, _roll], ids=["lstm", "gan", "pianoroll"])
 def test_pmap_equals_jit(make):
   config = make(batch_size=16, grad_accum_steps=2)
   _assert_close(_params(_train_pmap(make(batch_size=16, grad_accum_steps=2,
