@@ -136,3 +136,38 @@ def psum(tree: Any, axis_name: str | None) -> Any:
 def pmean(tree: Any, axis_name: str | None) -> Any:
   """Averages over the pmap axis, or `tree` itself without one."""
   return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
+def summed_loss_gradients(params: Any, batch: Any, rng: Array,
+                          sums_fn: Callable[[Any, Any, Array], dict[str, Array]],
+                          *, loss_key: str, weight_key: str, num: int,
+                          axis_name: str | None) -> tuple[dict[str, Array], Any, Array]:
+  """Gradients of a summed loss over micro-batches and devices, normalized once.
+
+  `sums_fn(params, micro_batch, key)` returns sums, among them the loss sum
+  `loss_key` and its weight `weight_key` (tokens, frames). The gradients of
+  each of the `num` micro-batches' loss sums are added up (and summed over
+  `axis_name` under pmap), then divided by the total weight: the exact
+  weighted mean of the whole global batch, whatever the split. The key is
+  `rng` folded with the micro-batch index and (under pmap) the device.
+
+  Returns:
+    (summed sums, normalized gradients, mean loss).
+  """
+  rng = fold_in_device(rng, axis_name)
+
+  def micro(inputs):
+    micro_batch, index = inputs
+    key = rng if num == 1 else jax.random.fold_in(rng, index)
+
+    def loss_sum(params):
+      sums = sums_fn(params, micro_batch, key)
+      return sums[loss_key], sums
+
+    (_, sums), grads = jax.value_and_grad(loss_sum, has_aux=True)(params)
+    return sums, grads
+
+  inputs = (jax.tree.map(lambda x: micro_batches(x, num), batch), jnp.arange(num))
+  sums, grads = psum(accumulate(micro, inputs, num), axis_name)
+  weight = jnp.maximum(sums[weight_key], 1.0)
+  return sums, jax.tree.map(lambda g: g / weight, grads), sums[loss_key] / weight

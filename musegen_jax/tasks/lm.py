@@ -168,26 +168,12 @@ class LanguageModelTask:
       rng: the run's step key.
       axis_name: the pmap axis to sum gradients and metrics over, or None.
     """
-    rng = common.fold_in_device(jax.random.fold_in(rng, state.step), axis_name)
-    num = self.config.grad_accum_steps
-
-    def micro(inputs):
-      tokens, index = inputs
-      key = rng if num == 1 else jax.random.fold_in(rng, index)
-
-      def loss_sum(params):
-        sums = self._sums(params, tokens, key, train=True)
-        return sums["loss_sum"], sums
-
-      (_, sums), grads = jax.value_and_grad(loss_sum, has_aux=True)(state.params)
-      return sums, grads
-
-    sums, grads = common.psum(common.accumulate(
-        micro, (common.micro_batches(batch["tokens"], num), jnp.arange(num)), num),
-        axis_name)
+    sums, grads, loss = common.summed_loss_gradients(
+        state.params, batch["tokens"], jax.random.fold_in(rng, state.step),
+        lambda params, tokens, key: self._sums(params, tokens, key, train=True),
+        loss_key="loss_sum", weight_key="weight_sum",
+        num=self.config.grad_accum_steps, axis_name=axis_name)
     weight = jnp.maximum(sums["weight_sum"], 1.0)
-    grads = jax.tree.map(lambda g: g / weight, grads)
-    loss = sums["loss_sum"] / weight
     grad_norm = optax.tree.norm(grads)
     state, finite = common.apply_finite_update(state, grads, loss, grad_norm)
     return state, {"loss": loss,

@@ -223,26 +223,12 @@ class PianorollTask:
       rng: the run's step key (folded with step, micro-batch and device).
       axis_name: the pmap axis to sum gradients and metrics over, or None.
     """
-    rng = common.fold_in_device(jax.random.fold_in(rng, state.step), axis_name)
-    num = self.config.grad_accum_steps
-
-    def micro(inputs):
-      micro_batch, index = inputs
-      key = rng if num == 1 else jax.random.fold_in(rng, index)
-
-      def nll_sum(params):
-        sums = self._sums(params, micro_batch, key, train=True)
-        return sums["nll_sum"], sums
-
-      (_, sums), grads = jax.value_and_grad(nll_sum, has_aux=True)(state.params)
-      return sums, grads
-
-    micro_inputs = ({k: common.micro_batches(v, num) for k, v in batch.items()},
-                    jnp.arange(num))
-    sums, grads = common.psum(common.accumulate(micro, micro_inputs, num), axis_name)
-    frames = jnp.maximum(sums["frame_sum"], 1.0)
-    grads = jax.tree.map(lambda g: g / frames, grads)
-    loss = sums["nll_sum"] / frames
+    _, grads, loss = common.summed_loss_gradients(
+        state.params, batch, jax.random.fold_in(rng, state.step),
+        lambda params, micro_batch, key: self._sums(params, micro_batch, key,
+                                                    train=True),
+        loss_key="nll_sum", weight_key="frame_sum",
+        num=self.config.grad_accum_steps, axis_name=axis_name)
     grad_norm = optax.tree.norm(grads)
     state, finite = common.apply_finite_update(state, grads, loss, grad_norm)
     return state, {"loss": loss, "grad_norm": grad_norm,
