@@ -44,6 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from musegen_jax.models.layers import Dropout
+
 Array = jax.Array
 # {"layers": ({"k": [batch, max_len, heads, head_dim], "v": same}, ...),
 #  "pos": int32 scalar, the position the next token is written at}.
@@ -105,22 +107,6 @@ def sinusoidal_positions(positions: Array, dim: int) -> Array:
   if dim % 2:
     enc = jnp.pad(enc, [(0, 0)] * (enc.ndim - 1) + [(0, 1)])
   return enc
-
-
-class Dropout(nn.Module):
-  """Inverted dropout drawing its mask as raw random bits (cheap on CPU)."""
-
-  rate: float
-
-  @nn.compact
-  def __call__(self, x: Array, *, deterministic: bool) -> Array:
-    if deterministic or self.rate == 0.0:
-      return x
-    threshold = min(round(self.rate * 2.0**32), 2**32 - 1)
-    bits = jax.random.bits(self.make_rng("dropout"), x.shape, jnp.uint32)
-    return jnp.where(bits >= jnp.uint32(threshold),
-                     x * jnp.asarray(1.0 / (1.0 - self.rate), x.dtype),
-                     jnp.zeros((), x.dtype))
 
 
 class SelfAttention(nn.Module):
