@@ -40,9 +40,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from musegen_jax.bench_common import (GAN_TRAIN_SHAPE, TRAIN_SHAPE,
-                                      TRANSFORMER_TRAIN_SHAPE, cpu_model,
-                                      peak_rss_mb)
+from musegen_jax.bench_common import (BIGRU_TRAIN_SHAPE, GAN_TRAIN_SHAPE,
+                                      TRAIN_SHAPE, TRANSFORMER_TRAIN_SHAPE,
+                                      cpu_model, peak_rss_mb)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -158,6 +158,14 @@ def fixed_train_config(config):
       config.model.position_encoding = "learned"
     config.batch_size = shape["batch_size"]
     config.data.seq_len = shape["seq_len"]
+  elif config.model.name == "bigru":
+    shape = BIGRU_TRAIN_SHAPE
+    config.data.representation = "chord_token"  # Vocabulary: `_representation`.
+    for key in ("embed_dim", "hidden_size", "num_layers", "window", "dense_dim",
+                "dropout_rate"):
+      config.model[key] = shape[key]
+    config.batch_size = shape["batch_size"]
+    config.data.seq_len = shape["window"]
   elif config.model.name == "wavegan":
     shape = GAN_TRAIN_SHAPE
     for key in ("dim", "latent_dim", "kernel_size", "phase_shuffle"):
@@ -169,7 +177,7 @@ def fixed_train_config(config):
     config.gan.gp_weight = shape["gp_weight"]
   else:
     raise ValueError(f"--bench=train has fixed shapes for config.model.name "
-                     f"'lstm', 'transformer' and 'wavegan', not "
+                     f"'lstm', 'transformer', 'bigru' and 'wavegan', not "
                      f"{config.model.name!r}")
   config.model.dtype = FLAGS.dtype
   return config
@@ -179,6 +187,14 @@ def _representation(config):
   from musegen_jax import train  # pylint: disable=import-outside-toplevel
   from musegen_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   name = config.data.representation
+  if name == "chord_token" and FLAGS.bench == "train":
+    # The fixed shape's vocabulary: 197 made-up chords + PAD, EOS, REST, UNK
+    # (random tokens are fed, so which chords does not matter).
+    from musegen_jax.data import representations  # pylint: disable=import-outside-toplevel
+    chords = [str(p) for p in range(128)] + [f"{p}-{p + 1}" for p in range(69)]
+    rep = representations.get_representation(name, vocab=chords)
+    assert rep.vocab_size == BIGRU_TRAIN_SHAPE["vocab_size"], rep.vocab_size
+    return rep
   if name == "chord_token":  # Its vocabulary is learnt from the data.
     return pipeline.load_representation(name, train.resolve_data_dir(config))
   return train.load_representation(config, "")
@@ -189,7 +205,7 @@ def _model_shape(config, representation, *, batch: bool = True) -> dict[str, Any
   if hasattr(representation, "vocab_size"):
     shape["vocab_size"] = int(representation.vocab_size)
   for key in ("embed_dim", "hidden_size", "d_model", "num_layers", "num_heads",
-              "mlp_dim", "attention", "position_encoding", "dropout_rate", "dim",
+              "window", "dense_dim", "mlp_dim", "attention", "position_encoding", "dropout_rate", "dim",
               "latent_dim", "kernel_size", "conv_impl", "dtype"):
     if key in config.model:
       shape[key] = config.model[key]
@@ -297,6 +313,7 @@ def peak_device_memory_mb() -> list[float] | None:
 
 def bench_train(config) -> dict[str, Any]:
   """The train step at TRAIN_SHAPE: speed, FLOP/s and utilization."""
+  from musegen_jax.models import gru  # pylint: disable=import-outside-toplevel
   from musegen_jax.models import lstm  # pylint: disable=import-outside-toplevel
   from musegen_jax.models import transformer  # pylint: disable=import-outside-toplevel
   from musegen_jax.models import wavegan  # pylint: disable=import-outside-toplevel
@@ -317,6 +334,12 @@ def bench_train(config) -> dict[str, Any]:
         num_layers=config.model.num_layers, mlp_dim=config.model.mlp_dim,
         batch_size=config.batch_size, seq_len=config.data.seq_len,
         attention=config.model.attention)
+  elif config.model.name == "bigru":
+    flops = gru.train_matmul_flops(
+        vocab_size=result["vocab_size"], embed_dim=config.model.embed_dim,
+        hidden_size=config.model.hidden_size, num_layers=config.model.num_layers,
+        batch_size=config.batch_size, seq_len=config.data.seq_len,
+        bidirectional=True, dense_dim=config.model.dense_dim, last_only=True)
   elif config.model.name == "wavegan":
     flops = wavegan.train_flops(config.model.dim, config.data.slice_len,
                                 config.batch_size, config.gan.critic_steps,
@@ -467,7 +490,7 @@ def bench_sample(config) -> dict[str, Any]:
   carried_tps = batch * length / carried_s
   return {
       "bench": "sample",
-      **_model_shape(config, int(representation.vocab_size), batch=False),
+      **_model_shape(config, representation, batch=False),
       "sample_batch": batch,
       "sample_length": length,
       "tokens_per_sec": round(carried_tps, 1),

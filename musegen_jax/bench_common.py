@@ -24,6 +24,12 @@ TRANSFORMER_TRAIN_SHAPE = {"vocab_size": 390, "d_model": 256, "num_layers": 4,
                            "num_heads": 8, "mlp_dim": 1024, "dropout_rate": 0.1,
                            "batch_size": 8, "seq_len": 256}
 
+# The fixed shape of the bidirectional GRU train benchmark (both frameworks):
+# a window of 50 chord tokens, loss on the token after it only.
+BIGRU_TRAIN_SHAPE = {"vocab_size": 201, "embed_dim": 100, "hidden_size": 128,
+                     "num_layers": 3, "window": 50, "dense_dim": 256,
+                     "dropout_rate": 0.2, "batch_size": 64}
+
 
 def cpu_model() -> str:
   """The CPU's model name (from /proc/cpuinfo on Linux)."""

@@ -3,6 +3,7 @@ r"""Eager PyTorch references for the train benchmarks (not a dependency).
     python -m musegen_jax.bench_torch --bench=lstm
     python -m musegen_jax.bench_torch --bench=wavegan
     python -m musegen_jax.bench_torch --bench=transformer
+    python -m musegen_jax.bench_torch --bench=bigru
 
 Times the same model and update as `python -m musegen_jax.bench --bench=train`
 (vocab 390, embedding 256, 3 LSTM layers of 512 with dropout 0.1, batch 32,
@@ -10,7 +11,8 @@ sequence 128, float32, cross-entropy on every position, AdamW, gradient
 clipping at 1.0) in eager PyTorch with its fused CPU LSTM, and prints one JSON
 line with the same keys. `--bench=wavegan` times WaveGAN WGAN-GP steps (see
 `bench_wavegan`); `--bench=transformer` a decoder-only Transformer LM (see
-`bench_transformer`). PyTorch is imported only here; install it by hand to
+`bench_transformer`); `--bench=bigru` the bidirectional GRU next-token
+model (see `bench_bigru`). PyTorch is imported only here; install it by hand to
 compare (`pip install torch`).
 """
 
@@ -24,14 +26,16 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from musegen_jax.bench_common import TRAIN_SHAPE, TRANSFORMER_TRAIN_SHAPE
+from musegen_jax.bench_common import (BIGRU_TRAIN_SHAPE, TRAIN_SHAPE,
+                                      TRANSFORMER_TRAIN_SHAPE)
 from musegen_jax.bench_common import cpu_model, peak_rss_mb
+from musegen_jax.models import gru as gru_model
 from musegen_jax.models import lstm as lstm_model
 from musegen_jax.models import transformer as transformer_model
 from musegen_jax.models import wavegan as wavegan_model
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("bench", "lstm", ["lstm", "wavegan", "transformer"],
+flags.DEFINE_enum("bench", "lstm", ["lstm", "wavegan", "transformer", "bigru"],
                   "Which reference model to time.")
 flags.DEFINE_integer("steps", 20, "Timed steps (after warm-up).")
 flags.DEFINE_integer("warmup", 3, "Untimed steps first.")
@@ -108,17 +112,7 @@ def bench_lstm(torch) -> dict:
     opt.step()
     return loss.item()
 
-  t0 = time.perf_counter()
-  step(batches[0])
-  first_step_s = time.perf_counter() - t0
-  for i in range(FLAGS.warmup):
-    step(batches[i % len(batches)])
-  times = []
-  for i in range(FLAGS.steps):
-    t0 = time.perf_counter()
-    step(batches[i % len(batches)])
-    times.append(time.perf_counter() - t0)
-  step_s = float(np.median(times))
+  step_s, first_step_s, times = _time_steps(step, batches)
   flops = lstm_model.train_matmul_flops(**{k: shape[k] for k in (
       "vocab_size", "embed_dim", "hidden_size", "num_layers", "batch_size",
       "seq_len")})
@@ -127,8 +121,7 @@ def bench_lstm(torch) -> dict:
       "bench": "torch_lstm_train",
       **shape,
       "dtype": "float32",
-      "device": f"cpu ({cpu_model()}, {os.cpu_count()} cores), "
-                f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+      "device": _device(torch),
       "examples_per_sec": round(batch / step_s, 2),
       "tokens_per_sec": round(batch * seq_len / step_s, 1),
       "step_ms": round(step_s * 1e3, 1),
@@ -235,17 +228,7 @@ def bench_wavegan(torch) -> dict:
       p.requires_grad_(True)
     return d_loss.item(), g_loss.item()
 
-  t0 = time.perf_counter()
-  step()
-  first_step_s = time.perf_counter() - t0
-  for _ in range(FLAGS.warmup):
-    step()
-  times = []
-  for _ in range(FLAGS.steps):
-    t0 = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t0)
-  step_s = float(np.median(times))
+  step_s, first_step_s, times = _time_steps(lambda _: step(), [None])
   flops = wavegan_model.train_flops(dim, slice_len, batch, shape["critic_steps"],
                                     latent_dim=latent, kernel_size=k)
   roof = measure_torch_roof(torch, FLAGS.roof_size)
@@ -253,8 +236,7 @@ def bench_wavegan(torch) -> dict:
       "bench": "torch_wavegan_train",
       **shape,
       "dtype": "float32",
-      "device": f"cpu ({cpu_model()}, {os.cpu_count()} cores), "
-                f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+      "device": _device(torch),
       # Clips the generator is trained on per second: one batch per step.
       "examples_per_sec": round(batch / step_s, 2),
       "step_ms": round(step_s * 1e3, 1),
@@ -345,17 +327,7 @@ def bench_transformer(torch) -> dict:
     opt.step()
     return loss.item()
 
-  t0 = time.perf_counter()
-  step(batches[0])
-  first_step_s = time.perf_counter() - t0
-  for i in range(FLAGS.warmup):
-    step(batches[i % len(batches)])
-  times = []
-  for i in range(FLAGS.steps):
-    t0 = time.perf_counter()
-    step(batches[i % len(batches)])
-    times.append(time.perf_counter() - t0)
-  step_s = float(np.median(times))
+  step_s, first_step_s, times = _time_steps(step, batches)
   flops = transformer_model.train_matmul_flops(
       attention="absolute", **{k: shape[k] for k in (
           "vocab_size", "d_model", "num_layers", "mlp_dim", "batch_size",
@@ -367,8 +339,7 @@ def bench_transformer(torch) -> dict:
       "attention": "absolute",
       "position_encoding": "learned",
       "dtype": "float32",
-      "device": f"cpu ({cpu_model()}, {os.cpu_count()} cores), "
-                f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+      "device": _device(torch),
       "examples_per_sec": round(batch / step_s, 2),
       "tokens_per_sec": round(batch * seq_len / step_s, 1),
       "step_ms": round(step_s * 1e3, 1),
@@ -388,13 +359,107 @@ def bench_transformer(torch) -> dict:
   }
 
 
+def bench_bigru(torch) -> dict:
+  """Times AdamW steps of the reference bidirectional GRU next-token model.
+
+  Embedding 100 -> torch.nn.GRU(3 layers, 128 per direction, bidirectional,
+  dropout 0.2) -> the last layer's final states of both directions ->
+  dropout -> dense 256 + LeakyReLU -> vocabulary logits; cross-entropy on
+  the token after the 50-token window; AdamW and clipping as the JAX config.
+  """
+  shape = BIGRU_TRAIN_SHAPE
+  vocab, embed, hidden = shape["vocab_size"], shape["embed_dim"], shape["hidden_size"]
+  layers, batch, window = shape["num_layers"], shape["batch_size"], shape["window"]
+  dense, dropout = shape["dense_dim"], shape["dropout_rate"]
+  nn = torch.nn
+  torch.manual_seed(0)
+
+  class Model(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.embed = nn.Embedding(vocab, embed)
+      self.gru = nn.GRU(embed, hidden, num_layers=layers, dropout=dropout,
+                        bidirectional=True, batch_first=True)
+      self.drop = nn.Dropout(dropout)
+      self.dense = nn.Linear(2 * hidden, dense)
+      self.head = nn.Linear(dense, vocab)
+
+    def forward(self, tokens):
+      _, h_n = self.gru(self.embed(tokens))
+      final = torch.cat([h_n[-2], h_n[-1]], -1)
+      return self.head(nn.functional.leaky_relu(self.dense(self.drop(final)), 0.01))
+
+  model = Model().train()
+  opt = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.98),
+                          weight_decay=0.01)
+  loss_fn = nn.CrossEntropyLoss()
+  gen = torch.Generator().manual_seed(0)
+  batches = [torch.randint(2, vocab, (batch, window + 1), generator=gen)
+             for _ in range(4)]
+
+  def step(tokens):
+    loss = loss_fn(model(tokens[:, :-1]), tokens[:, -1])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.item()
+
+  step_s, first_step_s, times = _time_steps(step, batches)
+  flops = gru_model.train_matmul_flops(
+      vocab_size=vocab, embed_dim=embed, hidden_size=hidden, num_layers=layers,
+      batch_size=batch, seq_len=window, bidirectional=True, dense_dim=dense,
+      last_only=True)
+  roof = measure_torch_roof(torch, FLAGS.roof_size)
+  return {
+      "bench": "torch_bigru_train",
+      **shape,
+      "dtype": "float32",
+      "device": _device(torch),
+      "examples_per_sec": round(batch / step_s, 2),
+      "step_ms": round(step_s * 1e3, 1),
+      "step_ms_min": round(min(times) * 1e3, 1),
+      "steps": FLAGS.steps,
+      "compile_s": round(first_step_s, 3),
+      "compile_note": "eager: no compile; compile_s is the first step's time",
+      "peak_rss_mb": peak_rss_mb(),
+      "flops_per_step": flops,
+      "flops_source": "analytic (gru.train_matmul_flops, 3x forward)",
+      "gflops_per_sec": round(flops / step_s / 1e9, 1),
+      "roof_gflops": round(roof, 1),
+      "roof_source": f"torch float32 {FLAGS.roof_size}^3 matmul",
+      "mfu": round(flops / step_s / 1e9 / roof, 3),
+      "env": {k: os.environ[k] for k in ("GLIBC_TUNABLES",) if k in os.environ},
+  }
+
+
+def _time_steps(step, batches) -> tuple[float, float, list[float]]:
+  """(median step seconds, first step seconds, timed step seconds)."""
+  t0 = time.perf_counter()
+  step(batches[0])
+  first_step_s = time.perf_counter() - t0
+  for i in range(FLAGS.warmup):
+    step(batches[i % len(batches)])
+  times = []
+  for i in range(FLAGS.steps):
+    t0 = time.perf_counter()
+    step(batches[i % len(batches)])
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times)), first_step_s, times
+
+
+def _device(torch) -> str:
+  return (f"cpu ({cpu_model()}, {os.cpu_count()} cores), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   torch = _import_torch()
   torch.set_num_threads(FLAGS.threads)
   bench_fn = {"lstm": bench_lstm, "wavegan": bench_wavegan,
-              "transformer": bench_transformer}[FLAGS.bench]
+              "transformer": bench_transformer, "bigru": bench_bigru}[FLAGS.bench]
   print(json.dumps(bench_fn(torch)), flush=True)
 
 

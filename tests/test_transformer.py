@@ -65,7 +65,7 @@ def test_output_shapes_and_carry():
   assert int(carry["pos"]) == 7
   assert len(carry["layers"]) == LAYERS
   for layer in carry["layers"]:
-    assert layer["k"].shape == layer["v"].shape == (3, MAX_LEN, HEADS,
+    assert layer["k"].shape == layer["v"].shape == (3, HEADS, MAX_LEN,
                                                     D_MODEL // HEADS)
   empty = model.initial_carry(3)
   assert jax.tree.structure(empty) == jax.tree.structure(carry)
@@ -186,6 +186,23 @@ def test_cached_decoding_equals_full_recompute(attention, position_encoding):
   logits, _ = step_fn(model.initial_carry(2), tokens[:, :6])
   np.testing.assert_allclose(logits, full(tokens[:, :6])[0], rtol=1e-5,
                              atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["absolute", "relative"])
+def test_a_cache_shorter_than_max_len_gives_the_same_logits(attention):
+  model = _model(attention, "learned")
+  params = _params(model)
+  tokens = _tokens(batch=2, length=10)
+  full = model.apply({"params": params}, tokens)[0]
+  logits, carry = model.apply({"params": params}, tokens[:, :4], cache_len=10)
+  assert carry["layers"][0]["k"].shape[2] == 10
+  for t in range(4, 10):
+    step, carry = model.apply({"params": params}, tokens[:, t:t + 1], carry=carry)
+    np.testing.assert_allclose(step[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="runs past the cache of 10 positions"):
+    model.apply({"params": params}, tokens[:, :1], carry=carry)
+  with pytest.raises(ValueError, match="cache_len=3 must be between"):
+    model.apply({"params": params}, tokens[:, :4], cache_len=3)
 
 
 def test_sampling_loop_runs_with_the_cache():

@@ -154,15 +154,26 @@ class RandomWindow(grain.transforms.RandomMap):
 
   Takes `DecodeRecord`'s {"value", "bad_records"}; gives {"tokens",
   "bad_records"}.
+
+  With `left_pad`, a window may also start before the sequence (left-padded
+  with `pad_value`, at least its first two tokens inside), so that the last
+  token of a window is any token after the first with equal chance: what a
+  model that predicts only the token after its window needs to learn how
+  pieces begin.
   """
   length: int
   pad_value: int
+  left_pad: bool = False
 
   def random_map(self, item: dict[str, Any], rng: np.random.Generator) -> dict:
     x = item["value"]
-    start = int(rng.integers(0, max(0, len(x) - self.length) + 1))
-    return {"tokens": pad_to(x[start:start + self.length], self.length,
-                             self.pad_value),
+    low = -(self.length - 2) if self.left_pad else 0
+    start = int(rng.integers(low, max(0, len(x) - self.length) + 1))
+    window = x[max(start, 0):start + self.length]
+    if start < 0:
+      window = np.concatenate([np.full((-start,) + x.shape[1:], self.pad_value,
+                                       x.dtype), window])
+    return {"tokens": pad_to(window, self.length, self.pad_value),
             "bad_records": item["bad_records"]}
 
 
@@ -177,7 +188,8 @@ def pad_to(x: np.ndarray, length: int, pad_value: int) -> np.ndarray:
 def create_train_dataset(data_dir: str, representation, *, seq_len: int,
                          global_batch_size: int, seed: int, num_workers: int,
                          prefetch_buffer_size: int = 32,
-                         on_bad_record: str = "error") -> grain.IterDataset:
+                         on_bad_record: str = "error",
+                         left_pad: bool = False) -> grain.IterDataset:
   """The training dataset of this process: dicts of [batch, seq_len + 1].
 
   Args:
@@ -192,6 +204,8 @@ def create_train_dataset(data_dir: str, representation, *, seq_len: int,
     on_bad_record: "error" (raise `BadRecordError` naming the shard and
       record) or "skip" (warn with the same, put the next good record in
       its place and count it in the batch's "bad_records").
+    left_pad: windows may start before a sequence (`RandomWindow`), for
+      models scored on the last token of a window only.
   """
   if on_bad_record not in BAD_RECORD_MODES:
     raise ValueError(f"on_bad_record={on_bad_record!r}; allowed: {BAD_RECORD_MODES}")
@@ -203,7 +217,7 @@ def create_train_dataset(data_dir: str, representation, *, seq_len: int,
         .repeat()
         .map(DecodeRecord(source, EncodeNoteSequence(representation), tuple(paths),
                           shard_starts(paths), on_bad_record))
-        .random_map(RandomWindow(seq_len + 1, representation.pad_id))
+        .random_map(RandomWindow(seq_len + 1, representation.pad_id, left_pad))
         # Sliced after the crop, so that an element's random crop depends on
         # its global index only: every process count sees the same global
         # batches. The dataset is lazy: a process reads only its own records.
@@ -250,19 +264,29 @@ def _init_worker(worker_index: int, worker_count: int) -> None:
 
 
 def eval_windows(data_dir: str, representation, *, seq_len: int,
-                 split: str = "valid", max_windows: int | None = None
-                 ) -> np.ndarray:
+                 split: str = "valid", max_windows: int | None = None,
+                 sliding: bool = False) -> np.ndarray:
   """Every sequence of `split` cut into windows of `seq_len + 1` tokens.
 
   Consecutive windows overlap by one token so every token of a sequence is a
-  target exactly once. Returns [num_windows, seq_len + 1], padded.
+  target exactly once. With `sliding`, one window ends at every token after
+  the first (left-padded near the start): every token is the last token of
+  exactly one window, for models scored on that token only. Returns
+  [num_windows, seq_len + 1], padded.
   """
   windows = []
+  pad = representation.pad_id
   for ns in shards.read_note_sequences(shards.split_paths(data_dir, split)):
     tokens = encode_with_boundary(representation, ns)
-    for start in range(0, max(1, len(tokens) - 1), seq_len):
-      windows.append(pad_to(tokens[start:start + seq_len + 1], seq_len + 1,
-                            representation.pad_id))
+    if sliding:
+      padded = np.concatenate([np.full(seq_len - 1, pad, tokens.dtype), tokens])
+      cuts = [padded[end - seq_len - 1:end]
+              for end in range(seq_len + 1, len(padded) + 1)]
+    else:
+      cuts = [pad_to(tokens[start:start + seq_len + 1], seq_len + 1, pad)
+              for start in range(0, max(1, len(tokens) - 1), seq_len)]
+    for window in cuts:
+      windows.append(window)
       if max_windows is not None and len(windows) >= max_windows:
         return np.stack(windows)
   if not windows:

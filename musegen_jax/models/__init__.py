@@ -16,8 +16,15 @@ def get_dtype(name: str):
   return _DTYPES[name]
 
 
-def create_model(model_config: config_dict.ConfigDict, vocab_size: int) -> nn.Module:
-  """Builds the model named by `model_config.name` from its config fields."""
+MODELS = ("bigru", "gru", "lstm", "transformer")
+
+
+def create_model(model_config: config_dict.ConfigDict, vocab_size: int,
+                 pad_id: int = 0) -> nn.Module:
+  """Builds the model named by `model_config.name` from its config fields.
+
+  `pad_id` is the token a windowed model (bigru) pads short windows with.
+  """
   name = model_config.name
   if name == "lstm":
     from musegen_jax.models import lstm
@@ -43,5 +50,28 @@ def create_model(model_config: config_dict.ConfigDict, vocab_size: int) -> nn.Mo
         position_encoding=model_config.position_encoding,
         dtype=get_dtype(model_config.dtype),
         remat=model_config.get("remat", False))
+  if name == "gru":
+    from musegen_jax.models import gru
+    return gru.GRULanguageModel(
+        vocab_size=vocab_size,
+        embed_dim=model_config.embed_dim,
+        hidden_size=model_config.hidden_size,
+        num_layers=model_config.num_layers,
+        dropout_rate=model_config.dropout_rate,
+        dtype=get_dtype(model_config.dtype),
+        remat=model_config.get("remat", False))
+  if name == "bigru":
+    from musegen_jax.models import gru
+    return gru.BiGRUWindowModel(
+        vocab_size=vocab_size,
+        embed_dim=model_config.embed_dim,
+        hidden_size=model_config.hidden_size,
+        num_layers=model_config.num_layers,
+        window=model_config.window,
+        dense_dim=model_config.dense_dim,
+        dropout_rate=model_config.dropout_rate,
+        pad_id=pad_id,
+        dtype=get_dtype(model_config.dtype),
+        remat=model_config.get("remat", False))
   raise ValueError(f"config.model.name={name!r}; known models: "
-                   "['lstm', 'transformer']")
+                   f"{sorted(MODELS)}")

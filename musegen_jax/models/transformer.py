@@ -47,7 +47,7 @@ import numpy as np
 from musegen_jax.models.layers import Dropout
 
 Array = jax.Array
-# {"layers": ({"k": [batch, max_len, heads, head_dim], "v": same}, ...),
+# {"layers": ({"k": [batch, heads, max_len, head_dim], "v": same}, ...),
 #  "pos": int32 scalar, the position the next token is written at}.
 Carry = dict[str, Any]
 
@@ -119,15 +119,17 @@ class SelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, cache: dict[str, Array] | None = None,
-               pos: Array | None = None
+               pos: Array | None = None, cache_len: int | None = None
                ) -> tuple[Array, dict[str, Array]]:
     """Attends over the sequence (cache None) or over the cache.
 
     Args:
       x: [batch, length, embed] normalized inputs.
       cache: None for a full causal pass from position 0; else {"k", "v"},
-        each [batch, max_len, heads, head_dim], holding positions < pos.
+        each [batch, heads, max_len, head_dim], holding positions < pos.
       pos: int32 scalar, the position of x[:, 0] (with `cache`).
+      cache_len: positions the cache a full pass returns holds (default
+        max_len); a cached call attends over all of its cache's positions.
 
     Returns:
       ([batch, length, embed] outputs, the cache with x's keys and values).
@@ -152,20 +154,25 @@ class SelfAttention(nn.Module):
     q, k, v = qkv[0], qkv[1], qkv[2]
     scale = 1.0 / math.sqrt(head_dim)
 
+    # The cache is head-major, [batch, heads, max_len, head_dim]: the layout
+    # the cached step's matmuls batch over, so a step transposes nothing
+    # (with the sequence-major layout, each step's attention copied the
+    # whole cache: 10x slower sampling on CPU).
     if cache is None:
       keys = length
-      new_cache = {name: jnp.pad(t, [(0, 0), (0, self.max_len - length),
-                                     (0, 0), (0, 0)])
+      new_cache = {name: jnp.pad(jnp.swapaxes(t, 1, 2),
+                                 [(0, 0), (0, 0),
+                                  (0, (cache_len or self.max_len) - length),
+                                  (0, 0)])
                    for name, t in (("k", k), ("v", v))}
       offset = 0
     else:
       new_cache = {
-          "k": jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(
-              cache["k"].dtype), pos, axis=1),
-          "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(
-              cache["v"].dtype), pos, axis=1)}
-      k, v = new_cache["k"].astype(dtype), new_cache["v"].astype(dtype)
-      keys = self.max_len
+          name: jax.lax.dynamic_update_slice_in_dim(
+              cache[name], jnp.swapaxes(t, 1, 2).astype(cache[name].dtype), pos,
+              axis=2)
+          for name, t in (("k", k), ("v", v))}
+      keys = cache["k"].shape[2]
       offset = pos
 
     bias = None
@@ -186,8 +193,13 @@ class SelfAttention(nn.Module):
     else:
       query_pos = pos + jnp.arange(length)
       mask = jnp.arange(keys)[None, :] <= query_pos[:, None]
-      y = jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale,
-                                       mask=mask[None, None])
+      logits = jnp.einsum("bthe,bhse->bhts", q, new_cache["k"].astype(dtype),
+                          preferred_element_type=jnp.float32) * scale
+      if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+      probs = jax.nn.softmax(jnp.where(mask, logits, -jnp.inf), axis=-1)
+      y = jnp.einsum("bhts,bhse->bthe", probs.astype(dtype),
+                     new_cache["v"].astype(dtype))
     out = jnp.einsum("bthe,hed->btd", y, out_kernel.astype(dtype))
     return out + out_bias.astype(dtype), new_cache
 
@@ -229,11 +241,12 @@ class DecoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, cache: dict[str, Array] | None, pos: Array | None,
-               train: bool) -> tuple[Array, dict[str, Array]]:
+               train: bool, cache_len: int | None = None
+               ) -> tuple[Array, dict[str, Array]]:
     y, cache = SelfAttention(self.num_heads, self.max_len, self.attention,
                              self.dtype, name="attention")(
                                  _layer_norm(self.dtype, "ln_attention")(x),
-                                 cache, pos)
+                                 cache, pos, cache_len)
     x = x + Dropout(self.dropout_rate)(y, deterministic=not train)
     y = MLP(self.mlp_dim, self.dtype, name="mlp")(
         _layer_norm(self.dtype, "ln_mlp")(x))
@@ -273,7 +286,7 @@ class TransformerLanguageModel(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
 
-  def _check(self, length: int, pos: Array | None) -> None:
+  def _check(self, length: int, pos: Array | None, cache_size: int) -> None:
     if self.attention not in ATTENTION_KINDS:
       raise ValueError(f"attention={self.attention!r}; allowed: {ATTENTION_KINDS}")
     if self.position_encoding not in POSITION_ENCODINGS:
@@ -285,14 +298,19 @@ class TransformerLanguageModel(nn.Module):
     if length > self.max_len:
       raise ValueError(f"Sequence of {length} tokens is longer than the "
                        f"model's max_len={self.max_len}.")
+    if not length <= cache_size <= self.max_len:
+      raise ValueError(f"cache_len={cache_size} must be between the sequence "
+                       f"length {length} and max_len={self.max_len}.")
     if pos is not None and not isinstance(pos, jax.core.Tracer):
-      if int(pos) + length > self.max_len:
+      if int(pos) + length > cache_size:
         raise ValueError(f"Writing {length} tokens at position {int(pos)} runs "
-                         f"past the model's max_len={self.max_len}.")
+                         f"past the cache of {cache_size} positions (the "
+                         f"model's max_len={self.max_len}).")
 
   @nn.compact
   def __call__(self, tokens: Array, *, train: bool = False,
-               carry: Carry | None = None) -> tuple[Array, Carry]:
+               carry: Carry | None = None, cache_len: int | None = None
+               ) -> tuple[Array, Carry]:
     """Runs the model over `tokens`, from scratch or after `carry`.
 
     Args:
@@ -303,14 +321,21 @@ class TransformerLanguageModel(nn.Module):
       carry: None for a causal pass from position 0; else the carry returned
         by a previous call: `tokens` continue at carry["pos"]. A traced
         position can't be checked while tracing: a step that runs past
-        max_len gives NaN logits.
+        the cache gives NaN logits.
+      cache_len: without `carry`, the positions of the returned cache
+        (default max_len). Each later cached step attends over the whole
+        cache, so a sampler that needs fewer positions than max_len runs
+        faster with a cache of just those.
 
     Returns:
       (logits [batch, length, vocab] float32, the carry after `tokens`).
     """
     batch, length = tokens.shape[:2]
     pos = None if carry is None else carry["pos"]
-    self._check(length, pos)
+    if carry is not None:
+      cache_len = carry["layers"][0]["k"].shape[2]
+    cache_len = cache_len or self.max_len
+    self._check(length, pos, cache_len)
     if tokens.ndim == 3:  # Multi-hot frames.
       kernel = self.param("input_kernel", _init(_fan_in(0, 1), "vocab", "embed"),
                           (tokens.shape[-1], self.d_model))
@@ -335,12 +360,14 @@ class TransformerLanguageModel(nn.Module):
     caches = []
     # With remat, each block's activations are recomputed in the backward
     # pass instead of stored (argument 4, `train`, is static).
-    block = nn.remat(DecoderBlock, static_argnums=(4,)) if self.remat else DecoderBlock
+    block = (nn.remat(DecoderBlock, static_argnums=(4, 5)) if self.remat
+             else DecoderBlock)
     for layer in range(self.num_layers):
       x, cache = block(
           self.num_heads, self.mlp_dim, self.max_len, self.dropout_rate,
           self.attention, self.dtype, name=f"block_{layer}")(
-              x, None if carry is None else carry["layers"][layer], pos, train)
+              x, None if carry is None else carry["layers"][layer], pos, train,
+              cache_len)
       caches.append(cache)
     x = _layer_norm(self.dtype, "ln_final")(x)
     head = self.param("head_kernel", _init(_fan_in(0, 1), "embed", "vocab"),
@@ -351,16 +378,16 @@ class TransformerLanguageModel(nn.Module):
               ).astype(jnp.float32)
     end = length + (0 if pos is None else pos)
     if pos is not None:
-      # A traced position past max_len: the cache write was clamped, so make
-      # the result unusable rather than silently wrong.
-      logits = jnp.where(end <= self.max_len, logits, jnp.nan)
+      # A traced position past the cache: the cache write was clamped, so
+      # make the result unusable rather than silently wrong.
+      logits = jnp.where(end <= cache_len, logits, jnp.nan)
     return logits, {"layers": tuple(caches),
                     "pos": jnp.asarray(end, jnp.int32)}
 
   def initial_carry(self, batch_size: int) -> Carry:
     """An empty cache at position 0 (same as no carry, but a fixed pytree)."""
     head_dim = self.d_model // self.num_heads
-    shape = (batch_size, self.max_len, self.num_heads, head_dim)
+    shape = (batch_size, self.num_heads, self.max_len, head_dim)
     layer = {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)}
     return {"layers": tuple(dict(layer) for _ in range(self.num_layers)),
             "pos": jnp.zeros((), jnp.int32)}

@@ -4,7 +4,13 @@ Batches are {"tokens": [batch, seq_len + 1] int32}; inputs are tokens[:, :-1],
 targets tokens[:, 1:], and padding targets carry zero weight. A model is any
 linen module called as `model(tokens, train=..., carry=...) -> (logits,
 carry)`, where `carry` is what lets sampling continue one token at a time
-(the LSTM's recurrent state).
+(the LSTM's recurrent state, the Transformer's key/value cache).
+
+A model with `predicts_last_only` (the bidirectional GRU over a window)
+returns logits for the token after its inputs only, and only that target
+(tokens[:, -1]) is scored. Its training windows may start before a piece
+(left-padded), and evaluation slides a window to every token, so every token
+of a split is scored exactly once either way.
 """
 
 from __future__ import annotations
@@ -53,6 +59,11 @@ def check_config(config: config_dict.ConfigDict) -> None:
                      "must be in [0, 1)")
   if not 0 < config.sample.top_p <= 1:
     raise ValueError(f"config.sample.top_p={config.sample.top_p} must be in (0, 1]")
+  window = config.model.get("window")
+  if window is not None and window != config.data.seq_len:
+    raise ValueError(f"config.model.window={window} must equal config.data.seq_len="
+                     f"{config.data.seq_len} (the tokens a training example "
+                     "feeds the model)")
   max_len = config.model.get("max_len")
   if max_len is not None:
     # Training windows hold seq_len inputs; sampling primes with one token
@@ -80,7 +91,9 @@ class LanguageModelTask:
     self.pad_id = int(representation.pad_id)
     self.eos_id = int(representation.eos_id)
     self.vocab_size = int(representation.vocab_size)
-    self.model: nn.Module = models.create_model(config.model, self.vocab_size)
+    self.model: nn.Module = models.create_model(config.model, self.vocab_size,
+                                                pad_id=self.pad_id)
+    self.last_only = bool(getattr(self.model, "predicts_last_only", False))
     self.learning_rate_fn = common.create_learning_rate_fn(config)
     # Made once: the optimizer is part of the state's tree structure, which
     # must be the same in every `init_state` (shardings are matched to it).
@@ -114,7 +127,7 @@ class LanguageModelTask:
         global_batch_size=config.batch_size, seed=config.seed,
         num_workers=config.data.num_workers,
         prefetch_buffer_size=config.data.prefetch_buffer_size,
-        on_bad_record=config.data.bad_records)
+        on_bad_record=config.data.bad_records, left_pad=self.last_only)
 
   def eval_data(self, data_dir: str, split: str = "valid") -> np.ndarray:
     """The fixed windows of `split` that `eval_batches` serves."""
@@ -122,7 +135,8 @@ class LanguageModelTask:
     return pipeline.eval_windows(
         data_dir, self.representation, seq_len=config.data.seq_len, split=split,
         max_windows=(None if config.num_eval_batches < 0
-                     else config.num_eval_batches * config.batch_size))
+                     else config.num_eval_batches * config.batch_size),
+        sliding=self.last_only)
 
   def eval_batches(self, windows: np.ndarray):
     """This process's share of the global eval batches over `windows`."""
@@ -140,6 +154,8 @@ class LanguageModelTask:
 
   def _sums(self, params, tokens: Array, rng: Array | None, train: bool):
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    if self.last_only:
+      targets = tokens[:, -1:]
     weights = (targets != self.pad_id).astype(jnp.float32)
     logits, _ = self.model.apply(
         {"params": params}, inputs, train=train,
@@ -293,8 +309,14 @@ def filter_logits(logits: Array, top_k: int, top_p: float) -> Array:
 def sample_tokens(model: nn.Module, params: Any, rng: Array, primer: Array, *,
                   length: int, temperature: float, top_k: int, top_p: float,
                   eos_id: int, pad_id: int) -> Array:
-  """One compiled loop: prime the carry, then draw `length` tokens."""
-  logits, carry = model.apply({"params": params}, primer, train=False)
+  """One compiled loop: prime the carry, then draw `length` tokens.
+
+  A model with a fixed-size cache (`max_len`: the Transformer) gets one of
+  exactly primer + length positions: every step attends over all of it.
+  """
+  kwargs = ({"cache_len": primer.shape[1] + length}
+            if getattr(model, "max_len", None) else {})
+  logits, carry = model.apply({"params": params}, primer, train=False, **kwargs)
 
   def step(state, step_rng):
     logits, carry, done = state

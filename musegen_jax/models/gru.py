@@ -1,0 +1,363 @@
+"""GRU models: a causal stacked GRU language model and a bidirectional GRU.
+
+- `GRULanguageModel`: embedding -> stacked unidirectional GRU -> logits at
+  every position; carries its hidden states, so it samples token by token
+  like the LSTM (`tasks/lm.py`, `tasks/pianoroll.py`).
+- `BiGRUWindowModel`: the well-known next-token design over a window of
+  tokens: embedding -> stacked bidirectional GRU -> the last layer's final
+  states of both directions -> dense with LeakyReLU -> logits of the token
+  after the window. Its carry is the window itself, so sampling slides the
+  window inside the same compiled loop as every other token model.
+- `BiGRUEncoder`: the stacked bidirectional GRU, returning every step's
+  outputs and the final states; the VAE's encoder.
+
+Gates follow PyTorch's `torch.nn.GRU` (order r, z, n; the reset gate scales
+the recurrent part of n, bias included):
+
+    r = sigmoid(x W_ir + b_ir + h W_hr + b_hr)
+    z = sigmoid(x W_iz + b_iz + h W_hz + b_hz)
+    n = tanh(x W_in + b_in + r * (h W_hn + b_hn))
+    h' = (1 - z) * n + z * h
+
+As for the LSTM, the input projection of all steps is one matmul outside the
+time loop and the recurrence has a hand-written backward pass: the reverse
+loop carries only the recurrent gradient, and the recurrent weight gradient
+is one matmul over every step afterwards. The two directions of a
+bidirectional layer run in one loop (vmapped over a leading direction axis,
+so each step is one batched matmul).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from musegen_jax.models.layers import Dropout
+
+Array = jax.Array
+
+
+def _logical(init, *names: str | None):
+  """`init` whose parameter carries Flax logical axis names (one per dimension)."""
+  return nn.with_logical_partitioning(init, names)
+
+
+def _cell(x_t: Array, h: Array, w_hh: Array, b_hh: Array):
+  """One GRU step: returns (h_new, r, z, n, hn) with hn = h W_hn + b_hn."""
+  hidden = h.shape[-1]
+  hp = jnp.dot(h, w_hh, preferred_element_type=x_t.dtype) + b_hh
+  # sigmoid(a) = (1 + tanh(a / 2)) / 2: one tanh for both sigmoid gates.
+  rz = 0.5 * jnp.tanh(0.5 * (x_t[:, :2 * hidden] + hp[:, :2 * hidden])) + 0.5
+  r, z = rz[:, :hidden], rz[:, hidden:]
+  hn = hp[:, 2 * hidden:]
+  n = jnp.tanh(x_t[:, 2 * hidden:] + r * hn)
+  h_new = (n + z * (h - n)).astype(h.dtype)
+  return h_new, r, z, n, hn
+
+
+@jax.custom_vjp
+def gru_recurrence(xproj: Array, w_hh: Array, b_hh: Array, h0: Array
+                   ) -> tuple[Array, Array]:
+  """GRU recurrence over time-major input projections.
+
+  Args:
+    xproj: [time, batch, 3 * hidden] input projections with their bias
+      (x W_ih + b_ih), gate order r, z, n.
+    w_hh: [hidden, 3 * hidden] recurrent weights; b_hh: [3 * hidden].
+    h0: [batch, hidden] initial state.
+
+  Returns:
+    (hs [time, batch, hidden], h_T [batch, hidden]).
+  """
+  def step(h, x_t):
+    h_new = _cell(x_t, h, w_hh, b_hh)[0]
+    return h_new, h_new
+
+  h_t, hs = jax.lax.scan(step, h0, xproj)
+  return hs, h_t
+
+
+def _recurrence_fwd(xproj, w_hh, b_hh, h0):
+  def step(h, x_t):
+    h_new, r, z, n, hn = _cell(x_t, h, w_hh, b_hh)
+    return h_new, (h_new, r, z, n, hn)
+
+  h_t, (hs, r, z, n, hn) = jax.lax.scan(step, h0, xproj)
+  return (hs, h_t), (w_hh, h0, hs, r, z, n, hn)
+
+
+def _recurrence_bwd(res, grads):
+  """d h' gives dn = dh (1 - z), dz = dh (h - n), and dh z directly to h;
+
+  through n = tanh(a_n + r hn): d a_n = dn (1 - n^2), dr = d a_n hn,
+  d hn = d a_n r; the sigmoid gates' pre-activations get dr r (1 - r) and
+  dz z (1 - z). The input projection's gradient is [d a_r, d a_z, d a_n],
+  the recurrent pre-activation's [d a_r, d a_z, d a_n r], and
+  dh_prev = dh z + d_hp W_hh^T.
+  """
+  w_hh, h0, hs, r, z, n, hn = res
+  d_hs, d_ht = grads
+  w_t = w_hh.T
+  h_prev = jnp.concatenate([h0[None], hs[:-1]], 0)
+
+  def step(dh_next, inputs):
+    dh_out, h_p, r_t, z_t, n_t, hn_t = inputs
+    dh = dh_out + dh_next
+    d_an = dh * (1.0 - z_t) * (1.0 - n_t * n_t)
+    d_ar = d_an * hn_t * r_t * (1.0 - r_t)
+    d_az = dh * (h_p - n_t) * z_t * (1.0 - z_t)
+    d_hp = jnp.concatenate([d_ar, d_az, d_an * r_t], -1)
+    dh_prev = dh * z_t + jnp.dot(d_hp, w_t, preferred_element_type=dh.dtype)
+    return dh_prev, (jnp.concatenate([d_ar, d_az, d_an], -1), d_hp)
+
+  dh0, (d_x, d_hp) = jax.lax.scan(
+      step, d_ht.astype(hs.dtype), (d_hs.astype(hs.dtype), h_prev, r, z, n, hn),
+      reverse=True)
+  hidden = h0.shape[-1]
+  d_hp2 = d_hp.reshape(-1, 3 * hidden)
+  d_w = jnp.dot(h_prev.reshape(-1, hidden).T, d_hp2,
+                preferred_element_type=w_hh.dtype)
+  d_b = jnp.sum(d_hp2, 0, dtype=w_hh.dtype)
+  return d_x, d_w, d_b, dh0.astype(h0.dtype)
+
+
+gru_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+def reverse_within_lengths(x: Array, lengths: Array | None) -> Array:
+  """Reverses time-major `x` [time, batch, ...] within each sequence's length.
+
+  Positions at or past a sequence's length stay where they are, so a
+  backward-direction GRU reads a padded sequence's last real step first.
+  With `lengths` None every sequence is whole and this is x[::-1].
+  """
+  if lengths is None:
+    return x[::-1]
+  time = x.shape[0]
+  t = jnp.arange(time)[:, None]
+  index = jnp.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
+  index = index.reshape(index.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, index, axis=0)
+
+
+class GRULayer(nn.Module):
+  """One GRU layer (both directions when `bidirectional`), time-major.
+
+  Parameters carry logical axis names: w_ih (directions, input_name,
+  "gates"), b_ih and b_hh (directions, "gates"), w_hh (directions, "hidden",
+  "gates"); the leading directions axis (1 or 2) is never sharded.
+  """
+
+  hidden_size: int
+  bidirectional: bool = False
+  dtype: Any = jnp.float32
+  input_name: str = "hidden"
+
+  @nn.compact
+  def __call__(self, x: Array, h0: Array | None = None, *,
+               lengths: Array | None = None) -> tuple[Array, Array]:
+    """Runs the layer.
+
+    Args:
+      x: [time, batch, features] inputs.
+      h0: [directions, batch, hidden] initial states, or None for zeros.
+      lengths: optional [batch] int lengths of padded sequences (the
+        backward direction then starts at each sequence's last real step).
+
+    Returns:
+      (outputs [time, batch, directions * hidden], final states
+       [directions, batch, hidden]). A backward direction's outputs are put
+      back in input order; its final state is the one after reading the
+      sequence's first step. With `lengths`, outputs past a sequence's
+      length are not meaningful, and so are both final states (they have
+      read the padding): take the forward direction's `outputs[length - 1]`
+      and the backward direction's `outputs[0]` instead (`BiGRUEncoder`).
+    """
+    dirs = 2 if self.bidirectional else 1
+    hidden = self.hidden_size
+    w_ih = self.param("w_ih", _logical(nn.initializers.lecun_normal(
+        in_axis=-2, out_axis=-1, batch_axis=(0,)), None, self.input_name, "gates"),
+        (dirs, x.shape[-1], 3 * hidden))
+    b_ih = self.param("b_ih", _logical(nn.initializers.zeros_init(), None, "gates"),
+                      (dirs, 3 * hidden))
+    w_hh = self.param("w_hh", _logical(nn.initializers.orthogonal(column_axis=-1),
+                                       None, "hidden", "gates"),
+                      (dirs, hidden, 3 * hidden))
+    b_hh = self.param("b_hh", _logical(nn.initializers.zeros_init(), None, "gates"),
+                      (dirs, 3 * hidden))
+    if h0 is None:
+      h0 = jnp.zeros((dirs, x.shape[1], hidden), self.dtype)
+    cast = lambda a: a.astype(self.dtype)
+    x = cast(x)
+    if dirs == 1:
+      xproj = jnp.dot(x, cast(w_ih[0])) + cast(b_ih[0])
+      hs, h_t = gru_recurrence(xproj, cast(w_hh[0]), cast(b_hh[0]), cast(h0[0]))
+      return hs, h_t[None]
+    xs = jnp.stack([x, reverse_within_lengths(x, lengths)])
+    xproj = jnp.einsum("dtbf,dfg->dtbg", xs, cast(w_ih)) + cast(b_ih)[:, None, None]
+    hs, h_t = jax.vmap(gru_recurrence)(xproj, cast(w_hh), cast(b_hh), cast(h0))
+    outputs = jnp.concatenate([hs[0], reverse_within_lengths(hs[1], lengths)], -1)
+    return outputs, h_t
+
+
+class GRULanguageModel(nn.Module):
+  """Embedding -> stacked causal GRU, dropout between layers -> logits.
+
+  Called like the LSTM language model: on [batch, time] int tokens or
+  [batch, time, features] multi-hot frames (read directly by the first
+  layer), with a carry of one [1, batch, hidden] state per layer.
+  """
+
+  vocab_size: int
+  embed_dim: int
+  hidden_size: int
+  num_layers: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, tokens: Array, *, train: bool = False,
+               carry: tuple[Array, ...] | None = None
+               ) -> tuple[Array, tuple[Array, ...]]:
+    multihot = tokens.ndim == 3
+    if multihot:
+      x = jnp.swapaxes(tokens, 0, 1).astype(self.dtype)
+    else:
+      x = nn.Embed(self.vocab_size, self.embed_dim, name="embed",
+                   embedding_init=_logical(nn.linear.default_embed_init,
+                                           "vocab", "embed"))(tokens.T)
+    layer_cls = nn.remat(GRULayer) if self.remat else GRULayer
+    new_carry = []
+    for layer in range(self.num_layers):
+      if layer > 0:
+        x = Dropout(self.dropout_rate)(x, deterministic=not train)
+      x, h_t = layer_cls(self.hidden_size, dtype=self.dtype,
+                         input_name="embed" if layer == 0 else "hidden",
+                         name=f"gru_{layer}")(
+                             x, None if carry is None else carry[layer])
+      new_carry.append(h_t)
+    logits = nn.Dense(
+        self.vocab_size, dtype=self.dtype, name="head",
+        kernel_init=_logical(nn.linear.default_kernel_init, "hidden", "vocab"),
+        bias_init=_logical(nn.initializers.zeros_init(), "vocab"))(x)
+    return jnp.swapaxes(logits, 0, 1).astype(jnp.float32), tuple(new_carry)
+
+
+class BiGRUEncoder(nn.Module):
+  """Stacked bidirectional GRU over time-major inputs, dropout between layers.
+
+  Returns (outputs [time, batch, 2 * hidden] of the last layer, its final
+  states [batch, 2 * hidden]: the forward direction's state after each
+  sequence's last real step and the backward direction's after its first).
+  """
+
+  hidden_size: int
+  num_layers: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool = False,
+               lengths: Array | None = None) -> tuple[Array, Array]:
+    layer_cls = nn.remat(GRULayer) if self.remat else GRULayer
+    for layer in range(self.num_layers):
+      if layer > 0:
+        x = Dropout(self.dropout_rate)(x, deterministic=not train)
+      x, h_t = layer_cls(self.hidden_size, bidirectional=True, dtype=self.dtype,
+                         input_name="embed" if layer == 0 else "hidden",
+                         name=f"bigru_{layer}")(x, lengths=lengths)
+    if lengths is None:
+      return x, jnp.concatenate([h_t[0], h_t[1]], -1)
+    # The forward direction's state after each sequence's last real step;
+    # the backward direction (reversed within the length) ends at step 0.
+    last = jnp.clip(lengths - 1, 0, x.shape[0] - 1)
+    forward_final = x[last, jnp.arange(x.shape[1]), :self.hidden_size]
+    return x, jnp.concatenate([forward_final, x[0, :, self.hidden_size:]], -1)
+
+
+class BiGRUWindowModel(nn.Module):
+  """Next-token model over a window of `window` tokens (bidirectional GRU).
+
+  Embedding -> `num_layers` bidirectional GRU layers -> the final states of
+  both directions -> dense `dense_dim` with LeakyReLU -> vocabulary logits.
+  `predicts_last_only`: the language-model task scores only the token after
+  the window (`tasks/lm.py`).
+
+  Called on [batch, time] tokens: the window is their last `window` tokens,
+  left-padded with `pad_id` when fewer. With a carry (the previous window,
+  [batch, window] int32) the tokens are appended to it first. Returns
+  (logits [batch, 1, vocab] of the next token, the new window).
+  """
+
+  vocab_size: int
+  embed_dim: int
+  hidden_size: int
+  num_layers: int
+  window: int
+  dense_dim: int = 256
+  dropout_rate: float = 0.0
+  pad_id: int = 0
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+  predicts_last_only = True
+
+  @nn.compact
+  def __call__(self, tokens: Array, *, train: bool = False,
+               carry: Array | None = None) -> tuple[Array, Array]:
+    if tokens.ndim != 2:
+      raise ValueError("BiGRUWindowModel reads [batch, time] int tokens, got "
+                       f"shape {tokens.shape}")
+    if carry is not None:
+      tokens = jnp.concatenate([carry, tokens.astype(carry.dtype)], 1)
+    if tokens.shape[1] < self.window:
+      tokens = jnp.pad(tokens, ((0, 0), (self.window - tokens.shape[1], 0)),
+                       constant_values=self.pad_id)
+    window = tokens[:, -self.window:].astype(jnp.int32)
+    x = nn.Embed(self.vocab_size, self.embed_dim, name="embed",
+                 embedding_init=_logical(nn.linear.default_embed_init,
+                                         "vocab", "embed"))(window.T)
+    _, final = BiGRUEncoder(self.hidden_size, self.num_layers,
+                            dropout_rate=self.dropout_rate, dtype=self.dtype,
+                            remat=self.remat, name="encoder")(
+                                x.astype(self.dtype), train=train)
+    final = Dropout(self.dropout_rate)(final, deterministic=not train)
+    y = nn.Dense(self.dense_dim, dtype=self.dtype, name="dense",
+                 kernel_init=_logical(nn.linear.default_kernel_init, "hidden", "mlp"),
+                 bias_init=_logical(nn.initializers.zeros_init(), "mlp"))(final)
+    y = nn.leaky_relu(y, 0.01)
+    logits = nn.Dense(self.vocab_size, dtype=self.dtype, name="head",
+                      kernel_init=_logical(nn.linear.default_kernel_init, "mlp", "vocab"),
+                      bias_init=_logical(nn.initializers.zeros_init(), "vocab"))(y)
+    return logits[:, None].astype(jnp.float32), window
+
+
+def train_matmul_flops(*, vocab_size: int, embed_dim: int, hidden_size: int,
+                       num_layers: int, batch_size: int, seq_len: int,
+                       bidirectional: bool, dense_dim: int = 0,
+                       last_only: bool = False) -> int:
+  """Matmul FLOPs of one training step (forward + backward = 3x forward).
+
+  Input projections and recurrent matmuls of every layer and direction, and
+  the head (at every position, or only after the window with `last_only`,
+  through a dense layer of `dense_dim` when > 0).
+  """
+  tokens = batch_size * seq_len
+  dirs = 2 if bidirectional else 1
+  gates = 3 * hidden_size
+  forward = 0
+  for layer in range(num_layers):
+    features = embed_dim if layer == 0 else dirs * hidden_size
+    forward += 2 * dirs * tokens * (features + hidden_size) * gates
+  head_rows = batch_size if last_only else tokens
+  out = dirs * hidden_size
+  if dense_dim:
+    forward += 2 * head_rows * out * dense_dim
+    out = dense_dim
+  forward += 2 * head_rows * out * vocab_size
+  return 3 * forward
