@@ -37,3 +37,18 @@ def add_parallelism(config: config_dict.ConfigDict) -> None:
   config.mesh.fsdp = 1
   config.logical_axis_rules = [tuple(rule) for rule in DEFAULT_LOGICAL_AXIS_RULES]
   config.grad_accum_steps = 1
+
+
+def sibling_config(config_file: str, name: str, arg: str | None):
+  """`get_config(arg)` of configs/<name>.py, the file beside `config_file`.
+
+  For a config that is another with a few fields changed (configs/jsb_gru.py
+  is configs/jsb_lstm.py with a GRU), so the shared fields live in one place.
+  """
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"musegen_jax_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

@@ -6,7 +6,8 @@ r"""Evaluates an export bundle on a split of its dataset and prints one JSON lin
 What is measured is the task's own evaluation, the one training runs every
 eval period: the GAN's Frechet distance between log-mel statistics of
 generated and real clips of the split; a token model's loss, accuracy and
-perplexity over the split. Choose models on valid, never on test.
+perplexity over the split; the VAE's negative ELBO, reconstruction and KL
+(nats per sequence), reconstruction per token and accuracy. Choose models on valid, never on test.
 """
 
 from __future__ import annotations

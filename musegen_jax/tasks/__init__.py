@@ -36,7 +36,8 @@ from ml_collections import config_dict
 # config.task -> (module, class).
 TASKS = {"lm": ("musegen_jax.tasks.lm", "LanguageModelTask"),
          "pianoroll": ("musegen_jax.tasks.pianoroll", "PianorollTask"),
-         "gan": ("musegen_jax.tasks.gan", "GANTask")}
+         "gan": ("musegen_jax.tasks.gan", "GANTask"),
+         "vae": ("musegen_jax.tasks.vae", "VAETask")}
 
 
 def _lookup(name: str) -> tuple[Any, str]:

@@ -7,6 +7,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from flax.training import train_state
@@ -171,3 +172,29 @@ def summed_loss_gradients(params: Any, batch: Any, rng: Array,
   sums, grads = psum(accumulate(micro, inputs, num), axis_name)
   weight = jnp.maximum(sums[weight_key], 1.0)
   return sums, jax.tree.map(lambda g: g / weight, grads), sums[loss_key] / weight
+
+
+def slerp(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
+  """`steps` points on the great circle from `a` to `b` (ends included).
+
+  Falls back to a straight line when the two are (anti)parallel. The first
+  point is `a` and the last `b` exactly (in float32), so decoding the ends
+  decodes the two latents themselves.
+
+  Returns:
+    [steps, dim] float32.
+  """
+  a = np.asarray(a, np.float64)
+  b = np.asarray(b, np.float64)
+  t = np.linspace(0.0, 1.0, steps)[:, None]
+  cos = np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)
+  omega = np.arccos(np.clip(cos, -1.0, 1.0))
+  if np.sin(omega) < 1e-6:
+    path = ((1 - t) * a + t * b).astype(np.float32)
+  else:
+    path = ((np.sin((1 - t) * omega) * a + np.sin(t * omega) * b)
+            / np.sin(omega)).astype(np.float32)
+  path[0] = a
+  if steps > 1:
+    path[-1] = b
+  return path

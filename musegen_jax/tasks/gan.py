@@ -29,6 +29,7 @@ from musegen_jax import spectral
 from musegen_jax.data import audio
 from musegen_jax.models import wavegan
 from musegen_jax.tasks import common
+from musegen_jax.tasks.common import slerp
 
 Array = jax.Array
 
@@ -133,22 +134,6 @@ def gradient_penalty(critic: Callable[[Array], Array], real: Array, fake: Array,
   grads = jax.grad(lambda x: jnp.sum(critic(x)))(x_hat)
   norms = jnp.sqrt(jnp.sum(grads.reshape(grads.shape[0], -1) ** 2, -1) + 1e-12)
   return jnp.mean((norms - 1.0) ** 2)
-
-
-def slerp(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
-  """`steps` points on the great circle from `a` to `b` (ends included).
-
-  Falls back to a straight line when the two are (anti)parallel.
-  """
-  a = np.asarray(a, np.float64)
-  b = np.asarray(b, np.float64)
-  t = np.linspace(0.0, 1.0, steps)[:, None]
-  cos = np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)
-  omega = np.arccos(np.clip(cos, -1.0, 1.0))
-  if np.sin(omega) < 1e-6:
-    return ((1 - t) * a + t * b).astype(np.float32)
-  return ((np.sin((1 - t) * omega) * a + np.sin(t * omega) * b)
-          / np.sin(omega)).astype(np.float32)
 
 
 class GANTask:

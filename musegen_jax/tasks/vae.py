@@ -1,0 +1,463 @@
+"""Sequence VAE over fixed windows of event tokens (`models/vae.py`).
+
+Batches are the language model's {"tokens": [batch, seq_len + 1] int32}
+windows of [EOS, tokens..., EOS] pieces; the VAE's sequence is a window's
+last `seq_len` tokens. Dropping the first means a piece's leading EOS is
+never part of a sequence, so EOS only ever ends one (after it, padding) and
+can be the decoder's start token, as it is the language model's. Evaluation
+windows overlap by one token, so their last `seq_len` tokens tile each
+piece's tokens exactly once.
+
+Loss per sequence (MusicVAE):
+
+    recon(x) + beta(step) * max(KL(q(z|x) || N(0, I)) - free_bits, 0)
+
+with recon the cross-entropy summed over the sequence's non-pad tokens and
+KL summed over the latent dimensions, in nats. The train loss is its mean
+over the sequences of the global batch (all-padding rows count for nothing),
+so gradient accumulation and device count do not change the update.
+beta(step) rises linearly from 0 to `vae.beta` over `vae.beta_warmup_steps`.
+
+Evaluation reports the negative ELBO (recon + KL, no free bits, beta 1; nats
+per sequence, which picks the best checkpoint), its two terms, the
+reconstruction per token and the token accuracy. Each sequence's z is one
+draw from the posterior with a fixed key, so two evaluations of the same
+parameters agree.
+
+Samples decode z drawn from the prior, or the spherical interpolation
+between two latents: two prior draws, or the posterior means of two pieces
+(`write_samples(endpoints=...)`). Every point of an interpolation decodes
+with the same sampling noise, so neighbouring points differ only through z.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import note_seq
+import numpy as np
+import optax
+from ml_collections import config_dict
+
+from musegen_jax import models
+from musegen_jax import plots
+from musegen_jax.data import pipeline
+from musegen_jax.data import representations
+from musegen_jax.models import vae as vae_model
+from musegen_jax.tasks import common
+from musegen_jax.tasks.lm import filter_logits
+
+Array = jax.Array
+# The latent noise of evaluation (see the module docstring).
+EVAL_NOISE_SEED = 0
+
+
+def check_config(config: config_dict.ConfigDict) -> None:
+  """Rejects out-of-range values of the VAE's keys."""
+  if config.model.name != "vae":
+    raise ValueError(f"config.model.name={config.model.name!r}; the vae task "
+                     "trains model 'vae' (musegen_jax/models/vae.py)")
+  rep = representations.REPRESENTATIONS.get(config.data.representation)
+  if rep is None or not issubclass(rep, representations.TokenRepresentation):
+    names = sorted(name for name, cls in representations.REPRESENTATIONS.items()
+                   if issubclass(cls, representations.TokenRepresentation))
+    raise ValueError(f"config.data.representation={config.data.representation!r}; "
+                     f"the vae task reads tokens: {names}")
+  m = config.model
+  positive = {"data.seq_len": config.data.seq_len,
+              "learning_rate": config.learning_rate,
+              "model.embed_dim": m.embed_dim,
+              "model.encoder_hidden_size": m.encoder_hidden_size,
+              "model.encoder_num_layers": m.encoder_num_layers,
+              "model.decoder_hidden_size": m.decoder_hidden_size,
+              "model.decoder_num_layers": m.decoder_num_layers,
+              "model.latent_dim": m.latent_dim,
+              "sample.num_samples": config.sample.num_samples,
+              "sample.length": config.sample.length,
+              "sample.temperature": config.sample.temperature}
+  for key, value in positive.items():
+    if not value > 0:
+      raise ValueError(f"config.{key}={value!r} must be > 0")
+  non_negative = {"warmup_steps": config.warmup_steps,
+                  "weight_decay": config.weight_decay,
+                  "grad_clip_norm": config.grad_clip_norm,
+                  "sample.top_k": config.sample.top_k,
+                  "vae.beta": config.vae.beta,
+                  "vae.beta_warmup_steps": config.vae.beta_warmup_steps,
+                  "vae.free_bits": config.vae.free_bits}
+  for key, value in non_negative.items():
+    if value < 0:
+      raise ValueError(f"config.{key}={value!r} must be >= 0")
+  for key in ("dropout_rate", "word_dropout"):
+    if not 0 <= m[key] < 1:
+      raise ValueError(f"config.model.{key}={m[key]} must be in [0, 1)")
+  if not 0 < config.sample.top_p <= 1:
+    raise ValueError(f"config.sample.top_p={config.sample.top_p} must be in (0, 1]")
+  if config.grad_accum_steps < 1:
+    raise ValueError(f"config.grad_accum_steps={config.grad_accum_steps} must be >= 1")
+  models.get_dtype(m.dtype)
+
+
+def create_model(model_config: config_dict.ConfigDict, vocab_size: int, *,
+                 pad_id: int, start_id: int) -> vae_model.SequenceVAE:
+  """The `SequenceVAE` of `config.model`."""
+  m = model_config
+  return vae_model.SequenceVAE(
+      vocab_size=vocab_size, embed_dim=m.embed_dim,
+      encoder_hidden_size=m.encoder_hidden_size,
+      encoder_num_layers=m.encoder_num_layers,
+      decoder_hidden_size=m.decoder_hidden_size,
+      decoder_num_layers=m.decoder_num_layers, latent_dim=m.latent_dim,
+      dropout_rate=m.dropout_rate, word_dropout=m.word_dropout, pad_id=pad_id,
+      start_id=start_id, dtype=models.get_dtype(m.dtype), remat=m.remat)
+
+
+def beta_schedule(step: Array | int, beta: float, warmup_steps: int) -> Array:
+  """The KL weight at `step`: linear from 0 to `beta` over `warmup_steps`."""
+  if warmup_steps <= 0:
+    return jnp.asarray(beta, jnp.float32)
+  ramp = jnp.minimum(jnp.asarray(step, jnp.float32) / warmup_steps, 1.0)
+  return beta * ramp
+
+
+def free_bits_kl(kl: Array, free_bits: float) -> Array:
+  """The KL each sequence pays: nothing up to `free_bits` nats, the excess beyond."""
+  return jnp.maximum(kl - free_bits, 0.0)
+
+
+class VAETask:
+  """ELBO training, evaluation, prior samples and interpolations of the VAE."""
+
+  valid_metric = "nelbo"
+  progress_keys = ("loss", "recon", "kl")
+
+  def __init__(self, config: config_dict.ConfigDict, representation: Any):
+    self.config = config
+    self.representation = representation
+    self.pad_id = int(representation.pad_id)
+    self.eos_id = int(representation.eos_id)
+    self.vocab_size = int(representation.vocab_size)
+    self.seq_len = int(config.data.seq_len)
+    self.latent_dim = int(config.model.latent_dim)
+    self.model = create_model(config.model, self.vocab_size, pad_id=self.pad_id,
+                              start_id=self.eos_id)
+    self.learning_rate_fn = common.create_learning_rate_fn(config)
+    # Made once: the optimizer is part of the state's tree structure, which
+    # must be the same in every `init_state` (shardings are matched to it).
+    self.tx = common.create_optimizer(config)
+
+  # --- state -----------------------------------------------------------------
+
+  def init_params(self, rng: Array, unbox: bool = True) -> Any:
+    """Fresh parameters; with `unbox=False` still in their `nn.Partitioned` boxes."""
+    tokens = jnp.zeros((1, self.seq_len), jnp.int32)
+    params = self.model.init({"params": rng}, tokens, train=False)["params"]
+    return common.unbox(params) if unbox else params
+
+  def init_state(self, rng: Array) -> common.TrainState:
+    """Fresh parameters and AdamW state (`common.create_optimizer`), boxed."""
+    return common.TrainState.create(apply_fn=self.model.apply,
+                                    params=self.init_params(rng, unbox=False),
+                                    tx=self.tx)
+
+  @staticmethod
+  def eval_params(state: common.TrainState) -> Any:
+    """The parameters that evaluation, samples and export use."""
+    return state.params
+
+  # --- data ------------------------------------------------------------------
+
+  @staticmethod
+  def prepare_data(data_dir: str) -> str:
+    """Token data is encoded on the fly: the prepared shards serve as they are."""
+    return data_dir
+
+  def create_train_dataset(self, data_dir: str):
+    """The grain training dataset of this process: {"tokens": [b, seq_len + 1]}."""
+    config = self.config
+    return pipeline.create_train_dataset(
+        data_dir, self.representation, seq_len=self.seq_len,
+        global_batch_size=config.batch_size, seed=config.seed,
+        num_workers=config.data.num_workers,
+        prefetch_buffer_size=config.data.prefetch_buffer_size,
+        on_bad_record=config.data.bad_records)
+
+  def eval_data(self, data_dir: str, split: str = "valid") -> np.ndarray:
+    """The fixed windows of `split` that `eval_batches` serves."""
+    config = self.config
+    return pipeline.eval_windows(
+        data_dir, self.representation, seq_len=self.seq_len, split=split,
+        max_windows=(None if config.num_eval_batches < 0
+                     else config.num_eval_batches * config.batch_size))
+
+  def eval_batches(self, windows: np.ndarray):
+    """This process's share of the global eval batches over `windows`."""
+    return pipeline.eval_batches(windows, self.config.batch_size, self.pad_id)
+
+  def encode_pieces(self, pieces: Sequence[Any]) -> np.ndarray:
+    """The sequences the VAE reads for whole pieces: their first `seq_len` tokens.
+
+    Args:
+      pieces: NoteSequences (encoded as in training, without the leading
+        EOS) or token arrays (taken as they are).
+
+    Returns:
+      [len(pieces), seq_len] int32, padded at the end.
+    """
+    rows = []
+    for piece in pieces:
+      if isinstance(piece, note_seq.NoteSequence):
+        tokens = pipeline.encode_with_boundary(self.representation, piece)[1:]
+      else:
+        tokens = np.asarray(piece, np.int32).reshape(-1)
+      rows.append(pipeline.pad_to(tokens.astype(np.int32), self.seq_len, self.pad_id))
+    return np.stack(rows)
+
+  # --- the compiled steps ----------------------------------------------------
+
+  def _sums(self, params: Any, tokens: Array, noise: Array,
+            dropout_rng: Array | None, beta: Array, train: bool
+            ) -> dict[str, Array]:
+    """Sums of the loss terms over windows [batch, seq_len + 1].
+
+    `noise` [batch, latent_dim] are the standard normal draws of the
+    reparameterization, one row per window.
+    """
+    x = tokens[:, 1:]
+    weights = (x != self.pad_id).astype(jnp.float32)
+    real = (jnp.sum(weights, 1) > 0).astype(jnp.float32)  # Not all padding.
+    logits, mu, logvar = self.model.apply(
+        {"params": params}, x, train=train, noise=noise,
+        rngs=None if dropout_rng is None else {"dropout": dropout_rng})
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, x)
+    recon = jnp.sum(losses * weights, 1)
+    kl = vae_model.kl_divergence(mu, logvar)
+    loss = recon + beta * free_bits_kl(kl, self.config.vae.free_bits)
+    correct = (jnp.argmax(logits, -1) == x).astype(jnp.float32)
+    return {"loss_sum": jnp.sum(loss * real),
+            "recon_sum": jnp.sum(recon * real),
+            "kl_sum": jnp.sum(kl * real),
+            "correct_sum": jnp.sum(correct * weights),
+            "token_sum": jnp.sum(weights),
+            "sequence_sum": jnp.sum(real)}
+
+  def beta(self, step: Array | int) -> Array:
+    """The KL weight of the update at `step` (0-based)."""
+    return beta_schedule(step, self.config.vae.beta, self.config.vae.beta_warmup_steps)
+
+  def train_step(self, state: common.TrainState, batch: dict[str, Array],
+                 rng: Array, axis_name: str | None = None
+                 ) -> tuple[common.TrainState, dict[str, Array]]:
+    """One AdamW update on the mean per-sequence loss of the global batch.
+
+    The gradients of each micro-batch's loss sum are added up (and summed
+    over `axis_name` under pmap) and divided by the number of sequences
+    (`common.summed_loss_gradients`). The latent noise is drawn for the
+    global batch and split like it, so neither accumulation nor pmap changes
+    it (nor the update, without dropout); the dropout key is `rng` folded
+    with the step, the micro-batch and (under pmap) the device.
+
+    Args:
+      state: the train state.
+      batch: {"tokens": [batch, seq_len + 1]} (this device's share under pmap).
+      rng: the run's step key.
+      axis_name: the pmap axis to sum gradients and metrics over, or None.
+    """
+    beta = self.beta(state.step)
+    noise_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
+    tokens = batch["tokens"]
+    devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
+    noise = common.device_share(jax.random.normal(
+        noise_rng, (tokens.shape[0] * devices, self.latent_dim), jnp.float32),
+        axis_name)
+
+    def sums_fn(params, inputs, key):
+      tokens, noise = inputs
+      return self._sums(params, tokens, noise, key, beta, train=True)
+
+    sums, grads, loss = common.summed_loss_gradients(
+        state.params, (tokens, noise), dropout_rng,
+        sums_fn, loss_key="loss_sum", weight_key="sequence_sum",
+        num=self.config.grad_accum_steps, axis_name=axis_name)
+    sequences = jnp.maximum(sums["sequence_sum"], 1.0)
+    tokens = jnp.maximum(sums["token_sum"], 1.0)
+    grad_norm = optax.tree.norm(grads)
+    state, finite = common.apply_finite_update(state, grads, loss, grad_norm)
+    return state, {"loss": loss,
+                   "recon": sums["recon_sum"] / sequences,
+                   "recon_per_token": sums["recon_sum"] / tokens,
+                   "kl": sums["kl_sum"] / sequences,
+                   "beta": beta,
+                   "accuracy": sums["correct_sum"] / tokens,
+                   "grad_norm": grad_norm,
+                   "nonfinite": (~finite).astype(jnp.float32)}
+
+  def eval_step(self, params: Any, batch: dict[str, Array]) -> dict[str, Array]:
+    """Sums of the ELBO's terms over a batch (z drawn with a fixed key)."""
+    tokens = batch["tokens"]
+    noise = jax.random.normal(jax.random.PRNGKey(EVAL_NOISE_SEED),
+                              (tokens.shape[0], self.latent_dim), jnp.float32)
+    sums = self._sums(params, tokens, noise, None, jnp.float32(1.0), train=False)
+    del sums["loss_sum"]  # Has free bits; the ELBO has none.
+    return sums
+
+  @staticmethod
+  def summarize(sums: dict[str, float], eval_data: Any = None) -> dict[str, float]:
+    """Negative ELBO, its terms and accuracy from the totals of `eval_step`."""
+    del eval_data  # The sums hold everything.
+    sequences = max(float(sums["sequence_sum"]), 1.0)
+    tokens = max(float(sums["token_sum"]), 1.0)
+    recon, kl = float(sums["recon_sum"]), float(sums["kl_sum"])
+    return {"nelbo": (recon + kl) / sequences,
+            "recon": recon / sequences,
+            "kl": kl / sequences,
+            "recon_per_token": recon / tokens,
+            "accuracy": float(sums["correct_sum"]) / tokens,
+            "sequences": sequences}
+
+  # --- latents and decoding --------------------------------------------------
+
+  def encode(self, params: Any, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior (mu, logvar) [n, latent_dim] of sequences [n, seq_len]."""
+    mu, logvar = _encode(self.model, params, jnp.asarray(tokens, jnp.int32))
+    return np.asarray(mu), np.asarray(logvar)
+
+  def prior_latents(self, rng: Array, n: int) -> np.ndarray:
+    """n draws of z from the prior N(0, I)."""
+    return np.asarray(jax.random.normal(rng, (n, self.latent_dim), jnp.float32))
+
+  def interpolation_latents(self, params: Any, rng: Array, steps: int,
+                            endpoints: Sequence[Any] | None = None) -> np.ndarray:
+    """`steps` latents along the great circle between two latents, ends included.
+
+    The ends are the posterior means of the two `endpoints` (NoteSequences
+    or token arrays, see `encode_pieces`), or two prior draws from `rng`.
+    """
+    if endpoints is None:
+      ends = self.prior_latents(rng, 2)
+    else:
+      if len(endpoints) != 2:
+        raise ValueError(f"Interpolation needs exactly two endpoints, got "
+                         f"{len(endpoints)}.")
+      ends, _ = self.encode(params, self.encode_pieces(endpoints))
+    return common.slerp(ends[0], ends[1], steps)
+
+  def generate(self, params: Any, rng: Array, z: np.ndarray, *, length: int,
+               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+               shared_noise: bool = False) -> np.ndarray:
+    """Decodes latents [n, latent_dim] into [n, length] tokens (PAD after EOS).
+
+    With `shared_noise`, every row draws its tokens with the same noise.
+    """
+    return np.asarray(jax.device_get(decode_latents(
+        self.model, params, rng, jnp.asarray(z, jnp.float32), length=int(length),
+        temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+        eos_id=self.eos_id, pad_id=self.pad_id, shared_noise=shared_noise)))
+
+  # --- samples ----------------------------------------------------------------
+
+  def write_step_samples(self, params: Any, rng: Array, directory: str | None,
+                         title: str) -> list[dict[str, str]]:
+    """The training loop's periodic prior samples (MIDI + piano-roll PNG)."""
+    sample = self.config.sample
+    paths = self.write_samples(
+        params, rng, directory, num_samples=sample.num_samples,
+        length=sample.length, temperature=sample.temperature,
+        top_k=sample.top_k, top_p=sample.top_p, title=title)
+    return [{"midi": p, "image": os.path.splitext(p)[0] + ".png"} for p in paths]
+
+  def write_samples(self, params: Any, rng: Array, directory: str | None, *,
+                    num_samples: int, length: int, temperature: float = 1.0,
+                    top_k: int = 0, top_p: float = 1.0,
+                    endpoints: Sequence[Any] | None = None,
+                    interpolate_steps: int = 0, title: str = "") -> list[str]:
+    """Decodes latents and writes `sample_NNN.mid` + `.png` into `directory`.
+
+    Args:
+      params, rng: model parameters and key (latents and token draws).
+      directory: created if missing; None decodes without writing (the
+        non-chief processes of a multi-host run).
+      num_samples: prior samples (when not interpolating).
+      length: tokens decoded per sample (at most; EOS ends one early).
+      temperature, top_k, top_p: sampling filters of every token.
+      endpoints: two pieces (NoteSequences or token arrays) whose posterior
+        means are the interpolation's ends; needs `interpolate_steps` >= 2.
+      interpolate_steps: if > 0, instead of prior samples decode this many
+        points of the spherical interpolation between the endpoints' latents
+        (two prior draws without endpoints), every point with the same
+        sampling noise.
+      title: prefix of each PNG's title.
+
+    Returns:
+      The MIDI paths, in order along the interpolation.
+    """
+    if endpoints is not None and interpolate_steps < 2:
+      raise ValueError(f"Interpolating between endpoints needs interpolate_steps "
+                       f">= 2 (both ends included), got {interpolate_steps}.")
+    latent_rng, decode_rng = jax.random.split(rng)
+    if interpolate_steps > 0:
+      z = self.interpolation_latents(params, latent_rng, interpolate_steps,
+                                     endpoints)
+    else:
+      z = self.prior_latents(latent_rng, num_samples)
+    tokens = self.generate(params, decode_rng, z, length=length,
+                           temperature=temperature, top_k=top_k, top_p=top_p,
+                           shared_noise=interpolate_steps > 0)
+    if directory is None:
+      return []
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for i, row in enumerate(tokens):
+      ns = self.representation.decode(row)
+      path = os.path.join(directory, f"sample_{i:03d}.mid")
+      note_seq.sequence_proto_to_midi_file(ns, path)
+      label = (f"interpolation {i}/{len(tokens) - 1}" if interpolate_steps
+               else f"sample {i}")
+      plots.plot_pianoroll(ns, path[:-4] + ".png", title=f"{title}{label}")
+      paths.append(path)
+    return paths
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(model: vae_model.SequenceVAE, params: Any, tokens: Array):
+  return model.apply({"params": params}, tokens, method=model.encode)
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=(
+    "length", "temperature", "top_k", "top_p", "eos_id", "pad_id", "shared_noise"))
+def decode_latents(model: vae_model.SequenceVAE, params: Any, rng: Array, z: Array, *,
+                   length: int, temperature: float, top_k: int, top_p: float,
+                   eos_id: int, pad_id: int, shared_noise: bool) -> Array:
+  """One compiled loop: the decoder's carry from z, then `length` tokens.
+
+  Each token is drawn by the Gumbel-max trick from the filtered logits at
+  `temperature`; with `shared_noise` the Gumbel noise of a step is the same
+  for every row. After a row's EOS it gets PAD.
+
+  Returns:
+    [batch, length] int32.
+  """
+  variables = {"params": params}
+  carry = model.apply(variables, z, method=model.initial_carry)
+  token = jnp.full((z.shape[0],), model.start_id, jnp.int32)
+
+  def step(state, step_rng):
+    token, carry, done = state
+    logits, carry = model.apply(variables, z, token[:, None], carry,
+                                method=model.decode)
+    scaled = filter_logits(logits[:, 0] / temperature, top_k, top_p)
+    shape = scaled.shape[-1:] if shared_noise else scaled.shape
+    gumbel = jax.random.gumbel(step_rng, shape, jnp.float32)
+    new = jnp.argmax(scaled + gumbel, -1).astype(jnp.int32)
+    new = jnp.where(done, pad_id, new)
+    return (new, carry, done | (new == eos_id)), new
+
+  done = jnp.zeros(z.shape[:1], bool)
+  _, tokens = jax.lax.scan(step, (token, carry, done),
+                           jax.random.split(rng, length))
+  return tokens.T
