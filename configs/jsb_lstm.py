@@ -11,6 +11,9 @@ al. 2018). Evaluate the best checkpoint on test after export:
     python -m musegen_jax.export --workdir=runs/jsb_lstm --output=exports/jsb_lstm \
         --checkpoint=best
     python -m musegen_jax.evaluate --export=exports/jsb_lstm --split=test
+
+`--config.data.frame_model=serial` models each frame as its keys in ascending
+order, then an end-of-frame token (configs/jsb_lstm_serial.py).
 """
 
 from ml_collections import config_dict
@@ -31,7 +34,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.model = config_dict.ConfigDict()
   config.model.name = "lstm"  # musegen_jax/models/<name>.py
   # Unused with multi-hot frames (the first layer reads the 88 keys directly),
-  # but a field of the LSTM.
+  # but a field of the LSTM; the token embedding with serial frames.
   config.model.embed_dim = 88
   config.model.hidden_size = 256
   config.model.num_layers = 2
@@ -40,7 +43,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.model.dtype = "float32"
   config.model.remat = False
 
-  # Dropout on the model's input frames while training (targets stay whole).
+  # Dropout on the model's input frames while training (targets stay whole);
+  # serial: the fraction of input tokens replaced by a blank (word dropout).
   config.input_dropout_rate = 0.5
 
   config.data = config_dict.ConfigDict()
@@ -49,8 +53,15 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.data.dir = ""
   # Recorded with exports (a roll decodes like the pianoroll representation).
   config.data.representation = "pianoroll"
-  # Every piece is padded to this many frames (the longest has 160).
+  # How a frame is modelled given the history: "bernoulli" (88 independent
+  # keys) or "serial" (its keys in ascending order, then an end-of-frame
+  # token, one softmax each; configs/jsb_lstm_serial.py).
+  config.data.frame_model = "bernoulli"
+  # Bernoulli: every piece is padded to this many frames (the longest has 160).
   config.data.max_frames = 160
+  # Serial: every piece is padded to this many tokens, START and each
+  # frame's keys and EOF (the longest, in test, has 788).
+  config.data.max_tokens = 788
   # grain worker processes for the training pipeline (0: in the main process).
   config.data.num_workers = 0
   config.data.prefetch_buffer_size = 8
@@ -84,6 +95,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.sample.num_samples = 4
   config.sample.length = 64  # Frames (quarter notes).
   config.sample.temperature = 1.0
+  # Serial: a frame's EOF is forced after this many keys (JSB has at most 4).
+  config.sample.max_notes_per_frame = 8
 
   # parallelism ("jit" | "pmap"), mesh.fsdp, logical_axis_rules and
   # grad_accum_steps: see musegen_jax/config_defaults.py.

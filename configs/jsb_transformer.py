@@ -35,7 +35,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.model.num_heads = 4
   config.model.mlp_dim = 256
   # Longest sequence: data.max_frames for training, 1 + sample.length for
-  # sampling.
+  # sampling (serial frames: data.max_tokens, and 1 + sample.length *
+  # (sample.max_notes_per_frame + 1); see configs/jsb_transformer_serial.py).
   config.model.max_len = 160
   # "relative" (Music Transformer, Huang et al. 2018) or "absolute".
   config.model.attention = "relative"

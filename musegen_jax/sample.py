@@ -38,7 +38,8 @@ flags.DEFINE_string("output_dir", None, "Where the MIDI and PNG files go.")
 flags.DEFINE_integer("num_samples", 4, "Number of samples, drawn as one batch.")
 flags.DEFINE_integer("length", None,
                      "Tokens to generate per sample (default: 1024; a VAE: "
-                     "its training window, data.seq_len).")
+                     "its training window, data.seq_len); for a piano-roll "
+                     "(JSB benchmark) model, frames (quarter notes).")
 flags.DEFINE_float("temperature", 1.0, "Softmax temperature (> 0).")
 flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0: all).")
 flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass in (0, 1] (1: off).")

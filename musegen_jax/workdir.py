@@ -25,7 +25,8 @@ from ml_collections import config_dict
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
 # Keys (dotted, prefixes) whose change makes existing checkpoints incompatible.
-INCOMPATIBLE_KEYS = ("task", "model", "data.dir", "data.representation")
+INCOMPATIBLE_KEYS = ("task", "model", "data.dir", "data.representation",
+                     "data.frame_model")
 
 
 class WorkdirInUseError(RuntimeError):

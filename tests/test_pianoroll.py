@@ -7,10 +7,17 @@ import os
 
 import jax
 import jax.numpy as jnp
+import note_seq
 import numpy as np
+import pytest
 
+from musegen_jax import checkpoint
+from musegen_jax import evaluate
+from musegen_jax import export
+from musegen_jax import sample as sample_lib
 from musegen_jax import train
 from musegen_jax.data import jsb_quarter
+from musegen_jax.data.representations import pianoroll as pianoroll_rep
 from musegen_jax.tasks import pianoroll
 
 from conftest import load_config
@@ -108,3 +115,163 @@ def test_multihot_models_continue_from_their_carry():
     np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5,
                                err_msg=name)
     assert full.shape == (2, 5, 88)
+
+
+# The serial frame model: each frame's keys ascending, then EOF.
+
+def test_serial_tokens_round_trip_on_the_chorales():
+  data = jsb_quarter.load_frames()
+  longest = 0
+  for split in jsb_quarter.SPLITS:
+    for piece, roll in zip(data[split], jsb_quarter.load_rolls(split)):
+      tokens = pianoroll.roll_to_tokens(roll)
+      assert tokens[0] == pianoroll.START_ID
+      assert len(tokens) == 1 + sum(len(frame) + 1 for frame in piece)
+      assert int(np.sum(tokens == pianoroll.EOF_ID)) == len(piece)
+      np.testing.assert_array_equal(pianoroll.tokens_to_roll(tokens), roll)
+      longest = max(longest, len(tokens))
+  assert longest == 788  # config.data.max_tokens of the JSB configs.
+  # C4 C5 G5 E6 | C5 G5 E6 | ...: keys are pitch - 21.
+  first = pianoroll.roll_to_tokens(jsb_quarter.load_rolls("train")[0])
+  eof = pianoroll.EOF_ID
+  assert first[:10].tolist() == [pianoroll.START_ID, 39, 51, 58, 67, eof,
+                                 51, 58, 67, eof]
+  # Padding decodes to nothing; a fixed frame count pads or cuts the roll.
+  padded = pianoroll.pad_tokens([first], len(first) + 5)
+  np.testing.assert_array_equal(pianoroll.tokens_to_roll(padded[0]),
+                                jsb_quarter.load_rolls("train")[0])
+  assert pianoroll.tokens_to_roll(first, 2).shape == (2, 88)
+  with pytest.raises(ValueError, match="ascending"):
+    pianoroll.tokens_to_roll([5, 3, eof])
+  with pytest.raises(ValueError, match="config.data.max_tokens=787"):
+    pianoroll.pad_tokens([np.zeros(788, np.int32)], 787)
+
+
+def test_serial_nll_equals_a_hand_computation():
+  # Two frames, {key 0, key 5} and the empty frame, then one padding target.
+  eof, start = pianoroll.EOF_ID, pianoroll.START_ID
+  tokens = np.array([[start, 0, 5, eof, eof, start]], np.int32)
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(1, 5, 90)).astype(np.float32)
+  logits[0, :, start] = 100.0  # START is never allowed: must not count.
+  logits[0, 1, 0] = 50.0  # After key 0, key 0 is not allowed.
+  logits[0, 2, 3] = 30.0  # After key 5, key 3 is not allowed.
+  logits[0, 4, :] = 50.0  # Padding target: must not count.
+  z = logits[0].astype(np.float64)
+  keys = np.arange(88)
+
+  def nll(t, allowed, target):
+    allowed = np.append(allowed, eof)
+    return float(np.log(np.sum(np.exp(z[t, allowed]))) - z[t, target])
+
+  expected = (nll(0, keys, 0) + nll(1, keys[1:], 5)  # Frame 0: keys 0, 5 ...
+              + nll(2, keys[6:], eof)                # ... and its EOF.
+              + nll(3, keys, eof))                   # Frame 1: EOF alone.
+  sums = pianoroll.serial_nll_sums(jnp.asarray(logits), jnp.asarray(tokens))
+  np.testing.assert_allclose(float(sums["nll_sum"]), expected, rtol=1e-5)
+  assert float(sums["frame_sum"]) == 2.0 and float(sums["token_sum"]) == 4.0
+  out = pianoroll.PianorollTask.summarize(jax.device_get(sums))
+  np.testing.assert_allclose(out["nll"], expected / 2, rtol=1e-5)
+  np.testing.assert_allclose(out["nll_per_token"], expected / 4, rtol=1e-5)
+  # The masked logits get no gradient, and none is NaN.
+  grads = jax.grad(lambda x: pianoroll.serial_nll_sums(x, tokens)["nll_sum"])(
+      jnp.asarray(logits))
+  assert np.all(np.isfinite(grads))
+  assert float(grads[0, 0, start]) == 0.0 and float(grads[0, 1, 0]) == 0.0
+  assert float(jnp.abs(grads[0, 4]).sum()) == 0.0
+
+
+def test_frame_model_keys_are_checked_and_work_in_the_bernoulli_configs():
+  config = load_config("jsb_lstm", data__frame_model="nade")
+  with pytest.raises(ValueError, match="config.data.frame_model='nade'"):
+    train.check_config(config)
+  # The flag switches the Bernoulli config to serial frames.
+  config = load_config("jsb_lstm", data__frame_model="serial")
+  train.check_config(config)
+  task = pianoroll.PianorollTask(config, None)
+  assert task.model.vocab_size == pianoroll.SERIAL_VOCAB_SIZE
+  config = load_config("jsb_transformer", data__frame_model="serial")
+  with pytest.raises(ValueError, match="max_len=160 .*config.data.max_tokens"):
+    train.check_config(config)
+  config = load_config("jsb_lstm_serial", data__max_tokens=700)
+  with pytest.raises(ValueError, match="config.data.max_tokens=700"):
+    pianoroll.PianorollTask(config, None).eval_data("", "test")
+
+
+def test_serial_models_continue_from_their_carry():
+  """A full pass over tokens equals one token at a time with the carry."""
+  tokens = np.random.default_rng(0).integers(0, 90, (2, 6)).astype(np.int32)
+  for name in ("jsb_lstm_serial", "jsb_transformer_serial"):
+    task = pianoroll.PianorollTask(load_config(name), None)
+    params = task.init_params(jax.random.PRNGKey(0))
+    full, _ = task.model.apply({"params": params}, tokens)
+    first, carry = task.model.apply({"params": params}, tokens[:, :1])
+    steps = [first]
+    for t in range(1, 6):
+      logits, carry = task.model.apply({"params": params}, tokens[:, t:t + 1],
+                                       carry=carry)
+      steps.append(logits)
+    np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5,
+                               err_msg=name)
+    assert full.shape == (2, 6, 90)
+
+
+def test_serial_smoke_trains_exports_evaluates_and_samples(tmp_path):
+  cap = 3
+  config = load_config("jsb_lstm_serial", num_train_steps=4, eval_every_steps=4,
+                       checkpoint_every_steps=4, log_every_steps=2,
+                       sample_every_steps=4, sample__max_notes_per_frame=cap)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, "train_log.jsonl"), encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f]
+  assert len(rows) == 4
+  # Uniform over keys + EOF: a 4-note frame costs about 5 log(89) nats.
+  assert all(0 < r["train/loss"] < 5 * np.log(90) + 5 for r in rows)
+  assert sorted(os.listdir(os.path.join(workdir, "samples", "4"))) == [
+      "sample_000.mid", "sample_000.png", "sample_001.mid", "sample_001.png"]
+
+  # Every piece is padded to max_tokens; the eval batches (the last padded
+  # with empty pieces) hold every valid frame exactly once.
+  task = pianoroll.PianorollTask(config, None)
+  eval_data = task.eval_data("", "valid")
+  assert eval_data["tokens"].shape == (76, 788)
+  batches = list(task.eval_batches(eval_data))
+  assert len(batches) == -(-76 // config.batch_size)
+  assert sum(int(np.sum(b["tokens"][:, 1:] == pianoroll.EOF_ID))
+             for b in batches) == 4602
+
+  bundle = str(tmp_path / "export")
+  export.export(workdir, bundle, "best")
+  valid = evaluate.evaluate(bundle, split="valid")
+  test = evaluate.evaluate(bundle, split="test")
+  assert (valid["frames"], valid["tokens"]) == (4602, 22489 - 76)
+  assert test["frames"] == 4725
+  assert 0 < valid["nll"] < 5 * np.log(90) + 5
+  np.testing.assert_allclose(valid["nll_per_token"] * valid["tokens"],
+                             valid["nll"] * valid["frames"], rtol=1e-5)
+
+  # Samples: keys ascending in each frame, at most `cap` of them, exactly
+  # `length` frames and padding after.
+  params = checkpoint.load_bundle(bundle).params
+  length = 6
+  tokens = np.asarray(pianoroll.sample_serial_tokens(
+      task.model, params, jax.random.PRNGKey(0), num_samples=4, length=length,
+      temperature=1.0, max_notes_per_frame=cap))
+  assert tokens.shape == (4, length * (cap + 1))
+  for row in tokens:
+    eofs = np.flatnonzero(row == pianoroll.EOF_ID)
+    assert len(eofs) == length
+    assert np.all(row[eofs[-1] + 1:] == pianoroll.PAD_ID)
+    for frame in np.split(row[:eofs[-1]], eofs[:-1] + 1):
+      keys = frame[frame != pianoroll.EOF_ID]
+      assert np.all(keys < 88) and len(keys) <= cap
+      assert np.all(np.diff(keys) > 0)
+  paths = sample_lib.sample(bundle, str(tmp_path / "samples"), num_samples=2,
+                            length=length, seed=1)
+  assert len(paths) == 2
+  for path in paths:
+    roll = pianoroll_rep.sequence_to_roll(note_seq.midi_file_to_note_sequence(path),
+                                          1, jsb_quarter.MIN_PITCH, 88)
+    assert roll.sum() > 0 and roll.shape[0] <= length
+    assert roll.sum(1).max() <= cap

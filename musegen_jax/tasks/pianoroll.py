@@ -1,20 +1,41 @@
-"""Polyphonic piano-roll modelling: each frame an independent Bernoulli per key.
+"""Polyphonic piano-roll modelling of JSB Chorales: Bernoulli or serial frames.
 
 The JSB Chorales benchmark of the polyphonic-music literature
 (Boulanger-Lewandowski et al. 2012; Bai et al. 2018): the bundled quarter-note
-chorales (`data/jsb_quarter.py`) as 88-key multi-hot frames, with the file's
-own train/valid/test split. The model reads frames 0..t-1 and predicts frame t
-as 88 independent Bernoullis (sigmoid cross-entropy over 88 logits); frame 0
-is predicted from an all-zero start frame. The metric is the negative
-log-likelihood in nats per frame: summed over the 88 keys, averaged over every
-frame of every piece of the split.
+chorales (`data/jsb_quarter.py`) as 88-key frames, with the file's own
+train/valid/test split. The metric is the negative log-likelihood in nats per
+frame, averaged over every frame of every piece of the split.
+`config.data.frame_model` chooses how a frame given the history is modelled:
 
-Batches are whole pieces, zero-padded to `config.data.max_frames`:
-{"frames": [batch, max_frames, 88] uint8, "mask": [batch, max_frames] uint8}
-(mask 1 on a piece's frames; padding rows of the last eval batch are all
-zero). A model is any linen module called as `model(frames, train=...,
-carry=...) -> (logits, carry)` on float multi-hot frames, such as the LSTM and
-the Transformer with `vocab_size = 88`.
+"bernoulli": the model reads frames 0..t-1 (multi-hot) and predicts frame t
+as 88 independent Bernoullis (sigmoid cross-entropy over 88 logits); frame 0
+is predicted from an all-zero start frame. Batches are whole pieces,
+zero-padded to `config.data.max_frames`: {"frames": [batch, max_frames, 88]
+uint8, "mask": [batch, max_frames] uint8} (mask 1 on a piece's frames). The
+model is any linen module called as `model(frames, train=..., carry=...) ->
+(logits, carry)` on float multi-hot frames, with `vocab_size = 88`.
+
+"serial": a frame is the token list of its active keys in ascending order,
+then an end-of-frame token; a piece is START followed by its frames' lists.
+Vocabulary (`SERIAL_VOCAB_SIZE` = 90):
+
+    0..87  key k (MIDI pitch 21 + k)
+    88     EOF, end of frame (a frame of no keys is EOF alone)
+    89     START; also padding after a piece, and the blank that input
+           dropout puts in place of a token. Never a target.
+
+The model is any token LM of the zoo reading the tokens causally; its logits
+at each position give the next token's distribution, restricted to the
+tokens that keep a frame a set: after key k only keys above k or EOF, after
+START or EOF any key or EOF (`allowed_next`). The disallowed logits are -inf
+before the softmax in training, evaluation and sampling alike, so the
+probability of a frame is the product of its tokens' (keys and EOF) and its
+NLL, their sum, is directly comparable with the Bernoulli NLL per frame.
+Batches are whole pieces padded to `config.data.max_tokens`:
+{"tokens": [batch, max_tokens] int32}; frames are counted by their EOF
+targets. Samples are drawn token by token in one compiled loop and stop after
+`config.sample.length` frames; a frame's EOF is forced after
+`config.sample.max_notes_per_frame` keys.
 """
 
 from __future__ import annotations
@@ -42,15 +63,32 @@ from musegen_jax.tasks import common
 Array = jax.Array
 NUM_KEYS = jsb_quarter.NUM_KEYS
 SAMPLE_QPM = 80.0  # Tempo of written samples: one frame is a quarter note.
+FRAME_MODELS = ("bernoulli", "serial")
+# The serial vocabulary (module docstring).
+EOF_ID = NUM_KEYS
+START_ID = NUM_KEYS + 1
+PAD_ID = START_ID
+SERIAL_VOCAB_SIZE = NUM_KEYS + 2
+
+
+def frame_model(config: config_dict.ConfigDict) -> str:
+  """`config.data.frame_model`; "bernoulli" for runs and exports made before it."""
+  return config.data.get("frame_model", "bernoulli")
 
 
 def check_config(config: config_dict.ConfigDict) -> None:
   """Rejects out-of-range values of the piano-roll task's keys."""
+  mode = frame_model(config)
+  if mode not in FRAME_MODELS:
+    raise ValueError(f"config.data.frame_model={mode!r}; allowed: {list(FRAME_MODELS)}")
+  serial = mode == "serial"
   positive = {"data.max_frames": config.data.max_frames,
               "learning_rate": config.learning_rate,
               "sample.num_samples": config.sample.num_samples,
               "sample.length": config.sample.length,
               "sample.temperature": config.sample.temperature}
+  if serial:
+    positive["data.max_tokens"] = config.data.max_tokens
   for key, value in positive.items():
     if not value > 0:
       raise ValueError(f"config.{key}={value!r} must be > 0")
@@ -68,9 +106,23 @@ def check_config(config: config_dict.ConfigDict) -> None:
   if not 0 <= config.model.dropout_rate < 1:
     raise ValueError(f"config.model.dropout_rate={config.model.dropout_rate} "
                      "must be in [0, 1)")
-  if config.model.name == "transformer" and config.model.max_len < config.data.max_frames:
-    raise ValueError(f"config.model.max_len={config.model.max_len} is shorter than "
-                     f"config.data.max_frames={config.data.max_frames}")
+  if serial and not 1 <= config.sample.max_notes_per_frame <= NUM_KEYS:
+    raise ValueError(f"config.sample.max_notes_per_frame="
+                     f"{config.sample.max_notes_per_frame} must be in [1, {NUM_KEYS}]")
+  if config.model.name == "transformer":
+    # Positions the model needs: training reads whole pieces; sampling feeds
+    # the start, then every drawn frame (serial: every drawn token).
+    if serial:
+      needs = {"data.max_tokens": config.data.max_tokens,
+               "sample.length and sample.max_notes_per_frame": 1 + sample_steps(
+                   config.sample.length, config.sample.max_notes_per_frame)}
+    else:
+      needs = {"data.max_frames": config.data.max_frames,
+               "sample.length": 1 + config.sample.length}
+    for key, needed in needs.items():
+      if config.model.max_len < needed:
+        raise ValueError(f"config.model.max_len={config.model.max_len} is shorter "
+                         f"than the {needed} positions config.{key} needs.")
 
 
 def frame_nll_sums(logits: Array, frames: Array, mask: Array) -> dict[str, Array]:
@@ -98,18 +150,138 @@ def shift_right(frames: Array) -> Array:
   return jnp.pad(frames, ((0, 0), (1, 0), (0, 0)))[:, :-1]
 
 
-class _PieceAt(grain.transforms.Map):
-  """Index -> {"frames", "mask"} of one padded piece (picklable for workers)."""
+def roll_to_tokens(roll: np.ndarray) -> np.ndarray:
+  """One piece's [frames, 88] roll -> its serial tokens, START first.
 
-  def __init__(self, rolls: np.ndarray, mask: np.ndarray):
-    self.rolls, self.mask = rolls, mask
+  Returns:
+    [1 + sum over frames of (keys + 1)] int32: START, then per frame its
+    active keys ascending and EOF.
+  """
+  tokens = [START_ID]
+  for frame in np.asarray(roll):
+    tokens.extend(np.flatnonzero(frame).tolist())
+    tokens.append(EOF_ID)
+  return np.asarray(tokens, np.int32)
+
+
+def tokens_to_roll(tokens: np.ndarray, num_frames: int | None = None) -> np.ndarray:
+  """Serial tokens -> [frames, 88] uint8 roll (the inverse of `roll_to_tokens`).
+
+  START and padding are skipped; keys after the last EOF (an unfinished
+  frame) are dropped.
+
+  Args:
+    tokens: [length] int token ids.
+    num_frames: cut or zero-pad the roll to this many frames (default: one
+      per EOF).
+
+  Raises:
+    ValueError: an unknown id, or a key not above the previous key of its frame.
+  """
+  frames, frame = [], []
+  for token in np.asarray(tokens).tolist():
+    if 0 <= token < NUM_KEYS:
+      if frame and token <= frame[-1]:
+        raise ValueError(f"Key {token} follows key {frame[-1]} in one frame: the "
+                         "keys of a frame must be ascending.")
+      frame.append(token)
+    elif token == EOF_ID:
+      frames.append(frame)
+      frame = []
+    elif token != START_ID:
+      raise ValueError(f"Token {token} is outside the serial vocabulary "
+                       f"0..{SERIAL_VOCAB_SIZE - 1}.")
+  num_frames = len(frames) if num_frames is None else num_frames
+  roll = np.zeros((num_frames, NUM_KEYS), np.uint8)
+  for t, keys in enumerate(frames[:num_frames]):
+    roll[t, keys] = 1
+  return roll
+
+
+def pad_tokens(pieces: list[np.ndarray], length: int) -> np.ndarray:
+  """Stacks token sequences padded with PAD to `length`: [pieces, length] int32.
+
+  Raises:
+    ValueError: a piece longer than `length`, naming config.data.max_tokens.
+  """
+  longest = max((len(p) for p in pieces), default=0)
+  if longest > length:
+    raise ValueError(f"A piece has {longest} serial tokens, more than "
+                     f"config.data.max_tokens={length}; raise it to at least "
+                     f"{longest}.")
+  out = np.full((len(pieces), length), PAD_ID, np.int32)
+  for i, piece in enumerate(pieces):
+    out[i, :len(piece)] = piece
+  return out
+
+
+def allowed_next(prev: Array) -> Array:
+  """Which tokens may follow `prev` in the serial encoding.
+
+  Args:
+    prev: [...] int token ids.
+
+  Returns:
+    [..., SERIAL_VOCAB_SIZE] bool: after key k the keys above k and EOF;
+    after START, EOF or padding every key and EOF. START is never allowed.
+  """
+  ids = jnp.arange(SERIAL_VOCAB_SIZE)
+  lowest = jnp.where(prev < NUM_KEYS, prev + 1, 0)[..., None]
+  return ((ids < NUM_KEYS) & (ids >= lowest)) | (ids == EOF_ID)
+
+
+def masked_log_probs(logits: Array, prev: Array) -> Array:
+  """Log-softmax over the tokens `allowed_next(prev)`; -inf elsewhere.
+
+  Args:
+    logits: [..., SERIAL_VOCAB_SIZE] float.
+    prev: [...] int, the token each row of logits follows.
+  """
+  logits = jnp.where(allowed_next(prev), logits.astype(jnp.float32), -jnp.inf)
+  return jax.nn.log_softmax(logits, axis=-1)
+
+
+def serial_nll_sums(logits: Array, tokens: Array) -> dict[str, Array]:
+  """Summed NLL of serial token sequences under masked next-token logits.
+
+  Args:
+    logits: [batch, length - 1, SERIAL_VOCAB_SIZE] the model's logits after
+      tokens[:, :-1].
+    tokens: [batch, length] int: START, the pieces' tokens, PAD.
+
+  Returns:
+    {"nll_sum": the NLL in nats summed over every non-PAD target,
+     "frame_sum": the number of frames (EOF targets),
+     "token_sum": the number of targets counted}.
+  """
+  prev, targets = tokens[:, :-1], tokens[:, 1:]
+  counted = targets != PAD_ID
+  log_probs = masked_log_probs(logits, prev)
+  # Padding targets read EOF's (always finite) log-probability, then count 0.
+  safe = jnp.where(counted, targets, EOF_ID)
+  nll = -jnp.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]
+  return {"nll_sum": jnp.sum(jnp.where(counted, nll, 0.0)),
+          "frame_sum": jnp.sum(targets == EOF_ID).astype(jnp.float32),
+          "token_sum": jnp.sum(counted).astype(jnp.float32)}
+
+
+def sample_steps(length: int, max_notes_per_frame: int) -> int:
+  """Tokens the serial sampler draws: enough for `length` frames of the most notes."""
+  return length * (max_notes_per_frame + 1)
+
+
+class _PieceAt(grain.transforms.Map):
+  """Index -> that row of each array: one padded piece (picklable for workers)."""
+
+  def __init__(self, arrays: dict[str, np.ndarray]):
+    self.arrays = arrays
 
   def map(self, index: int) -> dict[str, np.ndarray]:
-    return {"frames": self.rolls[index], "mask": self.mask[index]}
+    return {k: v[index] for k, v in self.arrays.items()}
 
 
 class PianorollTask:
-  """Loss, steps and sampling of a multi-hot next-frame model on JSB Chorales."""
+  """Loss, steps and sampling of a next-frame model on JSB Chorales."""
 
   # Valid metric that picks the best checkpoint (lower is better), and the
   # train metrics the progress bar shows.
@@ -120,8 +292,11 @@ class PianorollTask:
     """`representation` is only recorded with exports: the data is built in."""
     self.config = config
     self.representation = representation
+    self.serial = frame_model(config) == "serial"
     self.max_frames = int(config.data.max_frames)
-    self.model: nn.Module = models.create_model(config.model, NUM_KEYS)
+    self.max_tokens = int(config.data.max_tokens) if self.serial else None
+    self.model: nn.Module = models.create_model(
+        config.model, SERIAL_VOCAB_SIZE if self.serial else NUM_KEYS)
     self.learning_rate_fn = common.create_learning_rate_fn(config)
     # Made once: the optimizer is part of the state's tree structure.
     self.tx = common.create_optimizer(config)
@@ -134,8 +309,11 @@ class PianorollTask:
 
   def init_params(self, rng: Array, unbox: bool = True) -> Any:
     """Fresh parameters; with `unbox=False` still in their `nn.Partitioned` boxes."""
-    frames = jnp.zeros((1, self.max_frames, NUM_KEYS), jnp.float32)
-    params = self.model.init({"params": rng}, frames, train=False)["params"]
+    if self.serial:
+      inputs = jnp.zeros((1, self.max_tokens - 1), jnp.int32)
+    else:
+      inputs = jnp.zeros((1, self.max_frames, NUM_KEYS), jnp.float32)
+    params = self.model.init({"params": rng}, inputs, train=False)["params"]
     return common.unbox(params) if unbox else params
 
   @staticmethod
@@ -148,8 +326,14 @@ class PianorollTask:
     """The parameters that evaluation, samples and export use."""
     return state.params
 
-  def _padded(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-    return jsb_quarter.pad_rolls(jsb_quarter.load_rolls(split), self.max_frames)
+  def _pieces(self, split: str) -> dict[str, np.ndarray]:
+    """Every piece of `split`, padded: {"frames", "mask"} or {"tokens"}."""
+    rolls = jsb_quarter.load_rolls(split)
+    if self.serial:
+      return {"tokens": pad_tokens([roll_to_tokens(r) for r in rolls],
+                                   self.max_tokens)}
+    frames, mask = jsb_quarter.pad_rolls(rolls, self.max_frames)
+    return {"frames": frames, "mask": mask}
 
   def create_train_dataset(self, data_dir: str) -> grain.IterDataset:
     """Shuffled whole training pieces, this process's share of each batch.
@@ -159,29 +343,29 @@ class PianorollTask:
     """
     del data_dir
     config = self.config
-    rolls, mask = self._padded("train")
-    ds = (grain.MapDataset.range(len(rolls))
+    pieces = self._pieces("train")
+    ds = (grain.MapDataset.range(len(next(iter(pieces.values()))))
           .seed(config.seed)
           .shuffle()
           .repeat()
-          .map(_PieceAt(rolls, mask))
+          .map(_PieceAt(pieces))
           [jax.process_index()::jax.process_count()])
     return pipeline.batch_and_prefetch(
         ds, global_batch_size=config.batch_size, num_workers=config.data.num_workers,
         prefetch_buffer_size=config.data.prefetch_buffer_size)
 
   def eval_data(self, data_dir: str, split: str = "valid") -> dict[str, np.ndarray]:
-    """Every piece of `split`, whole and padded: {"frames", "mask"}.
+    """Every piece of `split`, whole and padded: {"frames", "mask"} or {"tokens"}.
 
     With `config.num_eval_batches` >= 0 only as many pieces as those batches
     hold (the loop stops there anyway).
     """
     del data_dir
-    rolls, mask = self._padded(split)
+    pieces = self._pieces(split)
     if self.config.num_eval_batches >= 0:
       keep = self.config.num_eval_batches * self.config.batch_size
-      rolls, mask = rolls[:keep], mask[:keep]
-    return {"frames": rolls, "mask": mask}
+      pieces = {k: v[:keep] for k, v in pieces.items()}
+    return pieces
 
   def eval_batches(self, eval_data: dict[str, np.ndarray]
                    ) -> Iterator[dict[str, np.ndarray]]:
@@ -189,23 +373,37 @@ class PianorollTask:
     size = self.config.batch_size
     per_process = size // jax.process_count()
     lo = jax.process_index() * per_process
-    for start in range(0, len(eval_data["mask"]), size):
-      batch = {k: pipeline.pad_to(v[start:start + size], size, 0)
+    # An empty piece: mask 0 (Bernoulli) or nothing but padding (serial).
+    pad = PAD_ID if self.serial else 0
+    for start in range(0, len(next(iter(eval_data.values()))), size):
+      batch = {k: pipeline.pad_to(v[start:start + size], size, pad)
                for k, v in eval_data.items()}
       yield {k: v[lo:lo + per_process] for k, v in batch.items()}
 
   def _sums(self, params: Any, batch: dict[str, Array], rng: Array | None,
             train: bool) -> dict[str, Array]:
-    inputs = shift_right(batch["frames"])
     rate = self.config.input_dropout_rate
-    if train and rate > 0:
-      # Inverted dropout on the input keys (the targets stay whole).
+    dropout = train and rate > 0
+    if dropout:
       rng, input_rng = jax.random.split(rng)
-      keep = jax.random.bernoulli(input_rng, 1.0 - rate, inputs.shape)
-      inputs = jnp.where(keep, inputs / (1.0 - rate), 0.0)
+    if self.serial:
+      inputs = batch["tokens"][:, :-1]
+      if dropout:
+        # Word dropout: inputs become the blank START token; the targets and
+        # the masks (from the true previous tokens) stay whole.
+        drop = jax.random.bernoulli(input_rng, rate, inputs.shape)
+        inputs = jnp.where(drop, START_ID, inputs)
+    else:
+      inputs = shift_right(batch["frames"])
+      if dropout:
+        # Inverted dropout on the input keys (the targets stay whole).
+        keep = jax.random.bernoulli(input_rng, 1.0 - rate, inputs.shape)
+        inputs = jnp.where(keep, inputs / (1.0 - rate), 0.0)
     logits, _ = self.model.apply(
         {"params": params}, inputs, train=train,
         rngs=None if rng is None else {"dropout": rng})
+    if self.serial:
+      return serial_nll_sums(logits, batch["tokens"])
     return frame_nll_sums(logits, batch["frames"], batch["mask"])
 
   def train_step(self, state: common.TrainState, batch: dict[str, Array],
@@ -219,7 +417,7 @@ class PianorollTask:
 
     Args:
       state: the train state.
-      batch: {"frames", "mask"} (this device's share under pmap).
+      batch: {"frames", "mask"} or {"tokens"} (this device's share under pmap).
       rng: the run's step key (folded with step, micro-batch and device).
       axis_name: the pmap axis to sum gradients and metrics over, or None.
     """
@@ -240,33 +438,69 @@ class PianorollTask:
 
   @staticmethod
   def summarize(sums: dict[str, float], eval_data: Any = None) -> dict[str, float]:
-    """NLL in nats per frame (and per key), and the number of frames counted."""
+    """NLL in nats per frame, and per key (Bernoulli) or per token (serial).
+
+    Also the number of frames counted (and of tokens, serial).
+    """
     del eval_data  # The sums hold everything.
     frames = float(sums["frame_sum"])
     nll = float(sums["nll_sum"]) / max(frames, 1.0)
+    if "token_sum" in sums:
+      tokens = float(sums["token_sum"])
+      return {"nll": nll, "nll_per_token": float(sums["nll_sum"]) / max(tokens, 1.0),
+              "frames": frames, "tokens": tokens}
     return {"nll": nll, "nll_per_key": nll / NUM_KEYS, "frames": frames}
 
   def sample(self, params: Any, rng: Array, *, num_samples: int, length: int,
-             temperature: float = 1.0) -> Array:
-    """Draws `length` frames per sample from the all-zero start frame.
+             temperature: float = 1.0) -> np.ndarray:
+    """Draws `length` frames per sample from the start (one compiled loop).
 
     Returns:
       [num_samples, length, 88] uint8 rolls.
-    """
-    return sample_frames(self.model, params, rng, num_samples=num_samples,
-                         length=length, temperature=float(temperature))
 
-  def write_step_samples(self, params: Any, rng: Array, directory: str | None,
-                         title: str) -> list[dict[str, str]]:
-    """The loop's periodic samples: one {"midi", "image"} per sample."""
-    sample = self.config.sample
-    rolls = np.asarray(jax.device_get(self.sample(
-        params, rng, num_samples=sample.num_samples, length=sample.length,
-        temperature=sample.temperature)))
+    Raises:
+      ValueError: a Transformer whose max_len is too short for the loop.
+    """
+    max_notes = int(self.config.sample.max_notes_per_frame) if self.serial else 0
+    positions = 1 + (sample_steps(length, max_notes) if self.serial else length)
+    max_len = getattr(self.model, "max_len", None)
+    if max_len is not None and positions > max_len:
+      raise ValueError(f"Sampling {length} frames takes up to {positions} "
+                       f"positions; the model has max_len={max_len}.")
+    if not self.serial:
+      return np.asarray(jax.device_get(sample_frames(
+          self.model, params, rng, num_samples=num_samples, length=length,
+          temperature=float(temperature))))
+    tokens = jax.device_get(sample_serial_tokens(
+        self.model, params, rng, num_samples=num_samples, length=length,
+        temperature=float(temperature), max_notes_per_frame=max_notes))
+    return np.stack([tokens_to_roll(row, length) for row in tokens])
+
+  def write_samples(self, params: Any, rng: Array, directory: str | None, *,
+                    num_samples: int, length: int, temperature: float = 1.0,
+                    top_k: int = 0, top_p: float = 1.0,
+                    primer: np.ndarray | None = None, title: str = "") -> list[str]:
+    """Samples `length` frames each and writes `sample_NNN.mid` + `.png`.
+
+    The signature of `LanguageModelTask.write_samples` (musegen_jax.sample
+    calls it); top-k, top-p and primers are not supported here.
+
+    Args:
+      directory: created if missing; None samples without writing (the
+        non-chief processes of a multi-host run).
+
+    Returns:
+      The MIDI paths.
+    """
+    if top_k or top_p != 1.0 or primer is not None:
+      raise ValueError(f"top_k={top_k}, top_p={top_p}, primer={primer!r}: the "
+                       "piano-roll task samples with a temperature only.")
+    rolls = self.sample(params, rng, num_samples=num_samples, length=length,
+                        temperature=temperature)
     if directory is None:
       return []
     os.makedirs(directory, exist_ok=True)
-    written = []
+    paths = []
     for i, roll in enumerate(rolls):
       ns = pianoroll_rep.roll_to_sequence(roll, steps_per_quarter=1,
                                           min_pitch=jsb_quarter.MIN_PITCH,
@@ -274,8 +508,18 @@ class PianorollTask:
       path = os.path.join(directory, f"sample_{i:03d}.mid")
       note_seq.sequence_proto_to_midi_file(ns, path)
       plots.plot_pianoroll(ns, path[:-4] + ".png", title=f"{title}sample {i}")
-      written.append({"midi": path, "image": path[:-4] + ".png"})
-    return written
+      paths.append(path)
+    return paths
+
+  def write_step_samples(self, params: Any, rng: Array, directory: str | None,
+                         title: str) -> list[dict[str, str]]:
+    """The loop's periodic samples: one {"midi", "image"} per sample."""
+    sample = self.config.sample
+    paths = self.write_samples(params, rng, directory,
+                               num_samples=sample.num_samples,
+                               length=sample.length,
+                               temperature=sample.temperature, title=title)
+    return [{"midi": p, "image": p[:-4] + ".png"} for p in paths]
 
 
 @functools.partial(jax.jit, static_argnums=0,
@@ -297,3 +541,42 @@ def sample_frames(model: nn.Module, params: Any, rng: Array, *, num_samples: int
   _, frames = jax.lax.scan(step, (logits[:, -1], carry),
                            jax.random.split(rng, length))
   return jnp.swapaxes(frames, 0, 1)
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=(
+    "num_samples", "length", "temperature", "max_notes_per_frame"))
+def sample_serial_tokens(model: nn.Module, params: Any, rng: Array, *,
+                         num_samples: int, length: int, temperature: float,
+                         max_notes_per_frame: int) -> Array:
+  """One compiled loop over serial tokens from START, fed back with the carry.
+
+  Each token is drawn from the masked distribution (`allowed_next`, and EOF
+  alone once the frame has `max_notes_per_frame` keys). A sample that has
+  ended `length` frames emits PAD from then on.
+
+  Returns:
+    [num_samples, sample_steps(length, max_notes_per_frame)] int32, without
+    the START token.
+  """
+  start = jnp.full((num_samples, 1), START_ID, jnp.int32)
+  logits, carry = model.apply({"params": params}, start, train=False)
+  is_eof = jnp.arange(SERIAL_VOCAB_SIZE) == EOF_ID
+
+  def step(state, step_rng):
+    logits, carry, prev, notes, frames = state
+    allowed = allowed_next(prev) & ((notes < max_notes_per_frame)[:, None] | is_eof)
+    scaled = jnp.where(allowed, logits / temperature, -jnp.inf)
+    token = jax.random.categorical(step_rng, scaled).astype(jnp.int32)
+    token = jnp.where(frames >= length, PAD_ID, token)
+    ends = token == EOF_ID
+    frames = frames + ends
+    notes = jnp.where(ends, 0, notes + (token < NUM_KEYS))
+    logits, carry = model.apply({"params": params}, token[:, None],
+                                train=False, carry=carry)
+    return (logits[:, -1], carry, token, notes, frames), token
+
+  zeros = jnp.zeros((num_samples,), jnp.int32)
+  state = (logits[:, -1], carry, start[:, 0], zeros, zeros)
+  _, tokens = jax.lax.scan(step, state, jax.random.split(
+      rng, sample_steps(length, max_notes_per_frame)))
+  return tokens.T
