@@ -22,24 +22,15 @@ Measured on 2 shared CPU cores (~1 step/s): stopped by Ctrl-C at step 735 of
 and test NLL 4.84 nats per frame.
 """
 
-import importlib.util
-import os
-
 from ml_collections import config_dict
 
+from musegen_jax import config_defaults
 
-def _jsb_lstm_config(arg: str | None) -> config_dict.ConfigDict:
-  """configs/jsb_lstm.py's config (loaded by path: configs is no package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jsb_lstm.py")
-  spec = importlib.util.spec_from_file_location("configs_jsb_lstm", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   """Returns the default config; `arg="smoke"` gives a tiny CPU variant."""
-  config = _jsb_lstm_config(arg)
+  config = config_defaults.sibling_config(__file__, "jsb_lstm", arg)
   config.data.frame_model = "serial"
   # The longest piece (test) has 788 tokens.
   config.data.max_tokens = 788

@@ -12,25 +12,17 @@ the Bernoulli models'. The model reads the whole piece as up to
 `data.max_tokens` tokens, so `model.max_len` covers it.
 """
 
-import importlib.util
-import os
-
 from ml_collections import config_dict
 
+from musegen_jax import config_defaults
 
-def _config(name: str, arg: str | None) -> config_dict.ConfigDict:
-  """configs/<name>.py's config (loaded by path: configs is no package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   """Returns the default config; `arg="smoke"` gives a tiny CPU variant."""
-  config = _config("jsb_lstm_serial", arg)
-  config.model = _config("jsb_transformer", arg).model
+  config = config_defaults.sibling_config(__file__, "jsb_lstm_serial", arg)
+  config.model = config_defaults.sibling_config(
+      __file__, "jsb_transformer", arg).model
   # Training reads data.max_tokens - 1 tokens; sampling sample.length = 64
   # frames feeds at most 1 + 64 * (sample.max_notes_per_frame + 1) = 577.
   config.model.max_len = 788
