@@ -31,13 +31,17 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.model.d_model = 256
   config.model.num_heads = 8
   config.model.mlp_dim = 1024
-  # Longest sequence the model runs on, and the size of the sampling key/value
-  # cache: data.seq_len for training, primer + sample.length for sampling.
+  # Longest sequence the model runs on: data.seq_len for training, primer +
+  # sample.length for sampling (whose key/value cache holds just those).
   config.model.max_len = 2048
   # "relative" (Music Transformer, Huang et al. 2018) or "absolute".
   config.model.attention = "relative"
   # "learned", "sinusoidal" or "none" (added to the token embeddings).
   config.model.position_encoding = "sinusoidal"
+  # Training attention: "fused" (jax.nn.dot_product_attention: a GPU's fused
+  # kernel), "einsum" (hand-written backward pass, faster on CPU) or "auto"
+  # (einsum on CPU, fused elsewhere).
+  config.model.attention_impl = "auto"
   # On the embeddings and on each residual branch (not on attention weights).
   config.model.dropout_rate = 0.1
   # Compute dtype of the matmuls; parameters stay float32.

@@ -288,3 +288,46 @@ def test_lengths_past_max_len_fail_before_compile_naming_the_key():
   task = tasks.create_task(config, representations.get_representation("performance"))
   with pytest.raises(ValueError, match="needs 513 positions; the model has max_len=512"):
     task.sample(None, jax.random.PRNGKey(0), np.ones((1, 3), np.int32), length=510)
+
+
+def test_causal_attention_and_its_gradients_equal_the_library_call():
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 3, 7, 4)), jnp.float32) for _ in range(3))
+  bias = jnp.asarray(rng.normal(size=(2, 3, 7, 7)), jnp.float32)
+  scale = 0.5
+  weights = jnp.asarray(rng.normal(size=(2, 3, 7, 4)), jnp.float32)
+
+  def ours(q, k, v, bias):
+    return jnp.sum(transformer.causal_attention(q, k, v, bias, scale) * weights)
+
+  def library(q, k, v, bias):
+    t = lambda a: jnp.swapaxes(a, 1, 2)
+    y = jax.nn.dot_product_attention(t(q), t(k), t(v), bias=bias, scale=scale,
+                                     is_causal=True)
+    return jnp.sum(t(y) * weights)
+
+  np.testing.assert_allclose(ours(q, k, v, bias), library(q, k, v, bias), rtol=1e-5)
+  for a, b in zip(jax.grad(ours, argnums=(0, 1, 2, 3))(q, k, v, bias),
+                  jax.grad(library, argnums=(0, 1, 2, 3))(q, k, v, bias)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  # Without a bias too.
+  no_bias = jax.grad(lambda q: jnp.sum(transformer.causal_attention(
+      q, k, v, None, scale) * weights))(q)
+  np.testing.assert_allclose(
+      no_bias, jax.grad(lambda q: library(q, k, v, jnp.zeros_like(bias)))(q),
+      rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["absolute", "relative"])
+def test_einsum_and_fused_attention_train_the_same(attention):
+  tokens = _tokens(batch=2, length=9)
+  grads = {}
+  for impl in ("einsum", "fused"):
+    model = transformer.TransformerLanguageModel(
+        vocab_size=VOCAB, num_layers=2, d_model=D_MODEL, num_heads=HEADS,
+        mlp_dim=32, max_len=MAX_LEN, attention=attention, attention_impl=impl)
+    params = model.init(jax.random.PRNGKey(0), tokens)["params"]
+    grads[impl] = jax.grad(lambda p: jnp.sum(
+        model.apply({"params": p}, tokens)[0] ** 2))(params)
+  for a, b in zip(jax.tree.leaves(grads["einsum"]), jax.tree.leaves(grads["fused"])):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)

@@ -49,7 +49,8 @@ def create_model(model_config: config_dict.ConfigDict, vocab_size: int,
         attention=model_config.attention,
         position_encoding=model_config.position_encoding,
         dtype=get_dtype(model_config.dtype),
-        remat=model_config.get("remat", False))
+        remat=model_config.get("remat", False),
+        attention_impl=model_config.get("attention_impl", "auto"))
   if name == "gru":
     from musegen_jax.models import gru
     return gru.GRULanguageModel(

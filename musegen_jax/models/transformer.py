@@ -36,6 +36,7 @@ fused kernel takes the gradient of the relative-logits bias is untested.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -109,6 +110,65 @@ def sinusoidal_positions(positions: Array, dim: int) -> Array:
   return enc
 
 
+ATTENTION_IMPLS = ("auto", "fused", "einsum")
+
+
+def _use_fused_attention(impl: str) -> bool:
+  """Whether a full causal pass calls `jax.nn.dot_product_attention`.
+
+  "auto": on GPU and TPU (their fused kernels); on CPU `causal_attention`,
+  whose hand-written backward pass measured faster there.
+  """
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"attention_impl={impl!r}; allowed: {ATTENTION_IMPLS}")
+  return impl == "fused" or (impl == "auto" and jax.default_backend() != "cpu")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def causal_attention(q: Array, k: Array, v: Array, bias: Array | None,
+                     scale: float) -> Array:
+  """Causal softmax attention over head-major [batch, heads, length, dim].
+
+  softmax(q k^T * scale + bias, masked to keys <= query) v, with a backward
+  pass that keeps only the probabilities: with y the output and dy its
+  gradient, the logits' gradient is p * (dy v^T - rowsum(dy * y)) (the
+  row sum of dp * p equals that of dy * y, so no reduction over the
+  [length, length] matrix is needed). `bias` [batch, heads, length, length]
+  (relative logits) or None.
+  """
+  return _attention_fwd(q, k, v, bias, scale)[0]
+
+
+def _attention_fwd(q, k, v, bias, scale):
+  length = q.shape[2]
+  logits = jnp.einsum("bhte,bhse->bhts", q, k,
+                      preferred_element_type=jnp.float32) * scale
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  causal = jnp.tril(jnp.ones((length, length), bool))
+  probs = jax.nn.softmax(jnp.where(causal, logits, -jnp.inf), axis=-1)
+  y = jnp.einsum("bhts,bhse->bhte", probs.astype(v.dtype), v)
+  # A scalar marker (None is an empty pytree) says whether bias was given.
+  return y, (q, k, v, probs, y, None if bias is None else jnp.zeros((), q.dtype))
+
+
+def _attention_bwd(scale, res, dy):
+  q, k, v, probs, y, bias_marker = res
+  dv = jnp.einsum("bhts,bhte->bhse", probs.astype(dy.dtype), dy)
+  dp = jnp.einsum("bhte,bhse->bhts", dy, v, preferred_element_type=jnp.float32)
+  delta = jnp.sum(dy.astype(jnp.float32) * y.astype(jnp.float32), -1,
+                  keepdims=True)
+  d_logits = probs * (dp - delta)
+  ds = (d_logits * scale).astype(q.dtype)
+  dq = jnp.einsum("bhts,bhse->bhte", ds, k)
+  dk = jnp.einsum("bhts,bhte->bhse", ds, q)
+  d_bias = None if bias_marker is None else d_logits.astype(q.dtype)
+  return dq, dk, dv, d_bias
+
+
+causal_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
 class SelfAttention(nn.Module):
   """Multi-head causal self-attention with a fused QKV projection."""
 
@@ -116,6 +176,7 @@ class SelfAttention(nn.Module):
   max_len: int
   attention: str = "absolute"
   dtype: Any = jnp.float32
+  attention_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: Array, cache: dict[str, Array] | None = None,
@@ -149,29 +210,26 @@ class SelfAttention(nn.Module):
     out_bias = self.param("out_bias", _init(nn.initializers.zeros, "embed"),
                           (embed,))
     dtype = self.dtype
-    qkv = jnp.einsum("btd,dkhe->kbthe", x, qkv_kernel.astype(dtype))
-    qkv = qkv + qkv_bias.astype(dtype)[:, None, None]
+    # Head-major throughout ([batch, heads, length, head_dim]): the layout
+    # the attention matmuls batch over, so nothing is transposed per layer.
+    # The cache has it too: with a sequence-major cache each sampling step
+    # copied the whole cache (10x slower sampling on CPU).
+    qkv = jnp.einsum("btd,dkhe->kbhte", x, qkv_kernel.astype(dtype))
+    qkv = qkv + qkv_bias.astype(dtype)[:, None, :, None]
     q, k, v = qkv[0], qkv[1], qkv[2]
     scale = 1.0 / math.sqrt(head_dim)
 
-    # The cache is head-major, [batch, heads, max_len, head_dim]: the layout
-    # the cached step's matmuls batch over, so a step transposes nothing
-    # (with the sequence-major layout, each step's attention copied the
-    # whole cache: 10x slower sampling on CPU).
     if cache is None:
       keys = length
-      new_cache = {name: jnp.pad(jnp.swapaxes(t, 1, 2),
-                                 [(0, 0), (0, 0),
-                                  (0, (cache_len or self.max_len) - length),
-                                  (0, 0)])
+      new_cache = {name: jnp.pad(t, [(0, 0), (0, 0),
+                                     (0, (cache_len or self.max_len) - length),
+                                     (0, 0)])
                    for name, t in (("k", k), ("v", v))}
       offset = 0
     else:
-      new_cache = {
-          name: jax.lax.dynamic_update_slice_in_dim(
-              cache[name], jnp.swapaxes(t, 1, 2).astype(cache[name].dtype), pos,
-              axis=2)
-          for name, t in (("k", k), ("v", v))}
+      new_cache = {name: jax.lax.dynamic_update_slice_in_dim(
+          cache[name], t.astype(cache[name].dtype), pos, axis=2)
+                   for name, t in (("k", k), ("v", v))}
       keys = cache["k"].shape[2]
       offset = pos
 
@@ -183,24 +241,30 @@ class SelfAttention(nn.Module):
                        (heads, self.max_len, head_dim))
       # Distances -(keys - 1) .. 0: the last `keys` rows (row max_len - 1 is 0).
       rel = rel[:, self.max_len - keys:].astype(dtype)
-      rel_logits = jnp.einsum("bthe,hse->bhts", q * jnp.asarray(scale, dtype),
+      rel_logits = jnp.einsum("bhte,hse->bhts", q * jnp.asarray(scale, dtype),
                               rel)
       bias = skew(rel_logits, offset)
 
-    if cache is None:
-      y = jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale,
-                                       is_causal=True)
+    if cache is None and _use_fused_attention(self.attention_impl):
+      # [batch, length, heads, head_dim] for the library call (a GPU's fused
+      # kernel); XLA fuses these transposes into the kernel's operands.
+      y = jax.nn.dot_product_attention(
+          *(jnp.swapaxes(t, 1, 2) for t in (q, k, v)), bias=bias, scale=scale,
+          is_causal=True)
+      y = jnp.swapaxes(y, 1, 2)
+    elif cache is None:
+      y = causal_attention(q, k, v, bias, scale)
     else:
       query_pos = pos + jnp.arange(length)
       mask = jnp.arange(keys)[None, :] <= query_pos[:, None]
-      logits = jnp.einsum("bthe,bhse->bhts", q, new_cache["k"].astype(dtype),
+      logits = jnp.einsum("bhte,bhse->bhts", q, new_cache["k"].astype(dtype),
                           preferred_element_type=jnp.float32) * scale
       if bias is not None:
         logits = logits + bias.astype(jnp.float32)
       probs = jax.nn.softmax(jnp.where(mask, logits, -jnp.inf), axis=-1)
-      y = jnp.einsum("bhts,bhse->bthe", probs.astype(dtype),
+      y = jnp.einsum("bhts,bhse->bhte", probs.astype(dtype),
                      new_cache["v"].astype(dtype))
-    out = jnp.einsum("bthe,hed->btd", y, out_kernel.astype(dtype))
+    out = jnp.einsum("bhte,hed->btd", y, out_kernel.astype(dtype))
     return out + out_bias.astype(dtype), new_cache
 
 
@@ -238,13 +302,14 @@ class DecoderBlock(nn.Module):
   dropout_rate: float = 0.0
   attention: str = "absolute"
   dtype: Any = jnp.float32
+  attention_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: Array, cache: dict[str, Array] | None, pos: Array | None,
                train: bool, cache_len: int | None = None
                ) -> tuple[Array, dict[str, Array]]:
     y, cache = SelfAttention(self.num_heads, self.max_len, self.attention,
-                             self.dtype, name="attention")(
+                             self.dtype, self.attention_impl, name="attention")(
                                  _layer_norm(self.dtype, "ln_attention")(x),
                                  cache, pos, cache_len)
     x = x + Dropout(self.dropout_rate)(y, deterministic=not train)
@@ -272,6 +337,10 @@ class TransformerLanguageModel(nn.Module):
     dtype: compute dtype; parameters stay float32, logits are float32.
     remat: recompute each block's activations in the backward pass
       (less memory, about one more forward pass of compute).
+    attention_impl: the full causal pass's attention: "fused"
+      (`jax.nn.dot_product_attention`, a GPU's fused kernel), "einsum"
+      (`causal_attention`, faster on CPU) or "auto" (einsum on CPU, fused
+      elsewhere).
   """
 
   vocab_size: int
@@ -285,6 +354,7 @@ class TransformerLanguageModel(nn.Module):
   position_encoding: str = "learned"
   dtype: Any = jnp.float32
   remat: bool = False
+  attention_impl: str = "auto"
 
   def _check(self, length: int, pos: Array | None, cache_size: int) -> None:
     if self.attention not in ATTENTION_KINDS:
@@ -365,7 +435,8 @@ class TransformerLanguageModel(nn.Module):
     for layer in range(self.num_layers):
       x, cache = block(
           self.num_heads, self.mlp_dim, self.max_len, self.dropout_rate,
-          self.attention, self.dtype, name=f"block_{layer}")(
+          self.attention, self.dtype, self.attention_impl,
+          name=f"block_{layer}")(
               x, None if carry is None else carry["layers"][layer], pos, train,
               cache_len)
       caches.append(cache)
