@@ -597,7 +597,9 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-  """Console-script entry point."""
+  """Console-script entry point (huge-page malloc first, as `main` does)."""
+  from musegen_jax import hugepages  # pylint: disable=import-outside-toplevel
+  hugepages.reexec_with_huge_pages()
   app.run(main)
 
 

@@ -464,4 +464,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  # The same malloc setting as the JAX benchmark (musegen_jax/hugepages.py).
+  from musegen_jax import hugepages  # pylint: disable=g-import-not-at-top
+  hugepages.reexec_with_huge_pages()
   app.run(main)

@@ -21,6 +21,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from musegen_jax import hugepages
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Training config file, optionally with ':variant'.",
@@ -106,6 +108,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def run() -> None:
   """Console-script entry point."""
+  hugepages.reexec_with_huge_pages()
   app.run(main, flags_parser=parse_flags)
 
 

@@ -23,8 +23,8 @@ As for the LSTM, the input projection of all steps is one matmul outside the
 time loop and the recurrence has a hand-written backward pass: the reverse
 loop carries only the recurrent gradient, and the recurrent weight gradient
 is one matmul over every step afterwards. The two directions of a
-bidirectional layer run in one loop (vmapped over a leading direction axis,
-so each step is one batched matmul).
+bidirectional layer run in one loop (a direction axis: each step is one
+batched matmul).
 """
 
 from __future__ import annotations
@@ -46,14 +46,19 @@ def _logical(init, *names: str | None):
 
 
 def _cell(x_t: Array, h: Array, w_hh: Array, b_hh: Array):
-  """One GRU step: returns (h_new, r, z, n, hn) with hn = h W_hn + b_hn."""
+  """One GRU step of every direction: returns (h_new, r, z, n, hn).
+
+  x_t [directions, batch, 3 * hidden], h [directions, batch, hidden];
+  hn = h W_hn + b_hn.
+  """
   hidden = h.shape[-1]
-  hp = jnp.dot(h, w_hh, preferred_element_type=x_t.dtype) + b_hh
+  hp = jnp.einsum("dbh,dhg->dbg", h, w_hh,
+                  preferred_element_type=x_t.dtype) + b_hh[:, None]
   # sigmoid(a) = (1 + tanh(a / 2)) / 2: one tanh for both sigmoid gates.
-  rz = 0.5 * jnp.tanh(0.5 * (x_t[:, :2 * hidden] + hp[:, :2 * hidden])) + 0.5
-  r, z = rz[:, :hidden], rz[:, hidden:]
-  hn = hp[:, 2 * hidden:]
-  n = jnp.tanh(x_t[:, 2 * hidden:] + r * hn)
+  rz = 0.5 * jnp.tanh(0.5 * (x_t[..., :2 * hidden] + hp[..., :2 * hidden])) + 0.5
+  r, z = rz[..., :hidden], rz[..., hidden:]
+  hn = hp[..., 2 * hidden:]
+  n = jnp.tanh(x_t[..., 2 * hidden:] + r * hn)
   h_new = (n + z * (h - n)).astype(h.dtype)
   return h_new, r, z, n, hn
 
@@ -61,16 +66,21 @@ def _cell(x_t: Array, h: Array, w_hh: Array, b_hh: Array):
 @jax.custom_vjp
 def gru_recurrence(xproj: Array, w_hh: Array, b_hh: Array, h0: Array
                    ) -> tuple[Array, Array]:
-  """GRU recurrence over time-major input projections.
+  """GRU recurrence of one or more directions over time-major projections.
+
+  The directions (independent GRUs with their own weights, e.g. the forward
+  and the already-reversed backward direction) run in one loop, each step
+  one batched matmul.
 
   Args:
-    xproj: [time, batch, 3 * hidden] input projections with their bias
-      (x W_ih + b_ih), gate order r, z, n.
-    w_hh: [hidden, 3 * hidden] recurrent weights; b_hh: [3 * hidden].
-    h0: [batch, hidden] initial state.
+    xproj: [time, directions, batch, 3 * hidden] input projections with
+      their bias (x W_ih + b_ih), gate order r, z, n.
+    w_hh: [directions, hidden, 3 * hidden] recurrent weights; b_hh:
+      [directions, 3 * hidden].
+    h0: [directions, batch, hidden] initial states.
 
   Returns:
-    (hs [time, batch, hidden], h_T [batch, hidden]).
+    (hs [time, directions, batch, hidden], h_T [directions, batch, hidden]).
   """
   def step(h, x_t):
     h_new = _cell(x_t, h, w_hh, b_hh)[0]
@@ -96,11 +106,14 @@ def _recurrence_bwd(res, grads):
   d hn = d a_n r; the sigmoid gates' pre-activations get dr r (1 - r) and
   dz z (1 - z). The input projection's gradient is [d a_r, d a_z, d a_n],
   the recurrent pre-activation's [d a_r, d a_z, d a_n r], and
-  dh_prev = dh z + d_hp W_hh^T.
+  dh_prev = dh z + d_hp W_hh^T. The loop emits only the former; the latter
+  and the weight gradients are computed over all steps at once afterwards
+  (fewer, larger operations: this halved the backward loop's time on CPU).
   """
   w_hh, h0, hs, r, z, n, hn = res
   d_hs, d_ht = grads
-  w_t = w_hh.T
+  hidden = h0.shape[-1]
+  w_t = jnp.swapaxes(w_hh, 1, 2)
   h_prev = jnp.concatenate([h0[None], hs[:-1]], 0)
 
   def step(dh_next, inputs):
@@ -110,17 +123,17 @@ def _recurrence_bwd(res, grads):
     d_ar = d_an * hn_t * r_t * (1.0 - r_t)
     d_az = dh * (h_p - n_t) * z_t * (1.0 - z_t)
     d_hp = jnp.concatenate([d_ar, d_az, d_an * r_t], -1)
-    dh_prev = dh * z_t + jnp.dot(d_hp, w_t, preferred_element_type=dh.dtype)
-    return dh_prev, (jnp.concatenate([d_ar, d_az, d_an], -1), d_hp)
+    dh_prev = dh * z_t + jnp.einsum("dbg,dgh->dbh", d_hp, w_t,
+                                    preferred_element_type=dh.dtype)
+    return dh_prev, jnp.concatenate([d_ar, d_az, d_an], -1)
 
-  dh0, (d_x, d_hp) = jax.lax.scan(
+  dh0, d_x = jax.lax.scan(
       step, d_ht.astype(hs.dtype), (d_hs.astype(hs.dtype), h_prev, r, z, n, hn),
       reverse=True)
-  hidden = h0.shape[-1]
-  d_hp2 = d_hp.reshape(-1, 3 * hidden)
-  d_w = jnp.dot(h_prev.reshape(-1, hidden).T, d_hp2,
-                preferred_element_type=w_hh.dtype)
-  d_b = jnp.sum(d_hp2, 0, dtype=w_hh.dtype)
+  d_hp = jnp.concatenate([d_x[..., :2 * hidden], d_x[..., 2 * hidden:] * r], -1)
+  d_w = jnp.einsum("tdbh,tdbg->dhg", h_prev, d_hp,
+                   preferred_element_type=w_hh.dtype)
+  d_b = jnp.sum(d_hp, (0, 2), dtype=w_hh.dtype)
   return d_x, d_w, d_b, dh0.astype(h0.dtype)
 
 
@@ -193,13 +206,15 @@ class GRULayer(nn.Module):
     cast = lambda a: a.astype(self.dtype)
     x = cast(x)
     if dirs == 1:
-      xproj = jnp.dot(x, cast(w_ih[0])) + cast(b_ih[0])
-      hs, h_t = gru_recurrence(xproj, cast(w_hh[0]), cast(b_hh[0]), cast(h0[0]))
-      return hs, h_t[None]
-    xs = jnp.stack([x, reverse_within_lengths(x, lengths)])
-    xproj = jnp.einsum("dtbf,dfg->dtbg", xs, cast(w_ih)) + cast(b_ih)[:, None, None]
-    hs, h_t = jax.vmap(gru_recurrence)(xproj, cast(w_hh), cast(b_hh), cast(h0))
-    outputs = jnp.concatenate([hs[0], reverse_within_lengths(hs[1], lengths)], -1)
+      xs = x[:, None]
+    else:
+      xs = jnp.stack([x, reverse_within_lengths(x, lengths)], 1)
+    xproj = jnp.einsum("tdbf,dfg->tdbg", xs, cast(w_ih)) + cast(b_ih)[:, None]
+    hs, h_t = gru_recurrence(xproj, cast(w_hh), cast(b_hh), cast(h0))
+    if dirs == 1:
+      return hs[:, 0], h_t
+    outputs = jnp.concatenate([hs[:, 0], reverse_within_lengths(hs[:, 1], lengths)],
+                              -1)
     return outputs, h_t
 
 
