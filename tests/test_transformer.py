@@ -290,12 +290,15 @@ def test_lengths_past_max_len_fail_before_compile_naming_the_key():
     task.sample(None, jax.random.PRNGKey(0), np.ones((1, 3), np.int32), length=510)
 
 
-def test_causal_attention_and_its_gradients_equal_the_library_call():
+@pytest.mark.parametrize("length,blocks", [(7, 1), (128, 2), (256, 4)])
+def test_causal_attention_and_its_gradients_equal_the_library_call(length, blocks):
+  assert transformer._query_blocks(length) == blocks
   rng = np.random.default_rng(0)
-  q, k, v = (jnp.asarray(rng.normal(size=(2, 3, 7, 4)), jnp.float32) for _ in range(3))
-  bias = jnp.asarray(rng.normal(size=(2, 3, 7, 7)), jnp.float32)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 3, length, 4)), jnp.float32)
+             for _ in range(3))
+  bias = jnp.asarray(rng.normal(size=(2, 3, length, length)), jnp.float32)
   scale = 0.5
-  weights = jnp.asarray(rng.normal(size=(2, 3, 7, 4)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(2, 3, length, 4)), jnp.float32)
 
   def ours(q, k, v, bias):
     return jnp.sum(transformer.causal_attention(q, k, v, bias, scale) * weights)
