@@ -43,3 +43,27 @@ def test_bench_prints_one_json_line(bench, flags, keys):
     # The newest three (keep_checkpoints) plus the best by valid loss.
     kept = [int(step) for step in record["checkpoints_kept"]]
     assert {100, 150, 200} <= set(kept) and len(kept) <= 4
+
+
+@pytest.mark.parametrize("config, shape", [
+    ("bigru", {"vocab_size": 201, "embed_dim": 100, "hidden_size": 128,
+               "num_layers": 3, "window": 50, "batch_size": 64}),
+    ("transformer", {"vocab_size": 390, "d_model": 256, "num_layers": 4,
+                     "batch_size": 8, "seq_len": 256, "attention": "absolute"}),
+])
+def test_train_bench_runs_at_the_fixed_shape(config, shape):
+  """One step at the fixed benchmark shape, the same as the PyTorch reference's."""
+  result = subprocess.run(
+      [sys.executable, "-m", "musegen_jax.bench", "--bench=train",
+       f"--config={REPO_ROOT}/configs/{config}.py", "--steps=1", "--warmup=0",
+       "--roof_size=256"],
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads([line for line in result.stdout.splitlines()
+                       if line.startswith("{")][0])
+  for key, value in shape.items():
+    assert record[key] == value, key
+  assert record["flops_per_step"] > 0 and record["mfu"] > 0
+  assert record["step_ms"] > 0 and record["compile_s"] > 0
+  # The entry point re-executed itself with huge-page malloc.
+  assert "glibc.malloc.hugetlb=1" in record["env"]["GLIBC_TUNABLES"]
