@@ -29,11 +29,12 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   """Returns the default config; `arg="smoke"` gives a tiny CPU variant."""
   if arg not in (None, "", "smoke"):
     raise ValueError(f"Unknown config variant {arg!r}; known: 'smoke'.")
-  config = config_dict.ConfigDict()
+  # Training, logging, checkpoint, sampling and parallelism fields (and
+  # their comments) are configs/lstm.py's; this file sets what differs.
+  config = config_defaults.sibling_config(__file__, "lstm", None)
 
-  # Objective (musegen_jax/tasks/<task>.py) and the global RNG seed.
+  # Objective (musegen_jax/tasks/vae.py).
   config.task = "vae"
-  config.seed = 0
 
   config.model = config_dict.ConfigDict()
   config.model.name = "vae"  # musegen_jax/models/vae.py
@@ -68,60 +69,19 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # strong autoregressive decoder from ignoring z (posterior collapse).
   config.vae.free_bits = 32.0
 
-  config.data = config_dict.ConfigDict()
-  # A directory written by `python -m musegen_jax.prepare`; empty means the
-  # bundled JSB Chorales, prepared into the cache on first use.
-  config.data.dir = ""
   # One token per sixteenth note naming the sounding chord; the vocabulary
   # is built from the train split once and cached beside the shards.
   config.data.representation = "chord_token"
   # Tokens per sequence the VAE encodes and reconstructs (64 = 4 bars).
   config.data.seq_len = 64
-  # grain worker processes for the training pipeline (0: in the main process).
-  config.data.num_workers = 2
-  config.data.prefetch_buffer_size = 32
-  # A shard record that does not parse: "error" (names shard and record) or
-  # "skip" (a warning with the same).
-  config.data.bad_records = "error"
 
-  # Global batch size over all devices and hosts.
   config.batch_size = 64
-  config.num_train_steps = 20_000
   config.learning_rate = 1e-3
-  config.warmup_steps = 500
-  # Final learning rate of the cosine decay, as a fraction of learning_rate.
-  config.end_learning_rate_factor = 0.05
-  config.weight_decay = 0.01
-  config.adam_b1 = 0.9
   config.adam_b2 = 0.999
-  config.grad_clip_norm = 1.0
-  # A NaN/Inf loss or gradient is never applied. "stop": fail naming the step
-  # and the last good checkpoint; "skip": go on and count skipped updates.
-  config.nonfinite = "stop"
-
-  config.log_every_steps = 50
-  config.eval_every_steps = 1_000
-  # Valid batches per eval; -1 evaluates the whole valid split.
-  config.num_eval_batches = -1
-  config.checkpoint_every_steps = 1_000
-  # Checkpoints kept: the newest `keep_checkpoints` plus the best by valid
-  # negative ELBO.
-  config.keep_checkpoints = 3
-  # Every sample_every_steps (0: never) write MIDI + piano-roll PNG samples
-  # decoded from the prior to WORKDIR/samples/STEP/ and the piano rolls to
-  # TensorBoard.
-  config.sample_every_steps = 2_000
-  config.sample = config_dict.ConfigDict()
-  config.sample.num_samples = 4
-  # Tokens decoded per sample: the training window.
+  # Checkpoints: the newest `keep_checkpoints` plus the best by valid
+  # negative ELBO. Samples (every sample_every_steps) are decoded from the
+  # prior; sample.length tokens each: the training window.
   config.sample.length = 64
-  config.sample.temperature = 1.0
-  config.sample.top_k = 0
-  config.sample.top_p = 0.95
-
-  # parallelism ("jit" | "pmap"), mesh.fsdp, logical_axis_rules and
-  # grad_accum_steps: see musegen_jax/config_defaults.py.
-  config_defaults.add_parallelism(config)
 
   if arg == "smoke":
     config.model.embed_dim = 16

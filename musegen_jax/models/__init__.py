@@ -26,53 +26,35 @@ def create_model(model_config: config_dict.ConfigDict, vocab_size: int,
   `pad_id` is the token a windowed model (bigru) pads short windows with.
   """
   name = model_config.name
-  if name == "lstm":
-    from musegen_jax.models import lstm
-    return lstm.LSTMLanguageModel(
-        vocab_size=vocab_size,
-        embed_dim=model_config.embed_dim,
-        hidden_size=model_config.hidden_size,
-        num_layers=model_config.num_layers,
-        dropout_rate=model_config.dropout_rate,
-        dtype=get_dtype(model_config.dtype),
-        remat=model_config.get("remat", False))
+  common = dict(vocab_size=vocab_size, dropout_rate=model_config.dropout_rate,
+                dtype=get_dtype(model_config.dtype),
+                remat=model_config.get("remat", False))
   if name == "transformer":
     from musegen_jax.models import transformer
     return transformer.TransformerLanguageModel(
-        vocab_size=vocab_size,
         num_layers=model_config.num_layers,
         d_model=model_config.d_model,
         num_heads=model_config.num_heads,
         mlp_dim=model_config.mlp_dim,
         max_len=model_config.max_len,
-        dropout_rate=model_config.dropout_rate,
         attention=model_config.attention,
         position_encoding=model_config.position_encoding,
-        dtype=get_dtype(model_config.dtype),
-        remat=model_config.get("remat", False),
-        attention_impl=model_config.get("attention_impl", "auto"))
+        attention_impl=model_config.get("attention_impl", "auto"),
+        **common)
+  # The recurrent models: an embedding and stacked layers.
+  common.update(embed_dim=model_config.embed_dim,
+                hidden_size=model_config.hidden_size,
+                num_layers=model_config.num_layers)
+  if name == "lstm":
+    from musegen_jax.models import lstm
+    return lstm.LSTMLanguageModel(**common)
   if name == "gru":
     from musegen_jax.models import gru
-    return gru.GRULanguageModel(
-        vocab_size=vocab_size,
-        embed_dim=model_config.embed_dim,
-        hidden_size=model_config.hidden_size,
-        num_layers=model_config.num_layers,
-        dropout_rate=model_config.dropout_rate,
-        dtype=get_dtype(model_config.dtype),
-        remat=model_config.get("remat", False))
+    return gru.GRULanguageModel(**common)
   if name == "bigru":
     from musegen_jax.models import gru
-    return gru.BiGRUWindowModel(
-        vocab_size=vocab_size,
-        embed_dim=model_config.embed_dim,
-        hidden_size=model_config.hidden_size,
-        num_layers=model_config.num_layers,
-        window=model_config.window,
-        dense_dim=model_config.dense_dim,
-        dropout_rate=model_config.dropout_rate,
-        pad_id=pad_id,
-        dtype=get_dtype(model_config.dtype),
-        remat=model_config.get("remat", False))
+    return gru.BiGRUWindowModel(window=model_config.window,
+                                dense_dim=model_config.dense_dim,
+                                pad_id=pad_id, **common)
   raise ValueError(f"config.model.name={name!r}; known models: "
                    f"{sorted(MODELS)}")

@@ -35,14 +35,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from musegen_jax.models import layers
 from musegen_jax.models.layers import Dropout
 
 Array = jax.Array
 
-
-def _logical(init, *names: str | None):
-  """`init` whose parameter carries Flax logical axis names (one per dimension)."""
-  return nn.with_logical_partitioning(init, names)
 
 
 def _cell(x_t: Array, h: Array, w_hh: Array, b_hh: Array):
@@ -191,15 +188,15 @@ class GRULayer(nn.Module):
     """
     dirs = 2 if self.bidirectional else 1
     hidden = self.hidden_size
-    w_ih = self.param("w_ih", _logical(nn.initializers.lecun_normal(
+    w_ih = self.param("w_ih", layers.logical(nn.initializers.lecun_normal(
         in_axis=-2, out_axis=-1, batch_axis=(0,)), None, self.input_name, "gates"),
         (dirs, x.shape[-1], 3 * hidden))
-    b_ih = self.param("b_ih", _logical(nn.initializers.zeros_init(), None, "gates"),
+    b_ih = self.param("b_ih", layers.logical(nn.initializers.zeros_init(), None, "gates"),
                       (dirs, 3 * hidden))
-    w_hh = self.param("w_hh", _logical(nn.initializers.orthogonal(column_axis=-1),
+    w_hh = self.param("w_hh", layers.logical(nn.initializers.orthogonal(column_axis=-1),
                                        None, "hidden", "gates"),
                       (dirs, hidden, 3 * hidden))
-    b_hh = self.param("b_hh", _logical(nn.initializers.zeros_init(), None, "gates"),
+    b_hh = self.param("b_hh", layers.logical(nn.initializers.zeros_init(), None, "gates"),
                       (dirs, 3 * hidden))
     if h0 is None:
       h0 = jnp.zeros((dirs, x.shape[1], hidden), self.dtype)
@@ -242,9 +239,7 @@ class GRULanguageModel(nn.Module):
     if multihot:
       x = jnp.swapaxes(tokens, 0, 1).astype(self.dtype)
     else:
-      x = nn.Embed(self.vocab_size, self.embed_dim, name="embed",
-                   embedding_init=_logical(nn.linear.default_embed_init,
-                                           "vocab", "embed"))(tokens.T)
+      x = layers.token_embedding(self.vocab_size, self.embed_dim)(tokens.T)
     layer_cls = nn.remat(GRULayer) if self.remat else GRULayer
     new_carry = []
     for layer in range(self.num_layers):
@@ -255,10 +250,7 @@ class GRULanguageModel(nn.Module):
                          name=f"gru_{layer}")(
                              x, None if carry is None else carry[layer])
       new_carry.append(h_t)
-    logits = nn.Dense(
-        self.vocab_size, dtype=self.dtype, name="head",
-        kernel_init=_logical(nn.linear.default_kernel_init, "hidden", "vocab"),
-        bias_init=_logical(nn.initializers.zeros_init(), "vocab"))(x)
+    logits = layers.dense(self.vocab_size, "hidden", "vocab", self.dtype, "head")(x)
     return jnp.swapaxes(logits, 0, 1).astype(jnp.float32), tuple(new_carry)
 
 
@@ -334,21 +326,15 @@ class BiGRUWindowModel(nn.Module):
       tokens = jnp.pad(tokens, ((0, 0), (self.window - tokens.shape[1], 0)),
                        constant_values=self.pad_id)
     window = tokens[:, -self.window:].astype(jnp.int32)
-    x = nn.Embed(self.vocab_size, self.embed_dim, name="embed",
-                 embedding_init=_logical(nn.linear.default_embed_init,
-                                         "vocab", "embed"))(window.T)
+    x = layers.token_embedding(self.vocab_size, self.embed_dim)(window.T)
     _, final = BiGRUEncoder(self.hidden_size, self.num_layers,
                             dropout_rate=self.dropout_rate, dtype=self.dtype,
                             remat=self.remat, name="encoder")(
                                 x.astype(self.dtype), train=train)
     final = Dropout(self.dropout_rate)(final, deterministic=not train)
-    y = nn.Dense(self.dense_dim, dtype=self.dtype, name="dense",
-                 kernel_init=_logical(nn.linear.default_kernel_init, "hidden", "mlp"),
-                 bias_init=_logical(nn.initializers.zeros_init(), "mlp"))(final)
+    y = layers.dense(self.dense_dim, "hidden", "mlp", self.dtype, "dense")(final)
     y = nn.leaky_relu(y, 0.01)
-    logits = nn.Dense(self.vocab_size, dtype=self.dtype, name="head",
-                      kernel_init=_logical(nn.linear.default_kernel_init, "mlp", "vocab"),
-                      bias_init=_logical(nn.initializers.zeros_init(), "vocab"))(y)
+    logits = layers.dense(self.vocab_size, "mlp", "vocab", self.dtype, "head")(y)
     return logits[:, None].astype(jnp.float32), window
 
 

@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+
+
+def logical(init, *names: str | None):
+  """`init` whose parameter carries Flax logical axis names (one per dimension)."""
+  return nn.with_logical_partitioning(init, names)
+
+
+def dense(features: int, in_name: str, out_name: str, dtype: Any, name: str,
+          kernel_init=nn.linear.default_kernel_init) -> nn.Dense:
+  """nn.Dense whose kernel (in_name, out_name) and bias (out_name,) are named."""
+  return nn.Dense(features, dtype=dtype, name=name,
+                  kernel_init=logical(kernel_init, in_name, out_name),
+                  bias_init=logical(nn.initializers.zeros_init(), out_name))
+
+
+def token_embedding(vocab_size: int, features: int) -> nn.Embed:
+  """The token embedding ("embed"), its table named ("vocab", "embed")."""
+  return nn.Embed(vocab_size, features, name="embed",
+                  embedding_init=logical(nn.linear.default_embed_init,
+                                         "vocab", "embed"))
 
 
 class Dropout(nn.Module):

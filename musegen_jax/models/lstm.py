@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from musegen_jax.models import layers
 from musegen_jax.models.layers import Dropout
 
 Array = jax.Array
@@ -209,10 +210,6 @@ def _layer_bwd(res, grads):
 lstm_layer.defvjp(_layer_fwd, _layer_bwd)
 
 
-def _logical(init, *names: str | None):
-  """`init` whose parameter carries Flax logical axis names (one per dimension)."""
-  return nn.with_logical_partitioning(init, names)
-
 
 class LSTMLayer(nn.Module):
   """One LSTM layer over a time-major sequence.
@@ -240,12 +237,12 @@ class LSTMLayer(nn.Module):
     Returns:
       ([time, batch, hidden] outputs, final (h, c)).
     """
-    w_ih = self.param("w_ih", _logical(nn.initializers.lecun_normal(),
+    w_ih = self.param("w_ih", layers.logical(nn.initializers.lecun_normal(),
                                        self.input_name, "gates"),
                       (x.shape[-1], 4 * self.hidden_size))
-    bias = self.param("bias", _logical(_forget_bias_init, "gates"),
+    bias = self.param("bias", layers.logical(_forget_bias_init, "gates"),
                       (4 * self.hidden_size,))
-    w_hh = self.param("w_hh", _logical(nn.initializers.orthogonal(column_axis=-1),
+    w_hh = self.param("w_hh", layers.logical(nn.initializers.orthogonal(column_axis=-1),
                                        "hidden", "gates"),
                       (self.hidden_size, 4 * self.hidden_size))
     batch = x.shape[1] if tokens is None else tokens.shape[1]
@@ -327,9 +324,7 @@ class LSTMLanguageModel(nn.Module):
     Returns:
       (logits [batch, time, vocab] float32, the new carry per layer).
     """
-    embed = nn.Embed(self.vocab_size, self.embed_dim, name="embed",
-                     embedding_init=_logical(nn.linear.default_embed_init,
-                                             "vocab", "embed"))
+    embed = layers.token_embedding(self.vocab_size, self.embed_dim)
     multihot = tokens.ndim == 3
     # Time-major throughout (transposing int ids is free).
     tokens = jnp.swapaxes(tokens, 0, 1).astype(self.dtype) if multihot else tokens.T
@@ -354,10 +349,7 @@ class LSTMLanguageModel(nn.Module):
       else:  # Few tokens (sampling): cheaper to look up, then project.
         x, layer_carry = lstm(embed(tokens), layer_carry)
       new_carry.append(layer_carry)
-    logits = nn.Dense(
-        self.vocab_size, dtype=self.dtype, name="head",
-        kernel_init=_logical(nn.linear.default_kernel_init, "hidden", "vocab"),
-        bias_init=_logical(nn.initializers.zeros_init(), "vocab"))(x)
+    logits = layers.dense(self.vocab_size, "hidden", "vocab", self.dtype, "head")(x)
     return jnp.swapaxes(logits, 0, 1).astype(jnp.float32), tuple(new_carry)
 
   def initial_carry(self, batch_size: int) -> tuple[Carry, ...]:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from musegen_jax.models import gru
+from musegen_jax.models import layers
 from musegen_jax.models import lstm
 from musegen_jax.models.layers import Dropout
 
@@ -30,16 +31,6 @@ Array = jax.Array
 Carry = tuple[tuple[Array, Array], ...]
 
 
-def _logical(init, *names: str | None):
-  """`init` whose parameter carries Flax logical axis names (one per dimension)."""
-  return nn.with_logical_partitioning(init, names)
-
-
-def _dense(features: int, in_name: str, out_name: str, dtype: Any, name: str,
-           kernel_init=nn.linear.default_kernel_init) -> nn.Dense:
-  return nn.Dense(features, dtype=dtype, name=name,
-                  kernel_init=_logical(kernel_init, in_name, out_name),
-                  bias_init=_logical(nn.initializers.zeros_init(), out_name))
 
 
 class SequenceVAE(nn.Module):
@@ -75,19 +66,18 @@ class SequenceVAE(nn.Module):
   remat: bool = False
 
   def setup(self):
-    self.embed = nn.Embed(self.vocab_size, self.embed_dim, name="embed",
-                          embedding_init=_logical(nn.linear.default_embed_init,
-                                                  "vocab", "embed"))
+    self.embed = layers.token_embedding(self.vocab_size, self.embed_dim)
     self.encoder = gru.BiGRUEncoder(self.encoder_hidden_size,
                                     self.encoder_num_layers,
                                     dropout_rate=self.dropout_rate,
                                     dtype=self.dtype, remat=self.remat,
                                     name="encoder")
-    self.to_mu = _dense(self.latent_dim, "hidden", "latent", self.dtype, "mu")
+    self.to_mu = layers.dense(self.latent_dim, "hidden", "latent", self.dtype, "mu")
     # Zero-initialized: the posterior starts as N(mu, 1), close to the prior.
-    self.to_logvar = _dense(self.latent_dim, "hidden", "latent", self.dtype,
+    self.to_logvar = layers.dense(self.latent_dim, "hidden", "latent", self.dtype,
                             "logvar", kernel_init=nn.initializers.zeros_init())
-    self.to_state = _dense(2 * self.decoder_num_layers * self.decoder_hidden_size,
+    self.to_state = layers.dense(
+        2 * self.decoder_num_layers * self.decoder_hidden_size,
                            "latent", "hidden", self.dtype, "initial_state")
     layer_cls = nn.remat(lstm.LSTMLayer) if self.remat else lstm.LSTMLayer
     self.decoder = [layer_cls(self.decoder_hidden_size, self.dtype,
@@ -95,7 +85,7 @@ class SequenceVAE(nn.Module):
                               name=f"decoder_{i}")
                     for i in range(self.decoder_num_layers)]
     self.dropout = Dropout(self.dropout_rate)
-    self.head = _dense(self.vocab_size, "hidden", "vocab", self.dtype, "head")
+    self.head = layers.dense(self.vocab_size, "hidden", "vocab", self.dtype, "head")
 
   def encode(self, tokens: Array, *, train: bool = False) -> tuple[Array, Array]:
     """The approximate posterior q(z | tokens).
