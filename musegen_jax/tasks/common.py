@@ -198,3 +198,19 @@ def slerp(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
   if steps > 1:
     path[-1] = b
   return path
+
+
+def check_ranges(positive: dict[str, Any] | None = None,
+                 non_negative: dict[str, Any] | None = None) -> None:
+  """Raises ValueError naming the first config key out of its range.
+
+  Args:
+    positive: {"dotted.key": value} that must be > 0.
+    non_negative: {"dotted.key": value} that must be >= 0.
+  """
+  for key, value in (positive or {}).items():
+    if not value > 0:
+      raise ValueError(f"config.{key}={value!r} must be > 0")
+  for key, value in (non_negative or {}).items():
+    if not value >= 0:
+      raise ValueError(f"config.{key}={value!r} must be >= 0")

@@ -50,15 +50,11 @@ def check_config(config: config_dict.ConfigDict) -> None:
               "model.kernel_size": config.model.kernel_size,
               "data.audio.sample_rate": config.data.audio.sample_rate,
               "sample.num_samples": config.sample.num_samples}
-  for key, value in positive.items():
-    if not value > 0:
-      raise ValueError(f"config.{key}={value!r} must be > 0")
+  common.check_ranges(positive=positive)
   non_negative = {"gan.gp_weight": config.gan.gp_weight,
                   "model.phase_shuffle": config.model.phase_shuffle,
                   "data.silence_threshold": config.data.silence_threshold}
-  for key, value in non_negative.items():
-    if value < 0:
-      raise ValueError(f"config.{key}={value!r} must be >= 0")
+  common.check_ranges(non_negative=non_negative)
   if config.gan.loss not in LOSSES:
     raise ValueError(f"config.gan.loss={config.gan.loss!r}; allowed: {list(LOSSES)}")
   if config.data.slice_len not in SLICE_LENGTHS:

@@ -42,16 +42,12 @@ def check_config(config: config_dict.ConfigDict) -> None:
               "sample.num_samples": config.sample.num_samples,
               "sample.length": config.sample.length,
               "sample.temperature": config.sample.temperature}
-  for key, value in positive.items():
-    if not value > 0:
-      raise ValueError(f"config.{key}={value!r} must be > 0")
+  common.check_ranges(positive=positive)
   non_negative = {"warmup_steps": config.warmup_steps,
                   "weight_decay": config.weight_decay,
                   "grad_clip_norm": config.grad_clip_norm,
                   "sample.top_k": config.sample.top_k}
-  for key, value in non_negative.items():
-    if value < 0:
-      raise ValueError(f"config.{key}={value!r} must be >= 0")
+  common.check_ranges(non_negative=non_negative)
   if config.grad_accum_steps < 1:
     raise ValueError(f"config.grad_accum_steps={config.grad_accum_steps} must be >= 1")
   if not 0 <= config.model.dropout_rate < 1:

@@ -89,15 +89,11 @@ def check_config(config: config_dict.ConfigDict) -> None:
               "sample.temperature": config.sample.temperature}
   if serial:
     positive["data.max_tokens"] = config.data.max_tokens
-  for key, value in positive.items():
-    if not value > 0:
-      raise ValueError(f"config.{key}={value!r} must be > 0")
+  common.check_ranges(positive=positive)
   non_negative = {"warmup_steps": config.warmup_steps,
                   "weight_decay": config.weight_decay,
                   "grad_clip_norm": config.grad_clip_norm}
-  for key, value in non_negative.items():
-    if value < 0:
-      raise ValueError(f"config.{key}={value!r} must be >= 0")
+  common.check_ranges(non_negative=non_negative)
   if config.grad_accum_steps < 1:
     raise ValueError(f"config.grad_accum_steps={config.grad_accum_steps} must be >= 1")
   if not 0 <= config.input_dropout_rate < 1:

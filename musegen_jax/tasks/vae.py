@@ -80,9 +80,7 @@ def check_config(config: config_dict.ConfigDict) -> None:
               "sample.num_samples": config.sample.num_samples,
               "sample.length": config.sample.length,
               "sample.temperature": config.sample.temperature}
-  for key, value in positive.items():
-    if not value > 0:
-      raise ValueError(f"config.{key}={value!r} must be > 0")
+  common.check_ranges(positive=positive)
   non_negative = {"warmup_steps": config.warmup_steps,
                   "weight_decay": config.weight_decay,
                   "grad_clip_norm": config.grad_clip_norm,
@@ -90,9 +88,7 @@ def check_config(config: config_dict.ConfigDict) -> None:
                   "vae.beta": config.vae.beta,
                   "vae.beta_warmup_steps": config.vae.beta_warmup_steps,
                   "vae.free_bits": config.vae.free_bits}
-  for key, value in non_negative.items():
-    if value < 0:
-      raise ValueError(f"config.{key}={value!r} must be >= 0")
+  common.check_ranges(non_negative=non_negative)
   for key in ("dropout_rate", "word_dropout"):
     if not 0 <= m[key] < 1:
       raise ValueError(f"config.model.{key}={m[key]} must be in [0, 1)")
