@@ -95,24 +95,9 @@ def bench_lstm(torch) -> dict:
       x, _ = self.lstm(self.drop(self.embed(tokens)))
       return self.head(self.drop(x))
 
-  model = Model().train()
-  opt = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.98),
-                          weight_decay=0.01)
-  loss_fn = nn.CrossEntropyLoss()
-  gen = torch.Generator().manual_seed(0)
-  batches = [torch.randint(2, vocab, (batch, seq_len + 1), generator=gen)
-             for _ in range(4)]
-
-  def step(tokens):
-    logits = model(tokens[:, :-1])
-    loss = loss_fn(logits.reshape(-1, vocab), tokens[:, 1:].reshape(-1))
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    return loss.item()
-
-  step_s, first_step_s, times = _time_steps(step, batches)
+  step_s, first_step_s, times = _time_lm_steps(
+      torch, Model(), lr=2e-3, vocab=vocab, batch=batch, length=seq_len + 1,
+      last_only=False)
   flops = lstm_model.train_matmul_flops(**{k: shape[k] for k in (
       "vocab_size", "embed_dim", "hidden_size", "num_layers", "batch_size",
       "seq_len")})
@@ -310,24 +295,9 @@ def bench_transformer(torch) -> dict:
         x = block(x)
       return self.head(self.ln_final(x))
 
-  model = Model().train()
-  opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98),
-                          weight_decay=0.01)
-  loss_fn = nn.CrossEntropyLoss()
-  gen = torch.Generator().manual_seed(0)
-  batches = [torch.randint(2, vocab, (batch, seq_len + 1), generator=gen)
-             for _ in range(4)]
-
-  def step(tokens):
-    logits = model(tokens[:, :-1])
-    loss = loss_fn(logits.reshape(-1, vocab), tokens[:, 1:].reshape(-1))
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    return loss.item()
-
-  step_s, first_step_s, times = _time_steps(step, batches)
+  step_s, first_step_s, times = _time_lm_steps(
+      torch, Model(), lr=5e-4, vocab=vocab, batch=batch, length=seq_len + 1,
+      last_only=False)
   flops = transformer_model.train_matmul_flops(
       attention="absolute", **{k: shape[k] for k in (
           "vocab_size", "d_model", "num_layers", "mlp_dim", "batch_size",
@@ -389,23 +359,9 @@ def bench_bigru(torch) -> dict:
       final = torch.cat([h_n[-2], h_n[-1]], -1)
       return self.head(nn.functional.leaky_relu(self.dense(self.drop(final)), 0.01))
 
-  model = Model().train()
-  opt = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.98),
-                          weight_decay=0.01)
-  loss_fn = nn.CrossEntropyLoss()
-  gen = torch.Generator().manual_seed(0)
-  batches = [torch.randint(2, vocab, (batch, window + 1), generator=gen)
-             for _ in range(4)]
-
-  def step(tokens):
-    loss = loss_fn(model(tokens[:, :-1]), tokens[:, -1])
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    return loss.item()
-
-  step_s, first_step_s, times = _time_steps(step, batches)
+  step_s, first_step_s, times = _time_lm_steps(
+      torch, Model(), lr=2e-3, vocab=vocab, batch=batch, length=window + 1,
+      last_only=True)
   flops = gru_model.train_matmul_flops(
       vocab_size=vocab, embed_dim=embed, hidden_size=hidden, num_layers=layers,
       batch_size=batch, seq_len=window, bidirectional=True, dense_dim=dense,
@@ -431,6 +387,34 @@ def bench_bigru(torch) -> dict:
       "mfu": round(flops / step_s / 1e9 / roof, 3),
       "env": {k: os.environ[k] for k in ("GLIBC_TUNABLES",) if k in os.environ},
   }
+
+
+def _time_lm_steps(torch, model, *, lr: float, vocab: int, batch: int,
+                   length: int, last_only: bool) -> tuple[float, float, list[float]]:
+  """Times AdamW (betas 0.9/0.98, weight decay 0.01, clipping at 1.0) steps
+  of a token model on random [batch, length] tokens: cross-entropy on every
+  next token, or with `last_only` on the last token (a [batch, vocab] output)."""
+  model.train()
+  opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98),
+                          weight_decay=0.01)
+  loss_fn = torch.nn.CrossEntropyLoss()
+  gen = torch.Generator().manual_seed(0)
+  batches = [torch.randint(2, vocab, (batch, length), generator=gen)
+             for _ in range(4)]
+
+  def step(tokens):
+    logits = model(tokens[:, :-1])
+    if last_only:
+      loss = loss_fn(logits, tokens[:, -1])
+    else:
+      loss = loss_fn(logits.reshape(-1, vocab), tokens[:, 1:].reshape(-1))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.item()
+
+  return _time_steps(step, batches)
 
 
 def _time_steps(step, batches) -> tuple[float, float, list[float]]:
