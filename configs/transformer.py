@@ -19,11 +19,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   """Returns the default config; `arg="smoke"` gives a tiny CPU variant."""
   if arg not in (None, "", "smoke"):
     raise ValueError(f"Unknown config variant {arg!r}; known: 'smoke'.")
-  config = config_dict.ConfigDict()
-
-  # Objective (musegen_jax/tasks/<task>.py) and the global RNG seed.
-  config.task = "lm"
-  config.seed = 0
+  # Task, data, training, logging, checkpoint, sampling and parallelism
+  # fields (and their comments) are configs/lstm.py's; this file sets what
+  # differs. The smoke variant: configs/lstm.py:smoke with a tiny Transformer.
+  config = config_defaults.sibling_config(__file__, "lstm", arg)
 
   config.model = config_dict.ConfigDict()
   config.model.name = "transformer"  # musegen_jax/models/<name>.py
@@ -50,73 +49,17 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # less memory for about one more forward pass.
   config.model.remat = False
 
-  config.data = config_dict.ConfigDict()
-  # A directory written by `python -m musegen_jax.prepare`; empty means the
-  # bundled JSB Chorales, prepared into the cache on first use.
-  config.data.dir = ""
-  config.data.representation = "performance"
-  # Tokens per training example (the model sees seq_len inputs and targets).
-  config.data.seq_len = 512
-  # grain worker processes for the training pipeline (0: in the main process).
-  config.data.num_workers = 2
-  config.data.prefetch_buffer_size = 32
-  # A shard record that does not parse: "error" (names shard and record) or
-  # "skip" (a warning with the same).
-  config.data.bad_records = "error"
-
-  # Global batch size over all devices and hosts.
-  config.batch_size = 16
-  config.num_train_steps = 20_000
-  config.learning_rate = 5e-4
-  config.warmup_steps = 1_000
-  # Final learning rate of the cosine decay, as a fraction of learning_rate.
-  config.end_learning_rate_factor = 0.05
-  config.weight_decay = 0.01
-  config.adam_b1 = 0.9
-  config.adam_b2 = 0.98
-  config.grad_clip_norm = 1.0
-  # A NaN/Inf loss or gradient is never applied. "stop": fail naming the step
-  # and the last good checkpoint; "skip": go on and count skipped updates.
-  config.nonfinite = "stop"
-
-  config.log_every_steps = 50
-  config.eval_every_steps = 1_000
-  # Valid batches per eval; -1 evaluates the whole valid split.
-  config.num_eval_batches = -1
-  config.checkpoint_every_steps = 1_000
-  # Checkpoints kept: the newest `keep_checkpoints` plus the best by valid loss.
-  config.keep_checkpoints = 3
-  # Every sample_every_steps (0: never) write MIDI + piano-roll PNG samples
-  # to WORKDIR/samples/STEP/ and the piano rolls to TensorBoard.
-  config.sample_every_steps = 2_000
-  config.sample = config_dict.ConfigDict()
-  config.sample.num_samples = 4
-  config.sample.length = 1_024
-  config.sample.temperature = 1.0
-  config.sample.top_k = 0
-  config.sample.top_p = 0.95
-
-  # parallelism ("jit" | "pmap"), mesh.fsdp, logical_axis_rules and
-  # grad_accum_steps: see musegen_jax/config_defaults.py.
-  config_defaults.add_parallelism(config)
-
   if arg == "smoke":
     config.model.num_layers = 2
     config.model.d_model = 32
     config.model.num_heads = 4
     config.model.mlp_dim = 64
     config.model.max_len = 512
-    config.data.seq_len = 64
-    config.data.num_workers = 0
-    config.batch_size = 16
-    config.num_train_steps = 500
-    config.learning_rate = 3e-3
-    config.warmup_steps = 10
-    config.log_every_steps = 10
-    config.eval_every_steps = 250
-    config.num_eval_batches = 4
-    config.checkpoint_every_steps = 250
-    config.sample_every_steps = 500
-    config.sample.num_samples = 2
-    config.sample.length = 256
+    return config
+
+  # Tokens per training example (the model sees seq_len inputs and targets).
+  config.data.seq_len = 512
+  config.batch_size = 16
+  config.learning_rate = 5e-4
+  config.warmup_steps = 1_000
   return config
