@@ -79,6 +79,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.adam_b1 = 0.9
   config.adam_b2 = 0.999
   config.grad_clip_norm = 1.0
+  # > 0: keep an exponential moving average of the parameters with this
+  # decay and evaluate, sample and export it (0: off, the raw parameters).
+  config.ema_decay = 0.0
   # A NaN/Inf loss or gradient is never applied: "stop" or "skip" (count).
   config.nonfinite = "stop"
 

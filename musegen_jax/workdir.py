@@ -25,8 +25,9 @@ from ml_collections import config_dict
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
 # Keys (dotted, prefixes) whose change makes existing checkpoints incompatible.
+# (ema_decay: turning the parameter average on or off changes the state.)
 INCOMPATIBLE_KEYS = ("task", "model", "data.dir", "data.representation",
-                     "data.frame_model")
+                     "data.frame_model", "ema_decay")
 
 
 class WorkdirInUseError(RuntimeError):

@@ -97,3 +97,39 @@ def test_skip_mode_goes_on_and_counts(tmp_path, monkeypatch):
     flags = {r["step"]: r["train/nonfinite"] for r in map(json.loads, f)}
   assert [s for s, v in flags.items() if v] == [7]
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
+
+
+def test_parameter_average_follows_applied_updates_only(jsb_data_dir):
+  """With config.ema_decay, each applied update moves the average by
+  (1 - decay) towards the new parameters; a skipped one leaves it."""
+  decay = 0.9
+  config = _tiny(ema_decay=decay)
+  rep = pipeline.load_representation("performance", jsb_data_dir)
+  task = tasks.create_task(config, rep)
+  mesh = parallel.create_mesh()
+  state = train.create_train_state(task, config, mesh, jax.random.PRNGKey(0))
+  step, _ = train.jit_steps(task, mesh)
+  tokens = np.random.default_rng(0).integers(2, 390, (16, 33)).astype(np.int32)
+  bad = tokens.copy()
+  bad[3, 7] = 390
+  start = jax.device_get(state)
+  for leaf, avg in zip(jax.tree.leaves(start.params), jax.tree.leaves(start.ema_params)):
+    np.testing.assert_array_equal(leaf, avg)
+  averages = jax.tree.leaves(start.ema_params)
+  for batch in (tokens, tokens, bad, tokens):
+    state, metrics = step(state, parallel.global_batch({"tokens": batch}, mesh),
+                          jax.random.PRNGKey(1))
+    now = jax.device_get(state)
+    if float(metrics["nonfinite"]) == 0.0:
+      averages = [decay * a + (1 - decay) * p
+                  for a, p in zip(averages, jax.tree.leaves(now.params))]
+    for expected, avg in zip(averages, jax.tree.leaves(now.ema_params)):
+      np.testing.assert_allclose(avg, expected, rtol=1e-5, atol=1e-7)
+  assert int(now.skipped_updates) == 1
+  # Evaluation, samples and export use the average, not the raw parameters.
+  assert task.eval_params(state) is state.ema_params
+  assert not np.array_equal(jax.tree.leaves(now.ema_params)[0],
+                            jax.tree.leaves(now.params)[0])
+  with pytest.raises(ValueError, match=r"config.ema_decay=1.0 must be in \[0, 1\)"):
+    task2 = tasks.create_task(_tiny(ema_decay=1.0), rep)
+    task2.init_state(jax.random.PRNGKey(0))

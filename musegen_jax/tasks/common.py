@@ -21,8 +21,47 @@ unbox = nn.meta.unbox
 
 
 class TrainState(train_state.TrainState):
-  """flax's TrainState plus the number of updates skipped as non-finite."""
+  """flax's TrainState plus the updates skipped as non-finite and an
+  optional exponential moving average of the parameters.
+
+  With `ema_decay` > 0 (`create_train_state`), every applied update also
+  sets ema_params = decay * ema_params + (1 - decay) * params; a skipped
+  (non-finite) update leaves it as it was. `eval_params` then evaluates,
+  samples and exports the average. With `ema_decay` 0, `ema_params` is None
+  and the state's tree is that of plain flax (old checkpoints restore).
+  """
   skipped_updates: Array = struct.field(default_factory=lambda: jnp.zeros((), jnp.int32))
+  ema_params: Any = None
+  ema_decay: float = struct.field(pytree_node=False, default=0.0)
+
+  def apply_gradients(self, *, grads: Any, **kwargs) -> "TrainState":
+    new = super().apply_gradients(grads=grads, **kwargs)
+    if self.ema_params is None:
+      return new
+    decay = self.ema_decay
+    return new.replace(ema_params=jax.tree.map(
+        lambda avg, p: decay * avg + (1.0 - decay) * p, self.ema_params,
+        new.params))
+
+
+def create_train_state(config: config_dict.ConfigDict, apply_fn: Callable,
+                       params: Any, tx: optax.GradientTransformation
+                       ) -> TrainState:
+  """A TrainState, with a parameter average when `config.ema_decay` > 0.
+
+  `config.ema_decay` (absent: 0) must be in [0, 1).
+  """
+  decay = float(config.get("ema_decay", 0.0))
+  if not 0.0 <= decay < 1.0:
+    raise ValueError(f"config.ema_decay={decay} must be in [0, 1)")
+  return TrainState.create(apply_fn=apply_fn, params=params, tx=tx,
+                           ema_params=params if decay > 0 else None,
+                           ema_decay=decay)
+
+
+def eval_params(state: TrainState) -> Any:
+  """The parameter average when the state keeps one, else the parameters."""
+  return state.params if state.ema_params is None else state.ema_params
 
 
 def create_learning_rate_fn(config: config_dict.ConfigDict) -> optax.Schedule:

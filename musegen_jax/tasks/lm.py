@@ -101,9 +101,8 @@ class LanguageModelTask:
     Parameters and the optimizer's moments keep their `nn.Partitioned`
     logical axis names; the loop derives shardings from them and unboxes.
     """
-    return common.TrainState.create(apply_fn=self.model.apply,
-                                    params=self.init_params(rng, unbox=False),
-                                    tx=self.tx)
+    return common.create_train_state(self.config, self.model.apply,
+                                      self.init_params(rng, unbox=False), self.tx)
 
   @staticmethod
   def prepare_data(data_dir: str) -> str:
@@ -112,8 +111,9 @@ class LanguageModelTask:
 
   @staticmethod
   def eval_params(state: common.TrainState) -> Any:
-    """The parameters that evaluation, samples and export use."""
-    return state.params
+    """What evaluation, samples and export use: the parameters, or their
+    average with `config.ema_decay` > 0."""
+    return common.eval_params(state)
 
   def create_train_dataset(self, data_dir: str):
     """The grain training dataset of this process: {"tokens": [b, seq_len + 1]}."""

@@ -299,9 +299,8 @@ class PianorollTask:
 
   def init_state(self, rng: Array) -> common.TrainState:
     """Fresh parameters (still `nn.Partitioned`) and AdamW state."""
-    return common.TrainState.create(apply_fn=self.model.apply,
-                                    params=self.init_params(rng, unbox=False),
-                                    tx=self.tx)
+    return common.create_train_state(self.config, self.model.apply,
+                                      self.init_params(rng, unbox=False), self.tx)
 
   def init_params(self, rng: Array, unbox: bool = True) -> Any:
     """Fresh parameters; with `unbox=False` still in their `nn.Partitioned` boxes."""
@@ -319,8 +318,9 @@ class PianorollTask:
 
   @staticmethod
   def eval_params(state: common.TrainState) -> Any:
-    """The parameters that evaluation, samples and export use."""
-    return state.params
+    """What evaluation, samples and export use: the parameters, or their
+    average with `config.ema_decay` > 0."""
+    return common.eval_params(state)
 
   def _pieces(self, split: str) -> dict[str, np.ndarray]:
     """Every piece of `split`, padded: {"frames", "mask"} or {"tokens"}."""

@@ -157,14 +157,14 @@ class VAETask:
 
   def init_state(self, rng: Array) -> common.TrainState:
     """Fresh parameters and AdamW state (`common.create_optimizer`), boxed."""
-    return common.TrainState.create(apply_fn=self.model.apply,
-                                    params=self.init_params(rng, unbox=False),
-                                    tx=self.tx)
+    return common.create_train_state(self.config, self.model.apply,
+                                      self.init_params(rng, unbox=False), self.tx)
 
   @staticmethod
   def eval_params(state: common.TrainState) -> Any:
-    """The parameters that evaluation, samples and export use."""
-    return state.params
+    """What evaluation, samples and export use: the parameters, or their
+    average with `config.ema_decay` > 0."""
+    return common.eval_params(state)
 
   # --- data ------------------------------------------------------------------
 
