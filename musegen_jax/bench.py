@@ -205,8 +205,9 @@ def _model_shape(config, representation, *, batch: bool = True) -> dict[str, Any
   if hasattr(representation, "vocab_size"):
     shape["vocab_size"] = int(representation.vocab_size)
   for key in ("embed_dim", "hidden_size", "d_model", "num_layers", "num_heads",
-              "window", "dense_dim", "mlp_dim", "attention", "position_encoding", "dropout_rate", "dim",
-              "latent_dim", "kernel_size", "conv_impl", "dtype"):
+              "window", "dense_dim", "mlp_dim", "attention", "position_encoding",
+              "dropout_rate", "dim", "latent_dim", "kernel_size", "conv_impl",
+              "dtype"):
     if key in config.model:
       shape[key] = config.model[key]
   if batch:

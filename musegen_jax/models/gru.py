@@ -188,15 +188,16 @@ class GRULayer(nn.Module):
     """
     dirs = 2 if self.bidirectional else 1
     hidden = self.hidden_size
-    w_ih = self.param("w_ih", layers.logical(nn.initializers.lecun_normal(
-        in_axis=-2, out_axis=-1, batch_axis=(0,)), None, self.input_name, "gates"),
-        (dirs, x.shape[-1], 3 * hidden))
-    b_ih = self.param("b_ih", layers.logical(nn.initializers.zeros_init(), None, "gates"),
+    gates = lambda init, *names: layers.logical(init, None, *names)
+    w_ih = self.param("w_ih", gates(nn.initializers.lecun_normal(
+        in_axis=-2, out_axis=-1, batch_axis=(0,)), self.input_name, "gates"),
+                      (dirs, x.shape[-1], 3 * hidden))
+    b_ih = self.param("b_ih", gates(nn.initializers.zeros_init(), "gates"),
                       (dirs, 3 * hidden))
-    w_hh = self.param("w_hh", layers.logical(nn.initializers.orthogonal(column_axis=-1),
-                                       None, "hidden", "gates"),
+    w_hh = self.param("w_hh", gates(nn.initializers.orthogonal(column_axis=-1),
+                                    "hidden", "gates"),
                       (dirs, hidden, 3 * hidden))
-    b_hh = self.param("b_hh", layers.logical(nn.initializers.zeros_init(), None, "gates"),
+    b_hh = self.param("b_hh", gates(nn.initializers.zeros_init(), "gates"),
                       (dirs, 3 * hidden))
     if h0 is None:
       h0 = jnp.zeros((dirs, x.shape[1], hidden), self.dtype)

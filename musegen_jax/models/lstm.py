@@ -238,12 +238,12 @@ class LSTMLayer(nn.Module):
       ([time, batch, hidden] outputs, final (h, c)).
     """
     w_ih = self.param("w_ih", layers.logical(nn.initializers.lecun_normal(),
-                                       self.input_name, "gates"),
+                                             self.input_name, "gates"),
                       (x.shape[-1], 4 * self.hidden_size))
     bias = self.param("bias", layers.logical(_forget_bias_init, "gates"),
                       (4 * self.hidden_size,))
-    w_hh = self.param("w_hh", layers.logical(nn.initializers.orthogonal(column_axis=-1),
-                                       "hidden", "gates"),
+    w_hh = self.param("w_hh", layers.logical(
+        nn.initializers.orthogonal(column_axis=-1), "hidden", "gates"),
                       (self.hidden_size, 4 * self.hidden_size))
     batch = x.shape[1] if tokens is None else tokens.shape[1]
     if carry is None:
