@@ -101,28 +101,10 @@ def bench_lstm(torch) -> dict:
   flops = lstm_model.train_matmul_flops(**{k: shape[k] for k in (
       "vocab_size", "embed_dim", "hidden_size", "num_layers", "batch_size",
       "seq_len")})
-  roof = measure_torch_roof(torch, FLAGS.roof_size)
-  return {
-      "bench": "torch_lstm_train",
-      **shape,
-      "dtype": "float32",
-      "device": _device(torch),
-      "examples_per_sec": round(batch / step_s, 2),
-      "tokens_per_sec": round(batch * seq_len / step_s, 1),
-      "step_ms": round(step_s * 1e3, 1),
-      "step_ms_min": round(min(times) * 1e3, 1),
-      "steps": FLAGS.steps,
-      "compile_s": round(first_step_s, 3),
-      "compile_note": "eager: no compile; compile_s is the first step's time",
-      "peak_rss_mb": peak_rss_mb(),
-      "flops_per_step": flops,
-      "flops_source": "analytic (matmuls only, 3x forward)",
-      "gflops_per_sec": round(flops / step_s / 1e9, 1),
-      "roof_gflops": round(roof, 1),
-      "roof_source": f"torch float32 {FLAGS.roof_size}^3 matmul",
-      "mfu": round(flops / step_s / 1e9 / roof, 3),
-      "env": {k: os.environ[k] for k in ("GLIBC_TUNABLES",) if k in os.environ},
-  }
+  return _record(
+      torch, "torch_lstm_train", shape, step_s, first_step_s, times,
+      batch=batch, tokens=batch * seq_len, flops=flops,
+      flops_source="analytic (matmuls only, 3x forward)")
 
 
 def bench_wavegan(torch) -> dict:
@@ -216,29 +198,12 @@ def bench_wavegan(torch) -> dict:
   step_s, first_step_s, times = _time_steps(lambda _: step(), [None])
   flops = wavegan_model.train_flops(dim, slice_len, batch, shape["critic_steps"],
                                     latent_dim=latent, kernel_size=k)
-  roof = measure_torch_roof(torch, FLAGS.roof_size)
-  return {
-      "bench": "torch_wavegan_train",
-      **shape,
-      "dtype": "float32",
-      "device": _device(torch),
-      # Clips the generator is trained on per second: one batch per step.
-      "examples_per_sec": round(batch / step_s, 2),
-      "step_ms": round(step_s * 1e3, 1),
-      "step_ms_min": round(min(times) * 1e3, 1),
-      "steps": FLAGS.steps,
-      "compile_s": round(first_step_s, 3),
-      "compile_note": "eager: no compile; compile_s is the first step's time",
-      "peak_rss_mb": peak_rss_mb(),
-      "flops_per_step": flops,
-      "flops_source": "analytic (wavegan.train_flops: conv/dense MACs, "
-                      "fwd+bwd = 3x fwd, GP double backward = 1 more D fwd+bwd)",
-      "gflops_per_sec": round(flops / step_s / 1e9, 1),
-      "roof_gflops": round(roof, 1),
-      "roof_source": f"torch float32 {FLAGS.roof_size}^3 matmul",
-      "mfu": round(flops / step_s / 1e9 / roof, 3),
-      "env": {k: os.environ[k] for k in ("GLIBC_TUNABLES",) if k in os.environ},
-  }
+  return _record(
+      torch, "torch_wavegan_train", shape, step_s, first_step_s, times,
+      # examples: clips the generator is trained on, one batch per step.
+      batch=batch, tokens=None, flops=flops,
+      flops_source="analytic (wavegan.train_flops: conv/dense MACs, "
+                   "fwd+bwd = 3x fwd, GP double backward = 1 more D fwd+bwd)")
 
 
 def bench_transformer(torch) -> dict:
@@ -302,31 +267,12 @@ def bench_transformer(torch) -> dict:
       attention="absolute", **{k: shape[k] for k in (
           "vocab_size", "d_model", "num_layers", "mlp_dim", "batch_size",
           "seq_len")})
-  roof = measure_torch_roof(torch, FLAGS.roof_size)
-  return {
-      "bench": "torch_transformer_train",
-      **shape,
-      "attention": "absolute",
-      "position_encoding": "learned",
-      "dtype": "float32",
-      "device": _device(torch),
-      "examples_per_sec": round(batch / step_s, 2),
-      "tokens_per_sec": round(batch * seq_len / step_s, 1),
-      "step_ms": round(step_s * 1e3, 1),
-      "step_ms_min": round(min(times) * 1e3, 1),
-      "steps": FLAGS.steps,
-      "compile_s": round(first_step_s, 3),
-      "compile_note": "eager: no compile; compile_s is the first step's time",
-      "peak_rss_mb": peak_rss_mb(),
-      "flops_per_step": flops,
-      "flops_source": "analytic (transformer.train_matmul_flops: projections, "
-                      "MLP, head and full-square attention matmuls, 3x forward)",
-      "gflops_per_sec": round(flops / step_s / 1e9, 1),
-      "roof_gflops": round(roof, 1),
-      "roof_source": f"torch float32 {FLAGS.roof_size}^3 matmul",
-      "mfu": round(flops / step_s / 1e9 / roof, 3),
-      "env": {k: os.environ[k] for k in ("GLIBC_TUNABLES",) if k in os.environ},
-  }
+  return _record(
+      torch, "torch_transformer_train", shape, step_s, first_step_s, times,
+      batch=batch, tokens=batch * seq_len, flops=flops,
+      flops_source="analytic (transformer.train_matmul_flops: projections, "
+                   "MLP, head and full-square attention matmuls, 3x forward)",
+      extra={"attention": "absolute", "position_encoding": "learned"})
 
 
 def bench_bigru(torch) -> dict:
@@ -366,13 +312,27 @@ def bench_bigru(torch) -> dict:
       vocab_size=vocab, embed_dim=embed, hidden_size=hidden, num_layers=layers,
       batch_size=batch, seq_len=window, bidirectional=True, dense_dim=dense,
       last_only=True)
+  return _record(
+      torch, "torch_bigru_train", shape, step_s, first_step_s, times,
+      batch=batch, tokens=None, flops=flops,
+      flops_source="analytic (gru.train_matmul_flops, 3x forward)")
+
+
+def _record(torch, name: str, shape: dict, step_s: float, first_step_s: float,
+            times: list[float], *, batch: int, tokens: int | None, flops: int,
+            flops_source: str, extra: dict | None = None) -> dict:
+  """The JSON line of a reference: the same keys as `musegen_jax.bench`'s.
+
+  `tokens` per step (None: not a token model); the matmul roof is measured
+  here, after the timing.
+  """
   roof = measure_torch_roof(torch, FLAGS.roof_size)
-  return {
-      "bench": "torch_bigru_train",
-      **shape,
-      "dtype": "float32",
-      "device": _device(torch),
-      "examples_per_sec": round(batch / step_s, 2),
+  record = {"bench": name, **shape, **(extra or {}), "dtype": "float32",
+            "device": _device(torch),
+            "examples_per_sec": round(batch / step_s, 2)}
+  if tokens is not None:
+    record["tokens_per_sec"] = round(tokens / step_s, 1)
+  record.update({
       "step_ms": round(step_s * 1e3, 1),
       "step_ms_min": round(min(times) * 1e3, 1),
       "steps": FLAGS.steps,
@@ -380,13 +340,14 @@ def bench_bigru(torch) -> dict:
       "compile_note": "eager: no compile; compile_s is the first step's time",
       "peak_rss_mb": peak_rss_mb(),
       "flops_per_step": flops,
-      "flops_source": "analytic (gru.train_matmul_flops, 3x forward)",
+      "flops_source": flops_source,
       "gflops_per_sec": round(flops / step_s / 1e9, 1),
       "roof_gflops": round(roof, 1),
       "roof_source": f"torch float32 {FLAGS.roof_size}^3 matmul",
       "mfu": round(flops / step_s / 1e9 / roof, 3),
       "env": {k: os.environ[k] for k in ("GLIBC_TUNABLES",) if k in os.environ},
-  }
+  })
+  return record
 
 
 def _time_lm_steps(torch, model, *, lr: float, vocab: int, batch: int,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -253,3 +254,20 @@ def check_ranges(positive: dict[str, Any] | None = None,
   for key, value in (non_negative or {}).items():
     if not value >= 0:
       raise ValueError(f"config.{key}={value!r} must be >= 0")
+
+
+def write_token_step_samples(task: Any, params: Any, rng: Array,
+                             directory: str | None, title: str
+                             ) -> list[dict[str, str]]:
+  """A token task's periodic samples, as `task.config.sample` describes.
+
+  Calls `task.write_samples` (which writes `sample_NNN.mid` + `.png` and
+  returns the MIDI paths) and returns one {"midi", "image"} per sample
+  (none when `directory` is None).
+  """
+  sample = task.config.sample
+  paths = task.write_samples(
+      params, rng, directory, num_samples=sample.num_samples,
+      length=sample.length, temperature=sample.temperature,
+      top_k=sample.top_k, top_p=sample.top_p, title=title)
+  return [{"midi": p, "image": os.path.splitext(p)[0] + ".png"} for p in paths]

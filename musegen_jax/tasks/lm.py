@@ -241,12 +241,7 @@ class LanguageModelTask:
     Returns one {"midi": path, "image": png path} per sample (none when
     `directory` is None).
     """
-    sample = self.config.sample
-    paths = self.write_samples(
-        params, rng, directory, num_samples=sample.num_samples,
-        length=sample.length, temperature=sample.temperature,
-        top_k=sample.top_k, top_p=sample.top_p, title=title)
-    return [{"midi": p, "image": os.path.splitext(p)[0] + ".png"} for p in paths]
+    return common.write_token_step_samples(self, params, rng, directory, title)
 
   def write_samples(self, params: Any, rng: Array, directory: str | None, *,
                     num_samples: int, length: int, temperature: float = 1.0,

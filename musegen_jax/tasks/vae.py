@@ -360,12 +360,7 @@ class VAETask:
   def write_step_samples(self, params: Any, rng: Array, directory: str | None,
                          title: str) -> list[dict[str, str]]:
     """The training loop's periodic prior samples (MIDI + piano-roll PNG)."""
-    sample = self.config.sample
-    paths = self.write_samples(
-        params, rng, directory, num_samples=sample.num_samples,
-        length=sample.length, temperature=sample.temperature,
-        top_k=sample.top_k, top_p=sample.top_p, title=title)
-    return [{"midi": p, "image": os.path.splitext(p)[0] + ".png"} for p in paths]
+    return common.write_token_step_samples(self, params, rng, directory, title)
 
   def write_samples(self, params: Any, rng: Array, directory: str | None, *,
                     num_samples: int, length: int, temperature: float = 1.0,
