@@ -62,6 +62,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # Serial: every piece is padded to this many tokens, START and each
   # frame's keys and EOF (the longest, in test, has 788).
   config.data.max_tokens = 788
+  # Training pieces are shifted by a random number of semitones in
+  # [-transpose, transpose] (kept on the 88 keys); 0: never. Evaluation
+  # always reads the pieces as written.
+  config.data.transpose = 0
   # grain worker processes for the training pipeline (0: in the main process).
   config.data.num_workers = 0
   config.data.prefetch_buffer_size = 8

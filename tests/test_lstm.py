@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from musegen_jax.models import layers
 from musegen_jax.models import lstm
 
 VOCAB, EMBED, HIDDEN, LAYERS = 11, 6, 8, 2
@@ -181,19 +182,39 @@ def test_dropout_only_in_training(params):
   np.testing.assert_array_equal(train_logits, again)
 
 
-@pytest.mark.parametrize("width", [500, 501])  # 16-bit and 32-bit draws.
-def test_dropout_rate_and_scale(width):
-  x = jnp.ones((200, width))
+@pytest.mark.parametrize("shape", [(200, 500), (8, 25, 401)])
+def test_dropout_rate_and_scale(shape):
+  x = jnp.ones(shape)
   y = lstm.Dropout(0.1).apply({}, x, deterministic=False,
                               rngs={"dropout": jax.random.PRNGKey(4)})
   kept = np.asarray(y) != 0
-  assert abs(kept.mean() - 0.9) < 0.005
+  # 100,000+ draws: the kept fraction within 5 standard deviations of 0.9.
+  assert abs(kept.mean() - 0.9) < 5 * np.sqrt(0.09 / kept.size)
   np.testing.assert_allclose(np.asarray(y)[kept], 1 / 0.9, rtol=1e-6)
-  # The two halves of a word are independent draws: the two halves of the
-  # last axis agree no more often than independent masks do.
-  half = width // 2
-  agree = (kept[:, :half] == kept[:, half:2 * half]).mean()
-  assert abs(agree - (0.9**2 + 0.1**2)) < 0.01
+  kept = kept.reshape(-1, shape[-1])
+  independent = 0.9**2 + 0.1**2  # P(two independent draws agree).
+  # Neighbours along either axis, and another key's mask, agree no more
+  # often than independent draws do.
+  other = lstm.Dropout(0.1).apply({}, x, deterministic=False,
+                                  rngs={"dropout": jax.random.PRNGKey(5)})
+  other = (np.asarray(other) != 0).reshape(kept.shape)
+  for a, b in ((kept[:, 1:], kept[:, :-1]), (kept[1:], kept[:-1]), (kept, other)):
+    assert abs((a == b).mean() - independent) < 0.01
+
+
+def test_hash_bits():
+  key = jax.random.PRNGKey(0)
+  words = np.asarray(layers.hash_bits(key, (256, 256))).ravel().astype(np.int64)
+  # A bijection of the index for one key: no word repeats.
+  assert len(np.unique(words)) == words.size
+  # Every bit is a fair coin, and consecutive words are uncorrelated.
+  bits = (words[:, None] >> np.arange(32)) & 1
+  np.testing.assert_allclose(bits.mean(0), 0.5, atol=0.01)
+  assert abs(np.corrcoef(words[1:], words[:-1])[0, 1]) < 0.01
+  # Deterministic per key; another key gives other words.
+  np.testing.assert_array_equal(words, np.asarray(layers.hash_bits(key, (65536,))))
+  other = np.asarray(layers.hash_bits(jax.random.PRNGKey(1), (65536,)))
+  assert (other == words).mean() < 1e-3
 
 
 def test_train_matmul_flops():

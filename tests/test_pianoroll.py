@@ -181,6 +181,51 @@ def test_serial_nll_equals_a_hand_computation():
   assert float(jnp.abs(grads[0, 4]).sum()) == 0.0
 
 
+@pytest.mark.parametrize("frame_model", ["bernoulli", "serial"])
+def test_transposition_shifts_whole_training_pieces(frame_model):
+  config = load_config("jsb_lstm", data__frame_model=frame_model,
+                       data__transpose=5, batch_size=8)
+  task = pianoroll.PianorollTask(config, None)
+  plain = pianoroll.PianorollTask(load_config("jsb_lstm", data__frame_model=frame_model,
+                                              batch_size=8), None)
+  shifted_batches = iter(task.create_train_dataset(""))
+  plain_batches = iter(plain.create_train_dataset(""))
+  shifts = []
+  for _ in range(4):  # 32 pieces, in the same shuffled order.
+    batch, ref = next(shifted_batches), next(plain_batches)
+    for i in range(8):
+      if frame_model == "bernoulli":
+        np.testing.assert_array_equal(batch["mask"][i], ref["mask"][i])
+        a, b = batch["frames"][i], ref["frames"][i]
+        assert a.sum() == b.sum()
+        shift = int(np.flatnonzero(a.any(0))[0] - np.flatnonzero(b.any(0))[0])
+        np.testing.assert_array_equal(np.roll(b, shift, axis=-1), a)
+      else:
+        a, b = batch["tokens"][i], ref["tokens"][i]
+        keys = b < pianoroll.NUM_KEYS
+        np.testing.assert_array_equal(a[~keys], b[~keys])
+        shift = int(a[keys][0] - b[keys][0])
+        np.testing.assert_array_equal(a[keys], b[keys] + shift)
+      shifts.append(shift)
+  # Every shift within +-5 semitones, and not all the same.
+  assert all(-5 <= s <= 5 for s in shifts) and len(set(shifts)) > 3
+  # Evaluation reads the pieces as written.
+  for key, value in task.eval_data("", "valid").items():
+    np.testing.assert_array_equal(value, plain.eval_data("", "valid")[key])
+  # No key is pushed off the 88: keys 10 and 86 leave room for shifts of
+  # -10 .. +1 only, even with up to 12 semitones allowed.
+  piece = {"frames": np.zeros((4, pianoroll.NUM_KEYS), np.uint8)}
+  piece["frames"][:, [10, 86]] = 1
+  transpose = pianoroll.RandomTranspose(12)
+  shifts = set()
+  for seed in range(100):
+    out = transpose.random_map(piece, np.random.default_rng(seed))["frames"]
+    keys = np.flatnonzero(out.any(0))
+    assert len(keys) == 2 and keys[1] - keys[0] == 76
+    shifts.add(int(keys[0]) - 10)
+  assert shifts == set(range(-10, 2))
+
+
 def test_frame_model_keys_are_checked_and_work_in_the_bernoulli_configs():
   config = load_config("jsb_lstm", data__frame_model="nade")
   with pytest.raises(ValueError, match="config.data.frame_model='nade'"):

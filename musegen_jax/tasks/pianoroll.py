@@ -92,7 +92,8 @@ def check_config(config: config_dict.ConfigDict) -> None:
   common.check_ranges(positive=positive)
   non_negative = {"warmup_steps": config.warmup_steps,
                   "weight_decay": config.weight_decay,
-                  "grad_clip_norm": config.grad_clip_norm}
+                  "grad_clip_norm": config.grad_clip_norm,
+                  "data.transpose": config.data.get("transpose", 0)}
   common.check_ranges(non_negative=non_negative)
   if config.grad_accum_steps < 1:
     raise ValueError(f"config.grad_accum_steps={config.grad_accum_steps} must be >= 1")
@@ -276,6 +277,37 @@ class _PieceAt(grain.transforms.Map):
     return {k: v[index] for k, v in self.arrays.items()}
 
 
+class RandomTranspose(grain.transforms.RandomMap):
+  """Shifts a whole training piece by a random number of semitones.
+
+  The shift is drawn uniformly from [-max_semitones, max_semitones], narrowed
+  so that every key of the piece stays on the 88-key range. Takes and gives
+  {"frames", "mask"} (Bernoulli) or {"tokens"} (serial: keys move, EOF and
+  START/padding stay; the ascending order within a frame is kept).
+  """
+
+  def __init__(self, max_semitones: int):
+    self.max_semitones = int(max_semitones)
+
+  def random_map(self, piece: dict[str, np.ndarray], rng: np.random.Generator
+                 ) -> dict[str, np.ndarray]:
+    if "frames" in piece:
+      keys = np.flatnonzero(piece["frames"].any(axis=0))
+    else:
+      tokens = piece["tokens"]
+      keys = tokens[tokens < NUM_KEYS]
+    if not len(keys):
+      return piece
+    low = max(-self.max_semitones, -int(keys.min()))
+    high = min(self.max_semitones, NUM_KEYS - 1 - int(keys.max()))
+    shift = int(rng.integers(low, high + 1))
+    if "frames" in piece:
+      # No key wraps around: the shift keeps them all on the range.
+      return {**piece, "frames": np.roll(piece["frames"], shift, axis=-1)}
+    moved = np.where(tokens < NUM_KEYS, tokens + shift, tokens)
+    return {**piece, "tokens": moved.astype(tokens.dtype)}
+
+
 class PianorollTask:
   """Loss, steps and sampling of a next-frame model on JSB Chorales."""
 
@@ -334,6 +366,9 @@ class PianorollTask:
   def create_train_dataset(self, data_dir: str) -> grain.IterDataset:
     """Shuffled whole training pieces, this process's share of each batch.
 
+    With `config.data.transpose` = k > 0 each piece is shifted by a random
+    number of semitones in [-k, k] (`RandomTranspose`); evaluation never is.
+
     `data_dir` is not read (the chorales are bundled). The iterator's state
     (position and shuffle) goes into checkpoints.
     """
@@ -344,8 +379,10 @@ class PianorollTask:
           .seed(config.seed)
           .shuffle()
           .repeat()
-          .map(_PieceAt(pieces))
-          [jax.process_index()::jax.process_count()])
+          .map(_PieceAt(pieces)))
+    if config.data.get("transpose", 0):
+      ds = ds.random_map(RandomTranspose(config.data.transpose))
+    ds = ds[jax.process_index()::jax.process_count()]
     return pipeline.batch_and_prefetch(
         ds, global_batch_size=config.batch_size, num_workers=config.data.num_workers,
         prefetch_buffer_size=config.data.prefetch_buffer_size)
