@@ -85,7 +85,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.grad_clip_norm = 1.0
   # > 0: keep an exponential moving average of the parameters with this
   # decay and evaluate, sample and export it (0: off, the raw parameters).
-  config.ema_decay = 0.0
+  # 0.998 (a horizon of ~500 steps) took 0.04-0.07 nats off the test NLL of
+  # the LSTM and the GRU (BUILD_NOTES.md).
+  config.ema_decay = 0.998
   # A NaN/Inf loss or gradient is never applied: "stop" or "skip" (count).
   config.nonfinite = "stop"
 
@@ -118,6 +120,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.eval_every_steps = 10
     config.checkpoint_every_steps = 10
     config.sample_every_steps = 20
+    # A horizon of ~10 of the 20 steps, so the evaluated average has trained.
+    config.ema_decay = 0.9
     config.sample.num_samples = 2
     config.sample.length = 16
   return config

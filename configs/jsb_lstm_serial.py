@@ -48,6 +48,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.warmup_steps = 50
   config.eval_every_steps = 100
   config.checkpoint_every_steps = 100
+  # The raw parameters (measured so: 4.84 test NLL at step 700); the 1,000
+  # steps are too few for jsb_lstm's 500-step average.
+  config.ema_decay = 0.0
 
   if arg == "smoke":
     config.model.embed_dim = 16

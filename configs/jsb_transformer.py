@@ -10,24 +10,14 @@ next-frame Bernoulli NLL in nats per frame, the literature's split. The
 multi-hot frames enter through a learned [88, d_model] input projection.
 """
 
-import importlib.util
-import os
-
 from ml_collections import config_dict
 
-
-def _jsb_lstm_config(arg: str | None) -> config_dict.ConfigDict:
-  """configs/jsb_lstm.py's config (loaded by path: configs is no package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jsb_lstm.py")
-  spec = importlib.util.spec_from_file_location("configs_jsb_lstm", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+from musegen_jax import config_defaults
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   """Returns the default config; `arg="smoke"` gives a tiny CPU variant."""
-  config = _jsb_lstm_config(arg)
+  config = config_defaults.sibling_config(__file__, "jsb_lstm", arg)
   config.model = config_dict.ConfigDict()
   config.model.name = "transformer"  # musegen_jax/models/<name>.py
   config.model.num_layers = 3
