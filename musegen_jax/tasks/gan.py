@@ -43,30 +43,23 @@ FRECHET_N_MELS = 64
 
 def check_config(config: config_dict.ConfigDict) -> None:
   """Rejects out-of-range values of the GAN's keys."""
-  positive = {"learning_rate": config.learning_rate,
-              "gan.critic_steps": config.gan.critic_steps,
+  common.check_optimizer_ranges(config)
+  positive = {"gan.critic_steps": config.gan.critic_steps,
               "model.dim": config.model.dim,
               "model.latent_dim": config.model.latent_dim,
               "model.kernel_size": config.model.kernel_size,
               "data.audio.sample_rate": config.data.audio.sample_rate,
               "sample.num_samples": config.sample.num_samples}
-  common.check_ranges(positive=positive)
   non_negative = {"gan.gp_weight": config.gan.gp_weight,
                   "model.phase_shuffle": config.model.phase_shuffle,
                   "data.silence_threshold": config.data.silence_threshold}
-  common.check_ranges(non_negative=non_negative)
+  common.check_ranges(positive=positive, non_negative=non_negative,
+                      fractions={"gan.ema_decay": config.gan.ema_decay})
   if config.gan.loss not in LOSSES:
     raise ValueError(f"config.gan.loss={config.gan.loss!r}; allowed: {list(LOSSES)}")
   if config.data.slice_len not in SLICE_LENGTHS:
     raise ValueError(f"config.data.slice_len={config.data.slice_len}; allowed: "
                      f"{list(SLICE_LENGTHS)}")
-  if not 0 <= config.gan.ema_decay < 1:
-    raise ValueError(f"config.gan.ema_decay={config.gan.ema_decay} must be in [0, 1)")
-  for key in ("adam_b1", "adam_b2"):
-    if not 0 <= config[key] < 1:
-      raise ValueError(f"config.{key}={config[key]} must be in [0, 1)")
-  if config.grad_accum_steps < 1:
-    raise ValueError(f"config.grad_accum_steps={config.grad_accum_steps} must be >= 1")
   if config.model.use_batchnorm and (config.grad_accum_steps > 1
                                      or config.parallelism == "pmap"):
     raise ValueError(

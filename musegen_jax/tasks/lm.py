@@ -37,22 +37,14 @@ Array = jax.Array
 
 def check_config(config: config_dict.ConfigDict) -> None:
   """Rejects out-of-range values of the language model's keys."""
-  positive = {"data.seq_len": config.data.seq_len,
-              "learning_rate": config.learning_rate,
-              "sample.num_samples": config.sample.num_samples,
-              "sample.length": config.sample.length,
-              "sample.temperature": config.sample.temperature}
-  common.check_ranges(positive=positive)
-  non_negative = {"warmup_steps": config.warmup_steps,
-                  "weight_decay": config.weight_decay,
-                  "grad_clip_norm": config.grad_clip_norm,
-                  "sample.top_k": config.sample.top_k}
-  common.check_ranges(non_negative=non_negative)
-  if config.grad_accum_steps < 1:
-    raise ValueError(f"config.grad_accum_steps={config.grad_accum_steps} must be >= 1")
-  if not 0 <= config.model.dropout_rate < 1:
-    raise ValueError(f"config.model.dropout_rate={config.model.dropout_rate} "
-                     "must be in [0, 1)")
+  common.check_optimizer_ranges(config)
+  common.check_ranges(
+      positive={"data.seq_len": config.data.seq_len,
+                "sample.num_samples": config.sample.num_samples,
+                "sample.length": config.sample.length,
+                "sample.temperature": config.sample.temperature},
+      non_negative={"sample.top_k": config.sample.top_k},
+      fractions={"model.dropout_rate": config.model.dropout_rate})
   if not 0 < config.sample.top_p <= 1:
     raise ValueError(f"config.sample.top_p={config.sample.top_p} must be in (0, 1]")
   window = config.model.get("window")

@@ -83,26 +83,17 @@ def check_config(config: config_dict.ConfigDict) -> None:
     raise ValueError(f"config.data.frame_model={mode!r}; allowed: {list(FRAME_MODELS)}")
   serial = mode == "serial"
   positive = {"data.max_frames": config.data.max_frames,
-              "learning_rate": config.learning_rate,
               "sample.num_samples": config.sample.num_samples,
               "sample.length": config.sample.length,
               "sample.temperature": config.sample.temperature}
   if serial:
     positive["data.max_tokens"] = config.data.max_tokens
-  common.check_ranges(positive=positive)
-  non_negative = {"warmup_steps": config.warmup_steps,
-                  "weight_decay": config.weight_decay,
-                  "grad_clip_norm": config.grad_clip_norm,
-                  "data.transpose": config.data.get("transpose", 0)}
-  common.check_ranges(non_negative=non_negative)
-  if config.grad_accum_steps < 1:
-    raise ValueError(f"config.grad_accum_steps={config.grad_accum_steps} must be >= 1")
-  if not 0 <= config.input_dropout_rate < 1:
-    raise ValueError(f"config.input_dropout_rate={config.input_dropout_rate} "
-                     "must be in [0, 1)")
-  if not 0 <= config.model.dropout_rate < 1:
-    raise ValueError(f"config.model.dropout_rate={config.model.dropout_rate} "
-                     "must be in [0, 1)")
+  common.check_optimizer_ranges(config)
+  common.check_ranges(
+      positive=positive,
+      non_negative={"data.transpose": config.data.get("transpose", 0)},
+      fractions={"input_dropout_rate": config.input_dropout_rate,
+                 "model.dropout_rate": config.model.dropout_rate})
   if serial and not 1 <= config.sample.max_notes_per_frame <= NUM_KEYS:
     raise ValueError(f"config.sample.max_notes_per_frame="
                      f"{config.sample.max_notes_per_frame} must be in [1, {NUM_KEYS}]")

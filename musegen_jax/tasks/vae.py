@@ -69,8 +69,8 @@ def check_config(config: config_dict.ConfigDict) -> None:
     raise ValueError(f"config.data.representation={config.data.representation!r}; "
                      f"the vae task reads tokens: {names}")
   m = config.model
+  common.check_optimizer_ranges(config)
   positive = {"data.seq_len": config.data.seq_len,
-              "learning_rate": config.learning_rate,
               "model.embed_dim": m.embed_dim,
               "model.encoder_hidden_size": m.encoder_hidden_size,
               "model.encoder_num_layers": m.encoder_num_layers,
@@ -80,22 +80,15 @@ def check_config(config: config_dict.ConfigDict) -> None:
               "sample.num_samples": config.sample.num_samples,
               "sample.length": config.sample.length,
               "sample.temperature": config.sample.temperature}
-  common.check_ranges(positive=positive)
-  non_negative = {"warmup_steps": config.warmup_steps,
-                  "weight_decay": config.weight_decay,
-                  "grad_clip_norm": config.grad_clip_norm,
-                  "sample.top_k": config.sample.top_k,
+  non_negative = {"sample.top_k": config.sample.top_k,
                   "vae.beta": config.vae.beta,
                   "vae.beta_warmup_steps": config.vae.beta_warmup_steps,
                   "vae.free_bits": config.vae.free_bits}
-  common.check_ranges(non_negative=non_negative)
-  for key in ("dropout_rate", "word_dropout"):
-    if not 0 <= m[key] < 1:
-      raise ValueError(f"config.model.{key}={m[key]} must be in [0, 1)")
+  common.check_ranges(positive=positive, non_negative=non_negative,
+                      fractions={"model.dropout_rate": m.dropout_rate,
+                                 "model.word_dropout": m.word_dropout})
   if not 0 < config.sample.top_p <= 1:
     raise ValueError(f"config.sample.top_p={config.sample.top_p} must be in (0, 1]")
-  if config.grad_accum_steps < 1:
-    raise ValueError(f"config.grad_accum_steps={config.grad_accum_steps} must be >= 1")
   models.get_dtype(m.dtype)
 
 
