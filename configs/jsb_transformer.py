@@ -30,6 +30,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.model.max_len = 160
   # "relative" (Music Transformer, Huang et al. 2018) or "absolute".
   config.model.attention = "relative"
+  # > 0: local attention, each position sees itself and the
+  # attention_window - 1 before it (0: the whole past).
+  config.model.attention_window = 0
   # "learned", "sinusoidal" or "none" (added to the projected frames).
   config.model.position_encoding = "sinusoidal"
   # On the input and on each residual branch.

@@ -41,6 +41,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # kernel), "einsum" (hand-written backward pass, faster on CPU) or "auto"
   # (einsum on CPU, fused elsewhere).
   config.model.attention_impl = "auto"
+  # > 0: local attention, each position sees itself and the
+  # attention_window - 1 before it (0: the whole past).
+  config.model.attention_window = 0
   # On the embeddings and on each residual branch (not on attention weights).
   config.model.dropout_rate = 0.1
   # Compute dtype of the matmuls; parameters stay float32.

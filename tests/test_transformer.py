@@ -36,11 +36,12 @@ def fast_compile():
 
 
 def _model(attention="relative", position_encoding="learned", dropout_rate=0.0,
-           max_len=MAX_LEN):
+           max_len=MAX_LEN, attention_window=0):
   return transformer.TransformerLanguageModel(
       vocab_size=VOCAB, num_layers=LAYERS, d_model=D_MODEL, num_heads=HEADS,
       mlp_dim=MLP, max_len=max_len, dropout_rate=dropout_rate,
-      attention=attention, position_encoding=position_encoding)
+      attention=attention, position_encoding=position_encoding,
+      attention_window=attention_window)
 
 
 def _tokens(batch=2, length=9, seed=0):
@@ -107,6 +108,27 @@ def test_changing_a_future_token_never_changes_an_earlier_logit(attention):
     assert not np.allclose(logits[:, t], base[:, t])
 
 
+@pytest.mark.parametrize("attention", KINDS)
+def test_a_local_window_limits_what_each_logit_sees(attention):
+  # Each of the LAYERS layers looks back window - 1 positions, so the logit
+  # at t depends on tokens t - LAYERS * (window - 1) .. t and on no others.
+  window = 3
+  reach = LAYERS * (window - 1)
+  model = _model(attention, "none", attention_window=window)
+  params = _params(model)
+  tokens = _tokens(batch=1, length=MAX_LEN)
+  base, _ = _apply(model, params, tokens)
+  for s in (0, 3):
+    changed = tokens.at[0, s].set((tokens[0, s] + 1) % VOCAB)
+    logits, _ = _apply(model, params, changed)
+    moved = ~np.isclose(np.asarray(logits[0]), np.asarray(base[0]),
+                        rtol=0, atol=1e-6).all(-1)
+    np.testing.assert_array_equal(
+        np.flatnonzero(moved), np.arange(s, min(s + reach + 1, MAX_LEN)))
+  with pytest.raises(ValueError, match="attention_window=-1"):
+    _apply(_model(attention, attention_window=-1), params, tokens)
+
+
 def test_skew_equals_a_gather_of_relative_distances():
   rng = np.random.default_rng(0)
   for queries, keys, offset in ((5, 5, 0), (3, 8, 2), (1, 8, 7), (4, 8, 0)):
@@ -160,10 +182,12 @@ def test_relative_attention_equals_a_naive_reference():
       rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("attention,position_encoding", [
-    ("absolute", "learned"), ("absolute", "sinusoidal"), ("relative", "none")])
-def test_cached_decoding_equals_full_recompute(attention, position_encoding):
-  model = _model(attention, position_encoding)
+@pytest.mark.parametrize("attention,position_encoding,window", [
+    ("absolute", "learned", 0), ("absolute", "sinusoidal", 0),
+    ("relative", "none", 0), ("relative", "sinusoidal", 3)])
+def test_cached_decoding_equals_full_recompute(attention, position_encoding,
+                                               window):
+  model = _model(attention, position_encoding, attention_window=window)
   params = _params(model)
   tokens = _tokens(batch=2, length=MAX_LEN)
   step_fn = jax.jit(lambda c, t: model.apply({"params": params}, t, carry=c))
@@ -290,8 +314,10 @@ def test_lengths_past_max_len_fail_before_compile_naming_the_key():
     task.sample(None, jax.random.PRNGKey(0), np.ones((1, 3), np.int32), length=510)
 
 
-@pytest.mark.parametrize("length,blocks", [(7, 1), (128, 2), (256, 4)])
-def test_causal_attention_and_its_gradients_equal_the_library_call(length, blocks):
+@pytest.mark.parametrize("length,blocks,window", [
+    (7, 1, 0), (128, 2, 0), (256, 4, 0), (7, 1, 3), (256, 4, 70)])
+def test_causal_attention_and_its_gradients_equal_the_library_call(
+    length, blocks, window):
   assert transformer._query_blocks(length) == blocks
   rng = np.random.default_rng(0)
   q, k, v = (jnp.asarray(rng.normal(size=(2, 3, length, 4)), jnp.float32)
@@ -301,12 +327,14 @@ def test_causal_attention_and_its_gradients_equal_the_library_call(length, block
   weights = jnp.asarray(rng.normal(size=(2, 3, length, 4)), jnp.float32)
 
   def ours(q, k, v, bias):
-    return jnp.sum(transformer.causal_attention(q, k, v, bias, scale) * weights)
+    return jnp.sum(transformer.causal_attention(q, k, v, bias, scale, window)
+                   * weights)
 
   def library(q, k, v, bias):
     t = lambda a: jnp.swapaxes(a, 1, 2)
-    y = jax.nn.dot_product_attention(t(q), t(k), t(v), bias=bias, scale=scale,
-                                     is_causal=True)
+    y = jax.nn.dot_product_attention(
+        t(q), t(k), t(v), bias=bias, scale=scale, is_causal=True,
+        local_window_size=(window - 1, 0) if window else None)
     return jnp.sum(t(y) * weights)
 
   np.testing.assert_allclose(ours(q, k, v, bias), library(q, k, v, bias), rtol=1e-5)
@@ -315,7 +343,7 @@ def test_causal_attention_and_its_gradients_equal_the_library_call(length, block
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   # Without a bias too.
   no_bias = jax.grad(lambda q: jnp.sum(transformer.causal_attention(
-      q, k, v, None, scale) * weights))(q)
+      q, k, v, None, scale, window) * weights))(q)
   np.testing.assert_allclose(
       no_bias, jax.grad(lambda q: library(q, k, v, jnp.zeros_like(bias)))(q),
       rtol=1e-4, atol=1e-5)

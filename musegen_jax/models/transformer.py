@@ -132,9 +132,17 @@ def _query_blocks(length: int) -> int:
   return 1
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def window_mask(query_pos: Array, key_pos: Array, window: int) -> Array:
+  """[queries, keys] bool: key <= query, and (window > 0) query - key < window."""
+  mask = key_pos[None, :] <= query_pos[:, None]
+  if window:
+    mask &= key_pos[None, :] > query_pos[:, None] - window
+  return mask
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def causal_attention(q: Array, k: Array, v: Array, bias: Array | None,
-                     scale: float) -> Array:
+                     scale: float, window: int = 0) -> Array:
   """Causal softmax attention over head-major [batch, heads, length, dim].
 
   softmax(q k^T * scale + bias, masked to keys <= query) v, computed in
@@ -145,15 +153,16 @@ def causal_attention(q: Array, k: Array, v: Array, bias: Array | None,
   logits' gradient is p * (dy v^T - rowsum(dy * y)) (the row sum of dp * p
   equals that of dy * y, so no reduction over the probabilities is
   needed). `bias` [batch, heads, length, length] (relative logits) or None.
-  On CPU this measured 20-25% faster than a whole-square formulation.
+  `window` > 0: each query sees only its last `window` keys (itself
+  included). On CPU this measured 20-25% faster than a whole-square
+  formulation.
   """
-  return _attention_fwd(q, k, v, bias, scale)[0]
+  return _attention_fwd(q, k, v, bias, scale, window)[0]
 
 
-def _attention_fwd(q, k, v, bias, scale):
+def _attention_fwd(q, k, v, bias, scale, window):
   length = q.shape[2]
   size = length // _query_blocks(length)
-  diagonal = jnp.tril(jnp.ones((size, size), bool))
   outputs, probs = [], []
   for start in range(0, length, size):
     keys = start + size  # This block's queries see keys [0, keys).
@@ -161,7 +170,7 @@ def _attention_fwd(q, k, v, bias, scale):
                         preferred_element_type=jnp.float32) * scale
     if bias is not None:
       logits = logits + bias[:, :, start:keys, :keys].astype(jnp.float32)
-    mask = jnp.concatenate([jnp.ones((size, start), bool), diagonal], 1)
+    mask = window_mask(jnp.arange(start, keys), jnp.arange(keys), window)
     p = jax.nn.softmax(jnp.where(mask, logits, -jnp.inf), axis=-1)
     outputs.append(jnp.einsum("bhts,bhse->bhte", p.astype(v.dtype),
                               v[:, :, :keys]))
@@ -172,7 +181,8 @@ def _attention_fwd(q, k, v, bias, scale):
              None if bias is None else jnp.zeros((), q.dtype))
 
 
-def _attention_bwd(scale, res, dy):
+def _attention_bwd(scale, window, res, dy):
+  del window  # The probabilities are zero outside it.
   q, k, v, probs, y, bias_marker = res
   length = q.shape[2]
   size = length // len(probs)
@@ -210,6 +220,7 @@ class SelfAttention(nn.Module):
   attention: str = "absolute"
   dtype: Any = jnp.float32
   attention_impl: str = "auto"
+  window: int = 0
 
   @nn.compact
   def __call__(self, x: Array, cache: dict[str, Array] | None = None,
@@ -283,13 +294,14 @@ class SelfAttention(nn.Module):
       # kernel); XLA fuses these transposes into the kernel's operands.
       y = jax.nn.dot_product_attention(
           *(jnp.swapaxes(t, 1, 2) for t in (q, k, v)), bias=bias, scale=scale,
-          is_causal=True)
+          is_causal=True,
+          local_window_size=(self.window - 1, 0) if self.window else None)
       y = jnp.swapaxes(y, 1, 2)
     elif cache is None:
-      y = causal_attention(q, k, v, bias, scale)
+      y = causal_attention(q, k, v, bias, scale, self.window)
     else:
-      query_pos = pos + jnp.arange(length)
-      mask = jnp.arange(keys)[None, :] <= query_pos[:, None]
+      mask = window_mask(pos + jnp.arange(length), jnp.arange(keys),
+                         self.window)
       logits = jnp.einsum("bhte,bhse->bhts", q, new_cache["k"].astype(dtype),
                           preferred_element_type=jnp.float32) * scale
       if bias is not None:
@@ -336,13 +348,15 @@ class DecoderBlock(nn.Module):
   attention: str = "absolute"
   dtype: Any = jnp.float32
   attention_impl: str = "auto"
+  attention_window: int = 0
 
   @nn.compact
   def __call__(self, x: Array, cache: dict[str, Array] | None, pos: Array | None,
                train: bool, cache_len: int | None = None
                ) -> tuple[Array, dict[str, Array]]:
     y, cache = SelfAttention(self.num_heads, self.max_len, self.attention,
-                             self.dtype, self.attention_impl, name="attention")(
+                             self.dtype, self.attention_impl,
+                             self.attention_window, name="attention")(
                                  _layer_norm(self.dtype, "ln_attention")(x),
                                  cache, pos, cache_len)
     x = x + Dropout(self.dropout_rate)(y, deterministic=not train)
@@ -374,6 +388,8 @@ class TransformerLanguageModel(nn.Module):
       (`jax.nn.dot_product_attention`, a GPU's fused kernel), "einsum"
       (`causal_attention`, faster on CPU) or "auto" (einsum on CPU, fused
       elsewhere).
+    attention_window: > 0: local attention, each position attends to itself
+      and the window - 1 positions before it (0: the whole past).
   """
 
   vocab_size: int
@@ -388,6 +404,7 @@ class TransformerLanguageModel(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   attention_impl: str = "auto"
+  attention_window: int = 0
 
   def _check(self, length: int, pos: Array | None, cache_size: int) -> None:
     if self.attention not in ATTENTION_KINDS:
@@ -395,6 +412,9 @@ class TransformerLanguageModel(nn.Module):
     if self.position_encoding not in POSITION_ENCODINGS:
       raise ValueError(f"position_encoding={self.position_encoding!r}; "
                        f"allowed: {POSITION_ENCODINGS}")
+    if self.attention_window < 0:
+      raise ValueError(f"attention_window={self.attention_window} must be >= 0 "
+                       "(0: attend to the whole past).")
     if self.d_model % self.num_heads:
       raise ValueError(f"d_model={self.d_model} is not a multiple of "
                        f"num_heads={self.num_heads}")
@@ -469,7 +489,7 @@ class TransformerLanguageModel(nn.Module):
       x, cache = block(
           self.num_heads, self.mlp_dim, self.max_len, self.dropout_rate,
           self.attention, self.dtype, self.attention_impl,
-          name=f"block_{layer}")(
+          self.attention_window, name=f"block_{layer}")(
               x, None if carry is None else carry["layers"][layer], pos, train,
               cache_len)
       caches.append(cache)
