@@ -17,7 +17,6 @@ from ml_collections import config_dict
 from musegen_jax import config_defaults
 
 
-
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   """Returns the default config; `arg="smoke"` gives a tiny CPU variant."""
   config = config_defaults.sibling_config(__file__, "jsb_lstm_serial", arg)
@@ -26,4 +25,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # Training reads data.max_tokens - 1 tokens; sampling sample.length = 64
   # frames feeds at most 1 + 64 * (sample.max_notes_per_frame + 1) = 577.
   config.model.max_len = 788
+  # A frame is up to 5 tokens here: the Bernoulli model's local window
+  # (a few frames) would see less than one frame back. Attend to the whole
+  # past, with 3 layers and dropout 0.3 (as measured; BUILD_NOTES.md).
+  config.model.attention_window = 0
+  if arg != "smoke":
+    config.model.num_layers = 3
+  config.model.dropout_rate = 0.3
   return config
