@@ -52,7 +52,7 @@ def hash_bits(key: Array, shape: tuple[int, ...]) -> Array:
   vectorized integer operations, a fifth of a threefry word on CPU: on the
   Transformer benchmark, dropout's random bits went from ~13 to ~2 ms a
   step. Element-wise on the global index, so it shards like the
-  partitionable threefry. Statistical tests: tests/test_transformer.py.
+  partitionable threefry. Statistical tests: tests/test_lstm.py.
   """
   words = jax.random.bits(key, (2,), jnp.uint32)
   size = math.prod(shape)
