@@ -8,6 +8,15 @@ eval period: the GAN's Frechet distance between log-mel statistics of
 generated and real clips of the split; a token model's loss, accuracy and
 perplexity over the split; the VAE's negative ELBO, reconstruction and KL
 (nats per sequence), reconstruction per token and accuracy. Choose models on valid, never on test.
+
+Several bundles, comma-separated, are evaluated as an ensemble: the average
+of their predictive distributions (probabilities, not logits), scored like
+one model, beside each member's own figure. The members may differ in
+model and size but not in task or data (the piano-roll task; both frame
+models):
+
+    python -m musegen_jax.evaluate --split=test \
+        --export=exports/jsb_transformer_s0,exports/jsb_transformer_s1
 """
 
 from __future__ import annotations
@@ -18,13 +27,10 @@ from typing import Any
 from absl import app
 from absl import flags
 
-def evaluate(export_dir: str, *, split: str = "valid", data_dir: str | None = None,
-             num_batches: int | None = None) -> dict[str, Any]:
-  """The task's eval metrics of bundle `export_dir` on `split`."""
-  import jax
-
+def _load(export_dir: str, split: str, data_dir: str | None,
+          num_batches: int | None):
+  """(bundle, its config, its task, the split's eval data)."""
   from musegen_jax import checkpoint
-  from musegen_jax import parallel
   from musegen_jax import tasks
   from musegen_jax import train
 
@@ -37,17 +43,110 @@ def evaluate(export_dir: str, *, split: str = "valid", data_dir: str | None = No
   data_dir = train.resolve_data_dir(config)
   task = tasks.create_task(config, train.load_representation(config, data_dir))
   data_dir = task.prepare_data(data_dir)
-  eval_data = task.eval_data(data_dir, split)
-  # The largest device count that divides the batch: the evaluating machine
-  # may have other devices than the training one.
-  count = max(n for n in range(1, jax.device_count() + 1)
-              if config.batch_size % n == 0)
-  mesh = parallel.create_mesh(jax.devices()[:count])
+  return bundle, config, task, task.eval_data(data_dir, split)
+
+
+def _mesh(batch_size: int):
+  """The largest device count that divides the batch: the evaluating machine
+  may have other devices than the training one."""
+  import jax
+
+  from musegen_jax import parallel
+
+  count = max(n for n in range(1, jax.device_count() + 1) if batch_size % n == 0)
+  return parallel.create_mesh(jax.devices()[:count])
+
+
+def evaluate(export_dir: str, *, split: str = "valid", data_dir: str | None = None,
+             num_batches: int | None = None) -> dict[str, Any]:
+  """The task's eval metrics of bundle `export_dir` on `split`.
+
+  A comma-separated list of bundles is evaluated as an ensemble
+  (`evaluate_ensemble`).
+  """
+  from musegen_jax import train
+
+  if "," in export_dir:
+    return evaluate_ensemble(export_dir.split(","), split=split,
+                             data_dir=data_dir, num_batches=num_batches)
+  bundle, config, task, eval_data = _load(export_dir, split, data_dir,
+                                          num_batches)
+  mesh = _mesh(config.batch_size)
   _, eval_step = train.jit_steps(task, mesh)
   metrics = train.evaluate(eval_step, task, bundle.params, eval_data, mesh,
                            config.num_eval_batches)
   return {"export": export_dir, "step": bundle.step, "split": split,
           "task": config.task, "model": config.model.name, **metrics}
+
+
+def evaluate_ensemble(export_dirs: list[str], *, split: str = "valid",
+                      data_dir: str | None = None,
+                      num_batches: int | None = None) -> dict[str, Any]:
+  """Eval metrics of the average of the bundles' predictive distributions.
+
+  Each target's probabilities are averaged over the members (a mixture,
+  itself a model of the data) and scored by the first member's task. The
+  tasks must give `eval_log_probs` and `log_prob_sums` (the piano-roll task
+  does) and read the same eval data.
+
+  Returns:
+    The mixture's metrics, and under "members" each bundle's own (the same
+    figures `evaluate` gives for it alone).
+  """
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from musegen_jax import parallel
+
+  export_dirs = [d for d in export_dirs if d]
+  if len(export_dirs) < 2:
+    raise ValueError(f"An ensemble needs two or more bundles; got {export_dirs}.")
+  members = [_load(d, split, data_dir, num_batches) for d in export_dirs]
+  _, config, task, eval_data = members[0]
+  for export_dir, (_, other_config, other_task, other_data) in zip(
+      export_dirs, members):
+    if not hasattr(other_task, "eval_log_probs"):
+      raise ValueError(f"{export_dir}: task {other_config.task!r} has no "
+                       "eval_log_probs; ensembles need the piano-roll task.")
+    same = (other_config.task == config.task and
+            other_data.keys() == eval_data.keys() and
+            all(np.array_equal(other_data[k], eval_data[k]) for k in eval_data))
+    if not same:
+      raise ValueError(f"{export_dir} ({other_config.task}, "
+                       f"frame_model={other_config.data.get('frame_model')}) "
+                       f"reads other {split} data than {export_dirs[0]} "
+                       f"({config.task}, frame_model="
+                       f"{config.data.get('frame_model')}); an ensemble's "
+                       "members must share their task and data.")
+  mesh = _mesh(config.batch_size)
+  log_probs_fns = [jax.jit(member_task.eval_log_probs)
+                   for _, _, member_task, _ in members]
+  sums_fn = jax.jit(task.log_prob_sums)
+
+  @jax.jit
+  def mixture(log_probs):
+    return (jax.nn.logsumexp(jnp.stack(log_probs), axis=0) -
+            jnp.log(float(len(log_probs))))
+
+  totals = [None] * (len(members) + 1)
+  for i, batch in enumerate(task.eval_batches(eval_data)):
+    if 0 <= config.num_eval_batches <= i:
+      break
+    batch = parallel.global_batch(batch, mesh)
+    log_probs = [fn(bundle.params, batch)
+                 for fn, (bundle, *_) in zip(log_probs_fns, members)]
+    for j, lp in enumerate(log_probs + [mixture(log_probs)]):
+      sums = sums_fn(lp, batch)
+      totals[j] = sums if totals[j] is None else jax.tree.map(
+          jnp.add, totals[j], sums)
+  summaries = [task.summarize(jax.device_get(t), eval_data) for t in totals]
+  return {"exports": export_dirs, "split": split, "task": config.task,
+          **summaries[-1],
+          "members": [{"export": d, "step": bundle.step,
+                       "model": member_config.model.name, **summary}
+                      for d, (bundle, member_config, *_), summary in zip(
+                          export_dirs, members, summaries)]}
 
 
 def main(argv: list[str]) -> None:
@@ -61,7 +160,10 @@ def main(argv: list[str]) -> None:
 def run() -> None:
   # Flags are defined here, not at import, so that importing this module
   # next to sample.py (both have --export) does not clash.
-  flags.DEFINE_string("export", None, "Bundle written by musegen_jax.export.")
+  flags.DEFINE_string("export", None,
+                      "Bundle written by musegen_jax.export; several, "
+                      "comma-separated: their ensemble (averaged predictive "
+                      "distributions).")
   flags.DEFINE_enum("split", "valid", ["train", "valid", "test"],
                     "Split to evaluate on.")
   flags.DEFINE_string("data_dir", None,

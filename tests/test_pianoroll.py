@@ -47,6 +47,14 @@ def test_nll_sums_equal_a_hand_computation():
   assert float(sums["frame_sum"]) == 2.0
   out = pianoroll.PianorollTask.summarize(jax.device_get(sums))
   np.testing.assert_allclose(out["nll"], (frame0 + frame1) / 2, rtol=1e-6)
+  # Evaluation (and ensembles) score the keys' log-probabilities instead.
+  log_probs = pianoroll.key_log_probs(jnp.asarray(logits))
+  np.testing.assert_allclose(np.exp(log_probs).sum(-1), 1.0, rtol=1e-6)
+  from_log_probs = pianoroll.frame_log_prob_sums(
+      log_probs, jnp.asarray(frames), jnp.asarray(mask))
+  np.testing.assert_allclose(float(from_log_probs["nll_sum"]), frame0 + frame1,
+                             rtol=1e-6)
+  assert float(from_log_probs["frame_sum"]) == 2.0
 
 
 def test_inputs_are_the_previous_frames_after_a_zero_start():
@@ -73,8 +81,8 @@ def test_rolls_match_the_quarter_note_file():
 
 def test_smoke_config_trains_on_8_devices_and_eval_covers_every_valid_frame(tmp_path):
   assert jax.device_count() == 8
-  config = load_config("jsb_lstm", num_train_steps=6, eval_every_steps=6,
-                       checkpoint_every_steps=6, log_every_steps=3,
+  config = load_config("jsb_lstm", num_train_steps=6, eval_every_steps=3,
+                       checkpoint_every_steps=3, log_every_steps=3,
                        sample_every_steps=6)
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 6
@@ -96,6 +104,32 @@ def test_smoke_config_trains_on_8_devices_and_eval_covers_every_valid_frame(tmp_
                          config.num_eval_batches)
   assert valid["frames"] == 4602
   assert 0 < valid["nll"] < 88 * np.log(2) + 1
+
+  # An ensemble of the step-3 and step-6 bundles: each member's figure is
+  # its own evaluation; the ensemble's is the NLL of the members' averaged
+  # key probabilities, recomputed here in numpy over the valid pieces.
+  bundles = [str(tmp_path / f"export_{step}") for step in (3, 6)]
+  for step, bundle in zip((3, 6), bundles):
+    export.export(str(tmp_path), bundle, str(step))
+  result = evaluate.evaluate(",".join(bundles), split="valid")
+  assert [m["step"] for m in result["members"]] == [3, 6]
+  for member, bundle in zip(result["members"], bundles):
+    alone = evaluate.evaluate(bundle, split="valid")
+    np.testing.assert_allclose(member["nll"], alone["nll"], rtol=1e-6)
+  frames, mask = eval_data["frames"], eval_data["mask"].astype(bool)
+  probs_on = [np.exp(np.asarray(task.eval_log_probs(
+      checkpoint.load_bundle(b).params, {"frames": frames}), np.float64)[..., 1])
+              for b in bundles]
+  on = np.mean(probs_on, axis=0)
+  likelihood = np.where(frames == 1, on, 1.0 - on)
+  expected = -np.log(likelihood).sum(-1)[mask].sum() / mask.sum()
+  np.testing.assert_allclose(result["nll"], expected, rtol=1e-5)
+  assert result["frames"] == 4602
+  # A mixture is never worse than its members' average (Jensen).
+  assert result["nll"] <= np.mean([m["nll"] for m in result["members"]])
+  assert result["members"][0]["nll"] != result["members"][1]["nll"]
+  with pytest.raises(ValueError, match="two or more bundles"):
+    evaluate.evaluate_ensemble(bundles[:1])
 
 
 def test_multihot_models_continue_from_their_carry():

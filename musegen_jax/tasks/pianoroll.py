@@ -132,6 +132,29 @@ def frame_nll_sums(logits: Array, frames: Array, mask: Array) -> dict[str, Array
           "frame_sum": jnp.sum(mask)}
 
 
+def key_log_probs(logits: Array) -> Array:
+  """Each key's Bernoulli log-probabilities, [..., 88, 2]: (off, on)."""
+  logits = logits.astype(jnp.float32)
+  return jnp.stack([jax.nn.log_sigmoid(-logits), jax.nn.log_sigmoid(logits)],
+                   axis=-1)
+
+
+def frame_log_prob_sums(log_probs: Array, frames: Array, mask: Array
+                        ) -> dict[str, Array]:
+  """`frame_nll_sums` from `key_log_probs` (or an ensemble's average of them).
+
+  Args:
+    log_probs: [batch, time, 88, 2] log-probabilities of each key off, on.
+    frames: [batch, time, 88] targets in {0, 1}.
+    mask: [batch, time]: 1 on the frames that count.
+  """
+  mask = mask.astype(jnp.float32)
+  per_key = -jnp.take_along_axis(
+      log_probs, frames.astype(jnp.int32)[..., None], axis=-1)[..., 0]
+  return {"nll_sum": jnp.sum(jnp.sum(per_key, -1) * mask),
+          "frame_sum": jnp.sum(mask)}
+
+
 def shift_right(frames: Array) -> Array:
   """Model inputs: an all-zero start frame, then frames[:, :-1], as float32."""
   frames = frames.astype(jnp.float32)
@@ -242,9 +265,19 @@ def serial_nll_sums(logits: Array, tokens: Array) -> dict[str, Array]:
      "frame_sum": the number of frames (EOF targets),
      "token_sum": the number of targets counted}.
   """
-  prev, targets = tokens[:, :-1], tokens[:, 1:]
+  return serial_log_prob_sums(masked_log_probs(logits, tokens[:, :-1]), tokens)
+
+
+def serial_log_prob_sums(log_probs: Array, tokens: Array) -> dict[str, Array]:
+  """`serial_nll_sums` from `masked_log_probs` (or an ensemble's average).
+
+  Args:
+    log_probs: [batch, length - 1, SERIAL_VOCAB_SIZE] log-probabilities of
+      each next token.
+    tokens: [batch, length] int: START, the pieces' tokens, PAD.
+  """
+  targets = tokens[:, 1:]
   counted = targets != PAD_ID
-  log_probs = masked_log_probs(logits, prev)
   # Padding targets read EOF's (always finite) log-probability, then count 0.
   safe = jnp.where(counted, targets, EOF_ID)
   nll = -jnp.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]
@@ -404,8 +437,8 @@ class PianorollTask:
                for k, v in eval_data.items()}
       yield {k: v[lo:lo + per_process] for k, v in batch.items()}
 
-  def _sums(self, params: Any, batch: dict[str, Array], rng: Array | None,
-            train: bool) -> dict[str, Array]:
+  def _logits(self, params: Any, batch: dict[str, Array], rng: Array | None,
+              train: bool) -> Array:
     rate = self.config.input_dropout_rate
     dropout = train and rate > 0
     if dropout:
@@ -426,6 +459,11 @@ class PianorollTask:
     logits, _ = self.model.apply(
         {"params": params}, inputs, train=train,
         rngs=None if rng is None else {"dropout": rng})
+    return logits
+
+  def _sums(self, params: Any, batch: dict[str, Array], rng: Array,
+            train: bool) -> dict[str, Array]:
+    logits = self._logits(params, batch, rng, train)
     if self.serial:
       return serial_nll_sums(logits, batch["tokens"])
     return frame_nll_sums(logits, batch["frames"], batch["mask"])
@@ -458,7 +496,30 @@ class PianorollTask:
 
   def eval_step(self, params: Any, batch: dict[str, Array]) -> dict[str, Array]:
     """NLL and frame sums over a batch; `summarize` turns totals into means."""
-    return self._sums(params, batch, None, train=False)
+    return self.log_prob_sums(self.eval_log_probs(params, batch), batch)
+
+  def eval_log_probs(self, params: Any, batch: dict[str, Array]) -> Array:
+    """The model's log-probabilities of every target's possible values.
+
+    What an ensemble averages (as probabilities; `evaluate --export=A,B`),
+    then scores with `log_prob_sums`.
+
+    Returns:
+      Bernoulli: [batch, time, 88, 2], each key off and on; serial:
+      [batch, length - 1, SERIAL_VOCAB_SIZE], each next token (-inf where
+      the encoding forbids it).
+    """
+    logits = self._logits(params, batch, None, train=False)
+    if self.serial:
+      return masked_log_probs(logits, batch["tokens"][:, :-1])
+    return key_log_probs(logits)
+
+  def log_prob_sums(self, log_probs: Array, batch: dict[str, Array]
+                    ) -> dict[str, Array]:
+    """`eval_step`'s sums from `eval_log_probs` (or an ensemble's average)."""
+    if self.serial:
+      return serial_log_prob_sums(log_probs, batch["tokens"])
+    return frame_log_prob_sums(log_probs, batch["frames"], batch["mask"])
 
   @staticmethod
   def summarize(sums: dict[str, float], eval_data: Any = None) -> dict[str, float]:
