@@ -12,8 +12,7 @@ perplexity over the split; the VAE's negative ELBO, reconstruction and KL
 Several bundles, comma-separated, are evaluated as an ensemble: the average
 of their predictive distributions (probabilities, not logits), scored like
 one model, beside each member's own figure. The members may differ in
-model and size but not in task or data (the piano-roll task; both frame
-models):
+model and size but not in task or data (the token and piano-roll tasks):
 
     python -m musegen_jax.evaluate --split=test \
         --export=exports/jsb_transformer_s0,exports/jsb_transformer_s1
@@ -86,8 +85,8 @@ def evaluate_ensemble(export_dirs: list[str], *, split: str = "valid",
 
   Each target's probabilities are averaged over the members (a mixture,
   itself a model of the data) and scored by the first member's task. The
-  tasks must give `eval_log_probs` and `log_prob_sums` (the piano-roll task
-  does) and read the same eval data.
+  tasks must give `eval_log_probs` and `log_prob_sums` (the token and the
+  piano-roll tasks do) and read the same eval data.
 
   Returns:
     The mixture's metrics, and under "members" each bundle's own (the same
@@ -104,21 +103,22 @@ def evaluate_ensemble(export_dirs: list[str], *, split: str = "valid",
     raise ValueError(f"An ensemble needs two or more bundles; got {export_dirs}.")
   members = [_load(d, split, data_dir, num_batches) for d in export_dirs]
   _, config, task, eval_data = members[0]
+  leaves = jax.tree.leaves(eval_data)
   for export_dir, (_, other_config, other_task, other_data) in zip(
       export_dirs, members):
     if not hasattr(other_task, "eval_log_probs"):
       raise ValueError(f"{export_dir}: task {other_config.task!r} has no "
-                       "eval_log_probs; ensembles need the piano-roll task.")
+                       "eval_log_probs; ensembles need the token (lm) or the "
+                       "piano-roll task.")
+    other_leaves = jax.tree.leaves(other_data)
     same = (other_config.task == config.task and
-            other_data.keys() == eval_data.keys() and
-            all(np.array_equal(other_data[k], eval_data[k]) for k in eval_data))
+            jax.tree.structure(other_data) == jax.tree.structure(eval_data) and
+            all(np.array_equal(a, b) for a, b in zip(other_leaves, leaves)))
     if not same:
-      raise ValueError(f"{export_dir} ({other_config.task}, "
-                       f"frame_model={other_config.data.get('frame_model')}) "
-                       f"reads other {split} data than {export_dirs[0]} "
-                       f"({config.task}, frame_model="
-                       f"{config.data.get('frame_model')}); an ensemble's "
-                       "members must share their task and data.")
+      raise ValueError(f"{export_dir} (task {other_config.task!r}) reads other "
+                       f"{split} data than {export_dirs[0]} (task "
+                       f"{config.task!r}): an ensemble's members must share "
+                       "their task and data.")
   mesh = _mesh(config.batch_size)
   log_probs_fns = [jax.jit(member_task.eval_log_probs)
                    for _, _, member_task, _ in members]
@@ -136,6 +136,10 @@ def evaluate_ensemble(export_dirs: list[str], *, split: str = "valid",
     batch = parallel.global_batch(batch, mesh)
     log_probs = [fn(bundle.params, batch)
                  for fn, (bundle, *_) in zip(log_probs_fns, members)]
+    shapes = {d: lp.shape for d, lp in zip(export_dirs, log_probs)}
+    if len(set(shapes.values())) > 1:
+      raise ValueError(f"The members predict different shapes ({shapes}): "
+                       "other vocabularies?")
     for j, lp in enumerate(log_probs + [mixture(log_probs)]):
       sums = sums_fn(lp, batch)
       totals[j] = sums if totals[j] is None else jax.tree.map(

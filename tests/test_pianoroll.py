@@ -329,6 +329,15 @@ def test_serial_smoke_trains_exports_evaluates_and_samples(tmp_path):
   assert 0 < valid["nll"] < 5 * np.log(90) + 5
   np.testing.assert_allclose(valid["nll_per_token"] * valid["tokens"],
                              valid["nll"] * valid["frames"], rtol=1e-5)
+  # Serial and Bernoulli bundles read other data: no ensemble of the two.
+  bernoulli = str(tmp_path / "bernoulli")
+  train.train_and_evaluate(
+      load_config("jsb_lstm", num_train_steps=1, eval_every_steps=1,
+                  checkpoint_every_steps=1, sample_every_steps=0),
+      str(tmp_path / "bernoulli_run"))
+  export.export(str(tmp_path / "bernoulli_run"), bernoulli)
+  with pytest.raises(ValueError, match="must share their task and data"):
+    evaluate.evaluate(f"{bundle},{bernoulli}", split="valid")
 
   # Samples: keys ascending in each frame, at most `cap` of them, exactly
   # `length` frames and padding after.

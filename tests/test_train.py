@@ -125,6 +125,26 @@ def test_export_then_sample_writes_midi_that_note_seq_reads(tmp_path):
       if kwargs:
         assert len(ns.notes) >= primer_notes  # The primer, then the continuation.
 
+  # Ensembles: a bundle with itself is the bundle (a mixture of one
+  # distribution); with the step-10 bundle each member scores as it does
+  # alone, and the mixture is no worse than the members' average (Jensen).
+  from musegen_jax import evaluate
+  early = str(tmp_path / "export_10")
+  export_lib.export(workdir, early, "10")
+  alone = evaluate.evaluate(bundle, split="valid")
+  itself = evaluate.evaluate(f"{bundle},{bundle}", split="valid")
+  np.testing.assert_allclose(itself["loss"], alone["loss"], rtol=1e-6)
+  assert itself["accuracy"] == alone["accuracy"]
+  both = evaluate.evaluate(f"{bundle},{early}", split="valid")
+  assert [m["step"] for m in both["members"]] == [20, 10]
+  np.testing.assert_allclose(both["members"][0]["loss"], alone["loss"],
+                             rtol=1e-6)
+  np.testing.assert_allclose(
+      both["members"][1]["loss"],
+      evaluate.evaluate(early, split="valid")["loss"], rtol=1e-6)
+  assert both["members"][0]["loss"] != both["members"][1]["loss"]
+  assert both["loss"] <= np.mean([m["loss"] for m in both["members"]])
+
 
 def test_carried_state_sampling_equals_full_recompute(jsb_data_dir):
   config = _tiny()

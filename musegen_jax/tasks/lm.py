@@ -140,19 +140,30 @@ class LanguageModelTask:
     return {"tokens": jax.ShapeDtypeStruct(
         (batch_size, self.config.data.seq_len + 1), jnp.int32)}
 
-  def _sums(self, params, tokens: Array, rng: Array | None, train: bool):
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    if self.last_only:
-      targets = tokens[:, -1:]
-    weights = (targets != self.pad_id).astype(jnp.float32)
+  def _targets(self, tokens: Array) -> Array:
+    return tokens[:, -1:] if self.last_only else tokens[:, 1:]
+
+  def _logits(self, params, tokens: Array, rng: Array | None,
+              train: bool) -> Array:
     logits, _ = self.model.apply(
-        {"params": params}, inputs, train=train,
+        {"params": params}, tokens[:, :-1], train=train,
         rngs=None if rng is None else {"dropout": rng})
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    return logits
+
+  def _metric_sums(self, losses: Array, predicted: Array, tokens: Array
+                   ) -> dict[str, Array]:
+    targets = self._targets(tokens)
+    weights = (targets != self.pad_id).astype(jnp.float32)
+    correct = (predicted == targets).astype(jnp.float32)
     return {"loss_sum": jnp.sum(losses * weights),
             "correct_sum": jnp.sum(correct * weights),
             "weight_sum": jnp.sum(weights)}
+
+  def _sums(self, params, tokens: Array, rng: Array | None, train: bool):
+    logits = self._logits(params, tokens, rng, train)
+    losses = optax.softmax_cross_entropy_with_integer_labels(
+        logits, self._targets(tokens))
+    return self._metric_sums(losses, jnp.argmax(logits, -1), tokens)
 
   def train_step(self, state: common.TrainState, batch: dict[str, Array],
                  rng: Array, axis_name: str | None = None
@@ -187,7 +198,25 @@ class LanguageModelTask:
 
   def eval_step(self, params: Any, batch: dict[str, Array]) -> dict[str, Array]:
     """Metric sums over a batch; `summarize` turns their totals into means."""
-    return self._sums(params, batch["tokens"], None, train=False)
+    return self.log_prob_sums(self.eval_log_probs(params, batch), batch)
+
+  def eval_log_probs(self, params: Any, batch: dict[str, Array]) -> Array:
+    """Log-probabilities of each next token, [batch, targets, vocab].
+
+    What an ensemble averages (as probabilities; `evaluate --export=A,B`),
+    then scores with `log_prob_sums`. Targets: every position after the
+    first, or the last alone (`predicts_last_only`).
+    """
+    logits = self._logits(params, batch["tokens"], None, train=False)
+    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+  def log_prob_sums(self, log_probs: Array, batch: dict[str, Array]
+                    ) -> dict[str, Array]:
+    """`eval_step`'s sums from `eval_log_probs` (or an ensemble's average)."""
+    tokens = batch["tokens"]
+    losses = -jnp.take_along_axis(log_probs, self._targets(tokens)[..., None],
+                                  axis=-1)[..., 0]
+    return self._metric_sums(losses, jnp.argmax(log_probs, -1), tokens)
 
   @staticmethod
   def summarize(sums: dict[str, float], eval_data: Any = None) -> dict[str, float]:
