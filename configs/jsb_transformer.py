@@ -39,9 +39,6 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # 4 frames per layer (5 layers: 16 frames back): 0.06 nats valid better
   # than 8, which was 0.05 better than the whole past (3 layers).
   config.model.attention_window = 4
-  # Layer l sees every (dilation_growth^l)-th position back (with a window:
-  # attention_window of them), as a dilated TCN; 1: every position.
-  config.model.dilation_growth = 1
   # "learned", "sinusoidal" or "none" (added to the projected frames).
   config.model.position_encoding = "sinusoidal"
   # On the embedded input and on each residual branch.

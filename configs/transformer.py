@@ -44,9 +44,6 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # > 0: local attention, each position sees itself and the
   # attention_window - 1 before it (0: the whole past).
   config.model.attention_window = 0
-  # Layer l sees every (dilation_growth^l)-th position back (with a window:
-  # attention_window of them), as a dilated TCN; 1: every position.
-  config.model.dilation_growth = 1
   # On the embeddings and on each residual branch (not on attention weights).
   config.model.dropout_rate = 0.1
   # Compute dtype of the matmuls; parameters stay float32.

@@ -36,12 +36,12 @@ def fast_compile():
 
 
 def _model(attention="relative", position_encoding="learned", dropout_rate=0.0,
-           max_len=MAX_LEN, attention_window=0, dilation_growth=1):
+           max_len=MAX_LEN, attention_window=0):
   return transformer.TransformerLanguageModel(
       vocab_size=VOCAB, num_layers=LAYERS, d_model=D_MODEL, num_heads=HEADS,
       mlp_dim=MLP, max_len=max_len, dropout_rate=dropout_rate,
       attention=attention, position_encoding=position_encoding,
-      attention_window=attention_window, dilation_growth=dilation_growth)
+      attention_window=attention_window)
 
 
 def _tokens(batch=2, length=9, seed=0):
@@ -108,17 +108,13 @@ def test_changing_a_future_token_never_changes_an_earlier_logit(attention):
     assert not np.allclose(logits[:, t], base[:, t])
 
 
-@pytest.mark.parametrize("attention,growth", [
-    ("absolute", 1), ("relative", 1), ("relative", 2)])
-def test_a_local_window_limits_what_each_logit_sees(attention, growth):
-  # Layer l looks back (window - 1) * growth^l positions, so the logit at t
-  # depends on tokens t - reach .. t and on no others. With growth 2 the
-  # two layers' distances {0, 1, 2} and {0, 2, 4} add up to every distance
-  # 0 .. 6.
+@pytest.mark.parametrize("attention", KINDS)
+def test_a_local_window_limits_what_each_logit_sees(attention):
+  # Each of the LAYERS layers looks back window - 1 positions, so the logit
+  # at t depends on tokens t - LAYERS * (window - 1) .. t and on no others.
   window = 3
-  reach = sum((window - 1) * growth**layer for layer in range(LAYERS))
-  model = _model(attention, "none", attention_window=window,
-                 dilation_growth=growth)
+  reach = LAYERS * (window - 1)
+  model = _model(attention, "none", attention_window=window)
   params = _params(model)
   tokens = _tokens(batch=1, length=MAX_LEN)
   base, _ = _apply(model, params, tokens)
@@ -131,19 +127,6 @@ def test_a_local_window_limits_what_each_logit_sees(attention, growth):
         np.flatnonzero(moved), np.arange(s, min(s + reach + 1, MAX_LEN)))
   with pytest.raises(ValueError, match="attention_window=-1"):
     _apply(_model(attention, attention_window=-1), params, tokens)
-  with pytest.raises(ValueError, match="dilation_growth=0"):
-    _apply(_model(attention, dilation_growth=0), params, tokens)
-
-
-def test_window_mask_with_a_dilation():
-  mask = np.asarray(transformer.window_mask(jnp.arange(8), jnp.arange(8), 3, 2))
-  # Query 7 sees 7, 5 and 3; query 2 sees 2 and 0; query 1 only itself.
-  assert list(np.flatnonzero(mask[7])) == [3, 5, 7]
-  assert list(np.flatnonzero(mask[2])) == [0, 2]
-  assert list(np.flatnonzero(mask[1])) == [1]
-  # No window: every second key back.
-  whole = np.asarray(transformer.window_mask(jnp.arange(8), jnp.arange(8), 0, 2))
-  assert list(np.flatnonzero(whole[7])) == [1, 3, 5, 7]
 
 
 def test_skew_equals_a_gather_of_relative_distances():
@@ -199,14 +182,12 @@ def test_relative_attention_equals_a_naive_reference():
       rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("attention,position_encoding,window,growth", [
-    ("absolute", "learned", 0, 1), ("absolute", "sinusoidal", 0, 1),
-    ("relative", "none", 0, 1), ("relative", "sinusoidal", 3, 1),
-    ("relative", "sinusoidal", 3, 2)])
+@pytest.mark.parametrize("attention,position_encoding,window", [
+    ("absolute", "learned", 0), ("absolute", "sinusoidal", 0),
+    ("relative", "none", 0), ("relative", "sinusoidal", 3)])
 def test_cached_decoding_equals_full_recompute(attention, position_encoding,
-                                               window, growth):
-  model = _model(attention, position_encoding, attention_window=window,
-                 dilation_growth=growth)
+                                               window):
+  model = _model(attention, position_encoding, attention_window=window)
   params = _params(model)
   tokens = _tokens(batch=2, length=MAX_LEN)
   step_fn = jax.jit(lambda c, t: model.apply({"params": params}, t, carry=c))
@@ -333,11 +314,10 @@ def test_lengths_past_max_len_fail_before_compile_naming_the_key():
     task.sample(None, jax.random.PRNGKey(0), np.ones((1, 3), np.int32), length=510)
 
 
-@pytest.mark.parametrize("length,blocks,window,dilation", [
-    (7, 1, 0, 1), (128, 2, 0, 1), (256, 4, 0, 1), (7, 1, 3, 1), (256, 4, 70, 1),
-    (256, 4, 4, 3), (128, 2, 0, 5)])
+@pytest.mark.parametrize("length,blocks,window", [
+    (7, 1, 0), (128, 2, 0), (256, 4, 0), (7, 1, 3), (256, 4, 70)])
 def test_causal_attention_and_its_gradients_equal_the_library_call(
-    length, blocks, window, dilation):
+    length, blocks, window):
   assert transformer._query_blocks(length) == blocks
   rng = np.random.default_rng(0)
   q, k, v = (jnp.asarray(rng.normal(size=(2, 3, length, 4)), jnp.float32)
@@ -347,22 +327,14 @@ def test_causal_attention_and_its_gradients_equal_the_library_call(
   weights = jnp.asarray(rng.normal(size=(2, 3, length, 4)), jnp.float32)
 
   def ours(q, k, v, bias):
-    return jnp.sum(transformer.causal_attention(q, k, v, bias, scale, window,
-                                                dilation) * weights)
+    return jnp.sum(transformer.causal_attention(q, k, v, bias, scale, window)
+                   * weights)
 
   def library(q, k, v, bias):
     t = lambda a: jnp.swapaxes(a, 1, 2)
-    if dilation > 1:  # Every dilation-th key back, as an explicit mask.
-      d = jnp.arange(length)[:, None] - jnp.arange(length)[None, :]
-      keep = (d >= 0) & (d % dilation == 0)
-      if window:
-        keep &= d < window * dilation
-      masking = dict(mask=keep)
-    else:
-      masking = dict(is_causal=True,
-                     local_window_size=(window - 1, 0) if window else None)
-    y = jax.nn.dot_product_attention(t(q), t(k), t(v), bias=bias, scale=scale,
-                                     **masking)
+    y = jax.nn.dot_product_attention(
+        t(q), t(k), t(v), bias=bias, scale=scale, is_causal=True,
+        local_window_size=(window - 1, 0) if window else None)
     return jnp.sum(t(y) * weights)
 
   np.testing.assert_allclose(ours(q, k, v, bias), library(q, k, v, bias), rtol=1e-5)
@@ -371,22 +343,20 @@ def test_causal_attention_and_its_gradients_equal_the_library_call(
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   # Without a bias too.
   no_bias = jax.grad(lambda q: jnp.sum(transformer.causal_attention(
-      q, k, v, None, scale, window, dilation) * weights))(q)
+      q, k, v, None, scale, window) * weights))(q)
   np.testing.assert_allclose(
       no_bias, jax.grad(lambda q: library(q, k, v, jnp.zeros_like(bias)))(q),
       rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("attention,window,growth", [
-    ("absolute", 0, 1), ("relative", 0, 1), ("relative", 3, 2)])
-def test_einsum_and_fused_attention_train_the_same(attention, window, growth):
+@pytest.mark.parametrize("attention", ["absolute", "relative"])
+def test_einsum_and_fused_attention_train_the_same(attention):
   tokens = _tokens(batch=2, length=9)
   grads = {}
   for impl in ("einsum", "fused"):
     model = transformer.TransformerLanguageModel(
         vocab_size=VOCAB, num_layers=2, d_model=D_MODEL, num_heads=HEADS,
-        mlp_dim=32, max_len=MAX_LEN, attention=attention, attention_impl=impl,
-        attention_window=window, dilation_growth=growth)
+        mlp_dim=32, max_len=MAX_LEN, attention=attention, attention_impl=impl)
     params = model.init(jax.random.PRNGKey(0), tokens)["params"]
     grads[impl] = jax.grad(lambda p: jnp.sum(
         model.apply({"params": p}, tokens)[0] ** 2))(params)

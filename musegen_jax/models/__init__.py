@@ -41,7 +41,6 @@ def create_model(model_config: config_dict.ConfigDict, vocab_size: int,
         position_encoding=model_config.position_encoding,
         attention_impl=model_config.get("attention_impl", "auto"),
         attention_window=model_config.get("attention_window", 0),
-        dilation_growth=model_config.get("dilation_growth", 1),
         **common)
   # The recurrent models: an embedding and stacked layers.
   common.update(embed_dim=model_config.embed_dim,

@@ -15,9 +15,7 @@ and the W - 1 before it (a mask; the blocked CPU attention still computes
 each block's whole key prefix, and the sampling cache still holds max_len
 positions, so it saves no time or memory: it is a modelling choice, the
 one of the changes that took the JSB Transformer from 8.56 to 8.28
-nats per frame). `dilation_growth=G` spaces layer l's window out by G^l:
-it sees the positions 0, G^l, 2 G^l, ... (W of them) back, so the receptive
-field grows exponentially with depth as in a dilated TCN (Bai et al. 2018).
+nats per frame).
 
 Sampling state (`carry`) is a fixed-size key/value cache per layer and the
 next position, so one-token steps run inside `lax.scan`:
@@ -141,26 +139,17 @@ def _query_blocks(length: int) -> int:
   return 1
 
 
-def window_mask(query_pos: Array, key_pos: Array, window: int,
-                dilation: int = 1) -> Array:
-  """[queries, keys] bool: which keys each query attends to.
-
-  The keys at distances 0, dilation, 2 dilation, ... before the query
-  (every earlier key with dilation 1); with window > 0 only the first
-  `window` of those.
-  """
-  distance = query_pos[:, None] - key_pos[None, :]
-  mask = distance >= 0
+def window_mask(query_pos: Array, key_pos: Array, window: int) -> Array:
+  """[queries, keys] bool: key <= query, and (window > 0) query - key < window."""
+  mask = key_pos[None, :] <= query_pos[:, None]
   if window:
-    mask &= distance < window * dilation
-  if dilation > 1:
-    mask &= distance % dilation == 0
+    mask &= key_pos[None, :] > query_pos[:, None] - window
   return mask
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def causal_attention(q: Array, k: Array, v: Array, bias: Array | None,
-                     scale: float, window: int = 0, dilation: int = 1) -> Array:
+                     scale: float, window: int = 0) -> Array:
   """Causal softmax attention over head-major [batch, heads, length, dim].
 
   softmax(q k^T * scale + bias, masked to keys <= query) v, computed in
@@ -172,14 +161,13 @@ def causal_attention(q: Array, k: Array, v: Array, bias: Array | None,
   equals that of dy * y, so no reduction over the probabilities is
   needed). `bias` [batch, heads, length, length] (relative logits) or None.
   `window` > 0: each query sees only its last `window` keys (itself
-  included); `dilation` > 1: only every dilation-th key back
-  (`window_mask`). On CPU this measured 20-25% faster than a whole-square
+  included). On CPU this measured 20-25% faster than a whole-square
   formulation.
   """
-  return _attention_fwd(q, k, v, bias, scale, window, dilation)[0]
+  return _attention_fwd(q, k, v, bias, scale, window)[0]
 
 
-def _attention_fwd(q, k, v, bias, scale, window, dilation):
+def _attention_fwd(q, k, v, bias, scale, window):
   length = q.shape[2]
   size = length // _query_blocks(length)
   outputs, probs = [], []
@@ -189,8 +177,7 @@ def _attention_fwd(q, k, v, bias, scale, window, dilation):
                         preferred_element_type=jnp.float32) * scale
     if bias is not None:
       logits = logits + bias[:, :, start:keys, :keys].astype(jnp.float32)
-    mask = window_mask(jnp.arange(start, keys), jnp.arange(keys), window,
-                       dilation)
+    mask = window_mask(jnp.arange(start, keys), jnp.arange(keys), window)
     p = jax.nn.softmax(jnp.where(mask, logits, -jnp.inf), axis=-1)
     outputs.append(jnp.einsum("bhts,bhse->bhte", p.astype(v.dtype),
                               v[:, :, :keys]))
@@ -201,8 +188,8 @@ def _attention_fwd(q, k, v, bias, scale, window, dilation):
              None if bias is None else jnp.zeros((), q.dtype))
 
 
-def _attention_bwd(scale, window, dilation, res, dy):
-  del window, dilation  # The probabilities are zero outside the mask.
+def _attention_bwd(scale, window, res, dy):
+  del window  # The probabilities are zero outside it.
   q, k, v, probs, y, bias_marker = res
   length = q.shape[2]
   size = length // len(probs)
@@ -241,7 +228,6 @@ class SelfAttention(nn.Module):
   dtype: Any = jnp.float32
   attention_impl: str = "auto"
   window: int = 0
-  dilation: int = 1
 
   @nn.compact
   def __call__(self, x: Array, cache: dict[str, Array] | None = None,
@@ -313,22 +299,16 @@ class SelfAttention(nn.Module):
     if cache is None and _use_fused_attention(self.attention_impl):
       # [batch, length, heads, head_dim] for the library call (a GPU's fused
       # kernel); XLA fuses these transposes into the kernel's operands.
-      if self.dilation > 1:  # No kernel option: an explicit mask.
-        positions = jnp.arange(length)
-        masking = dict(mask=window_mask(positions, positions, self.window,
-                                        self.dilation))
-      else:
-        masking = dict(is_causal=True, local_window_size=(
-            (self.window - 1, 0) if self.window else None))
       y = jax.nn.dot_product_attention(
           *(jnp.swapaxes(t, 1, 2) for t in (q, k, v)), bias=bias, scale=scale,
-          **masking)
+          is_causal=True,
+          local_window_size=(self.window - 1, 0) if self.window else None)
       y = jnp.swapaxes(y, 1, 2)
     elif cache is None:
-      y = causal_attention(q, k, v, bias, scale, self.window, self.dilation)
+      y = causal_attention(q, k, v, bias, scale, self.window)
     else:
       mask = window_mask(pos + jnp.arange(length), jnp.arange(keys),
-                         self.window, self.dilation)
+                         self.window)
       logits = jnp.einsum("bhte,bhse->bhts", q, new_cache["k"].astype(dtype),
                           preferred_element_type=jnp.float32) * scale
       if bias is not None:
@@ -376,7 +356,6 @@ class DecoderBlock(nn.Module):
   dtype: Any = jnp.float32
   attention_impl: str = "auto"
   attention_window: int = 0
-  dilation: int = 1
 
   @nn.compact
   def __call__(self, x: Array, cache: dict[str, Array] | None, pos: Array | None,
@@ -384,8 +363,7 @@ class DecoderBlock(nn.Module):
                ) -> tuple[Array, dict[str, Array]]:
     y, cache = SelfAttention(self.num_heads, self.max_len, self.attention,
                              self.dtype, self.attention_impl,
-                             self.attention_window, self.dilation,
-                             name="attention")(
+                             self.attention_window, name="attention")(
                                  _layer_norm(self.dtype, "ln_attention")(x),
                                  cache, pos, cache_len)
     x = x + Dropout(self.dropout_rate)(y, deterministic=not train)
@@ -419,9 +397,6 @@ class TransformerLanguageModel(nn.Module):
       elsewhere).
     attention_window: > 0: local attention, each position attends to itself
       and the window - 1 positions before it (0: the whole past).
-    dilation_growth: layer l attends only to every (dilation_growth^l)-th
-      position back (and, with a window, to attention_window of them), as
-      the dilated convolutions of a TCN; 1: every position.
   """
 
   vocab_size: int
@@ -437,7 +412,6 @@ class TransformerLanguageModel(nn.Module):
   remat: bool = False
   attention_impl: str = "auto"
   attention_window: int = 0
-  dilation_growth: int = 1
 
   def _check(self, length: int, pos: Array | None, cache_size: int) -> None:
     if self.attention not in ATTENTION_KINDS:
@@ -448,9 +422,6 @@ class TransformerLanguageModel(nn.Module):
     if self.attention_window < 0:
       raise ValueError(f"attention_window={self.attention_window} must be >= 0 "
                        "(0: attend to the whole past).")
-    if self.dilation_growth < 1:
-      raise ValueError(f"dilation_growth={self.dilation_growth} must be >= 1 "
-                       "(1: no dilation).")
     if self.d_model % self.num_heads:
       raise ValueError(f"d_model={self.d_model} is not a multiple of "
                        f"num_heads={self.num_heads}")
@@ -525,8 +496,7 @@ class TransformerLanguageModel(nn.Module):
       x, cache = block(
           self.num_heads, self.mlp_dim, self.max_len, self.dropout_rate,
           self.attention, self.dtype, self.attention_impl,
-          self.attention_window, self.dilation_growth**layer,
-          name=f"block_{layer}")(
+          self.attention_window, name=f"block_{layer}")(
               x, None if carry is None else carry["layers"][layer], pos, train,
               cache_len)
       caches.append(cache)
