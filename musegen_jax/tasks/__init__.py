@@ -23,7 +23,11 @@ keys) and a task class built as `Task(config, representation)` with:
   `progress_keys` (shown on the progress bar) and `learning_rate_fn` (or
   None).
 
-The loop (`train.py`) uses only these.
+The loop (`train.py`) uses only these. A task whose eval scores predictive
+distributions may also give `eval_log_probs(params, batch)` and
+`log_prob_sums(log_probs, batch) -> sums` (with `eval_step` their
+composition): `evaluate` then scores ensembles, the members' probabilities
+averaged (the token and piano-roll tasks).
 """
 
 from __future__ import annotations
