@@ -14,7 +14,7 @@ fused attention kernel.
 and the W - 1 before it (a mask; the blocked CPU attention still computes
 each block's whole key prefix, and the sampling cache still holds max_len
 positions, so it saves no time or memory): a modelling choice, and
-one of the changes that took the JSB Transformer from 8.56 to 8.15
+one of the changes that took the JSB Transformer from 8.56 to 8.12
 nats per frame.
 
 Sampling state (`carry`) is a fixed-size key/value cache per layer and the
