@@ -97,6 +97,7 @@ def evaluate_ensemble(export_dirs: list[str], *, split: str = "valid",
   import numpy as np
 
   from musegen_jax import parallel
+  from musegen_jax import train
 
   export_dirs = [d for d in export_dirs if d]
   if len(export_dirs) < 2:
@@ -120,30 +121,27 @@ def evaluate_ensemble(export_dirs: list[str], *, split: str = "valid",
                        f"{config.task!r}): an ensemble's members must share "
                        "their task and data.")
   mesh = _mesh(config.batch_size)
-  log_probs_fns = [jax.jit(member_task.eval_log_probs)
-                   for _, _, member_task, _ in members]
-  sums_fn = jax.jit(task.log_prob_sums)
+  member_tasks = [member_task for _, _, member_task, _ in members]
 
-  @jax.jit
-  def mixture(log_probs):
-    return (jax.nn.logsumexp(jnp.stack(log_probs), axis=0) -
-            jnp.log(float(len(log_probs))))
-
-  totals = [None] * (len(members) + 1)
-  for i, batch in enumerate(task.eval_batches(eval_data)):
-    if 0 <= config.num_eval_batches <= i:
-      break
-    batch = parallel.global_batch(batch, mesh)
-    log_probs = [fn(bundle.params, batch)
-                 for fn, (bundle, *_) in zip(log_probs_fns, members)]
+  def sums(params, batch):
+    """Each member's sums, then the mixture's: one program per batch."""
+    log_probs = [member_task.eval_log_probs(p, batch)
+                 for member_task, p in zip(member_tasks, params)]
     shapes = {d: lp.shape for d, lp in zip(export_dirs, log_probs)}
     if len(set(shapes.values())) > 1:
       raise ValueError(f"The members predict different shapes ({shapes}): "
                        "other vocabularies?")
-    for j, lp in enumerate(log_probs + [mixture(log_probs)]):
-      sums = sums_fn(lp, batch)
-      totals[j] = sums if totals[j] is None else jax.tree.map(
-          jnp.add, totals[j], sums)
+    mixture = (jax.nn.logsumexp(jnp.stack(log_probs), axis=0) -
+               jnp.log(float(len(log_probs))))
+    return [task.log_prob_sums(lp, batch) for lp in log_probs + [mixture]]
+
+  step = train.accumulating(sums)
+  params = [bundle.params for bundle, *_ in members]
+  totals = None
+  for i, batch in enumerate(task.eval_batches(eval_data)):
+    if 0 <= config.num_eval_batches <= i:
+      break
+    totals = step(totals, params, parallel.global_batch(batch, mesh))
   summaries = [task.summarize(jax.device_get(t), eval_data) for t in totals]
   return {"exports": export_dirs, "split": split, "task": config.task,
           **summaries[-1],

@@ -143,8 +143,27 @@ def jit_steps(task, mesh, shardings: Any = None):
   train_step = jax.jit(task.train_step,
                        in_shardings=(state_sharding, data_sharding, None),
                        out_shardings=(state_sharding, None), donate_argnums=0)
-  eval_step = jax.jit(task.eval_step)
-  return train_step, eval_step
+  return train_step, accumulating(task.eval_step)
+
+
+def accumulating(sums_fn):
+  """`sums_fn(*args) -> sums` as one compiled `step(totals, *args) -> totals + sums`.
+
+  `totals` is None on the first call. Each call needs the previous one's
+  totals, so the batches' programs run one after another. Independent
+  programs with collectives, dispatched together, can deadlock XLA's CPU
+  collectives when there are several CPU devices: a rendezvous not every
+  device thread reaches, which aborts the process after 40 s.
+  """
+  add = jax.jit(lambda totals, *args: jax.tree.map(jnp.add, totals, sums_fn(*args)))
+
+  def step(totals, *args):
+    if totals is None:
+      totals = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                            jax.eval_shape(sums_fn, *args))
+    return add(totals, *args)
+
+  return step
 
 
 def pmap_train_step(task):
@@ -200,7 +219,7 @@ def evaluate(eval_step, task, params, eval_data, mesh,
   """Runs `eval_step` over the task's eval batches and summarizes the totals.
 
   Args:
-    eval_step: the jitted `task.eval_step(params, batch) -> sums`.
+    eval_step: `accumulating(task.eval_step)`, as `jit_steps` gives it.
     task: gives `eval_batches(eval_data)` and `summarize(totals, eval_data)`.
     params: what `task.eval_params(state)` returned.
     eval_data: what `task.eval_data(...)` returned.
@@ -211,8 +230,7 @@ def evaluate(eval_step, task, params, eval_data, mesh,
   for i, batch in enumerate(task.eval_batches(eval_data)):
     if 0 <= num_batches <= i:
       break
-    sums = eval_step(params, parallel.global_batch(batch, mesh))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = eval_step(totals, params, parallel.global_batch(batch, mesh))
   return task.summarize(jax.device_get(totals), eval_data)
 
 
