@@ -159,7 +159,7 @@ def accumulating(sums_fn):
 
   def step(totals, *args):
     if totals is None:
-      totals = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+      totals = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
                             jax.eval_shape(sums_fn, *args))
     return add(totals, *args)
 
