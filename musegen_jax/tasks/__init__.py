@@ -12,7 +12,8 @@ keys) and a task class built as `Task(config, representation)` with:
 - `train_step(state, batch, rng, axis_name=None) -> (state, metrics)`, with
   a `nonfinite` metric; under pmap `axis_name` names the device axis to
   sum or average gradients and metrics over. `eval_step(params, batch) ->
-  sums`, `summarize(totals, eval_data)`;
+  sums` (the loop adds them to the running totals in the same compiled
+  program: `train.accumulating`), `summarize(totals, eval_data)`;
 - `eval_params(state)`: the parameters evaluation, samples and export use;
 - `prepare_data(data_dir)`, `create_train_dataset(data_dir)` (batches may
   carry "bad_records", which the loop counts and never sends to devices),
