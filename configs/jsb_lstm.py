@@ -50,6 +50,14 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # serial: the fraction of input tokens replaced by a blank (word dropout).
   config.input_dropout_rate = 0.5
 
+  # Distillation (Bernoulli frames): comma-separated export bundles of
+  # Bernoulli piano-roll models, the teachers. Each training target becomes
+  # distill_weight * the teachers' averaged key probabilities (given the
+  # true history) + (1 - distill_weight) * the true frame. "" trains on the
+  # frames alone. Evaluation always scores the true frames.
+  config.distill_teachers = ""
+  config.distill_weight = 0.5
+
   config.data = config_dict.ConfigDict()
   # Not read by the task (the quarter-note chorales are bundled); the loop
   # records it with the run.

@@ -55,6 +55,16 @@ def test_nll_sums_equal_a_hand_computation():
   np.testing.assert_allclose(float(from_log_probs["nll_sum"]), frame0 + frame1,
                              rtol=1e-6)
   assert float(from_log_probs["frame_sum"]) == 2.0
+  # Distillation's soft targets: the cross-entropy -q log p - (1-q) log(1-p).
+  soft = frames.astype(np.float32)
+  soft[0, 0, 0] = 0.75
+  soft[0, 1, 3] = 0.25
+  frame0_soft = 0.75 * _softplus(-2.0) + 0.25 * _softplus(2.0) + 87 * _softplus(0.0)
+  frame1_soft = frame1  # Logit 0 at key 3: log 2 whatever its target.
+  sums = pianoroll.frame_nll_sums(jnp.asarray(logits), jnp.asarray(soft),
+                                  jnp.asarray(mask))
+  np.testing.assert_allclose(float(sums["nll_sum"]), frame0_soft + frame1_soft,
+                             rtol=1e-6)
 
 
 def test_inputs_are_the_previous_frames_after_a_zero_start():
@@ -130,6 +140,23 @@ def test_smoke_config_trains_on_8_devices_and_eval_covers_every_valid_frame(tmp_
   assert result["members"][0]["nll"] != result["members"][1]["nll"]
   with pytest.raises(ValueError, match="two or more bundles"):
     evaluate.evaluate_ensemble(bundles[:1])
+
+  # Distillation from the two bundles: the teachers' key probabilities are
+  # the ensemble's, and training batches carry them mixed with the frames.
+  np.testing.assert_allclose(pianoroll.teacher_probs(bundles, frames), on,
+                             rtol=1e-5, atol=1e-7)
+  student = load_config("jsb_lstm", num_train_steps=2, eval_every_steps=2,
+                        checkpoint_every_steps=2, sample_every_steps=0,
+                        distill_teachers=",".join(bundles), distill_weight=0.25)
+  train.check_config(student)
+  batch = next(iter(pianoroll.PianorollTask(student, None).create_train_dataset("")))
+  teachers = pianoroll.teacher_probs(bundles, batch["frames"])
+  np.testing.assert_allclose(
+      batch["targets"], 0.25 * teachers + 0.75 * batch["frames"], rtol=1e-5,
+      atol=1e-7)
+  assert 0 < batch["targets"].min() and batch["targets"].max() < 1
+  state = train.train_and_evaluate(student, str(tmp_path / "student"))
+  assert int(state.step) == 2
 
 
 def test_multihot_models_continue_from_their_carry():
@@ -275,6 +302,13 @@ def test_frame_model_keys_are_checked_and_work_in_the_bernoulli_configs():
   config = load_config("jsb_lstm_serial", data__max_tokens=700)
   with pytest.raises(ValueError, match="config.data.max_tokens=700"):
     pianoroll.PianorollTask(config, None).eval_data("", "test")
+  # Distillation needs Bernoulli frames as written, and a weight in [0, 1].
+  for overrides, match in (({"data__frame_model": "serial"}, "needs Bernoulli"),
+                           ({"data__transpose": 2}, "do not mix"),
+                           ({"distill_weight": 1.5}, "distill_weight=1.5")):
+    config = load_config("jsb_lstm", distill_teachers="exports/a", **overrides)
+    with pytest.raises(ValueError, match=match):
+      train.check_config(config)
 
 
 def test_serial_models_continue_from_their_carry():

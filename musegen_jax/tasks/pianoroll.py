@@ -94,6 +94,16 @@ def check_config(config: config_dict.ConfigDict) -> None:
       non_negative={"data.transpose": config.data.get("transpose", 0)},
       fractions={"input_dropout_rate": config.input_dropout_rate,
                  "model.dropout_rate": config.model.dropout_rate})
+  if config.get("distill_teachers", ""):
+    if serial:
+      raise ValueError("config.distill_teachers needs Bernoulli frames "
+                       "(config.data.frame_model='bernoulli').")
+    if config.data.get("transpose", 0):
+      raise ValueError("config.distill_teachers and config.data.transpose do not "
+                       "mix: the teachers' targets are for the pieces as written.")
+    if not 0 <= config.distill_weight <= 1:
+      raise ValueError(f"config.distill_weight={config.distill_weight!r} must "
+                       "be in [0, 1]")
   if serial and not 1 <= config.sample.max_notes_per_frame <= NUM_KEYS:
     raise ValueError(f"config.sample.max_notes_per_frame="
                      f"{config.sample.max_notes_per_frame} must be in [1, {NUM_KEYS}]")
@@ -118,7 +128,8 @@ def frame_nll_sums(logits: Array, frames: Array, mask: Array) -> dict[str, Array
 
   Args:
     logits: [batch, time, 88] float logits of each key being on.
-    frames: [batch, time, 88] targets in {0, 1}.
+    frames: [batch, time, 88] targets in {0, 1}, or each key's target
+      probability in [0, 1] (distillation: the cross-entropy).
     mask: [batch, time]: 1 on the frames that count.
 
   Returns:
@@ -153,6 +164,38 @@ def frame_log_prob_sums(log_probs: Array, frames: Array, mask: Array
       log_probs, frames.astype(jnp.int32)[..., None], axis=-1)[..., 0]
   return {"nll_sum": jnp.sum(jnp.sum(per_key, -1) * mask),
           "frame_sum": jnp.sum(mask)}
+
+
+def teacher_probs(export_dirs: list[str], frames: np.ndarray,
+                  chunk: int = 16) -> np.ndarray:
+  """The teachers' averaged probability of each key being on, given the
+  true previous frames: [pieces, time, 88] float32 (`distill_teachers`).
+
+  Args:
+    export_dirs: export bundles of Bernoulli piano-roll models.
+    frames: [pieces, time, 88] padded pieces, as `_pieces` gives them.
+    chunk: pieces per compiled call.
+  """
+  from musegen_jax import checkpoint  # pylint: disable=import-outside-toplevel
+
+  total = np.zeros(frames.shape, np.float64)
+  for export_dir in export_dirs:
+    bundle = checkpoint.load_bundle(export_dir)
+    if bundle.config.task != "pianoroll" or frame_model(bundle.config) != "bernoulli":
+      raise ValueError(f"Teacher {export_dir} is a {bundle.config.task!r} / "
+                       f"{frame_model(bundle.config)!r} model; distillation needs "
+                       "Bernoulli piano-roll teachers.")
+    if bundle.config.data.max_frames < frames.shape[1]:
+      raise ValueError(f"Teacher {export_dir} reads {bundle.config.data.max_frames} "
+                       f"frames, fewer than the {frames.shape[1]} of the pieces.")
+    teacher = PianorollTask(bundle.config, None)
+    log_probs = jax.jit(teacher.eval_log_probs)
+    for start in range(0, len(frames), chunk):
+      part = pipeline.pad_to(frames[start:start + chunk], chunk, 0)
+      on = np.exp(np.asarray(log_probs(bundle.params, {"frames": part})[..., 1],
+                             np.float64))
+      total[start:start + chunk] += on[:len(frames) - start]
+  return (total / len(export_dirs)).astype(np.float32)
 
 
 def shift_right(frames: Array) -> Array:
@@ -392,6 +435,9 @@ class PianorollTask:
 
     With `config.data.transpose` = k > 0 each piece is shifted by a random
     number of semitones in [-k, k] (`RandomTranspose`); evaluation never is.
+    With `config.distill_teachers`, pieces also carry "targets": the frames
+    mixed with the teachers' key probabilities (`teacher_probs`), which
+    training fits instead of the frames.
 
     `data_dir` is not read (the chorales are bundled). The iterator's state
     (position and shuffle) goes into checkpoints.
@@ -399,6 +445,12 @@ class PianorollTask:
     del data_dir
     config = self.config
     pieces = self._pieces("train")
+    teachers = [d for d in config.get("distill_teachers", "").split(",") if d]
+    if teachers:
+      weight = float(config.distill_weight)
+      soft = teacher_probs(teachers, pieces["frames"])
+      pieces["targets"] = (weight * soft + (1.0 - weight) *
+                           pieces["frames"].astype(np.float32))
     ds = (grain.MapDataset.range(len(next(iter(pieces.values()))))
           .seed(config.seed)
           .shuffle()
@@ -466,7 +518,9 @@ class PianorollTask:
     logits = self._logits(params, batch, rng, train)
     if self.serial:
       return serial_nll_sums(logits, batch["tokens"])
-    return frame_nll_sums(logits, batch["frames"], batch["mask"])
+    # Distillation's soft targets when the batch has them (training only).
+    return frame_nll_sums(logits, batch.get("targets", batch["frames"]),
+                          batch["mask"])
 
   def train_step(self, state: common.TrainState, batch: dict[str, Array],
                  rng: Array, axis_name: str | None = None
