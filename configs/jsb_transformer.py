@@ -13,7 +13,9 @@ learned [88, d_model] input projection. Measured with this config: test NLL
 another run; BUILD_NOTES.md). What took it there from 8.56: a lighter input
 dropout (0.15 against the LSTM's 0.5), local attention over 2 frames (each
 layer sees the current and the previous one), residual dropout 0.5 and 8
-layers.
+layers. Distilled from an ensemble of five of its variants
+(`--config.distill_teachers=...`, `--config.distill_weight=0.5`, with
+`--config.model.dropout_rate=0.4`; README.md): test NLL 8.035, valid 8.065.
 """
 
 from ml_collections import config_dict
