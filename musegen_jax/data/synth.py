@@ -185,7 +185,11 @@ class _NoteCache:
     if len(tone) < length:
       f0 = midi_to_hz(pitch)
       tone = self._grow(tone, length, lambda index: self._tone_block(f0, index))
-      if sum(len(t) for t in _TONES.values()) + len(tone) > _MAX_CACHED_TONE_SAMPLES:
+      # Other threads may render (and cache) at the same time: count over a
+      # snapshot (list() copies the values without letting another thread
+      # run), never over the live dict.
+      cached = sum(len(t) for t in list(_TONES.values()))
+      if cached + len(tone) > _MAX_CACHED_TONE_SAMPLES:
         _TONES.clear()
       _TONES[tone_key] = tone
     peak = self.settings.gain * min(max(velocity, 0), 127) / 127.0
