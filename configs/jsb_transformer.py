@@ -15,7 +15,7 @@ dropout (0.15 against the LSTM's 0.5), local attention over 2 frames (each
 layer sees the current and the previous one), residual dropout 0.5 and 8
 layers. Distilled from an ensemble of five of its variants
 (`--config.distill_teachers=...`, `--config.distill_weight=0.5`, with
-`--config.model.dropout_rate=0.4`; README.md): test NLL 8.035, valid 8.065.
+`--config.model.dropout_rate=0.3`; README.md): test NLL 7.973, valid 8.024.
 """
 
 from ml_collections import config_dict
