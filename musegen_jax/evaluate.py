@@ -155,6 +155,8 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  from musegen_jax import compile_cache  # pylint: disable=import-outside-toplevel
+  compile_cache.enable()
   print(json.dumps(evaluate(FLAGS.export, split=FLAGS.split,
                             data_dir=FLAGS.data_dir, num_batches=FLAGS.num_batches)))
 

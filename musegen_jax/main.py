@@ -70,6 +70,8 @@ def main(argv: list[str]) -> None:
     sys.exit(f"FATAL {e}")
   if parallel.jax.process_count() > 1:
     print(parallel.describe_processes(), flush=True)
+  from musegen_jax import compile_cache
+  compile_cache.enable()
   from musegen_jax import train
   from musegen_jax import workdir as workdir_lib
   try:

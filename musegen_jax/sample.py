@@ -132,6 +132,8 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from musegen_jax import compile_cache  # pylint: disable=import-outside-toplevel
+  compile_cache.enable()
   paths = sample(FLAGS.export, FLAGS.output_dir, num_samples=FLAGS.num_samples,
                  length=FLAGS.length, temperature=FLAGS.temperature,
                  top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed,

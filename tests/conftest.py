@@ -19,6 +19,16 @@ import pytest  # pylint: disable=wrong-import-position
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _compile_cache() -> None:
+  """JAX's persistent compilation cache in the session's cache folder, as the
+  command-line tools enable it (musegen_jax/compile_cache.py): tests that
+  build the same programs again (a resume test runs one config three times)
+  load them instead of compiling."""
+  from musegen_jax import compile_cache
+  compile_cache.enable()
+
+
 @pytest.fixture(scope="session")
 def jsb_data_dir() -> str:
   """The bundled JSB Chorales prepared into shards (once per session)."""

@@ -1,0 +1,50 @@
+"""A persistent XLA compilation cache for the command-line tools.
+
+Compiling a config's train, eval and sampling programs takes from seconds
+(the LSTM) to about a minute (WaveGAN's step with its gradient penalty on a
+2-core CPU), and every resume, `sample` or `evaluate` of the same model
+compiles the same programs again. JAX can keep compiled programs on disk,
+keyed by the program, its compile options, the devices and the jax/jaxlib
+versions, and load them instead of compiling. `enable()` turns that on in
+`<cache root>/xla`, beside the prepared datasets ($MUSEGEN_JAX_CACHE, else
+$XDG_CACHE_HOME/musegen_jax, else ~/.cache/musegen_jax), for programs that
+took at least a second to compile, up to 2 GiB (least recently used entries
+are dropped first).
+
+Left alone: a cache directory the user configured (`$JAX_COMPILATION_CACHE_DIR`
+or `jax.config.update("jax_compilation_cache_dir", ...)`), and
+`MUSEGEN_JAX_COMPILE_CACHE=0`, which leaves JAX's default (no cache).
+`bench` does not call it: its compile_s is the compiler's time.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+OPT_OUT = "MUSEGEN_JAX_COMPILE_CACHE"
+SUBDIR = "xla"
+MAX_BYTES = 2 << 30
+
+
+def enable(cache_root: str | None = None) -> str | None:
+  """Points JAX's persistent compilation cache at `<cache_root>/xla`.
+
+  Call before the first compile. Returns the directory in use (the user's
+  own, if one was configured), or None when the cache stays off.
+  """
+  if os.environ.get(OPT_OUT) == "0":
+    return None
+  configured = jax.config.jax_compilation_cache_dir
+  if configured:
+    return configured
+  if cache_root is None:
+    from musegen_jax.prepare import default_cache_dir  # pylint: disable=import-outside-toplevel
+    cache_root = default_cache_dir()
+  path = os.path.join(cache_root, SUBDIR)
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  if jax.config.jax_compilation_cache_max_size < 0:  # JAX's default: unbounded.
+    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+  return path
