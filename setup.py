@@ -28,6 +28,7 @@ setuptools.setup(
         "matplotlib>=3.8",
         "soundfile>=0.12",
         "scipy>=1.10",
+        "filelock>=3.12",  # JAX's compilation cache: eviction (compile_cache.py)
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5"],

@@ -14,7 +14,9 @@ are dropped first).
 Left alone: a cache directory the user configured (`$JAX_COMPILATION_CACHE_DIR`
 or `jax.config.update("jax_compilation_cache_dir", ...)`), and
 `MUSEGEN_JAX_COMPILE_CACHE=0`, which leaves JAX's default (no cache).
-`bench` does not call it: its compile_s is the compiler's time.
+`bench` does not call it: its compile_s is the compiler's time. The size
+limit needs the `filelock` package (a dependency): without it JAX would turn
+the cache off with only a logged warning.
 """
 
 from __future__ import annotations
