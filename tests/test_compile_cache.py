@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+from musegen_jax import compile_cache
+
 # Enables the cache under argv[1], compiles one program (even a fast compile
 # is written: min_compile_time 0) and prints what happened.
 _SCRIPT = """
@@ -34,9 +36,10 @@ def _run(root: str, **env: str) -> dict:
   environ = {k: v for k, v in os.environ.items()
              if k not in ("JAX_COMPILATION_CACHE_DIR", "MUSEGEN_JAX_COMPILE_CACHE")}
   environ.update(env)
-  out = subprocess.run([sys.executable, "-c", _SCRIPT, root], env=environ,
-                       capture_output=True, text=True, check=True).stdout
-  return json.loads(out.strip().splitlines()[-1])
+  done = subprocess.run([sys.executable, "-c", _SCRIPT, root], env=environ,
+                        capture_output=True, text=True, check=True)
+  return dict(json.loads(done.stdout.strip().splitlines()[-1]),
+              stderr=done.stderr)
 
 
 def test_second_process_loads_the_program_the_first_compiled(tmp_path):
@@ -58,3 +61,27 @@ def test_a_configured_cache_or_the_opt_out_is_left_alone(tmp_path):
   off = _run(str(tmp_path), MUSEGEN_JAX_COMPILE_CACHE="0")
   assert off["path"] is None and off["hits"] == off["misses"] == 0
   assert not (tmp_path / "xla").exists()
+
+
+def test_an_entry_cut_short_by_a_killed_writer_is_replaced(tmp_path):
+  _run(str(tmp_path))
+  cache = tmp_path / "xla"
+  # JAX's layout, which compile_cache.drop_incomplete relies on: each entry
+  # `<key>-cache` beside its `<key>-atime`, and the directory's lock file.
+  names = os.listdir(cache)
+  entries = [n for n in names if n.endswith(compile_cache.ENTRY_SUFFIX)]
+  assert len(entries) == 1 and compile_cache.LOCK_NAME in names
+  key = entries[0][:-len(compile_cache.ENTRY_SUFFIX)]
+  assert key + compile_cache.ATIME_SUFFIX in names
+  # A writer killed mid-write: the entry truncated, its -atime never written.
+  entry = cache / entries[0]
+  entry.write_bytes(entry.read_bytes()[:100])
+  (cache / (key + compile_cache.ATIME_SUFFIX)).unlink()
+  second = _run(str(tmp_path))
+  assert (second["misses"], second["hits"]) == (1, 0)
+  assert "removed 1 incomplete entries" in second["stderr"]
+  assert "Error reading persistent compilation cache" not in second["stderr"]
+  assert entry.stat().st_size > 100  # Written again, whole.
+  third = _run(str(tmp_path))
+  assert (third["misses"], third["hits"]) == (0, 1)
+  assert third["value"] == second["value"]
