@@ -3,7 +3,6 @@ r"""Benchmarks of the training step, the input pipeline and sampling.
     python -m musegen_jax.bench --config=configs/lstm.py --bench=train
     python -m musegen_jax.bench --config=configs/lstm.py --bench=data
     python -m musegen_jax.bench --config=configs/lstm.py --bench=sample
-    python -m musegen_jax.bench --config=configs/transformer.py --bench=pair
 
 Each prints one JSON line. The code measured is the code that trains: the task
 from `tasks.create_task`, the state from `train.create_train_state`, and the
@@ -25,9 +24,6 @@ is the figure).
   (`data_over_train` should be >= 5).
 - sample: tokens/s of `task.sample` (carried recurrent state, compile
   excluded) against re-running the model on the whole prefix for each token.
-- pair: the train step at the fixed shape and its PyTorch reference
-  (`musegen_jax.bench_torch`; needs `pip install torch`) in one process,
-  steps alternating, and the speed-up (`bench_pair`).
 """
 
 from __future__ import annotations
@@ -44,7 +40,6 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from musegen_jax import bench_common
 from musegen_jax.bench_common import (BIGRU_TRAIN_SHAPE, GAN_TRAIN_SHAPE,
                                       TRAIN_SHAPE, TRANSFORMER_TRAIN_SHAPE,
                                       cpu_model, peak_rss_mb)
@@ -53,7 +48,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Training config file, optionally with ':variant'.",
     lock_config=True)
-flags.DEFINE_enum("bench", "train", ["train", "data", "sample", "soak", "pair"],
+flags.DEFINE_enum("bench", "train", ["train", "data", "sample", "soak"],
                   "What to time.")
 flags.DEFINE_integer("soak_steps", 20_000, "Train steps of the soak benchmark.")
 flags.DEFINE_integer("soak_checkpoint_every", 500,
@@ -192,7 +187,7 @@ def _representation(config):
   from musegen_jax import train  # pylint: disable=import-outside-toplevel
   from musegen_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   name = config.data.representation
-  if name == "chord_token" and FLAGS.bench in ("train", "pair"):
+  if name == "chord_token" and FLAGS.bench == "train":
     # The fixed shape's vocabulary: 197 made-up chords + PAD, EOS, REST, UNK
     # (random tokens are fed, so which chords does not matter).
     from musegen_jax.data import representations  # pylint: disable=import-outside-toplevel
@@ -250,14 +245,10 @@ def _environment() -> dict[str, str]:
           if k in os.environ}
 
 
-def compiled_train_step(config) -> tuple[Callable[[int], Any], Any, float, str]:
-  """The real train step of `config`, compiled for random token batches.
-
-  Returns (step, compiled, compile seconds, watched metric): `step(i)` runs
-  one update on batch i % 4 (the state carries over from call to call) and
-  returns the watched metric once it is ready.
-  """
+def time_train_step(config, *, steps: int, warmup: int) -> dict[str, Any]:
+  """Compiles and times the real train step on random token batches."""
   jax = _import_jax()
+  import numpy as np  # pylint: disable=import-outside-toplevel
   from musegen_jax import parallel  # pylint: disable=import-outside-toplevel
   from musegen_jax import tasks  # pylint: disable=import-outside-toplevel
   from musegen_jax import train  # pylint: disable=import-outside-toplevel
@@ -278,32 +269,18 @@ def compiled_train_step(config) -> tuple[Callable[[int], Any], Any, float, str]:
                               step_rng).compile()
   compile_s = time.perf_counter() - t0
 
-  def step(i: int):
-    nonlocal state
-    state, metrics = compiled(
-        state, parallel.global_batch(batches[i % 4], mesh), step_rng)
-    return jax.block_until_ready(metrics[watch])
-
-  return step, compiled, compile_s, watch
-
-
-def _check_finite(value, watch: str) -> None:
-  if not math.isfinite(float(value)):
-    raise FloatingPointError(f"train {watch} is {float(value)}")
-
-
-def time_train_step(config, *, steps: int, warmup: int) -> dict[str, Any]:
-  """Compiles and times the real train step on random token batches."""
-  step, compiled, compile_s, watch = compiled_train_step(config)
   times = []
   for i in range(warmup + steps):
     t0 = time.perf_counter()
-    value = step(i)
+    state, metrics = compiled(state, parallel.global_batch(batches[i % 4], mesh),
+                              step_rng)
+    jax.block_until_ready(metrics[watch])
     if i >= warmup:
       times.append(time.perf_counter() - t0)
-  _check_finite(value, watch)
+  if not np.isfinite(float(metrics[watch])):
+    raise FloatingPointError(f"train {watch} is {float(metrics[watch])}")
   step_s = statistics.median(times)
-  result = _model_shape(config, _representation(config))
+  result = _model_shape(config, representation)
   # For the GAN: generated clips (one generator batch) per second.
   result.update(model=config.model.name,
                 examples_per_sec=round(config.batch_size / step_s, 2))
@@ -390,56 +367,6 @@ def bench_train(config) -> dict[str, Any]:
       note=("random audio in [-1, 1]; WGAN-GP" if config.task == "gan" else
             "random token batches; dropout as the default config"))
   return out
-
-
-def bench_pair(config) -> dict[str, Any]:
-  """The train step against its PyTorch reference, step for step in one process.
-
-  Separate runs of `--bench=train` and `bench_torch` differ by 10-20% on a
-  shared VM from one minute to the next. Here both run in this process at
-  the fixed shape, one framework's step after the other's
-  (`bench_common.alternate`), so both see the same machine. `speedup` is PyTorch's median step over
-  JAX's (> 1: JAX faster); `pair_speedup_quartiles` are the quartiles of
-  the per-pair ratios. PyTorch gets as many threads as there are cores.
-  """
-  from musegen_jax import bench_torch  # pylint: disable=import-outside-toplevel
-  if FLAGS.dtype != "float32" or FLAGS.keep_attention:
-    raise app.UsageError("--bench=pair compares the float32 step of the "
-                         "reference's shape: no --dtype or --keep_attention")
-  torch = bench_torch.import_torch()
-  torch.set_num_threads(os.cpu_count())
-  config = fixed_train_config(config)
-  jax_step, _, compile_s, watch = compiled_train_step(config)
-  load_before = _load()
-  times = {}
-
-  def timer(torch_step, batches):
-    t0 = time.perf_counter()
-    torch_step(batches[0])
-    first_s = time.perf_counter() - t0
-    times["torch"], times["jax"] = bench_common.alternate(
-        lambda i: torch_step(batches[i % len(batches)]), jax_step,
-        steps=FLAGS.steps, warmup=FLAGS.warmup)
-    return statistics.median(times["torch"]), first_s, times["torch"]
-
-  reference = bench_torch.REFERENCES[config.model.name](torch, timer=timer)
-  _check_finite(jax_step(0), watch)
-  jax_s, torch_s = (statistics.median(times[k]) for k in ("jax", "torch"))
-  return {
-      "bench": "pair", "model": config.model.name,
-      **_model_shape(config, _representation(config)),
-      "device": device_description(), "torch": reference["device"],
-      "jax_step_ms": round(jax_s * 1e3, 1),
-      "jax_step_ms_min": round(min(times["jax"]) * 1e3, 1),
-      "torch_step_ms": round(torch_s * 1e3, 1),
-      "torch_step_ms_min": round(min(times["torch"]) * 1e3, 1),
-      "speedup": round(torch_s / jax_s, 3),
-      "speedup_fastest": round(min(times["torch"]) / min(times["jax"]), 3),
-      "pair_speedup_quartiles": bench_common.quartiles(
-          [t / j for t, j in zip(times["torch"], times["jax"])]),
-      "steps": FLAGS.steps, "jax_compile_s": round(compile_s, 2),
-      "peak_rss_mb": peak_rss_mb(), "loadavg_1m_before": load_before,
-      "loadavg_1m_after": _load(), "env": _environment()}
 
 
 def bench_data(config) -> dict[str, Any]:
@@ -658,7 +585,7 @@ def bench_soak(config) -> dict[str, Any]:
 
 
 BENCHMARKS = {"train": bench_train, "data": bench_data, "sample": bench_sample,
-              "soak": bench_soak, "pair": bench_pair}
+              "soak": bench_soak}
 
 
 def main(argv: list[str]) -> None:

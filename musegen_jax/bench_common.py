@@ -1,15 +1,11 @@
 """What the JAX benchmarks and the PyTorch reference share: the fixed train
-shapes, how the machine and memory are described, and timing two steps in
-alternation. No flags, no jax."""
+shape and how the machine and memory are described. No flags, no jax."""
 
 from __future__ import annotations
 
 import os
 import platform
 import resource
-import statistics
-import time
-from typing import Any, Callable
 
 # The fixed shape of the LSTM train benchmark (both frameworks).
 TRAIN_SHAPE = {"vocab_size": 390, "embed_dim": 256, "hidden_size": 512,
@@ -48,31 +44,3 @@ def cpu_model() -> str:
 def peak_rss_mb() -> float:
   """Peak resident memory of this process in MiB (Linux reports KiB)."""
   return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def alternate(first: Callable[[int], Any], second: Callable[[int], Any], *,
-              steps: int, warmup: int,
-              clock: Callable[[], float] = time.perf_counter
-              ) -> tuple[list[float], list[float]]:
-  """Seconds of `first(i)` and of `second(i)`, called in alternation.
-
-  `warmup` untimed calls of each, then `steps` timed pairs; which of the two
-  goes first swaps from pair to pair, so neither always runs right after
-  the other. Whatever slows the machine down for a while slows both.
-  """
-  for i in range(warmup):
-    first(i)
-    second(i)
-  times = ([], [])
-  for i in range(steps):
-    for who in ((0, 1) if i % 2 == 0 else (1, 0)):
-      t0 = clock()
-      (first, second)[who](i)
-      times[who].append(clock() - t0)
-  return times
-
-
-def quartiles(values: list[float]) -> list[float]:
-  """[first quartile, median, third quartile], rounded to 3 decimals."""
-  q1, q2, q3 = statistics.quantiles(values, n=4)
-  return [round(q1, 3), round(q2, 3), round(q3, 3)]

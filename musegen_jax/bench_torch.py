@@ -26,8 +26,8 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from musegen_jax.bench_common import (BIGRU_TRAIN_SHAPE, GAN_TRAIN_SHAPE,
-                                      TRAIN_SHAPE, TRANSFORMER_TRAIN_SHAPE)
+from musegen_jax.bench_common import (BIGRU_TRAIN_SHAPE, TRAIN_SHAPE,
+                                      TRANSFORMER_TRAIN_SHAPE)
 from musegen_jax.bench_common import cpu_model, peak_rss_mb
 from musegen_jax.models import gru as gru_model
 from musegen_jax.models import lstm as lstm_model
@@ -35,22 +35,20 @@ from musegen_jax.models import transformer as transformer_model
 from musegen_jax.models import wavegan as wavegan_model
 
 FLAGS = flags.FLAGS
+flags.DEFINE_enum("bench", "lstm", ["lstm", "wavegan", "transformer", "bigru"],
+                  "Which reference model to time.")
+flags.DEFINE_integer("steps", 20, "Timed steps (after warm-up).")
+flags.DEFINE_integer("warmup", 3, "Untimed steps first.")
+flags.DEFINE_integer("threads", 2, "torch.set_num_threads.")
+flags.DEFINE_integer("roof_size", 2048, "Side of the float32 matmul timed as the roof.")
 
+# The WaveGAN train benchmark: WGAN-GP with 5 critic updates per generator
+# update, Adam(1e-4, 0.5, 0.9), as in the WaveGAN paper, at d = 32.
+WAVEGAN_SHAPE = {"dim": 32, "slice_len": 16384, "batch_size": 16,
+                 "latent_dim": 100, "kernel_size": 25, "phase_shuffle": 2,
+                 "critic_steps": 5, "gp_weight": 10.0}
 
-def _define_flags() -> None:
-  """This module's flags, when it runs as the program. Imported by
-  `musegen_jax.bench --bench=pair`, it reads that module's flags of the same
-  names (steps, warmup, roof_size) instead."""
-  flags.DEFINE_enum("bench", "lstm", list(REFERENCES),
-                    "Which reference model to time.")
-  flags.DEFINE_integer("steps", 20, "Timed steps (after warm-up).")
-  flags.DEFINE_integer("warmup", 3, "Untimed steps first.")
-  flags.DEFINE_integer("threads", 2, "torch.set_num_threads.")
-  flags.DEFINE_integer("roof_size", 2048,
-                       "Side of the float32 matmul timed as the roof.")
-
-
-def import_torch():
+def _import_torch():
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
@@ -75,7 +73,7 @@ def measure_torch_roof(torch, size: int, repeats: int = 10) -> float:
   return 2 * size**3 / float(np.median(times)) / 1e9
 
 
-def bench_lstm(torch, timer=None) -> dict:
+def bench_lstm(torch) -> dict:
   """Times AdamW steps of the reference LSTM language model."""
   shape = TRAIN_SHAPE
   vocab, embed, hidden = shape["vocab_size"], shape["embed_dim"], shape["hidden_size"]
@@ -99,7 +97,7 @@ def bench_lstm(torch, timer=None) -> dict:
 
   step_s, first_step_s, times = _time_lm_steps(
       torch, Model(), lr=2e-3, vocab=vocab, batch=batch, length=seq_len + 1,
-      last_only=False, timer=timer)
+      last_only=False)
   flops = lstm_model.train_matmul_flops(**{k: shape[k] for k in (
       "vocab_size", "embed_dim", "hidden_size", "num_layers", "batch_size",
       "seq_len")})
@@ -109,7 +107,7 @@ def bench_lstm(torch, timer=None) -> dict:
       flops_source="analytic (matmuls only, 3x forward)")
 
 
-def bench_wavegan(torch, timer=None) -> dict:
+def bench_wavegan(torch) -> dict:
   """Times WGAN-GP steps of an eager PyTorch WaveGAN.
 
   One step: `critic_steps` discriminator updates (each with fresh latents; the
@@ -119,7 +117,7 @@ def bench_wavegan(torch, timer=None) -> dict:
   padding 1 when transposed) keep the lengths of the 'SAME' convolutions in
   musegen_jax.models.wavegan.
   """
-  shape = GAN_TRAIN_SHAPE
+  shape = WAVEGAN_SHAPE
   dim, slice_len, batch = shape["dim"], shape["slice_len"], shape["batch_size"]
   latent, k, shuffle = shape["latent_dim"], shape["kernel_size"], shape["phase_shuffle"]
   nn = torch.nn
@@ -197,7 +195,7 @@ def bench_wavegan(torch, timer=None) -> dict:
       p.requires_grad_(True)
     return d_loss.item(), g_loss.item()
 
-  step_s, first_step_s, times = (timer or _time_steps)(lambda _: step(), [None])
+  step_s, first_step_s, times = _time_steps(lambda _: step(), [None])
   flops = wavegan_model.train_flops(dim, slice_len, batch, shape["critic_steps"],
                                     latent_dim=latent, kernel_size=k)
   return _record(
@@ -208,7 +206,7 @@ def bench_wavegan(torch, timer=None) -> dict:
                    "fwd+bwd = 3x fwd, GP double backward = 1 more D fwd+bwd)")
 
 
-def bench_transformer(torch, timer=None) -> dict:
+def bench_transformer(torch) -> dict:
   """Times AdamW steps of an eager PyTorch decoder-only Transformer LM.
 
   The shape of `musegen_jax.models.transformer` with attention="absolute",
@@ -264,7 +262,7 @@ def bench_transformer(torch, timer=None) -> dict:
 
   step_s, first_step_s, times = _time_lm_steps(
       torch, Model(), lr=5e-4, vocab=vocab, batch=batch, length=seq_len + 1,
-      last_only=False, timer=timer)
+      last_only=False)
   flops = transformer_model.train_matmul_flops(
       attention="absolute", **{k: shape[k] for k in (
           "vocab_size", "d_model", "num_layers", "mlp_dim", "batch_size",
@@ -277,7 +275,7 @@ def bench_transformer(torch, timer=None) -> dict:
       extra={"attention": "absolute", "position_encoding": "learned"})
 
 
-def bench_bigru(torch, timer=None) -> dict:
+def bench_bigru(torch) -> dict:
   """Times AdamW steps of the reference bidirectional GRU next-token model.
 
   Embedding 100 -> torch.nn.GRU(3 layers, 128 per direction, bidirectional,
@@ -309,7 +307,7 @@ def bench_bigru(torch, timer=None) -> dict:
 
   step_s, first_step_s, times = _time_lm_steps(
       torch, Model(), lr=2e-3, vocab=vocab, batch=batch, length=window + 1,
-      last_only=True, timer=timer)
+      last_only=True)
   flops = gru_model.train_matmul_flops(
       vocab_size=vocab, embed_dim=embed, hidden_size=hidden, num_layers=layers,
       batch_size=batch, seq_len=window, bidirectional=True, dense_dim=dense,
@@ -353,12 +351,10 @@ def _record(torch, name: str, shape: dict, step_s: float, first_step_s: float,
 
 
 def _time_lm_steps(torch, model, *, lr: float, vocab: int, batch: int,
-                   length: int, last_only: bool,
-                   timer=None) -> tuple[float, float, list[float]]:
+                   length: int, last_only: bool) -> tuple[float, float, list[float]]:
   """Times AdamW (betas 0.9/0.98, weight decay 0.01, clipping at 1.0) steps
   of a token model on random [batch, length] tokens: cross-entropy on every
-  next token, or with `last_only` on the last token (a [batch, vocab] output).
-  `timer(step, batches)` (default `_time_steps`) does the timing."""
+  next token, or with `last_only` on the last token (a [batch, vocab] output)."""
   model.train()
   opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98),
                           weight_decay=0.01)
@@ -379,14 +375,11 @@ def _time_lm_steps(torch, model, *, lr: float, vocab: int, batch: int,
     opt.step()
     return loss.item()
 
-  return (timer or _time_steps)(step, batches)
+  return _time_steps(step, batches)
 
 
 def _time_steps(step, batches) -> tuple[float, float, list[float]]:
-  """(median step seconds, first step seconds, timed step seconds).
-
-  Each reference's `timer` argument replaces this: `timer(step, batches)`
-  with `step(batch)` one update, returning the same triple."""
+  """(median step seconds, first step seconds, timed step seconds)."""
   t0 = time.perf_counter()
   step(batches[0])
   first_step_s = time.perf_counter() - t0
@@ -405,23 +398,18 @@ def _device(torch) -> str:
           f"{torch.get_num_threads()} threads")
 
 
-# The reference of each model the train benchmark has a fixed shape for
-# (`config.model.name`).
-REFERENCES = {"lstm": bench_lstm, "wavegan": bench_wavegan,
-              "transformer": bench_transformer, "bigru": bench_bigru}
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  torch = import_torch()
+  torch = _import_torch()
   torch.set_num_threads(FLAGS.threads)
-  print(json.dumps(REFERENCES[FLAGS.bench](torch)), flush=True)
+  bench_fn = {"lstm": bench_lstm, "wavegan": bench_wavegan,
+              "transformer": bench_transformer, "bigru": bench_bigru}[FLAGS.bench]
+  print(json.dumps(bench_fn(torch)), flush=True)
 
 
 if __name__ == "__main__":
   # The same malloc setting as the JAX benchmark (musegen_jax/hugepages.py).
   from musegen_jax import hugepages  # pylint: disable=g-import-not-at-top
   hugepages.reexec_with_huge_pages()
-  _define_flags()
   app.run(main)

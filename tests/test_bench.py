@@ -12,7 +12,6 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT
-from musegen_jax import bench_common
 
 
 @pytest.mark.parametrize("bench, flags, keys", [
@@ -68,22 +67,3 @@ def test_train_bench_runs_at_the_fixed_shape(config, shape):
   assert record["step_ms"] > 0 and record["compile_s"] > 0
   # The entry point re-executed itself with huge-page malloc.
   assert "glibc.malloc.hugetlb=1" in record["env"]["GLIBC_TUNABLES"]
-
-
-def test_alternate_swaps_which_side_goes_first_and_times_each():
-  """`bench --bench=pair`'s timing: JAX's and PyTorch's steps interleaved."""
-  clock, calls = [0.0], []
-
-  def side(name, seconds):
-    def step(i):
-      calls.append((name, i))
-      clock[0] += seconds
-    return step
-
-  first, second = bench_common.alternate(
-      side("a", 1.0), side("b", 10.0), steps=3, warmup=1,
-      clock=lambda: clock[0])
-  assert first == [1.0] * 3 and second == [10.0] * 3
-  assert calls == [("a", 0), ("b", 0),  # Warm-up.
-                   ("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2)]
-  assert bench_common.quartiles([1.0, 2.0, 3.0, 4.0, 5.0]) == [1.5, 3.0, 4.5]
