@@ -456,6 +456,9 @@ def _train(config: config_dict.ConfigDict, workdir: str,
           say(f"Stopped at step {step}; the same command resumes.", flush=True)
           break
   finally:
+    # The last batch lives in grain's shared memory until its arrays are
+    # freed (asynchronously); freed only at exit, it is reported as leaked.
+    host_batch = batch = None
     manager.wait_until_finished()
     manager.close()
     train_iter.close()  # Stops grain's worker processes and frees their memory.

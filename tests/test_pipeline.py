@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
+import time
 
 import grain
 import numpy as np
@@ -79,6 +82,78 @@ def test_resume_with_worker_processes(jsb_data_dir):
   assert rows.shape == (24, 33) and (rows != 0).mean() > 0.9
   assert len({row.tobytes() for row in rows}) == 24
   del it, resumed
+
+
+# A trainer with two grain workers, run in its own interpreter: the
+# resource tracker that reports leaked shared memory belongs to it.
+_WORKER_SCRIPT = """
+import json, multiprocessing, sys, time
+from musegen_jax.data import pipeline, representations
+
+def main():
+  ds = pipeline.create_train_dataset(
+      sys.argv[1], representations.get_representation("performance"), seq_len=32,
+      global_batch_size=4, seed=0, num_workers=2)
+  it = iter(ds)
+  for _ in range(5):
+    next(it)
+  workers = multiprocessing.active_children()
+  print(json.dumps([w.pid for w in workers]), flush=True)
+  if sys.argv[2] == "wait":
+    time.sleep(600)
+  it.close()
+  print(json.dumps([w.exitcode for w in workers]), flush=True)
+
+if __name__ == "__main__":
+  main()
+"""
+
+
+def _start_trainer(tmp_path, data_dir, mode):
+  script = tmp_path / "trainer.py"
+  script.write_text(_WORKER_SCRIPT)
+  return subprocess.Popen([sys.executable, str(script), data_dir, mode],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_closing_the_iterator_ends_workers_cleanly_and_frees_their_memory(
+    jsb_data_dir, tmp_path):
+  proc = _start_trainer(tmp_path, jsb_data_dir, "close")
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err
+  pids, exitcodes = (json.loads(line) for line in out.splitlines())
+  assert len(pids) == 2
+  # Each worker finished its own shutdown: none was killed by a signal in
+  # the middle of it (a negative exit code), so none left the batch it was
+  # handing over in shared memory.
+  assert exitcodes == [0, 0], exitcodes
+  assert "leaked shared_memory" not in err, err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_exit_when_the_trainer_is_killed(jsb_data_dir, tmp_path):
+  proc = _start_trainer(tmp_path, jsb_data_dir, "wait")
+  try:
+    pids = json.loads(proc.stdout.readline())
+    assert len(pids) == 2, proc.stderr.read()
+    assert all(_running(pid) for pid in pids)
+  finally:
+    proc.kill()  # SIGKILL to the trainer alone, not to its process group.
+    proc.communicate()
+  deadline = time.monotonic() + 60
+  while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  assert not any(_running(pid) for pid in pids), pids
+
+
+def _running(pid: int) -> bool:
+  """Alive and not a zombie (an exited orphan waits there for init)."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      state = f.read().rsplit(")", 1)[1].split()[0]
+  except FileNotFoundError:
+    return False
+  return state not in ("Z", "X")
 
 
 def test_eval_windows_cover_every_valid_token_once(jsb_data_dir):

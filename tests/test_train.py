@@ -90,11 +90,15 @@ def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path):
   assert stopped < 400
   assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(stopped)]
   assert f"Stopped at step {stopped}" in out
+  # The workers ended cleanly: the batches they held are freed, and the
+  # resource tracker finds nothing to report.
+  assert "leaked shared_memory" not in out, out
 
   rerun = subprocess.run(command, cwd=str(tmp_path), capture_output=True,
                          text=True, timeout=180)
   assert rerun.returncode == 0, rerun.stdout + rerun.stderr
   assert f"Resumed from step {stopped}" in rerun.stdout
+  assert "leaked shared_memory" not in rerun.stderr, rerun.stderr
   reference = str(tmp_path / "reference")
   train.train_and_evaluate(load_config("lstm", **{
       k.replace(".", "__"): v for k, v in overrides.items()}), reference)

@@ -13,12 +13,13 @@ the valid loss of two runs or two steps is comparable.
 from __future__ import annotations
 
 import bisect
-import ctypes
 import dataclasses
 import json
+import multiprocessing
+import multiprocessing.connection
 import os
 import signal
-import sys
+import threading
 from typing import Any, Iterator
 
 import grain
@@ -252,15 +253,32 @@ def _init_worker(worker_index: int, worker_count: int) -> None:
   A terminal's Ctrl-C (and SLURM's SIGTERM) reach every process of the job;
   a worker that died of it would leave the trainer waiting for a batch
   instead of finishing its step and saving, so workers ignore both and the
-  trainer stops them when it closes the iterator. On Linux a worker is also
-  killed when the trainer dies (even by SIGKILL), so none is left behind.
+  trainer stops them when it closes the iterator. A worker also exits as
+  soon as the trainer process dies (even by SIGKILL), so none is left
+  behind: see `_exit_with_parent`.
   """
   del worker_index, worker_count
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   signal.signal(signal.SIGTERM, signal.SIG_IGN)
-  if sys.platform.startswith("linux"):
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+  parent = multiprocessing.parent_process()
+  if parent is not None:
+    threading.Thread(target=_exit_with_parent, args=(parent.sentinel,),
+                     name="musegen-exit-with-trainer", daemon=True).start()
+
+
+def _exit_with_parent(parent_sentinel: int) -> None:
+  """Waits for the trainer process to end, then ends this worker at once.
+
+  The sentinel is multiprocessing's pipe from the parent process, readable
+  once that process is gone. Not `prctl(PR_SET_PDEATHSIG)`: Linux sends that
+  signal when the parent *thread* that started the worker ends, and grain
+  starts workers from a thread pool that it shuts down first when the
+  iterator closes. The signal then killed every worker in the middle of its
+  clean exit, and the batch it was handing over stayed in /dev/shm until
+  the resource tracker reported it as leaked.
+  """
+  multiprocessing.connection.wait([parent_sentinel])
+  os._exit(1)
 
 
 def eval_windows(data_dir: str, representation, *, seq_len: int,
