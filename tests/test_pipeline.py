@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import subprocess
 import sys
 import time
@@ -134,6 +135,8 @@ def test_closing_the_iterator_ends_workers_cleanly_and_frees_their_memory(
 def test_workers_exit_when_the_trainer_is_killed(jsb_data_dir, tmp_path):
   proc = _start_trainer(tmp_path, jsb_data_dir, "wait")
   try:
+    ready, _, _ = select.select([proc.stdout], [], [], 300)
+    assert ready, "the trainer printed no worker pids in 300 s"
     pids = json.loads(proc.stdout.readline())
     assert len(pids) == 2, proc.stderr.read()
     assert all(_running(pid) for pid in pids)
