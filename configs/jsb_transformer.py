@@ -51,6 +51,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # On the embedded input and on each residual branch.
   config.model.dropout_rate = 0.5
   config.model.dtype = "float32"
+  # "bfloat16": the matmuls in bfloat16, summed in float32 (configs/transformer.py).
+  config.model.matmul_dtype = ""
   config.model.remat = False
 
   # Input keys dropped while training: jsb_lstm's 0.5 cost the Transformer

@@ -46,8 +46,12 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.model.attention_window = 0
   # On the embeddings and on each residual branch (not on attention weights).
   config.model.dropout_rate = 0.1
-  # Compute dtype of the matmuls; parameters stay float32.
+  # Compute dtype of the activations and matmuls; parameters stay float32.
   config.model.dtype = "float32"
+  # "" follows model.dtype; "bfloat16" runs only the matmuls in bfloat16
+  # (summed in float32; activations stay in model.dtype). Any bfloat16
+  # matmul goes through layers.matmul, the form a CPU's AMX units take.
+  config.model.matmul_dtype = ""
   # Recompute activations in the backward pass instead of storing them:
   # less memory for about one more forward pass.
   config.model.remat = False

@@ -28,6 +28,7 @@ is the figure).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -60,7 +61,11 @@ flags.DEFINE_bool("keep_attention", False,
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                   "Compute dtype of --bench=train (parameters stay float32).")
 flags.DEFINE_integer("warmup", 2, "Untimed train steps after compilation.")
-flags.DEFINE_integer("roof_size", 2048, "Side of the float32 matmul timed as the roof.")
+flags.DEFINE_enum("matmul_dtype", "", ["", "float32", "bfloat16"],
+                  "Transformer --bench=train: config.model.matmul_dtype "
+                  "(bfloat16: the matmuls in bfloat16, summed in float32; "
+                  "the roof is then a bfloat16 matmul).")
+flags.DEFINE_integer("roof_size", 2048, "Side of the matmul timed as the roof.")
 flags.DEFINE_integer("data_batches", 300, "Timed batches of the data benchmark.")
 flags.DEFINE_integer("data_warmup", 10, "Untimed batches first (workers start).")
 flags.DEFINE_integer("ratio_steps", 5,
@@ -106,14 +111,17 @@ def median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
   return statistics.median(times), min(times)
 
 
-def measure_matmul_roof(size: int, repeats: int = 10) -> float:
-  """GFLOP/s of one jitted float32 [size, size] @ [size, size] on device 0."""
+def measure_matmul_roof(size: int, repeats: int = 10,
+                        dtype: str = "float32") -> float:
+  """GFLOP/s of one jitted [size, size] @ [size, size] on device 0, operands
+  in `dtype`, summed and returned in float32."""
   jax = _import_jax()
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   ka, kb = jax.random.split(jax.random.PRNGKey(0))
-  a = jax.random.normal(ka, (size, size), jnp.float32)
-  b = jax.random.normal(kb, (size, size), jnp.float32)
-  matmul = jax.jit(jnp.matmul)
+  a = jax.random.normal(ka, (size, size)).astype(dtype)
+  b = jax.random.normal(kb, (size, size)).astype(dtype)
+  matmul = jax.jit(functools.partial(jnp.matmul,
+                                     preferred_element_type=jnp.float32))
   for _ in range(2):
     matmul(a, b).block_until_ready()
   seconds, _ = median_seconds(lambda: matmul(a, b).block_until_ready(), repeats)
@@ -180,7 +188,18 @@ def fixed_train_config(config):
                      f"'lstm', 'transformer', 'bigru' and 'wavegan', not "
                      f"{config.model.name!r}")
   config.model.dtype = FLAGS.dtype
+  if FLAGS.matmul_dtype:
+    if "matmul_dtype" not in config.model:
+      raise ValueError(f"--matmul_dtype: config.model.name "
+                       f"{config.model.name!r} has no matmul_dtype (the "
+                       "Transformer has)")
+    config.model.matmul_dtype = FLAGS.matmul_dtype
   return config
+
+
+def _matmul_dtype_name(config) -> str:
+  """The dtype the train step's matmuls take their operands in."""
+  return config.model.get("matmul_dtype", "") or config.model.dtype
 
 
 def _representation(config):
@@ -346,7 +365,8 @@ def bench_train(config) -> dict[str, Any]:
                                 config.batch_size, config.gan.critic_steps,
                                 latent_dim=config.model.latent_dim,
                                 kernel_size=config.model.kernel_size)
-  roof = measure_matmul_roof(FLAGS.roof_size)
+  roof_dtype = _matmul_dtype_name(config)
+  roof = measure_matmul_roof(FLAGS.roof_size, dtype=roof_dtype)
   source = "analytic matmul count (backward = 2x forward)"
   if flops is None and xla_flops is not None:
     flops, source = xla_flops, "xla cost_analysis"
@@ -357,7 +377,8 @@ def bench_train(config) -> dict[str, Any]:
       xla_cost_analysis_flops=xla_flops,
       gflops_per_sec=None if flops is None else round(flops / step_s / 1e9, 1),
       roof_gflops=round(roof, 1),
-      roof_source=f"jax float32 {FLAGS.roof_size}^3 matmul, median of 10",
+      roof_source=(f"jax {roof_dtype} {FLAGS.roof_size}^3 matmul (float32 "
+                   "sums), median of 10"),
       mfu=None if flops is None else round(flops / step_s / 1e9 / roof, 3),
       peak_rss_mb=peak_rss_mb(),
       peak_memory_mb=peak_device_memory_mb(),

@@ -40,7 +40,11 @@ flags.DEFINE_enum("bench", "lstm", ["lstm", "wavegan", "transformer", "bigru"],
 flags.DEFINE_integer("steps", 20, "Timed steps (after warm-up).")
 flags.DEFINE_integer("warmup", 3, "Untimed steps first.")
 flags.DEFINE_integer("threads", 2, "torch.set_num_threads.")
-flags.DEFINE_integer("roof_size", 2048, "Side of the float32 matmul timed as the roof.")
+flags.DEFINE_integer("roof_size", 2048, "Side of the matmul timed as the roof.")
+flags.DEFINE_enum("matmul_dtype", "float32", ["float32", "bfloat16"],
+                  "bfloat16: forward and loss under torch.autocast (CPU, "
+                  "bfloat16), PyTorch's mixed precision; parameters, "
+                  "gradients and optimizer stay float32.")
 
 # The WaveGAN train benchmark: WGAN-GP with 5 critic updates per generator
 # update, Adam(1e-4, 0.5, 0.9), as in the WaveGAN paper, at d = 32.
@@ -60,9 +64,11 @@ def _import_torch():
 
 
 def measure_torch_roof(torch, size: int, repeats: int = 10) -> float:
-  """GFLOP/s of a [size, size] @ [size, size] float32 matmul in PyTorch."""
-  a = torch.randn(size, size)
-  b = torch.randn(size, size)
+  """GFLOP/s of a [size, size] @ [size, size] matmul in PyTorch, in
+  --matmul_dtype."""
+  dtype = getattr(torch, FLAGS.matmul_dtype)
+  a = torch.randn(size, size, dtype=dtype)
+  b = torch.randn(size, size, dtype=dtype)
   for _ in range(2):
     a @ b
   times = []
@@ -328,6 +334,7 @@ def _record(torch, name: str, shape: dict, step_s: float, first_step_s: float,
   """
   roof = measure_torch_roof(torch, FLAGS.roof_size)
   record = {"bench": name, **shape, **(extra or {}), "dtype": "float32",
+            "matmul_dtype": FLAGS.matmul_dtype,
             "device": _device(torch),
             "examples_per_sec": round(batch / step_s, 2)}
   if tokens is not None:
@@ -343,7 +350,7 @@ def _record(torch, name: str, shape: dict, step_s: float, first_step_s: float,
       "flops_source": flops_source,
       "gflops_per_sec": round(flops / step_s / 1e9, 1),
       "roof_gflops": round(roof, 1),
-      "roof_source": f"torch float32 {FLAGS.roof_size}^3 matmul",
+      "roof_source": f"torch {FLAGS.matmul_dtype} {FLAGS.roof_size}^3 matmul",
       "mfu": round(flops / step_s / 1e9 / roof, 3),
       "env": {k: os.environ[k] for k in ("GLIBC_TUNABLES",) if k in os.environ},
   })
@@ -364,11 +371,13 @@ def _time_lm_steps(torch, model, *, lr: float, vocab: int, batch: int,
              for _ in range(4)]
 
   def step(tokens):
-    logits = model(tokens[:, :-1])
-    if last_only:
-      loss = loss_fn(logits, tokens[:, -1])
-    else:
-      loss = loss_fn(logits.reshape(-1, vocab), tokens[:, 1:].reshape(-1))
+    with torch.autocast("cpu", dtype=torch.bfloat16,
+                        enabled=FLAGS.matmul_dtype == "bfloat16"):
+      logits = model(tokens[:, :-1])
+      if last_only:
+        loss = loss_fn(logits, tokens[:, -1])
+      else:
+        loss = loss_fn(logits.reshape(-1, vocab), tokens[:, 1:].reshape(-1))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

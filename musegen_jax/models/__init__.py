@@ -16,6 +16,23 @@ def get_dtype(name: str):
   return _DTYPES[name]
 
 
+def _matmul_dtype(model_config: config_dict.ConfigDict):
+  """The operand dtype of the Transformer's matmuls when they go through
+  `layers.matmul` (bfloat16 products, float32 sums), else None (plain dots
+  in model.dtype).
+
+  `model.matmul_dtype`: "" (the default) follows model.dtype; "bfloat16"
+  with model.dtype "float32" keeps the activations in float32 and runs only
+  the matmuls in bfloat16.
+  """
+  name = model_config.get("matmul_dtype", "") or model_config.dtype
+  if name not in _DTYPES:
+    raise ValueError(f"config.model.matmul_dtype={name!r}; allowed: '' (as "
+                     f"model.dtype) or one of {sorted(_DTYPES)}")
+  dtype = _DTYPES[name]
+  return None if dtype == jnp.float32 else dtype
+
+
 MODELS = ("bigru", "gru", "lstm", "transformer")
 
 
@@ -41,6 +58,7 @@ def create_model(model_config: config_dict.ConfigDict, vocab_size: int,
         position_encoding=model_config.position_encoding,
         attention_impl=model_config.get("attention_impl", "auto"),
         attention_window=model_config.get("attention_window", 0),
+        matmul_dtype=_matmul_dtype(model_config),
         **common)
   # The recurrent models: an embedding and stacked layers.
   common.update(embed_dim=model_config.embed_dim,

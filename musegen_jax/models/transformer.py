@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musegen_jax.models.layers import Dropout
+from musegen_jax.models.layers import Dropout, matmul, swap_last_axes
 
 Array = jax.Array
 # {"layers": ({"k": [batch, heads, max_len, head_dim], "v": same}, ...),
@@ -115,6 +115,14 @@ def sinusoidal_positions(positions: Array, dim: int) -> Array:
   if dim % 2:
     enc = jnp.pad(enc, [(0, 0)] * (enc.ndim - 1) + [(0, 1)])
   return enc
+
+
+def _dense(x: Array, kernel: Array, dtype: Any, matmul_dtype: Any) -> Array:
+  """x [..., in] @ kernel [in, out] in `dtype`; through `layers.matmul`
+  (operands in matmul_dtype, summed in float32) when matmul_dtype is set."""
+  if matmul_dtype is None:
+    return jnp.dot(x, kernel.astype(dtype))
+  return matmul(x.astype(dtype), kernel, matmul_dtype)
 
 
 ATTENTION_IMPLS = ("auto", "fused", "einsum")
@@ -180,12 +188,13 @@ def _attention_fwd(q, k, v, bias, scale, window):
     mask = window_mask(jnp.arange(start, keys), jnp.arange(keys), window)
     p = jax.nn.softmax(jnp.where(mask, logits, -jnp.inf), axis=-1)
     outputs.append(jnp.einsum("bhts,bhse->bhte", p.astype(v.dtype),
-                              v[:, :, :keys]))
+                              v[:, :, :keys],
+                              preferred_element_type=jnp.float32))
     probs.append(p)
-  y = jnp.concatenate(outputs, 2)
+  y = jnp.concatenate(outputs, 2).astype(q.dtype)
   # A scalar marker (None is an empty pytree) says whether bias was given.
   return y, (q, k, v, tuple(probs), y,
-             None if bias is None else jnp.zeros((), q.dtype))
+             None if bias is None else jnp.zeros((), bias.dtype))
 
 
 def _attention_bwd(scale, window, res, dy):
@@ -196,24 +205,30 @@ def _attention_bwd(scale, window, res, dy):
   delta = jnp.sum(dy.astype(jnp.float32) * y.astype(jnp.float32), -1,
                   keepdims=True)
   dq, d_bias = [], []
-  dk, dv = jnp.zeros_like(k), jnp.zeros_like(v)
+  # Sums in float32 whatever the operands' dtype (bfloat16: one rounding,
+  # at the end).
+  dk = jnp.zeros(k.shape, jnp.float32)
+  dv = jnp.zeros(v.shape, jnp.float32)
+  f32 = {"preferred_element_type": jnp.float32}
   for block, p in enumerate(probs):
     start, keys = block * size, (block + 1) * size
     dy_block = dy[:, :, start:keys]
-    dv = dv.at[:, :, :keys].add(jnp.einsum("bhts,bhte->bhse", p.astype(dy.dtype),
-                                           dy_block))
-    dp = jnp.einsum("bhte,bhse->bhts", dy_block, v[:, :, :keys],
-                    preferred_element_type=jnp.float32)
+    # dv and dk contract over the block's queries: p and ds are transposed
+    # first (`swap_last_axes`) so both matmuls are row-major.
+    dv = dv.at[:, :, :keys].add(jnp.einsum(
+        "bhst,bhte->bhse", swap_last_axes(p.astype(dy.dtype)), dy_block, **f32))
+    dp = jnp.einsum("bhte,bhse->bhts", dy_block, v[:, :, :keys], **f32)
     d_logits = p * (dp - delta[:, :, start:keys])
     ds = (d_logits * scale).astype(q.dtype)
-    dq.append(jnp.einsum("bhts,bhse->bhte", ds, k[:, :, :keys]))
-    dk = dk.at[:, :, :keys].add(jnp.einsum("bhts,bhte->bhse", ds,
-                                           q[:, :, start:keys]))
+    dq.append(jnp.einsum("bhts,bhse->bhte", ds, k[:, :, :keys], **f32))
+    dk = dk.at[:, :, :keys].add(jnp.einsum(
+        "bhst,bhte->bhse", swap_last_axes(ds), q[:, :, start:keys], **f32))
     if bias_marker is not None:
-      d_bias.append(jnp.pad(d_logits.astype(q.dtype),
+      d_bias.append(jnp.pad(d_logits.astype(bias_marker.dtype),
                             [(0, 0), (0, 0), (0, 0), (0, length - keys)]))
   d_bias = None if bias_marker is None else jnp.concatenate(d_bias, 2)
-  return jnp.concatenate(dq, 2), dk, dv, d_bias
+  return (jnp.concatenate(dq, 2).astype(q.dtype), dk.astype(k.dtype),
+          dv.astype(v.dtype), d_bias)
 
 
 causal_attention.defvjp(_attention_fwd, _attention_bwd)
@@ -228,6 +243,7 @@ class SelfAttention(nn.Module):
   dtype: Any = jnp.float32
   attention_impl: str = "auto"
   window: int = 0
+  matmul_dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array, cache: dict[str, Array] | None = None,
@@ -265,7 +281,11 @@ class SelfAttention(nn.Module):
     # the attention matmuls batch over, so nothing is transposed per layer.
     # The cache has it too: with a sequence-major cache each sampling step
     # copied the whole cache (10x slower sampling on CPU).
-    qkv = jnp.einsum("btd,dkhe->kbhte", x, qkv_kernel.astype(dtype))
+    if self.matmul_dtype is None:
+      qkv = jnp.einsum("btd,dkhe->kbhte", x, qkv_kernel.astype(dtype))
+    else:
+      qkv = _dense(x, qkv_kernel.reshape(embed, -1), dtype, self.matmul_dtype)
+      qkv = qkv.reshape(batch, length, 3, heads, head_dim).transpose(2, 0, 3, 1, 4)
     qkv = qkv + qkv_bias.astype(dtype)[:, None, :, None]
     q, k, v = qkv[0], qkv[1], qkv[2]
     scale = 1.0 / math.sqrt(head_dim)
@@ -296,16 +316,23 @@ class SelfAttention(nn.Module):
                               rel)
       bias = skew(rel_logits, offset)
 
-    if cache is None and _use_fused_attention(self.attention_impl):
-      # [batch, length, heads, head_dim] for the library call (a GPU's fused
-      # kernel); XLA fuses these transposes into the kernel's operands.
-      y = jax.nn.dot_product_attention(
-          *(jnp.swapaxes(t, 1, 2) for t in (q, k, v)), bias=bias, scale=scale,
-          is_causal=True,
-          local_window_size=(self.window - 1, 0) if self.window else None)
-      y = jnp.swapaxes(y, 1, 2)
-    elif cache is None:
-      y = causal_attention(q, k, v, bias, scale, self.window)
+    if cache is None:
+      # The attention matmuls take their operands in matmul_dtype (bfloat16
+      # products, float32 sums) when it is set.
+      low = self.matmul_dtype or dtype
+      q_low, k_low, v_low = (t.astype(low) for t in (q, k, v))
+      if _use_fused_attention(self.attention_impl):
+        # [batch, length, heads, head_dim] for the library call (a GPU's
+        # fused kernel); XLA fuses these transposes into its operands.
+        y = jax.nn.dot_product_attention(
+            *(jnp.swapaxes(t, 1, 2) for t in (q_low, k_low, v_low)),
+            bias=None if bias is None else bias.astype(low), scale=scale,
+            is_causal=True,
+            local_window_size=(self.window - 1, 0) if self.window else None)
+        y = jnp.swapaxes(y, 1, 2)
+      else:
+        y = causal_attention(q_low, k_low, v_low, bias, scale, self.window)
+      y = y.astype(dtype)
     else:
       mask = window_mask(pos + jnp.arange(length), jnp.arange(keys),
                          self.window)
@@ -316,7 +343,11 @@ class SelfAttention(nn.Module):
       probs = jax.nn.softmax(jnp.where(mask, logits, -jnp.inf), axis=-1)
       y = jnp.einsum("bhts,bhse->bhte", probs.astype(dtype),
                      new_cache["v"].astype(dtype))
-    out = jnp.einsum("bhte,hed->btd", y, out_kernel.astype(dtype))
+    if self.matmul_dtype is None:
+      out = jnp.einsum("bhte,hed->btd", y, out_kernel.astype(dtype))
+    else:
+      out = _dense(y.transpose(0, 2, 1, 3).reshape(batch, length, embed),
+                   out_kernel.reshape(embed, embed), dtype, self.matmul_dtype)
     return out + out_bias.astype(dtype), new_cache
 
 
@@ -325,6 +356,7 @@ class MLP(nn.Module):
 
   mlp_dim: int
   dtype: Any = jnp.float32
+  matmul_dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -335,8 +367,10 @@ class MLP(nn.Module):
     wo = self.param("wo", _init(_fan_in(0, 1), "mlp", "embed"),
                     (self.mlp_dim, embed))
     bo = self.param("bo", _init(nn.initializers.zeros, "embed"), (embed,))
-    h = jax.nn.gelu(jnp.dot(x, wi.astype(self.dtype)) + bi.astype(self.dtype))
-    return jnp.dot(h, wo.astype(self.dtype)) + bo.astype(self.dtype)
+    h = jax.nn.gelu(_dense(x, wi, self.dtype, self.matmul_dtype)
+                    + bi.astype(self.dtype))
+    return (_dense(h, wo, self.dtype, self.matmul_dtype)
+            + bo.astype(self.dtype))
 
 
 def _layer_norm(dtype, name: str) -> nn.LayerNorm:
@@ -356,6 +390,7 @@ class DecoderBlock(nn.Module):
   dtype: Any = jnp.float32
   attention_impl: str = "auto"
   attention_window: int = 0
+  matmul_dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array, cache: dict[str, Array] | None, pos: Array | None,
@@ -363,11 +398,12 @@ class DecoderBlock(nn.Module):
                ) -> tuple[Array, dict[str, Array]]:
     y, cache = SelfAttention(self.num_heads, self.max_len, self.attention,
                              self.dtype, self.attention_impl,
-                             self.attention_window, name="attention")(
+                             self.attention_window, self.matmul_dtype,
+                             name="attention")(
                                  _layer_norm(self.dtype, "ln_attention")(x),
                                  cache, pos, cache_len)
     x = x + Dropout(self.dropout_rate)(y, deterministic=not train)
-    y = MLP(self.mlp_dim, self.dtype, name="mlp")(
+    y = MLP(self.mlp_dim, self.dtype, self.matmul_dtype, name="mlp")(
         _layer_norm(self.dtype, "ln_mlp")(x))
     x = x + Dropout(self.dropout_rate)(y, deterministic=not train)
     return x, cache
@@ -412,6 +448,7 @@ class TransformerLanguageModel(nn.Module):
   remat: bool = False
   attention_impl: str = "auto"
   attention_window: int = 0
+  matmul_dtype: Any = None
 
   def _check(self, length: int, pos: Array | None, cache_size: int) -> None:
     if self.attention not in ATTENTION_KINDS:
@@ -469,7 +506,7 @@ class TransformerLanguageModel(nn.Module):
     if tokens.ndim == 3:  # Multi-hot frames.
       kernel = self.param("input_kernel", _init(_fan_in(0, 1), "vocab", "embed"),
                           (tokens.shape[-1], self.d_model))
-      x = jnp.dot(tokens.astype(self.dtype), kernel.astype(self.dtype))
+      x = _dense(tokens, kernel, self.dtype, self.matmul_dtype)
     else:
       embedding = self.param(
           "token_embedding", _init(nn.initializers.normal(0.02), "vocab", "embed"),
@@ -496,7 +533,7 @@ class TransformerLanguageModel(nn.Module):
       x, cache = block(
           self.num_heads, self.mlp_dim, self.max_len, self.dropout_rate,
           self.attention, self.dtype, self.attention_impl,
-          self.attention_window, name=f"block_{layer}")(
+          self.attention_window, self.matmul_dtype, name=f"block_{layer}")(
               x, None if carry is None else carry["layers"][layer], pos, train,
               cache_len)
       caches.append(cache)
@@ -505,8 +542,8 @@ class TransformerLanguageModel(nn.Module):
                       (self.d_model, self.vocab_size))
     head_bias = self.param("head_bias", _init(nn.initializers.zeros, "vocab"),
                            (self.vocab_size,))
-    logits = (jnp.dot(x, head.astype(self.dtype)) + head_bias.astype(self.dtype)
-              ).astype(jnp.float32)
+    logits = (_dense(x, head, self.dtype, self.matmul_dtype)
+              + head_bias.astype(self.dtype)).astype(jnp.float32)
     end = length + (0 if pos is None else pos)
     if pos is not None:
       # A traced position past the cache: the cache write was clamped, so
