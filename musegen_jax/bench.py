@@ -226,7 +226,7 @@ def _model_shape(config, representation, *, batch: bool = True) -> dict[str, Any
   for key in ("embed_dim", "hidden_size", "d_model", "num_layers", "num_heads",
               "window", "dense_dim", "mlp_dim", "attention", "position_encoding",
               "dropout_rate", "dim", "latent_dim", "kernel_size", "conv_impl",
-              "dtype"):
+              "dtype", "matmul_dtype"):
     if key in config.model:
       shape[key] = config.model[key]
   if batch:
