@@ -45,18 +45,24 @@ def test_bench_prints_one_json_line(bench, flags, keys):
     assert {100, 150, 200} <= set(kept) and len(kept) <= 4
 
 
-@pytest.mark.parametrize("config, shape", [
-    ("bigru", {"vocab_size": 201, "embed_dim": 100, "hidden_size": 128,
-               "num_layers": 3, "window": 50, "batch_size": 64}),
-    ("transformer", {"vocab_size": 390, "d_model": 256, "num_layers": 4,
-                     "batch_size": 8, "seq_len": 256, "attention": "absolute"}),
+TRANSFORMER_SHAPE = {"vocab_size": 390, "d_model": 256, "num_layers": 4,
+                     "batch_size": 8, "seq_len": 256, "attention": "absolute"}
+
+
+@pytest.mark.parametrize("config, flags, shape", [
+    ("bigru", [], {"vocab_size": 201, "embed_dim": 100, "hidden_size": 128,
+                   "num_layers": 3, "window": 50, "batch_size": 64}),
+    ("transformer", [], {**TRANSFORMER_SHAPE, "matmul_dtype": ""}),
+    ("transformer", ["--matmul_dtype=bfloat16"],
+     {**TRANSFORMER_SHAPE, "matmul_dtype": "bfloat16",
+      "roof_source": "jax bfloat16 256^3 matmul (float32 sums), median of 10"}),
 ])
-def test_train_bench_runs_at_the_fixed_shape(config, shape):
+def test_train_bench_runs_at_the_fixed_shape(config, flags, shape):
   """One step at the fixed benchmark shape, the same as the PyTorch reference's."""
   result = subprocess.run(
       [sys.executable, "-m", "musegen_jax.bench", "--bench=train",
        f"--config={REPO_ROOT}/configs/{config}.py", "--steps=1", "--warmup=0",
-       "--roof_size=256"],
+       "--roof_size=256", *flags],
       capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.loads([line for line in result.stdout.splitlines()

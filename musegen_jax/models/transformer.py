@@ -170,7 +170,10 @@ def causal_attention(q: Array, k: Array, v: Array, bias: Array | None,
   needed). `bias` [batch, heads, length, length] (relative logits) or None.
   `window` > 0: each query sees only its last `window` keys (itself
   included). On CPU this measured 20-25% faster than a whole-square
-  formulation.
+  formulation. q, k and v may be bfloat16: every matmul sums in float32,
+  the key and value gradients accumulate in float32, and the output and
+  gradients come back in the inputs' dtypes (the bias's gradient in the
+  bias's).
   """
   return _attention_fwd(q, k, v, bias, scale, window)[0]
 
@@ -433,6 +436,11 @@ class TransformerLanguageModel(nn.Module):
       elsewhere).
     attention_window: > 0: local attention, each position attends to itself
       and the window - 1 positions before it (0: the whole past).
+    matmul_dtype: None: plain matmuls in `dtype`. bfloat16: the
+      projections, MLP, head and training attention take bfloat16
+      operands summed in float32 (`layers.matmul`), while activations,
+      LayerNorm, softmax and GELU stay in `dtype`; on a CPU with AMX, the
+      fast path (BUILD_NOTES.md, "Round 11").
   """
 
   vocab_size: int
