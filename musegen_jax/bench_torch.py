@@ -12,7 +12,9 @@ clipping at 1.0) in eager PyTorch with its fused CPU LSTM, and prints one JSON
 line with the same keys. `--bench=wavegan` times WaveGAN WGAN-GP steps (see
 `bench_wavegan`); `--bench=transformer` a decoder-only Transformer LM (see
 `bench_transformer`); `--bench=bigru` the bidirectional GRU next-token
-model (see `bench_bigru`). PyTorch is imported only here; install it by hand to
+model (see `bench_bigru`). `--matmul_dtype=bfloat16` runs a token model's
+forward and loss under `torch.autocast("cpu", torch.bfloat16)`, PyTorch's
+mixed precision, to compare with `bench --matmul_dtype=bfloat16`. PyTorch is imported only here; install it by hand to
 compare (`pip install torch`).
 """
 
@@ -410,6 +412,9 @@ def _device(torch) -> str:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.matmul_dtype != "float32" and FLAGS.bench == "wavegan":
+    raise app.UsageError("--matmul_dtype=bfloat16 covers the token models "
+                         "(lstm, bigru, transformer), not wavegan")
   torch = _import_torch()
   torch.set_num_threads(FLAGS.threads)
   bench_fn = {"lstm": bench_lstm, "wavegan": bench_wavegan,
