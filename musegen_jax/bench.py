@@ -197,11 +197,6 @@ def fixed_train_config(config):
   return config
 
 
-def _matmul_dtype_name(config) -> str:
-  """The dtype the train step's matmuls take their operands in."""
-  return config.model.get("matmul_dtype", "") or config.model.dtype
-
-
 def _representation(config):
   from musegen_jax import train  # pylint: disable=import-outside-toplevel
   from musegen_jax.data import pipeline  # pylint: disable=import-outside-toplevel
@@ -333,6 +328,7 @@ def peak_device_memory_mb() -> list[float] | None:
 
 def bench_train(config) -> dict[str, Any]:
   """The train step at TRAIN_SHAPE: speed, FLOP/s and utilization."""
+  from musegen_jax import models  # pylint: disable=import-outside-toplevel
   from musegen_jax.models import gru  # pylint: disable=import-outside-toplevel
   from musegen_jax.models import lstm  # pylint: disable=import-outside-toplevel
   from musegen_jax.models import transformer  # pylint: disable=import-outside-toplevel
@@ -365,7 +361,7 @@ def bench_train(config) -> dict[str, Any]:
                                 config.batch_size, config.gan.critic_steps,
                                 latent_dim=config.model.latent_dim,
                                 kernel_size=config.model.kernel_size)
-  roof_dtype = _matmul_dtype_name(config)
+  roof_dtype = models.matmul_dtype_name(config.model)
   roof = measure_matmul_roof(FLAGS.roof_size, dtype=roof_dtype)
   source = "analytic matmul count (backward = 2x forward)"
   if flops is None and xla_flops is not None:

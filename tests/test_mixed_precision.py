@@ -6,6 +6,7 @@ the smoke config's train -> export -> sample."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -169,7 +170,6 @@ def test_smoke_config_with_bfloat16_matmuls_trains_exports_and_samples(tmp_path)
                        model__matmul_dtype="bfloat16")
   train.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, "train_log.jsonl")) as f:
-    import json  # pylint: disable=import-outside-toplevel
     losses = [json.loads(line)["train/loss"] for line in f
               if "train/loss" in line]
   assert len(losses) >= 3 and all(np.isfinite(losses))

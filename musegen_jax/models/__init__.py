@@ -16,20 +16,25 @@ def get_dtype(name: str):
   return _DTYPES[name]
 
 
-def _matmul_dtype(model_config: config_dict.ConfigDict):
-  """The operand dtype of the Transformer's matmuls when they go through
-  `layers.matmul` (bfloat16 products, float32 sums), else None (plain dots
-  in model.dtype).
+def matmul_dtype_name(model_config: config_dict.ConfigDict) -> str:
+  """The dtype the model's matmuls take their operands in.
 
-  `model.matmul_dtype`: "" (the default) follows model.dtype; "bfloat16"
-  with model.dtype "float32" keeps the activations in float32 and runs only
-  the matmuls in bfloat16.
+  `model.matmul_dtype`: "" (the default, or absent) follows model.dtype;
+  "bfloat16" with model.dtype "float32" keeps the activations in float32
+  and runs only the matmuls in bfloat16.
   """
   name = model_config.get("matmul_dtype", "") or model_config.dtype
   if name not in _DTYPES:
     raise ValueError(f"config.model.matmul_dtype={name!r}; allowed: '' (as "
                      f"model.dtype) or one of {sorted(_DTYPES)}")
-  dtype = _DTYPES[name]
+  return name
+
+
+def _matmul_dtype(model_config: config_dict.ConfigDict):
+  """The Transformer's `matmul_dtype`: the operand dtype when its matmuls go
+  through `layers.matmul` (bfloat16 products, float32 sums), else None
+  (plain dots in model.dtype)."""
+  dtype = _DTYPES[matmul_dtype_name(model_config)]
   return None if dtype == jnp.float32 else dtype
 
 
