@@ -26,6 +26,9 @@ from musegen_jax.tasks import gan
 
 from conftest import load_config
 
+# A few steps at tiny shapes each: compile time dominates.
+pytestmark = pytest.mark.usefixtures("fewer_optimizations")
+
 
 def _tiny(**overrides):
   """The smoke config, shortened: 4 steps, 2 critic updates, d = 4."""

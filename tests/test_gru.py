@@ -22,6 +22,9 @@ from musegen_jax.models import gru
 
 from conftest import load_config
 
+# A few steps at tiny shapes each: compile time dominates.
+pytestmark = pytest.mark.usefixtures("fewer_optimizations")
+
 H = 5
 
 

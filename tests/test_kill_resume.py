@@ -26,7 +26,7 @@ from musegen_jax import train
 
 from conftest import REPO_ROOT, load_config, tiny_lstm_config
 
-OVERRIDES = {"num_train_steps": 120, "checkpoint_every_steps": 10,
+OVERRIDES = {"num_train_steps": 60, "checkpoint_every_steps": 10,
              "eval_every_steps": 1000, "sample_every_steps": 0,
              "log_every_steps": 5}
 
@@ -108,7 +108,7 @@ def test_sigkill_three_times_then_resume_equals_an_unkilled_run(tmp_path):
   state = train.train_and_evaluate(
       load_config("lstm", **{k: v for k, v in OVERRIDES.items()}), reference)
   killed_log, reference_log = _losses(workdir), _losses(reference)
-  assert [s for s, _ in killed_log] == list(range(1, 121))  # Each step once.
+  assert [s for s, _ in killed_log] == list(range(1, 61))  # Each step once.
   assert killed_log == reference_log  # Bit for bit.
 
   export_lib.export(workdir, str(tmp_path / "export"))

@@ -52,14 +52,8 @@ def _model(dropout_rate=0.0):
 def _tokens(batch=3, length=7, seed=0):
   return jax.random.randint(jax.random.PRNGKey(seed), (batch, length), 0, VOCAB)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-  """Tiny shapes: compile time dominates, so skip most XLA optimizations."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+# Tiny shapes: compile time dominates.
+pytestmark = pytest.mark.usefixtures("fewer_optimizations")
 
 
 @pytest.fixture(scope="module")

@@ -27,16 +27,6 @@ from conftest import load_config
 BF16 = jnp.bfloat16
 
 
-@pytest.fixture
-def fast_compile():
-  """Tiny models: compile time dominates, so skip most XLA optimizations
-  (the values do not change: bfloat16 products are exact in float32)."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
-
-
 def _rounded(a) -> np.ndarray:
   """`a` rounded to bfloat16, as float64."""
   return np.asarray(jnp.asarray(a).astype(BF16).astype(jnp.float32), np.float64)
@@ -118,7 +108,7 @@ def _pair(attention, impl="einsum"):
                                             ("relative", "einsum"),
                                             ("relative", "fused")])
 def test_transformer_with_bfloat16_matmuls_follows_float32(attention, impl,
-                                                          fast_compile):
+                                                          fewer_optimizations):
   full, low = _pair(attention, impl)
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 16), 0, 13)
   params = full.init(jax.random.PRNGKey(1), tokens)["params"]

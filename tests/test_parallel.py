@@ -114,6 +114,7 @@ def test_grad_accumulation_equals_one_big_batch(make):
   assert not np.allclose(jax.tree.leaves(init)[0], jax.tree.leaves(reference)[0])
 
 
+@pytest.mark.usefixtures("fewer_optimizations")
 def test_fsdp_meshes_equal_one_device_and_shard_the_parameters():
   single = _params(_train_jit(_lstm(), jax.devices()[:1]))
   for fsdp in (1, 2, 4):
@@ -131,6 +132,7 @@ def test_fsdp_meshes_equal_one_device_and_shard_the_parameters():
       assert embedding.sharding.is_fully_replicated
 
 
+@pytest.mark.usefixtures("fewer_optimizations")
 def test_fsdp_gan_equals_one_device_and_falls_back_for_odd_sizes():
   config = _gan(mesh__fsdp=4)
   single = _params(_train_jit(_gan(), jax.devices()[:1]))
@@ -145,6 +147,7 @@ def test_fsdp_gan_equals_one_device_and_falls_back_for_odd_sizes():
   assert state.ema_params["upconv_0"]["kernel"].sharding.spec == spec
 
 
+@pytest.mark.usefixtures("fewer_optimizations")
 def test_fsdp_pianoroll_equals_one_device():
   single = _params(_train_jit(_roll(), jax.devices()[:1]))
   state = _train_jit(_roll(mesh__fsdp=2))

@@ -13,6 +13,9 @@ from musegen_jax import models
 
 from conftest import load_config
 
+# A few steps at tiny shapes each: compile time dominates.
+pytestmark = pytest.mark.usefixtures("fewer_optimizations")
+
 
 @pytest.mark.parametrize("name, overrides", [
     ("lstm", dict(model__embed_dim=16, model__hidden_size=32)),

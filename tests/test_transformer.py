@@ -25,14 +25,8 @@ from conftest import load_config
 VOCAB, LAYERS, D_MODEL, HEADS, MLP, MAX_LEN = 13, 2, 16, 4, 32, 12
 KINDS = ("absolute", "relative")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-  """Tiny shapes: compile time dominates, so skip most XLA optimizations."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+# Tiny shapes: compile time dominates.
+pytestmark = pytest.mark.usefixtures("fewer_optimizations")
 
 
 def _model(attention="relative", position_encoding="learned", dropout_rate=0.0,

@@ -31,14 +31,8 @@ from conftest import load_config, tiny_lstm_config
 
 VOCAB, LATENT, PAD, START = 11, 4, 0, 1
 
-
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-  """Tiny shapes: compile time dominates, so skip most XLA optimizations."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+# Tiny shapes: compile time dominates.
+pytestmark = pytest.mark.usefixtures("fewer_optimizations")
 
 
 def _model(**overrides):

@@ -13,6 +13,9 @@ from jax import lax
 
 from musegen_jax.models import wavegan
 
+# A few steps at tiny shapes each: compile time dominates.
+pytestmark = pytest.mark.usefixtures("fewer_optimizations")
+
 IMPLS = ("matmul", "lax")
 # (kernel_size, stride, length): the WaveGAN kernel at both strides, small
 # kernels, a kernel shorter than the stride and a length not divisible by it.
