@@ -40,6 +40,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.model.dropout_rate = 0.2
   # Compute dtype of the matmuls; parameters stay float32.
   config.model.dtype = "float32"
+  # "" follows model.dtype; "bfloat16" runs only the matmuls (input
+  # projections, recurrent steps, their gradients) in bfloat16, summed in
+  # float32; the gates and states stay in model.dtype.
+  config.model.matmul_dtype = ""
   # Recompute each GRU layer's activations in the backward pass.
   config.model.remat = False
 

@@ -44,6 +44,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # Between the LSTM layers.
   config.model.dropout_rate = 0.5
   config.model.dtype = "float32"
+  # "" follows model.dtype; "bfloat16" runs only the matmuls (input
+  # projections, recurrent steps, head, their gradients) in bfloat16,
+  # summed in float32; the gates and states stay in model.dtype.
+  config.model.matmul_dtype = ""
   config.model.remat = False
 
   # Dropout on the model's input frames while training (targets stay whole);

@@ -30,6 +30,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.model.dropout_rate = 0.1
   # Compute dtype of the matmuls; parameters stay float32.
   config.model.dtype = "float32"
+  # "" follows model.dtype; "bfloat16" runs only the matmuls (input
+  # projections, recurrent steps, head, their gradients) in bfloat16,
+  # summed in float32; the gates and states stay in model.dtype.
+  config.model.matmul_dtype = ""
   # Recompute activations in the backward pass instead of storing them:
   # less memory for about one more forward pass.
   config.model.remat = False

@@ -62,7 +62,7 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                   "Compute dtype of --bench=train (parameters stay float32).")
 flags.DEFINE_integer("warmup", 2, "Untimed train steps after compilation.")
 flags.DEFINE_enum("matmul_dtype", "", ["", "float32", "bfloat16"],
-                  "Transformer --bench=train: config.model.matmul_dtype "
+                  "--bench=train: config.model.matmul_dtype "
                   "(bfloat16: the matmuls in bfloat16, summed in float32; "
                   "the roof is then a bfloat16 matmul).")
 flags.DEFINE_integer("roof_size", 2048, "Side of the matmul timed as the roof.")
@@ -192,7 +192,7 @@ def fixed_train_config(config):
     if "matmul_dtype" not in config.model:
       raise ValueError(f"--matmul_dtype: config.model.name "
                        f"{config.model.name!r} has no matmul_dtype (the "
-                       "Transformer has)")
+                       "Transformer, GRU and LSTM have)")
     config.model.matmul_dtype = FLAGS.matmul_dtype
   return config
 

@@ -31,9 +31,9 @@ def matmul_dtype_name(model_config: config_dict.ConfigDict) -> str:
 
 
 def _matmul_dtype(model_config: config_dict.ConfigDict):
-  """The Transformer's `matmul_dtype`: the operand dtype when its matmuls go
-  through `layers.matmul` (bfloat16 products, float32 sums), else None
-  (plain dots in model.dtype)."""
+  """A model's `matmul_dtype`: the operand dtype when its matmuls go through
+  `layers.matmul` and the recurrences' own low-precision matmuls (bfloat16
+  products, float32 sums), else None (plain dots in model.dtype)."""
   dtype = _DTYPES[matmul_dtype_name(model_config)]
   return None if dtype == jnp.float32 else dtype
 
@@ -71,14 +71,18 @@ def create_model(model_config: config_dict.ConfigDict, vocab_size: int,
                 num_layers=model_config.num_layers)
   if name == "lstm":
     from musegen_jax.models import lstm
-    return lstm.LSTMLanguageModel(**common)
+    return lstm.LSTMLanguageModel(matmul_dtype=_matmul_dtype(model_config),
+                                  **common)
   if name == "gru":
     from musegen_jax.models import gru
-    return gru.GRULanguageModel(**common)
+    return gru.GRULanguageModel(matmul_dtype=_matmul_dtype(model_config),
+                                **common)
   if name == "bigru":
     from musegen_jax.models import gru
     return gru.BiGRUWindowModel(window=model_config.window,
                                 dense_dim=model_config.dense_dim,
-                                pad_id=pad_id, **common)
+                                pad_id=pad_id,
+                                matmul_dtype=_matmul_dtype(model_config),
+                                **common)
   raise ValueError(f"config.model.name={name!r}; known models: "
                    f"{sorted(MODELS)}")

@@ -25,10 +25,18 @@ loop carries only the recurrent gradient, and the recurrent weight gradient
 is one matmul over every step afterwards. The two directions of a
 bidirectional layer run in one loop (a direction axis: each step is one
 batched matmul).
+
+With `matmul_dtype` (bfloat16) every matmul of a layer takes its operands in
+that dtype and sums in float32: the input projection (through
+`layers.matmul`), the recurrent matmul of each step, and all matmuls of the
+hand-written backward pass, each with row-major operands
+(`layers.swap_last_axes`), the form a CPU's bfloat16 matrix units take. The
+gates, states and parameters stay in `dtype`.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -42,15 +50,16 @@ Array = jax.Array
 
 
 
-def _cell(x_t: Array, h: Array, w_hh: Array, b_hh: Array):
+def _cell(x_t: Array, h: Array, w_hh: Array, b_hh: Array,
+          matmul_dtype: Any = None):
   """One GRU step of every direction: returns (h_new, r, z, n, hn).
 
-  x_t [directions, batch, 3 * hidden], h [directions, batch, hidden];
-  hn = h W_hn + b_hn.
+  x_t [directions, batch, 3 * hidden], h [directions, batch, hidden], w_hh
+  already in matmul_dtype (when set); hn = h W_hn + b_hn.
   """
   hidden = h.shape[-1]
-  hp = jnp.einsum("dbh,dhg->dbg", h, w_hh,
-                  preferred_element_type=x_t.dtype) + b_hh[:, None]
+  hp = layers.dot(h, w_hh, matmul_dtype, x_t.dtype,
+                  "dbh,dhg->dbg") + b_hh[:, None]
   # sigmoid(a) = (1 + tanh(a / 2)) / 2: one tanh for both sigmoid gates.
   rz = 0.5 * jnp.tanh(0.5 * (x_t[..., :2 * hidden] + hp[..., :2 * hidden])) + 0.5
   r, z = rz[..., :hidden], rz[..., hidden:]
@@ -60,9 +69,9 @@ def _cell(x_t: Array, h: Array, w_hh: Array, b_hh: Array):
   return h_new, r, z, n, hn
 
 
-@jax.custom_vjp
-def gru_recurrence(xproj: Array, w_hh: Array, b_hh: Array, h0: Array
-                   ) -> tuple[Array, Array]:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def gru_recurrence(xproj: Array, w_hh: Array, b_hh: Array, h0: Array,
+                   matmul_dtype: Any = None) -> tuple[Array, Array]:
   """GRU recurrence of one or more directions over time-major projections.
 
   The directions (independent GRUs with their own weights, e.g. the forward
@@ -75,28 +84,49 @@ def gru_recurrence(xproj: Array, w_hh: Array, b_hh: Array, h0: Array
     w_hh: [directions, hidden, 3 * hidden] recurrent weights; b_hh:
       [directions, 3 * hidden].
     h0: [directions, batch, hidden] initial states.
+    matmul_dtype: None (matmuls in the inputs' dtype) or the dtype of the
+      matmuls' operands, summed in float32 (forward and backward).
 
   Returns:
     (hs [time, directions, batch, hidden], h_T [directions, batch, hidden]).
   """
+  w_low = layers.operand(w_hh, matmul_dtype)
+
   def step(h, x_t):
-    h_new = _cell(x_t, h, w_hh, b_hh)[0]
+    h_new = _cell(x_t, h, w_low, b_hh, matmul_dtype)[0]
     return h_new, h_new
 
   h_t, hs = jax.lax.scan(step, h0, xproj)
   return hs, h_t
 
 
-def _recurrence_fwd(xproj, w_hh, b_hh, h0):
+def _recurrence_fwd(xproj, w_hh, b_hh, h0, matmul_dtype):
+  w_low = layers.operand(w_hh, matmul_dtype)
+
   def step(h, x_t):
-    h_new, r, z, n, hn = _cell(x_t, h, w_hh, b_hh)
+    h_new, r, z, n, hn = _cell(x_t, h, w_low, b_hh, matmul_dtype)
     return h_new, (h_new, r, z, n, hn)
 
   h_t, (hs, r, z, n, hn) = jax.lax.scan(step, h0, xproj)
   return (hs, h_t), (w_hh, h0, hs, r, z, n, hn)
 
 
-def _recurrence_bwd(res, grads):
+def _weight_grad(a: Array, b: Array, matmul_dtype: Any) -> Array:
+  """sum over time and batch of a^T b: a [time, dirs, batch, m], b [time,
+  dirs, batch, n] -> [dirs, m, n].
+
+  With matmul_dtype, one row-major matmul per direction (a's rows swapped
+  into a copy first), operands in matmul_dtype, summed in float32.
+  """
+  if matmul_dtype is None:
+    return jnp.einsum("tdbh,tdbg->dhg", a, b, preferred_element_type=a.dtype)
+  return jnp.stack([
+      layers.outer_sum(a[:, d].reshape(-1, a.shape[-1]),
+                       b[:, d].reshape(-1, b.shape[-1]), matmul_dtype)
+      for d in range(a.shape[1])]).astype(a.dtype)
+
+
+def _recurrence_bwd(matmul_dtype, res, grads):
   """d h' gives dn = dh (1 - z), dz = dh (h - n), and dh z directly to h;
 
   through n = tanh(a_n + r hn): d a_n = dn (1 - n^2), dr = d a_n hn,
@@ -110,7 +140,7 @@ def _recurrence_bwd(res, grads):
   w_hh, h0, hs, r, z, n, hn = res
   d_hs, d_ht = grads
   hidden = h0.shape[-1]
-  w_t = jnp.swapaxes(w_hh, 1, 2)
+  w_t = layers.operand(layers.swap_last_axes(w_hh), matmul_dtype)
   h_prev = jnp.concatenate([h0[None], hs[:-1]], 0)
 
   def step(dh_next, inputs):
@@ -120,16 +150,15 @@ def _recurrence_bwd(res, grads):
     d_ar = d_an * hn_t * r_t * (1.0 - r_t)
     d_az = dh * (h_p - n_t) * z_t * (1.0 - z_t)
     d_hp = jnp.concatenate([d_ar, d_az, d_an * r_t], -1)
-    dh_prev = dh * z_t + jnp.einsum("dbg,dgh->dbh", d_hp, w_t,
-                                    preferred_element_type=dh.dtype)
+    dh_prev = dh * z_t + layers.dot(d_hp, w_t, matmul_dtype, dh.dtype,
+                                    "dbg,dgh->dbh")
     return dh_prev, jnp.concatenate([d_ar, d_az, d_an], -1)
 
   dh0, d_x = jax.lax.scan(
       step, d_ht.astype(hs.dtype), (d_hs.astype(hs.dtype), h_prev, r, z, n, hn),
       reverse=True)
   d_hp = jnp.concatenate([d_x[..., :2 * hidden], d_x[..., 2 * hidden:] * r], -1)
-  d_w = jnp.einsum("tdbh,tdbg->dhg", h_prev, d_hp,
-                   preferred_element_type=w_hh.dtype)
+  d_w = _weight_grad(h_prev, d_hp, matmul_dtype).astype(w_hh.dtype)
   d_b = jnp.sum(d_hp, (0, 2), dtype=w_hh.dtype)
   return d_x, d_w, d_b, dh0.astype(h0.dtype)
 
@@ -165,6 +194,7 @@ class GRULayer(nn.Module):
   bidirectional: bool = False
   dtype: Any = jnp.float32
   input_name: str = "hidden"
+  matmul_dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array, h0: Array | None = None, *,
@@ -202,13 +232,18 @@ class GRULayer(nn.Module):
     if h0 is None:
       h0 = jnp.zeros((dirs, x.shape[1], hidden), self.dtype)
     cast = lambda a: a.astype(self.dtype)
-    x = cast(x)
-    if dirs == 1:
-      xs = x[:, None]
-    else:
-      xs = jnp.stack([x, reverse_within_lengths(x, lengths)], 1)
-    xproj = jnp.einsum("tdbf,dfg->tdbg", xs, cast(w_ih)) + cast(b_ih)[:, None]
-    hs, h_t = gru_recurrence(xproj, cast(w_hh), cast(b_hh), cast(h0))
+    # Projecting each step commutes with reversing time: one row-major
+    # matmul projects for both directions, then the backward direction's
+    # projections are reversed.
+    kernel = jnp.concatenate([w_ih[d] for d in range(dirs)], -1)
+    proj = layers.project(x, kernel, self.dtype, self.matmul_dtype) + cast(
+        b_ih).reshape(-1)
+    parts = jnp.split(proj, dirs, -1)
+    if dirs == 2:
+      parts[1] = reverse_within_lengths(parts[1], lengths)
+    xproj = jnp.stack(parts, 1)
+    hs, h_t = gru_recurrence(xproj, cast(w_hh), cast(b_hh), cast(h0),
+                             self.matmul_dtype)
     if dirs == 1:
       return hs[:, 0], h_t
     outputs = jnp.concatenate([hs[:, 0], reverse_within_lengths(hs[:, 1], lengths)],
@@ -231,6 +266,7 @@ class GRULanguageModel(nn.Module):
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   remat: bool = False
+  matmul_dtype: Any = None
 
   @nn.compact
   def __call__(self, tokens: Array, *, train: bool = False,
@@ -248,10 +284,11 @@ class GRULanguageModel(nn.Module):
         x = Dropout(self.dropout_rate)(x, deterministic=not train)
       x, h_t = layer_cls(self.hidden_size, dtype=self.dtype,
                          input_name="embed" if layer == 0 else "hidden",
-                         name=f"gru_{layer}")(
+                         matmul_dtype=self.matmul_dtype, name=f"gru_{layer}")(
                              x, None if carry is None else carry[layer])
       new_carry.append(h_t)
-    logits = layers.dense(self.vocab_size, "hidden", "vocab", self.dtype, "head")(x)
+    logits = layers.dense(self.vocab_size, "hidden", "vocab", self.dtype, "head",
+                          matmul_dtype=self.matmul_dtype)(x)
     return jnp.swapaxes(logits, 0, 1).astype(jnp.float32), tuple(new_carry)
 
 
@@ -268,6 +305,7 @@ class BiGRUEncoder(nn.Module):
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   remat: bool = False
+  matmul_dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False,
@@ -278,6 +316,7 @@ class BiGRUEncoder(nn.Module):
         x = Dropout(self.dropout_rate)(x, deterministic=not train)
       x, h_t = layer_cls(self.hidden_size, bidirectional=True, dtype=self.dtype,
                          input_name="embed" if layer == 0 else "hidden",
+                         matmul_dtype=self.matmul_dtype,
                          name=f"bigru_{layer}")(x, lengths=lengths)
     if lengths is None:
       return x, jnp.concatenate([h_t[0], h_t[1]], -1)
@@ -312,6 +351,7 @@ class BiGRUWindowModel(nn.Module):
   pad_id: int = 0
   dtype: Any = jnp.float32
   remat: bool = False
+  matmul_dtype: Any = None
 
   predicts_last_only = True
 
@@ -330,7 +370,8 @@ class BiGRUWindowModel(nn.Module):
     x = layers.token_embedding(self.vocab_size, self.embed_dim)(window.T)
     _, final = BiGRUEncoder(self.hidden_size, self.num_layers,
                             dropout_rate=self.dropout_rate, dtype=self.dtype,
-                            remat=self.remat, name="encoder")(
+                            remat=self.remat, matmul_dtype=self.matmul_dtype,
+                            name="encoder")(
                                 x.astype(self.dtype), train=train)
     final = Dropout(self.dropout_rate)(final, deterministic=not train)
     y = layers.dense(self.dense_dim, "hidden", "mlp", self.dtype, "dense")(final)

@@ -19,11 +19,47 @@ def logical(init, *names: str | None):
 
 
 def dense(features: int, in_name: str, out_name: str, dtype: Any, name: str,
-          kernel_init=nn.linear.default_kernel_init) -> nn.Dense:
-  """nn.Dense whose kernel (in_name, out_name) and bias (out_name,) are named."""
-  return nn.Dense(features, dtype=dtype, name=name,
-                  kernel_init=logical(kernel_init, in_name, out_name),
-                  bias_init=logical(nn.initializers.zeros_init(), out_name))
+          kernel_init=nn.linear.default_kernel_init,
+          matmul_dtype: Any = None) -> nn.Module:
+  """nn.Dense whose kernel (in_name, out_name) and bias (out_name,) are named.
+
+  With `matmul_dtype` (e.g. bfloat16), a `LowPrecisionDense` instead: the
+  same parameters, its matmul through `matmul`.
+  """
+  kernel_init = logical(kernel_init, in_name, out_name)
+  bias_init = logical(nn.initializers.zeros_init(), out_name)
+  if matmul_dtype is None:
+    return nn.Dense(features, dtype=dtype, name=name, kernel_init=kernel_init,
+                    bias_init=bias_init)
+  return LowPrecisionDense(features, dtype, matmul_dtype, kernel_init,
+                           bias_init, name=name)
+
+
+def project(x: Array, kernel: Array, dtype: Any, matmul_dtype: Any) -> Array:
+  """x [..., in] @ kernel [in, out] in `dtype`; through `matmul` (operands
+  in matmul_dtype, summed in float32) when matmul_dtype is set."""
+  if matmul_dtype is None:
+    return jnp.dot(x.astype(dtype), kernel.astype(dtype))
+  return matmul(x.astype(dtype), kernel, matmul_dtype)
+
+
+class LowPrecisionDense(nn.Module):
+  """nn.Dense's parameters (float32 "kernel" [in, out] and "bias" [out]);
+  x @ kernel runs through `matmul`: operands in `matmul_dtype`, summed in
+  float32, the result and the bias in `dtype`."""
+
+  features: int
+  dtype: Any
+  matmul_dtype: Any
+  kernel_init: Any
+  bias_init: Any
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+    bias = self.param("bias", self.bias_init, (self.features,))
+    return matmul(x.astype(self.dtype), kernel, self.matmul_dtype) + bias.astype(
+        self.dtype)
 
 
 def token_embedding(vocab_size: int, features: int) -> nn.Embed:
@@ -126,10 +162,46 @@ def _matmul_bwd(dtype, res, g):
   g_low = g.astype(dtype)
   dx = jnp.dot(g_low, swap_last_axes(w.astype(dtype)),
                preferred_element_type=jnp.float32)
-  rows = x_low.reshape(-1, x_low.shape[-1])
-  dw = jnp.dot(swap_last_axes(rows), g_low.reshape(-1, g_low.shape[-1]),
-               preferred_element_type=jnp.float32)
+  dw = outer_sum(x_low.reshape(-1, x_low.shape[-1]),
+                 g_low.reshape(-1, g_low.shape[-1]), dtype)
   return dx.astype(g.dtype), dw.astype(w.dtype)
 
 
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def operand(a: Array, matmul_dtype: Any) -> Array:
+  """`a` as a matmul operand: in matmul_dtype, or as it is when None."""
+  return a if matmul_dtype is None else a.astype(matmul_dtype)
+
+
+def dot(a: Array, b: Array, matmul_dtype: Any, out_dtype: Any,
+        subscripts: str | None = None) -> Array:
+  """a @ b, or einsum(subscripts, a, b), the result in out_dtype.
+
+  With matmul_dtype, the operands in that dtype and the sums in float32
+  (the operands' layout is the caller's: row-major for a fast bfloat16
+  dot on CPU, see `swap_last_axes`).
+  """
+  if matmul_dtype is not None:
+    a, b = a.astype(matmul_dtype), b.astype(matmul_dtype)
+  acc = out_dtype if matmul_dtype is None else jnp.float32
+  if subscripts is None:
+    out = jnp.dot(a, b, preferred_element_type=acc)
+  else:
+    out = jnp.einsum(subscripts, a, b, preferred_element_type=acc)
+  return out.astype(out_dtype)
+
+
+def outer_sum(a: Array, b: Array, matmul_dtype: Any) -> Array:
+  """a^T b for rows a [n, m] and b [n, k]: the [m, k] sum of the rows' outer
+  products, the form of every weight gradient.
+
+  With matmul_dtype, a row-major matmul of the operands in that dtype (a
+  swapped into a copy first), summed in float32; without, a plain dot in
+  the operands' dtype.
+  """
+  if matmul_dtype is None:
+    return jnp.dot(a.T, b)
+  return jnp.dot(swap_last_axes(a.astype(matmul_dtype)), b.astype(matmul_dtype),
+                 preferred_element_type=jnp.float32)

@@ -15,10 +15,15 @@ What made it fast on a 2-core CPU (measurements in BUILD_NOTES.md):
   backward loop its gradients over the residuals, in place: fewer fresh
   pages to fault in per step;
 - dropout masks compare raw random bits instead of converting them to floats.
+
+With `matmul_dtype` (bfloat16) every matmul takes its operands in that dtype
+and sums in float32 (forward and backward, row-major operands; see
+`layers.matmul`); the gates, states and parameters stay in `dtype`.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -54,11 +59,7 @@ def _gates(pre: Array, scale: Array) -> tuple[Array, Array, Array, Array]:
   return i, f, g, o
 
 
-def _recurrent_matmul(h: Array, w_hh: Array, dtype) -> Array:
-  return jnp.dot(h, w_hh, preferred_element_type=dtype)
-
-
-def _scan_forward(xproj, bias, w_hh, h0, c0, *, save: bool):
+def _scan_forward(xproj, bias, w_hh, h0, c0, *, save: bool, matmul_dtype=None):
   """The forward loop; with `save`, also the backward loop's residuals.
 
   With dc the gradient of a step's new cell state and dh that of its new
@@ -73,9 +74,11 @@ def _scan_forward(xproj, bias, w_hh, h0, c0, *, save: bool):
     ((h_T, c_T), hs), or with `save` ((h_T, c_T), (hs, m, p, f)).
   """
   scale = _gate_scale(h0.shape[-1], xproj.dtype)
+  w_low = layers.operand(w_hh, matmul_dtype)
 
   def cell(h, c, x_t):
-    i, f, g, o = _gates(x_t + bias + _recurrent_matmul(h, w_hh, x_t.dtype), scale)
+    i, f, g, o = _gates(
+        x_t + bias + layers.dot(h, w_low, matmul_dtype, x_t.dtype), scale)
     c_new = f * c + i * g
     tanh_c = jnp.tanh(c_new)
     h_new = (o * tanh_c).astype(h.dtype)
@@ -103,12 +106,12 @@ def _scan_forward(xproj, bias, w_hh, h0, c0, *, save: bool):
   return (h_t, c_t), (hs, m, p, f)
 
 
-def _scan_backward(w_hh, m, p, f, d_hs, d_ht, d_ct):
+def _scan_backward(w_hh, m, p, f, d_hs, d_ht, d_ct, matmul_dtype=None):
   """The reverse loop; returns (d_pre [time, batch, 4 * hidden], dh0, dc0).
 
   d_pre is written over m in the loop-carried buffer.
   """
-  w_t = w_hh.T
+  w_t = layers.operand(layers.swap_last_axes(w_hh), matmul_dtype)
 
   def step(carry, inputs):
     dh_next, dc_next, buf = carry
@@ -117,8 +120,13 @@ def _scan_backward(w_hh, m, p, f, d_hs, d_ht, d_ct):
     dh = dh_out + dh_next
     dc = dc_next + dh * p_t
     d_pre = jnp.concatenate([dc, dc, dc, dh], -1) * m_t
-    dh_prev = _recurrent_matmul(d_pre, w_t, dh.dtype)
     buf = jax.lax.dynamic_update_index_in_dim(buf, d_pre, t, 0)
+    if matmul_dtype is not None:
+      # Read back after the write. XLA would otherwise fuse the cast to
+      # matmul_dtype with a second read of m_t, after the write, and copy
+      # the whole buffer every step to keep it (2.3x slower steps).
+      d_pre = jax.lax.dynamic_index_in_dim(buf, t, keepdims=False)
+    dh_prev = layers.dot(d_pre, w_t, matmul_dtype, dh.dtype)
     return (dh_prev, dc * f_t, buf), None
 
   (dh0, dc0, d_pre), _ = jax.lax.scan(
@@ -127,8 +135,9 @@ def _scan_backward(w_hh, m, p, f, d_hs, d_ht, d_ct):
   return d_pre, dh0, dc0
 
 
-@jax.custom_vjp
-def lstm_recurrence(xproj: Array, w_hh: Array, h0: Array, c0: Array):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def lstm_recurrence(xproj: Array, w_hh: Array, h0: Array, c0: Array,
+                    matmul_dtype: Any = None):
   """LSTM recurrence over time-major pre-activations.
 
   Args:
@@ -137,26 +146,32 @@ def lstm_recurrence(xproj: Array, w_hh: Array, h0: Array, c0: Array):
     w_hh: [hidden, 4 * hidden] recurrent weights.
     h0: [batch, hidden] initial hidden state.
     c0: [batch, hidden] initial cell state.
+    matmul_dtype: None (matmuls in the inputs' dtype) or the dtype of the
+      matmuls' operands, summed in float32 (forward and backward).
 
   Returns:
     (hs [time, batch, hidden], h_T [batch, hidden], c_T [batch, hidden]).
   """
-  (h_t, c_t), hs = _scan_forward(xproj, 0.0, w_hh, h0, c0, save=False)
+  (h_t, c_t), hs = _scan_forward(xproj, 0.0, w_hh, h0, c0, save=False,
+                                 matmul_dtype=matmul_dtype)
   return hs, h_t, c_t
 
 
-def _recurrence_fwd(xproj, w_hh, h0, c0):
-  (h_t, c_t), (hs, m, p, f) = _scan_forward(xproj, 0.0, w_hh, h0, c0, save=True)
+def _recurrence_fwd(xproj, w_hh, h0, c0, matmul_dtype):
+  (h_t, c_t), (hs, m, p, f) = _scan_forward(xproj, 0.0, w_hh, h0, c0, save=True,
+                                            matmul_dtype=matmul_dtype)
   return (hs, h_t, c_t), (w_hh, h0, hs, m, p, f)
 
 
-def _recurrence_bwd(res, grads):
+def _recurrence_bwd(matmul_dtype, res, grads):
   w_hh, h0, hs, m, p, f = res
-  d_pre, dh0, dc0 = _scan_backward(w_hh, m, p, f, *grads)
+  d_pre, dh0, dc0 = _scan_backward(w_hh, m, p, f, *grads,
+                                   matmul_dtype=matmul_dtype)
   hidden = h0.shape[-1]
   h_prev = jnp.concatenate([h0[None], hs[:-1]], 0).reshape(-1, hidden)
-  d_w = jnp.dot(h_prev.T, d_pre.reshape(-1, 4 * hidden).astype(h_prev.dtype),
-                preferred_element_type=w_hh.dtype)
+  d_w = layers.outer_sum(
+      h_prev, d_pre.reshape(-1, 4 * hidden).astype(h_prev.dtype),
+      matmul_dtype).astype(w_hh.dtype)
   return (d_pre.astype(m.dtype), d_w, dh0.astype(h0.dtype),
           dc0.astype(h0.dtype))
 
@@ -164,9 +179,9 @@ def _recurrence_bwd(res, grads):
 lstm_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
-@jax.custom_vjp
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
 def lstm_layer(x: Array, w_ih: Array, bias: Array, w_hh: Array, h0: Array,
-               c0: Array):
+               c0: Array, matmul_dtype: Any = None):
   """One LSTM layer: the input projection, then `lstm_recurrence`.
 
   The same function as `lstm_recurrence(x @ w_ih + bias, w_hh, h0, c0)` with
@@ -177,31 +192,38 @@ def lstm_layer(x: Array, w_ih: Array, bias: Array, w_hh: Array, h0: Array,
     x: [time, batch, features] inputs.
     w_ih: [features, 4 * hidden]; bias: [4 * hidden]; w_hh: [hidden, 4 * hidden].
     h0, c0: [batch, hidden] initial state.
+    matmul_dtype: as for `lstm_recurrence`.
 
   Returns:
     (hs [time, batch, hidden], h_T, c_T).
   """
-  (h_t, c_t), hs = _scan_forward(jnp.dot(x, w_ih), bias, w_hh, h0, c0,
-                                 save=False)
+  (h_t, c_t), hs = _scan_forward(layers.dot(x, w_ih, matmul_dtype, x.dtype),
+                                 bias, w_hh, h0, c0, save=False,
+                                 matmul_dtype=matmul_dtype)
   return hs, h_t, c_t
 
 
-def _layer_fwd(x, w_ih, bias, w_hh, h0, c0):
-  (h_t, c_t), (hs, m, p, f) = _scan_forward(jnp.dot(x, w_ih), bias, w_hh, h0,
-                                            c0, save=True)
+def _layer_fwd(x, w_ih, bias, w_hh, h0, c0, matmul_dtype):
+  (h_t, c_t), (hs, m, p, f) = _scan_forward(
+      layers.dot(x, w_ih, matmul_dtype, x.dtype), bias, w_hh, h0, c0, save=True,
+      matmul_dtype=matmul_dtype)
   return (hs, h_t, c_t), (x, w_ih, w_hh, h0, hs, m, p, f)
 
 
-def _layer_bwd(res, grads):
+def _layer_bwd(matmul_dtype, res, grads):
   x, w_ih, w_hh, h0, hs, m, p, f = res
-  d_pre, dh0, dc0 = _scan_backward(w_hh, m, p, f, *grads)
+  d_pre, dh0, dc0 = _scan_backward(w_hh, m, p, f, *grads,
+                                   matmul_dtype=matmul_dtype)
   hidden = h0.shape[-1]
   d_pre2 = d_pre.reshape(-1, 4 * hidden)
   h_prev = jnp.concatenate([h0[None], hs[:-1]], 0).reshape(-1, hidden)
-  d_x = jnp.dot(d_pre, w_ih.T, preferred_element_type=x.dtype)
-  d_w_ih = jnp.dot(x.reshape(-1, x.shape[-1]).T, d_pre2,
-                   preferred_element_type=w_ih.dtype)
-  d_w_hh = jnp.dot(h_prev.T, d_pre2, preferred_element_type=w_hh.dtype)
+  # XLA:CPU folds w_ih.T into the dot; a bfloat16 dot needs the copy.
+  w_t = w_ih.T if matmul_dtype is None else layers.swap_last_axes(
+      w_ih.astype(matmul_dtype))
+  d_x = layers.dot(d_pre, w_t, matmul_dtype, x.dtype)
+  d_w_ih = layers.outer_sum(x.reshape(-1, x.shape[-1]), d_pre2,
+                            matmul_dtype).astype(w_ih.dtype)
+  d_w_hh = layers.outer_sum(h_prev, d_pre2, matmul_dtype).astype(w_hh.dtype)
   d_bias = jnp.sum(d_pre2, 0, dtype=w_ih.dtype)
   return (d_x, d_w_ih, d_bias, d_w_hh, dh0.astype(h0.dtype),
           dc0.astype(h0.dtype))
@@ -222,6 +244,7 @@ class LSTMLayer(nn.Module):
   hidden_size: int
   dtype: Any = jnp.float32
   input_name: str = "hidden"
+  matmul_dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array, carry: Carry | None = None, *,
@@ -253,14 +276,15 @@ class LSTMLayer(nn.Module):
     cast = lambda a: a.astype(self.dtype)
     if tokens is None:
       hs, h_t, c_t = lstm_layer(cast(x), cast(w_ih), cast(bias), cast(w_hh),
-                                cast(h0), cast(c0))
+                                cast(h0), cast(c0), self.matmul_dtype)
     else:
       # Project the table once, then gather: the same function as projecting
       # every looked-up row, with vocab instead of time * batch rows to
       # multiply (and the gradient a scatter-add into vocab rows).
-      table = jnp.dot(cast(x), cast(w_ih)) + cast(bias)
+      table = layers.project(x, w_ih, self.dtype, self.matmul_dtype) + cast(bias)
       hs, h_t, c_t = lstm_recurrence(jnp.take(table, tokens, axis=0),
-                                     cast(w_hh), cast(h0), cast(c0))
+                                     cast(w_hh), cast(h0), cast(c0),
+                                     self.matmul_dtype)
     return hs, (h_t, c_t)
 
 
@@ -307,6 +331,7 @@ class LSTMLanguageModel(nn.Module):
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   remat: bool = False
+  matmul_dtype: Any = None
 
   @nn.compact
   def __call__(self, tokens: Array, *, train: bool = False,
@@ -336,7 +361,7 @@ class LSTMLanguageModel(nn.Module):
     for layer in range(self.num_layers):
       lstm = layer_cls(self.hidden_size, self.dtype,
                        input_name="embed" if layer == 0 else "hidden",
-                       name=f"lstm_{layer}")
+                       matmul_dtype=self.matmul_dtype, name=f"lstm_{layer}")
       layer_carry = None if carry is None else carry[layer]
       if layer > 0:
         # Dropout between layers, as torch.nn.LSTM(dropout=...) does.
@@ -349,7 +374,8 @@ class LSTMLanguageModel(nn.Module):
       else:  # Few tokens (sampling): cheaper to look up, then project.
         x, layer_carry = lstm(embed(tokens), layer_carry)
       new_carry.append(layer_carry)
-    logits = layers.dense(self.vocab_size, "hidden", "vocab", self.dtype, "head")(x)
+    logits = layers.dense(self.vocab_size, "hidden", "vocab", self.dtype, "head",
+                          matmul_dtype=self.matmul_dtype)(x)
     return jnp.swapaxes(logits, 0, 1).astype(jnp.float32), tuple(new_carry)
 
   def initial_carry(self, batch_size: int) -> tuple[Carry, ...]:

@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musegen_jax.models.layers import Dropout, matmul, swap_last_axes
+from musegen_jax.models.layers import Dropout, project, swap_last_axes
 
 Array = jax.Array
 # {"layers": ({"k": [batch, heads, max_len, head_dim], "v": same}, ...),
@@ -115,14 +115,6 @@ def sinusoidal_positions(positions: Array, dim: int) -> Array:
   if dim % 2:
     enc = jnp.pad(enc, [(0, 0)] * (enc.ndim - 1) + [(0, 1)])
   return enc
-
-
-def _dense(x: Array, kernel: Array, dtype: Any, matmul_dtype: Any) -> Array:
-  """x [..., in] @ kernel [in, out] in `dtype`; through `layers.matmul`
-  (operands in matmul_dtype, summed in float32) when matmul_dtype is set."""
-  if matmul_dtype is None:
-    return jnp.dot(x, kernel.astype(dtype))
-  return matmul(x.astype(dtype), kernel, matmul_dtype)
 
 
 ATTENTION_IMPLS = ("auto", "fused", "einsum")
@@ -287,7 +279,7 @@ class SelfAttention(nn.Module):
     if self.matmul_dtype is None:
       qkv = jnp.einsum("btd,dkhe->kbhte", x, qkv_kernel.astype(dtype))
     else:
-      qkv = _dense(x, qkv_kernel.reshape(embed, -1), dtype, self.matmul_dtype)
+      qkv = project(x, qkv_kernel.reshape(embed, -1), dtype, self.matmul_dtype)
       qkv = qkv.reshape(batch, length, 3, heads, head_dim).transpose(2, 0, 3, 1, 4)
     qkv = qkv + qkv_bias.astype(dtype)[:, None, :, None]
     q, k, v = qkv[0], qkv[1], qkv[2]
@@ -349,7 +341,7 @@ class SelfAttention(nn.Module):
     if self.matmul_dtype is None:
       out = jnp.einsum("bhte,hed->btd", y, out_kernel.astype(dtype))
     else:
-      out = _dense(y.transpose(0, 2, 1, 3).reshape(batch, length, embed),
+      out = project(y.transpose(0, 2, 1, 3).reshape(batch, length, embed),
                    out_kernel.reshape(embed, embed), dtype, self.matmul_dtype)
     return out + out_bias.astype(dtype), new_cache
 
@@ -370,9 +362,9 @@ class MLP(nn.Module):
     wo = self.param("wo", _init(_fan_in(0, 1), "mlp", "embed"),
                     (self.mlp_dim, embed))
     bo = self.param("bo", _init(nn.initializers.zeros, "embed"), (embed,))
-    h = jax.nn.gelu(_dense(x, wi, self.dtype, self.matmul_dtype)
+    h = jax.nn.gelu(project(x, wi, self.dtype, self.matmul_dtype)
                     + bi.astype(self.dtype))
-    return (_dense(h, wo, self.dtype, self.matmul_dtype)
+    return (project(h, wo, self.dtype, self.matmul_dtype)
             + bo.astype(self.dtype))
 
 
@@ -514,7 +506,7 @@ class TransformerLanguageModel(nn.Module):
     if tokens.ndim == 3:  # Multi-hot frames.
       kernel = self.param("input_kernel", _init(_fan_in(0, 1), "vocab", "embed"),
                           (tokens.shape[-1], self.d_model))
-      x = _dense(tokens, kernel, self.dtype, self.matmul_dtype)
+      x = project(tokens, kernel, self.dtype, self.matmul_dtype)
     else:
       embedding = self.param(
           "token_embedding", _init(nn.initializers.normal(0.02), "vocab", "embed"),
@@ -550,7 +542,7 @@ class TransformerLanguageModel(nn.Module):
                       (self.d_model, self.vocab_size))
     head_bias = self.param("head_bias", _init(nn.initializers.zeros, "vocab"),
                            (self.vocab_size,))
-    logits = (_dense(x, head, self.dtype, self.matmul_dtype)
+    logits = (project(x, head, self.dtype, self.matmul_dtype)
               + head_bias.astype(self.dtype)).astype(jnp.float32)
     end = length + (0 if pos is None else pos)
     if pos is not None:
