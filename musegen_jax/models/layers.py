@@ -45,7 +45,7 @@ def project(x: Array, kernel: Array, dtype: Any, matmul_dtype: Any) -> Array:
 
 class LowPrecisionDense(nn.Module):
   """nn.Dense's parameters (float32 "kernel" [in, out] and "bias" [out]);
-  x @ kernel runs through `matmul`: operands in `matmul_dtype`, summed in
+  x @ kernel runs through `project`: operands in `matmul_dtype`, summed in
   float32, the result and the bias in `dtype`."""
 
   features: int
@@ -58,7 +58,7 @@ class LowPrecisionDense(nn.Module):
   def __call__(self, x: Array) -> Array:
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
     bias = self.param("bias", self.bias_init, (self.features,))
-    return matmul(x.astype(self.dtype), kernel, self.matmul_dtype) + bias.astype(
+    return project(x, kernel, self.dtype, self.matmul_dtype) + bias.astype(
         self.dtype)
 
 
@@ -183,8 +183,7 @@ def dot(a: Array, b: Array, matmul_dtype: Any, out_dtype: Any,
   (the operands' layout is the caller's: row-major for a fast bfloat16
   dot on CPU, see `swap_last_axes`).
   """
-  if matmul_dtype is not None:
-    a, b = a.astype(matmul_dtype), b.astype(matmul_dtype)
+  a, b = operand(a, matmul_dtype), operand(b, matmul_dtype)
   acc = out_dtype if matmul_dtype is None else jnp.float32
   if subscripts is None:
     out = jnp.dot(a, b, preferred_element_type=acc)
