@@ -55,6 +55,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.model.word_dropout = 0.0
   # Compute dtype of the matmuls; parameters stay float32.
   config.model.dtype = "float32"
+  # "" follows model.dtype; "bfloat16" runs only the matmuls (the encoder
+  # GRU's and decoder LSTM's projections and recurrent steps, the latent
+  # and output heads, their gradients) in bfloat16, summed in float32.
+  config.model.matmul_dtype = ""
   # Recompute activations in the backward pass instead of storing them:
   # less memory for about one more forward pass.
   config.model.remat = False

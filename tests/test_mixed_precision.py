@@ -1,9 +1,9 @@
 """Matmuls in bfloat16 with float32 sums (`model.matmul_dtype="bfloat16"`):
 `layers.matmul` and its gradients against float64 references built from the
 same bfloat16-rounded operands, the blocked attention with bfloat16 operands,
-the Transformer, the LSTM and the GRUs (their hand-written recurrences too)
-with bfloat16 matmuls against their float32 selves, and the smoke configs'
-train -> export -> sample."""
+the Transformer, the LSTM, the GRUs (their hand-written recurrences too) and
+the VAE with bfloat16 matmuls against their float32 selves, and the smoke
+configs' train -> export -> sample."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from musegen_jax.models import gru
 from musegen_jax.models import layers
 from musegen_jax.models import lstm
 from musegen_jax.models import transformer
+from musegen_jax.tasks import vae as vae_task
 
 from conftest import load_config
 
@@ -215,16 +216,25 @@ def test_lstm_backward_loop_updates_its_buffer_in_place_with_bfloat16_matmuls():
     assert not copies, (dtype, copies)
 
 
+def _create(config):
+  if config.model.name == "vae":
+    return vae_task.create_model(config.model, 13, pad_id=0, start_id=1)
+  return models.create_model(config.model, 13)
+
+
 def _recurrent_pair(name):
-  config = load_config({"lstm": "lstm", "gru": "jsb_gru", "bigru": "bigru"}[name],
-                       model__num_layers=2, model__hidden_size=16)
-  config.model.unlock()
-  full = models.create_model(config.model, 13)
+  if name == "vae":
+    config = load_config("vae", model__encoder_hidden_size=16,
+                         model__decoder_hidden_size=16, model__latent_dim=8)
+  else:
+    config = load_config({"lstm": "lstm", "gru": "jsb_gru", "bigru": "bigru"}[name],
+                         model__num_layers=2, model__hidden_size=16)
+  full = _create(config)
   config.model.matmul_dtype = "bfloat16"
-  return full, models.create_model(config.model, 13)
+  return full, _create(config)
 
 
-@pytest.mark.parametrize("name", ["lstm", "gru", "bigru"])
+@pytest.mark.parametrize("name", ["lstm", "gru", "bigru", "vae"])
 def test_recurrent_models_with_bfloat16_matmuls_follow_float32(name):
   full, low = _recurrent_pair(name)
   assert low.matmul_dtype == BF16 and full.matmul_dtype is None
@@ -240,10 +250,10 @@ def test_the_config_key_selects_the_matmul_dtype():
                                         ("float32", "float32", None),
                                         ("float32", "bfloat16", BF16),
                                         ("bfloat16", "", BF16)]:
-    for name in ("transformer", "lstm", "bigru", "jsb_gru"):
+    for name in ("transformer", "lstm", "bigru", "jsb_gru", "vae"):
       config = load_config(name, model__dtype=dtype,
                            model__matmul_dtype=matmul_dtype)
-      assert models.create_model(config.model, 13).matmul_dtype == expected
+      assert _create(config).matmul_dtype == expected
   config = load_config("transformer", model__matmul_dtype="float16")
   with pytest.raises(ValueError, match="config.model.matmul_dtype='float16'"):
     models.create_model(config.model, 13)

@@ -30,10 +30,11 @@ def matmul_dtype_name(model_config: config_dict.ConfigDict) -> str:
   return name
 
 
-def _matmul_dtype(model_config: config_dict.ConfigDict):
-  """A model's `matmul_dtype`: the operand dtype when its matmuls go through
-  `layers.matmul` and the recurrences' own low-precision matmuls (bfloat16
-  products, float32 sums), else None (plain dots in model.dtype)."""
+def matmul_dtype(model_config: config_dict.ConfigDict):
+  """The models' `matmul_dtype` attribute: the operand dtype when their
+  matmuls go through `layers.matmul` and the recurrences' own low-precision
+  matmuls (bfloat16 products, float32 sums), else None (plain dots in
+  model.dtype)."""
   dtype = _DTYPES[matmul_dtype_name(model_config)]
   return None if dtype == jnp.float32 else dtype
 
@@ -63,7 +64,7 @@ def create_model(model_config: config_dict.ConfigDict, vocab_size: int,
         position_encoding=model_config.position_encoding,
         attention_impl=model_config.get("attention_impl", "auto"),
         attention_window=model_config.get("attention_window", 0),
-        matmul_dtype=_matmul_dtype(model_config),
+        matmul_dtype=matmul_dtype(model_config),
         **common)
   # The recurrent models: an embedding and stacked layers.
   common.update(embed_dim=model_config.embed_dim,
@@ -71,18 +72,18 @@ def create_model(model_config: config_dict.ConfigDict, vocab_size: int,
                 num_layers=model_config.num_layers)
   if name == "lstm":
     from musegen_jax.models import lstm
-    return lstm.LSTMLanguageModel(matmul_dtype=_matmul_dtype(model_config),
+    return lstm.LSTMLanguageModel(matmul_dtype=matmul_dtype(model_config),
                                   **common)
   if name == "gru":
     from musegen_jax.models import gru
-    return gru.GRULanguageModel(matmul_dtype=_matmul_dtype(model_config),
+    return gru.GRULanguageModel(matmul_dtype=matmul_dtype(model_config),
                                 **common)
   if name == "bigru":
     from musegen_jax.models import gru
     return gru.BiGRUWindowModel(window=model_config.window,
                                 dense_dim=model_config.dense_dim,
                                 pad_id=pad_id,
-                                matmul_dtype=_matmul_dtype(model_config),
+                                matmul_dtype=matmul_dtype(model_config),
                                 **common)
   raise ValueError(f"config.model.name={name!r}; known models: "
                    f"{sorted(MODELS)}")

@@ -49,6 +49,10 @@ class SequenceVAE(nn.Module):
     pad_id: padding token; sequences are padded at the end only, and the
       encoder reads each up to its last non-pad token.
     start_id: the decoder's first input.
+    dtype: activations and states (parameters stay float32).
+    matmul_dtype: None, or the dtype every matmul (encoder, latent heads,
+      decoder, output head; forward and backward) takes its operands in,
+      summed in float32 (`layers.matmul`).
   """
 
   vocab_size: int
@@ -64,28 +68,33 @@ class SequenceVAE(nn.Module):
   start_id: int = 1
   dtype: Any = jnp.float32
   remat: bool = False
+  matmul_dtype: Any = None
 
   def setup(self):
+    md = self.matmul_dtype
     self.embed = layers.token_embedding(self.vocab_size, self.embed_dim)
     self.encoder = gru.BiGRUEncoder(self.encoder_hidden_size,
                                     self.encoder_num_layers,
                                     dropout_rate=self.dropout_rate,
                                     dtype=self.dtype, remat=self.remat,
-                                    name="encoder")
-    self.to_mu = layers.dense(self.latent_dim, "hidden", "latent", self.dtype, "mu")
+                                    matmul_dtype=md, name="encoder")
+    self.to_mu = layers.dense(self.latent_dim, "hidden", "latent", self.dtype,
+                              "mu", matmul_dtype=md)
     # Zero-initialized: the posterior starts as N(mu, 1), close to the prior.
     self.to_logvar = layers.dense(self.latent_dim, "hidden", "latent", self.dtype,
-                            "logvar", kernel_init=nn.initializers.zeros_init())
+                                  "logvar", kernel_init=nn.initializers.zeros_init(),
+                                  matmul_dtype=md)
     self.to_state = layers.dense(
         2 * self.decoder_num_layers * self.decoder_hidden_size,
-                           "latent", "hidden", self.dtype, "initial_state")
+        "latent", "hidden", self.dtype, "initial_state", matmul_dtype=md)
     layer_cls = nn.remat(lstm.LSTMLayer) if self.remat else lstm.LSTMLayer
     self.decoder = [layer_cls(self.decoder_hidden_size, self.dtype,
                               input_name="embed" if i == 0 else "hidden",
-                              name=f"decoder_{i}")
+                              matmul_dtype=md, name=f"decoder_{i}")
                     for i in range(self.decoder_num_layers)]
     self.dropout = Dropout(self.dropout_rate)
-    self.head = layers.dense(self.vocab_size, "hidden", "vocab", self.dtype, "head")
+    self.head = layers.dense(self.vocab_size, "hidden", "vocab", self.dtype,
+                             "head", matmul_dtype=md)
 
   def encode(self, tokens: Array, *, train: bool = False) -> tuple[Array, Array]:
     """The approximate posterior q(z | tokens).

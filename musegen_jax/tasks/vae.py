@@ -90,6 +90,7 @@ def check_config(config: config_dict.ConfigDict) -> None:
   if not 0 < config.sample.top_p <= 1:
     raise ValueError(f"config.sample.top_p={config.sample.top_p} must be in (0, 1]")
   models.get_dtype(m.dtype)
+  models.matmul_dtype_name(m)
 
 
 def create_model(model_config: config_dict.ConfigDict, vocab_size: int, *,
@@ -103,7 +104,8 @@ def create_model(model_config: config_dict.ConfigDict, vocab_size: int, *,
       decoder_hidden_size=m.decoder_hidden_size,
       decoder_num_layers=m.decoder_num_layers, latent_dim=m.latent_dim,
       dropout_rate=m.dropout_rate, word_dropout=m.word_dropout, pad_id=pad_id,
-      start_id=start_id, dtype=models.get_dtype(m.dtype), remat=m.remat)
+      start_id=start_id, dtype=models.get_dtype(m.dtype), remat=m.remat,
+      matmul_dtype=models.matmul_dtype(m))
 
 
 def beta_schedule(step: Array | int, beta: float, warmup_steps: int) -> Array:
