@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO_ROOT
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bench, flags, keys", [
     ("data", ["--ratio_steps=1", "--data_batches=5", "--data_warmup=1"],
      ["examples_per_sec", "tokens_per_sec", "train_examples_per_sec",
@@ -49,6 +50,7 @@ TRANSFORMER_SHAPE = {"vocab_size": 390, "d_model": 256, "num_layers": 4,
                      "batch_size": 8, "seq_len": 256, "attention": "absolute"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config, flags, shape", [
     ("bigru", [], {"vocab_size": 201, "embed_dim": 100, "hidden_size": 128,
                    "num_layers": 3, "window": 50, "batch_size": 64}),

@@ -86,6 +86,7 @@ def test_slerp_keeps_the_endpoints_and_the_norm():
   assert np.linalg.norm(path[2]) > np.linalg.norm((a + b) / 2) + 0.1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["wgan-gp", "bce"])
 def test_one_compiled_step_changes_both_networks_and_the_ema(loss):
   config = _tiny(gan__loss=loss, gan__gp_weight=10.0 if loss == "wgan-gp" else 0.0)
@@ -170,6 +171,7 @@ def _log(workdir):
     return {row["step"]: row for row in map(json.loads, f)}
 
 
+@pytest.mark.slow
 def test_smoke_trains_resumes_exactly_exports_and_samples_wavs(tmp_path, audio_dir):
   del audio_dir  # Rendered once for the module.
   full, cut = str(tmp_path / "full"), str(tmp_path / "cut")

@@ -261,6 +261,7 @@ def test_create_model_and_flops():
     train.check_config(load_config("bigru", variant=None, data__seq_len=40))
 
 
+@pytest.mark.slow
 def test_bigru_smoke_trains_exports_and_samples_midi(tmp_path):
   workdir, bundle = str(tmp_path / "run"), str(tmp_path / "export")
   config = load_config("bigru", num_train_steps=6, log_every_steps=2,

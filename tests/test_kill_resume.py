@@ -19,6 +19,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from musegen_jax import checkpoint
 from musegen_jax import export as export_lib
@@ -67,6 +68,7 @@ def _losses(workdir):
     return [(r["step"], r["train/loss"]) for r in map(json.loads, f)]
 
 
+@pytest.mark.slow
 def test_sigkill_three_times_then_resume_equals_an_unkilled_run(tmp_path):
   rng = random.Random(0)
   workdir = str(tmp_path / "killed")
@@ -122,6 +124,7 @@ def _tiny(**overrides):
                              "keep_checkpoints": 5, **overrides})
 
 
+@pytest.mark.slow
 def test_damaged_checkpoints_are_skipped_named_and_kept_aside(tmp_path, capfd,
                                                              caplog):
   workdir = str(tmp_path / "run")
@@ -157,7 +160,6 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
   for root, _, files in os.walk(state_dir):
     for name in files:
       os.remove(os.path.join(root, name))
-  import pytest
   with pytest.raises(RuntimeError, match=r"No readable checkpoint .*step 10"):
     train.train_and_evaluate(_tiny(num_train_steps=20), workdir)
   assert _complete_steps(os.path.join(workdir, "checkpoints")) == [10]

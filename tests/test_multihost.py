@@ -118,7 +118,11 @@ def runs(tmp_path_factory, jsb_data_dir):
               losses_at_6=losses_at_6, checkpoints_at_6=checkpoints_at_6)
 
 
-def test_two_processes_train_checkpoint_and_resume(runs):
+@pytest.mark.slow
+def test_two_processes_train_checkpoint_resume_and_match_one_process(runs):
+  """Two processes x 2 devices train 6 steps, checkpoint, resume to 9, and
+  give one process x 4 devices' losses. (One test for the fixture's three
+  runs, so that they happen once whichever test worker takes it.)"""
   for i, (code, out) in enumerate(runs["first"]):
     assert code == 0, f"process {i}:\n{out[-4000:]}"
     assert f"process {i} of 2: 2 local / 4 global cpu device(s)" in out
@@ -137,14 +141,10 @@ def test_two_processes_train_checkpoint_and_resume(runs):
   assert "9" in os.listdir(os.path.join(runs["two"], "checkpoints"))
   assert all(np.isfinite(v) for v in losses.values())
 
-
-def test_two_processes_match_one_process_losses_step_by_step(runs):
-  """2 processes x 2 devices give 1 process x 4 devices' losses.
-
-  Each process reads every second element of the shuffled, cropped stream
-  (data/pipeline.py slices after the random crop), so the global batches are
-  the same records cut at the same offsets as with one process.
-  """
+  # 2 processes x 2 devices give 1 process x 4 devices' losses. Each process
+  # reads every second element of the shuffled, cropped stream
+  # (data/pipeline.py slices after the random crop), so the global batches
+  # are the same records cut at the same offsets as with one process.
   code, out = runs["single"]
   assert code == 0, out[-4000:]
   one = _train_losses(runs["one"])
@@ -155,6 +155,7 @@ def test_two_processes_match_one_process_losses_step_by_step(runs):
                              err_msg="per-step train loss, 2 processes vs 1")
 
 
+@pytest.mark.slow
 def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path, jsb_data_dir):
   """SIGTERM reaches only process 1 (as on a pod where one host is
   preempted): the processes agree on the step, both save it and exit 0, and

@@ -102,6 +102,7 @@ def _params(state):
           else (state.g_params, state.d_params, state.ema_params))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make", [_lstm, _gan, _roll], ids=["lstm", "gan", "pianoroll"])
 def test_grad_accumulation_equals_one_big_batch(make):
   config = make(batch_size=16)
@@ -114,6 +115,7 @@ def test_grad_accumulation_equals_one_big_batch(make):
   assert not np.allclose(jax.tree.leaves(init)[0], jax.tree.leaves(reference)[0])
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fewer_optimizations")
 def test_fsdp_meshes_equal_one_device_and_shard_the_parameters():
   single = _params(_train_jit(_lstm(), jax.devices()[:1]))
@@ -132,6 +134,7 @@ def test_fsdp_meshes_equal_one_device_and_shard_the_parameters():
       assert embedding.sharding.is_fully_replicated
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fewer_optimizations")
 def test_fsdp_gan_equals_one_device_and_falls_back_for_odd_sizes():
   config = _gan(mesh__fsdp=4)
@@ -155,6 +158,7 @@ def test_fsdp_pianoroll_equals_one_device():
   assert any("fsdp" in str(x.sharding.spec) for x in jax.tree.leaves(state.params))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make", [_lstm, _gan, _roll], ids=["lstm", "gan", "pianoroll"])
 def test_pmap_equals_jit(make):
   config = make(batch_size=16, grad_accum_steps=2)
@@ -163,6 +167,7 @@ def test_pmap_equals_jit(make):
                 _params(_train_jit(config)))
 
 
+@pytest.mark.slow
 def test_checkpoint_moves_from_8_devices_fsdp_2_to_4_devices(tmp_path):
   config = _lstm(mesh__fsdp=2)
   state = _train_jit(config)
@@ -189,6 +194,7 @@ def test_checkpoint_moves_from_8_devices_fsdp_2_to_4_devices(tmp_path):
   assert int(restored.step) == STEPS + 1 and float(metrics["nonfinite"]) == 0
 
 
+@pytest.mark.slow
 def test_fsdp_run_exports_whole_parameters(tmp_path):
   workdir = str(tmp_path / "run")
   state = train.train_and_evaluate(
@@ -200,6 +206,7 @@ def test_fsdp_run_exports_whole_parameters(tmp_path):
              for x in jax.tree.leaves(bundle.params))
 
 
+@pytest.mark.slow
 def test_pmap_run_trains_and_resumes_exactly(tmp_path):
   config = _lstm(parallelism="pmap", num_train_steps=6, checkpoint_every_steps=3,
                  log_every_steps=1)

@@ -89,6 +89,7 @@ def test_rolls_match_the_quarter_note_file():
   assert padded.shape == (77, 160, 88) and int(mask.sum()) == 4725
 
 
+@pytest.mark.slow
 def test_smoke_config_trains_on_8_devices_and_eval_covers_every_valid_frame(tmp_path):
   assert jax.device_count() == 8
   config = load_config("jsb_lstm", num_train_steps=6, eval_every_steps=3,
@@ -159,6 +160,7 @@ def test_smoke_config_trains_on_8_devices_and_eval_covers_every_valid_frame(tmp_
   assert int(state.step) == 2
 
 
+@pytest.mark.slow
 def test_multihot_models_continue_from_their_carry():
   """A full pass over frames equals one frame at a time with the carry."""
   frames = (np.random.default_rng(0).random((2, 5, 88)) < 0.05).astype(np.float32)
@@ -311,6 +313,7 @@ def test_frame_model_keys_are_checked_and_work_in_the_bernoulli_configs():
       train.check_config(config)
 
 
+@pytest.mark.slow
 def test_serial_models_continue_from_their_carry():
   """A full pass over tokens equals one token at a time with the carry."""
   tokens = np.random.default_rng(0).integers(0, 90, (2, 6)).astype(np.int32)
@@ -329,6 +332,7 @@ def test_serial_models_continue_from_their_carry():
     assert full.shape == (2, 6, 90)
 
 
+@pytest.mark.slow
 def test_serial_smoke_trains_exports_evaluates_and_samples(tmp_path):
   cap = 3
   config = load_config("jsb_lstm_serial", num_train_steps=4, eval_every_steps=4,

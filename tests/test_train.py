@@ -39,6 +39,7 @@ def _losses(workdir):
   return {row["step"]: row["train/loss"] for row in rows}
 
 
+@pytest.mark.slow
 def test_smoke_config_lowers_the_loss_on_8_devices(tmp_path):
   assert jax.device_count() == 8
   config = load_config("lstm", num_train_steps=80, eval_every_steps=40)
@@ -56,6 +57,7 @@ def test_smoke_config_lowers_the_loss_on_8_devices(tmp_path):
   assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints")) == [40, 80]
 
 
+@pytest.mark.slow
 def test_resumed_run_repeats_the_uninterrupted_losses_exactly(tmp_path):
   full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
   train.train_and_evaluate(_tiny(), full)
@@ -65,6 +67,7 @@ def test_resumed_run_repeats_the_uninterrupted_losses_exactly(tmp_path):
   assert _losses(cut) == _losses(full)  # Bit for bit, every step.
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path):
   """Ctrl-C as a terminal sends it (to the trainer and its grain workers),
   then the same command: the losses equal those of a run never stopped."""
@@ -105,6 +108,7 @@ def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path):
   assert _losses(workdir) == _losses(reference)  # Bit for bit, all 120 steps.
 
 
+@pytest.mark.slow
 def test_export_then_sample_writes_midi_that_note_seq_reads(tmp_path):
   workdir, bundle = str(tmp_path / "run"), str(tmp_path / "export")
   config = _tiny(num_train_steps=20)
@@ -150,6 +154,7 @@ def test_export_then_sample_writes_midi_that_note_seq_reads(tmp_path):
   assert both["loss"] <= np.mean([m["loss"] for m in both["members"]])
 
 
+@pytest.mark.slow
 def test_carried_state_sampling_equals_full_recompute(jsb_data_dir):
   config = _tiny()
   rep = pipeline.load_representation("performance", jsb_data_dir)

@@ -279,6 +279,7 @@ def test_create_model_and_flops():
       expected + 3 * 4 * 2 * tokens * 256 * 256)
 
 
+@pytest.mark.slow
 def test_smoke_config_trains_exports_and_samples_midi(tmp_path):
   workdir, bundle = str(tmp_path / "run"), str(tmp_path / "export")
   config = load_config("transformer", num_train_steps=6, log_every_steps=2,

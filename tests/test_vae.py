@@ -236,6 +236,7 @@ def _parse_all(paths):
     note_seq.midi_file_to_note_sequence(path)
 
 
+@pytest.mark.slow
 def test_smoke_config_trains_exports_evaluates_and_samples(tmp_path):
   workdir, bundle = str(tmp_path / "run"), str(tmp_path / "export")
   config = load_config("vae", num_train_steps=6, log_every_steps=2,
