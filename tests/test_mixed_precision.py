@@ -235,7 +235,8 @@ def _recurrent_pair(name):
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru", "bigru", "vae"])
-def test_recurrent_models_with_bfloat16_matmuls_follow_float32(name):
+def test_recurrent_models_with_bfloat16_matmuls_follow_float32(name,
+                                                              fewer_optimizations):
   full, low = _recurrent_pair(name)
   assert low.matmul_dtype == BF16 and full.matmul_dtype is None
   tokens = jax.random.randint(jax.random.PRNGKey(0), (3, 24), 2, 13)
