@@ -34,14 +34,13 @@ class _Placeholder(types.ModuleType):
     if real is None or real is self:
       sys.modules.pop(self.__name__, None)
       real = importlib.import_module(self.__name__)
-    try:
+    if hasattr(real, attr):
       return getattr(real, attr)
-    except AttributeError:  # A submodule not imported yet: bokeh.models.
-      try:
-        return importlib.import_module(f"{self.__name__}.{attr}")
-      except ModuleNotFoundError:
-        pass
-      raise
+    try:  # A submodule not imported yet, such as bokeh.models.
+      return importlib.import_module(f"{self.__name__}.{attr}")
+    except ModuleNotFoundError:
+      raise AttributeError(
+          f"module {self.__name__!r} has no attribute {attr!r}") from None
 
 
 class _DeferringLoader(importlib.abc.Loader):
