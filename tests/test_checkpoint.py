@@ -91,3 +91,35 @@ def test_bundle_round_trip_and_clear_errors(tmp_path):
   json.dump(info, open(info_path, "w"))
   with pytest.raises(ValueError, match="format_version 99"):
     checkpoint.load_bundle(out)
+
+
+def test_replicated_arrays_on_one_host_are_saved_without_compiling(tmp_path):
+  """Parameters replicated over 8 devices: orbax's replica-parallel writes
+  would cut each array into 8 parts with one compiled program per part and
+  device; with one process every array is written whole, compiling nothing."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state = {name: jax.device_put(np.arange(np.prod(shape), dtype=np.float32)
+                                .reshape(shape), replicated)
+           for name, shape in (("a", (16, 24)), ("b", (40,)), ("c", (8, 3, 5)))}
+  assert len(jax.devices()) == 8
+  compiled = []
+
+  def listener(name, *_, **__):
+    if name == "/jax/core/compile/backend_compile_duration":
+      compiled.append(name)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    manager = checkpoint.create_manager(str(tmp_path), keep=1)
+    checkpoint.save(manager, 1, state, _iterator(), force=True)
+    manager.wait_until_finished()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert compiled == []
+  abstract = checkpoint.with_sharding(jax.eval_shape(lambda: state), replicated)
+  restored, step = checkpoint.restore_latest(manager, abstract, _iterator())
+  assert step == 1
+  for name, value in state.items():
+    np.testing.assert_array_equal(np.asarray(restored[name]), np.asarray(value))
+  manager.close()
