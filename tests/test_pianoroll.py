@@ -160,7 +160,7 @@ def test_smoke_config_trains_on_8_devices_and_eval_covers_every_valid_frame(tmp_
   assert int(state.step) == 2
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("fewer_optimizations")
 def test_multihot_models_continue_from_their_carry():
   """A full pass over frames equals one frame at a time with the carry."""
   frames = (np.random.default_rng(0).random((2, 5, 88)) < 0.05).astype(np.float32)
@@ -168,12 +168,12 @@ def test_multihot_models_continue_from_their_carry():
     config = load_config(name)
     task = pianoroll.PianorollTask(config, None)
     params = task.init_params(jax.random.PRNGKey(0))
-    full, _ = task.model.apply({"params": params}, frames)
-    first, carry = task.model.apply({"params": params}, frames[:, :1])
+    apply = jax.jit(task.model.apply)
+    full, _ = apply({"params": params}, frames)
+    first, carry = apply({"params": params}, frames[:, :1])
     steps = [first]
     for t in range(1, 5):
-      logits, carry = task.model.apply({"params": params}, frames[:, t:t + 1],
-                                       carry=carry)
+      logits, carry = apply({"params": params}, frames[:, t:t + 1], carry=carry)
       steps.append(logits)
     np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5,
                                err_msg=name)
@@ -313,19 +313,19 @@ def test_frame_model_keys_are_checked_and_work_in_the_bernoulli_configs():
       train.check_config(config)
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("fewer_optimizations")
 def test_serial_models_continue_from_their_carry():
   """A full pass over tokens equals one token at a time with the carry."""
   tokens = np.random.default_rng(0).integers(0, 90, (2, 6)).astype(np.int32)
   for name in ("jsb_lstm_serial", "jsb_transformer_serial"):
     task = pianoroll.PianorollTask(load_config(name), None)
     params = task.init_params(jax.random.PRNGKey(0))
-    full, _ = task.model.apply({"params": params}, tokens)
-    first, carry = task.model.apply({"params": params}, tokens[:, :1])
+    apply = jax.jit(task.model.apply)
+    full, _ = apply({"params": params}, tokens)
+    first, carry = apply({"params": params}, tokens[:, :1])
     steps = [first]
     for t in range(1, 6):
-      logits, carry = task.model.apply({"params": params}, tokens[:, t:t + 1],
-                                       carry=carry)
+      logits, carry = apply({"params": params}, tokens[:, t:t + 1], carry=carry)
       steps.append(logits)
     np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5,
                                err_msg=name)

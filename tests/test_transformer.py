@@ -211,12 +211,14 @@ def test_a_cache_shorter_than_max_len_gives_the_same_logits(attention):
   model = _model(attention, "learned")
   params = _params(model)
   tokens = _tokens(batch=2, length=10)
-  full = model.apply({"params": params}, tokens)[0]
-  logits, carry = model.apply({"params": params}, tokens[:, :4], cache_len=10)
+  full = _apply(model, params, tokens)[0]
+  logits, carry = jax.jit(lambda p, t: model.apply({"params": p}, t, cache_len=10))(
+      params, tokens[:, :4])
   assert carry["layers"][0]["k"].shape[2] == 10
   for t in range(4, 10):
-    step, carry = model.apply({"params": params}, tokens[:, t:t + 1], carry=carry)
+    step, carry = _apply(model, params, tokens[:, t:t + 1], carry)
     np.testing.assert_allclose(step[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
+  # Eager calls: the cache position is a concrete number, checked at once.
   with pytest.raises(ValueError, match="runs past the cache of 10 positions"):
     model.apply({"params": params}, tokens[:, :1], carry=carry)
   with pytest.raises(ValueError, match="cache_len=3 must be between"):
@@ -252,13 +254,12 @@ def test_dropout_only_in_training():
   model = _model(dropout_rate=0.5)
   params = _params(model)
   tokens = _tokens()
-  a, _ = model.apply({"params": params}, tokens, train=True,
-                     rngs={"dropout": jax.random.PRNGKey(1)})
-  b, _ = model.apply({"params": params}, tokens, train=True,
-                     rngs={"dropout": jax.random.PRNGKey(2)})
-  c, _ = model.apply({"params": params}, tokens)
+  train = jax.jit(lambda rng: model.apply({"params": params}, tokens, train=True,
+                                          rngs={"dropout": rng})[0])
+  a, b = train(jax.random.PRNGKey(1)), train(jax.random.PRNGKey(2))
+  c, _ = _apply(model, params, tokens)
   assert not np.allclose(a, b)
-  np.testing.assert_allclose(c, _model().apply({"params": params}, tokens)[0])
+  np.testing.assert_allclose(c, _apply(_model(), params, tokens)[0])
 
 
 def test_create_model_and_flops():

@@ -133,8 +133,7 @@ class LanguageModelTask:
   def init_params(self, rng: Array, unbox: bool = True) -> Any:
     """Fresh parameters; with `unbox=False` still in their `nn.Partitioned` boxes."""
     tokens = jnp.zeros((1, self.config.data.seq_len), jnp.int32)
-    params = self.model.init({"params": rng}, tokens, train=False)["params"]
-    return common.unbox(params) if unbox else params
+    return common.init_params(self.model, rng, tokens, unbox)
 
   def example_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     return {"tokens": jax.ShapeDtypeStruct(

@@ -407,8 +407,7 @@ class PianorollTask:
       inputs = jnp.zeros((1, self.max_tokens - 1), jnp.int32)
     else:
       inputs = jnp.zeros((1, self.max_frames, NUM_KEYS), jnp.float32)
-    params = self.model.init({"params": rng}, inputs, train=False)["params"]
-    return common.unbox(params) if unbox else params
+    return common.init_params(self.model, rng, inputs, unbox)
 
   @staticmethod
   def prepare_data(data_dir: str) -> str:

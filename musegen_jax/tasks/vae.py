@@ -147,8 +147,7 @@ class VAETask:
   def init_params(self, rng: Array, unbox: bool = True) -> Any:
     """Fresh parameters; with `unbox=False` still in their `nn.Partitioned` boxes."""
     tokens = jnp.zeros((1, self.seq_len), jnp.int32)
-    params = self.model.init({"params": rng}, tokens, train=False)["params"]
-    return common.unbox(params) if unbox else params
+    return common.init_params(self.model, rng, tokens, unbox)
 
   def init_state(self, rng: Array) -> common.TrainState:
     """Fresh parameters and AdamW state (`common.create_optimizer`), boxed."""
