@@ -8,10 +8,12 @@ up to float summation order.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import jax
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
@@ -21,7 +23,7 @@ from musegen_jax import parallel
 from musegen_jax import tasks
 from musegen_jax import train
 
-from conftest import load_config, tiny_lstm_config
+from conftest import fewer_xla_optimizations, load_config, tiny_lstm_config
 
 STEPS = 3
 
@@ -43,7 +45,17 @@ def _roll(**overrides):
 
 
 def _task(config):
-  return tasks.create_task(config, train.load_representation(config, ""))
+  task = tasks.create_task(config, train.load_representation(config, ""))
+  if config.task == "gan":
+    # Plain SGD for both networks instead of Adam. Adam divides each update
+    # by the gradient's running RMS, so float summation-order differences in
+    # near-zero gradients become differences of up to a whole step; with SGD
+    # they stay at rounding level, and the GAN's comparisons can be tight
+    # while compiling with fewer XLA optimizations (half the compile time).
+    # What these tests check (batches split, accumulated, sharded) is the
+    # same for any optimizer, and SGD also sees a wrongly scaled gradient.
+    task.g_tx = task.d_tx = optax.sgd(config.learning_rate)
+  return task
 
 
 def _batches(config, task, steps=STEPS):
@@ -102,13 +114,20 @@ def _params(state):
           else (state.g_params, state.d_params, state.ema_params))
 
 
+def _compiling(make):
+  """The GAN's step takes most of these tests' time to compile; with SGD
+  (see `_task`) it compiles with fewer optimizations."""
+  return fewer_xla_optimizations() if make is _gan else contextlib.nullcontext()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("make", [_lstm, _gan, _roll], ids=["lstm", "gan", "pianoroll"])
 def test_grad_accumulation_equals_one_big_batch(make):
   config = make(batch_size=16)
-  reference = _params(_train_jit(config))
-  _assert_close(_params(_train_jit(make(batch_size=16, grad_accum_steps=2))),
-                reference)
+  with _compiling(make):
+    reference = _params(_train_jit(config))
+    _assert_close(_params(_train_jit(make(batch_size=16, grad_accum_steps=2))),
+                  reference)
   # The parameters really moved: the comparison is not of initial values.
   init = _params(train.create_train_state(
       _task(config), config, train.create_mesh(config), jax.random.PRNGKey(0)))
@@ -140,9 +159,7 @@ def test_fsdp_gan_equals_one_device_and_falls_back_for_odd_sizes():
   config = _gan(mesh__fsdp=4)
   single = _params(_train_jit(_gan(), jax.devices()[:1]))
   state = _train_jit(config)
-  # Adam turns summation-order noise in near-zero gradients into update noise
-  # of up to ~10% of one step (lr = 5e-4): compare to well below a step.
-  _assert_close(_params(state), single, atol=1e-4)
+  _assert_close(_params(state), single)
   spec = state.g_params["upconv_0"]["kernel"].sharding.spec  # conv_out = 32.
   assert spec == jax.sharding.PartitionSpec(None, None, "fsdp")
   # The last layer has one output channel: it stays whole.
@@ -162,9 +179,10 @@ def test_fsdp_pianoroll_equals_one_device():
 @pytest.mark.parametrize("make", [_lstm, _gan, _roll], ids=["lstm", "gan", "pianoroll"])
 def test_pmap_equals_jit(make):
   config = make(batch_size=16, grad_accum_steps=2)
-  _assert_close(_params(_train_pmap(make(batch_size=16, grad_accum_steps=2,
-                                         parallelism="pmap"))),
-                _params(_train_jit(config)))
+  with _compiling(make):
+    _assert_close(_params(_train_pmap(make(batch_size=16, grad_accum_steps=2,
+                                           parallelism="pmap"))),
+                  _params(_train_jit(config)))
 
 
 @pytest.mark.slow
