@@ -261,6 +261,7 @@ def test_the_config_key_selects_the_matmul_dtype():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("fewer_optimizations")
 def test_smoke_config_with_bfloat16_matmuls_trains_exports_and_samples(tmp_path):
   workdir, bundle = str(tmp_path / "run"), str(tmp_path / "export")
   config = load_config("transformer", num_train_steps=30, log_every_steps=10,
