@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging as std_logging
 import math
 import os
 import time
@@ -84,12 +85,18 @@ def _one_writer_per_array_on_one_host() -> None:
   current = ocp.type_handlers.get_type_handler(jax.Array)
   if not getattr(current, "_use_replica_parallel", True):
     return
-  ocp.type_handlers.register_type_handler(
-      jax.Array, ocp.type_handlers.ArrayHandler(
-          use_replica_parallel=False,
-          # The default handler's per-array metadata store, kept as it is.
-          array_metadata_store=getattr(current, "_array_metadata_store", None)),
-      override=True)
+  handler = ocp.type_handlers.ArrayHandler(
+      use_replica_parallel=False,
+      # The default handler's per-array metadata store, kept as it is.
+      array_metadata_store=getattr(current, "_array_metadata_store", None))
+  # orbax logs a warning for every override; this one is on purpose.
+  quiet = lambda record: "overriding" not in record.getMessage()
+  absl_logger = std_logging.getLogger("absl")
+  absl_logger.addFilter(quiet)
+  try:
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+  finally:
+    absl_logger.removeFilter(quiet)
 
 
 def _valid_loss(metrics: dict[str, float]) -> float:

@@ -96,7 +96,9 @@ def check_config(workdir: str, config: config_dict.ConfigDict, *,
     return
   with open(path, encoding="utf-8") as f:
     old = json.load(f)
-  changes = config_changes(old, config.to_dict())
+  # Compared as written (JSON): tuples, such as logical_axis_rules' pairs,
+  # come back as lists and are no change.
+  changes = config_changes(old, json.loads(json.dumps(config.to_dict())))
   if not changes:
     return
   described = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())

@@ -69,10 +69,10 @@ def test_resumed_run_repeats_the_uninterrupted_losses_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path):
-  """Ctrl-C as a terminal sends it (to the trainer and its grain workers),
+  """Ctrl-C as a terminal sends it (to the trainer and its grain worker),
   then the same command: the losses equal those of a run never stopped."""
   workdir = str(tmp_path / "run")
-  overrides = {"data.num_workers": 2, "num_train_steps": 60,
+  overrides = {"data.num_workers": 1, "num_train_steps": 60,
                "checkpoint_every_steps": 1000, "eval_every_steps": 1000,
                "sample_every_steps": 0}
   command = [sys.executable, "-m", "musegen_jax.main",
@@ -93,7 +93,7 @@ def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path):
   assert stopped < 60
   assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(stopped)]
   assert f"Stopped at step {stopped}" in out
-  # The workers ended cleanly: the batches they held are freed, and the
+  # The worker ended cleanly: the batches they held are freed, and the
   # resource tracker finds nothing to report.
   assert "leaked shared_memory" not in out, out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 from musegen_jax import train
 from musegen_jax import workdir as workdir_lib
+from musegen_jax.data import shards
 
 from conftest import tiny_lstm_config
 
@@ -51,6 +53,22 @@ def test_resume_with_another_model_is_refused_unless_allowed(tmp_path):
   train.train_and_evaluate(tiny_lstm_config(num_train_steps=30, model__dropout_rate=0.2),
                            workdir, allow_config_change=True)
   assert "30" in os.listdir(os.path.join(workdir, "checkpoints"))
+
+
+def test_the_same_config_again_is_no_change(tmp_path, caplog):
+  """The config as the run wrote it (JSON: its tuples became lists) against
+  the same config: resumed without a "Config changed" warning."""
+  config = tiny_lstm_config()
+  assert any(isinstance(rule, tuple) for rule in config.logical_axis_rules)
+  shards.write_json_atomic(os.path.join(tmp_path, workdir_lib.CONFIG_FILE),
+                           config.to_dict())
+  with caplog.at_level(logging.WARNING):
+    workdir_lib.check_config(str(tmp_path), config)
+  assert "Config changed" not in caplog.text
+  with caplog.at_level(logging.WARNING):
+    workdir_lib.check_config(str(tmp_path), tiny_lstm_config(seed=1))
+  assert "Config changed since the last run" in caplog.text
+  assert "seed: 0 -> 1" in caplog.text
 
 
 def test_config_changes_lists_every_differing_key():
