@@ -21,7 +21,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def pytest_collection_modifyitems(items) -> None:
-  """Runs the tests marked `slow` (half a minute or more on a 2-core CPU)
+  """Runs the tests marked `slow` (15 s or more in the suite on a 2-core CPU)
   first, each group in its collected order.
 
   pytest-xdist hands out the first quarter of the tests round-robin, then the

@@ -278,6 +278,7 @@ def test_bigru_smoke_trains_exports_and_samples_midi(tmp_path):
     assert ns.notes
 
 
+@pytest.mark.slow
 def test_jsb_gru_smoke_trains_exports_and_evaluates_test_nll(tmp_path):
   from musegen_jax import evaluate
   workdir, bundle = str(tmp_path / "run"), str(tmp_path / "export")

@@ -212,7 +212,6 @@ def test_checkpoint_moves_from_8_devices_fsdp_2_to_4_devices(tmp_path):
   assert int(restored.step) == STEPS + 1 and float(metrics["nonfinite"]) == 0
 
 
-@pytest.mark.slow
 def test_fsdp_run_exports_whole_parameters(tmp_path):
   workdir = str(tmp_path / "run")
   state = train.train_and_evaluate(
@@ -224,7 +223,6 @@ def test_fsdp_run_exports_whole_parameters(tmp_path):
              for x in jax.tree.leaves(bundle.params))
 
 
-@pytest.mark.slow
 def test_pmap_run_trains_and_resumes_exactly(tmp_path):
   config = _lstm(parallelism="pmap", num_train_steps=6, checkpoint_every_steps=3,
                  log_every_steps=1)

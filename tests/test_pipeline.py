@@ -69,7 +69,6 @@ def test_resume_mid_epoch_gives_the_same_batches(jsb_data_dir, tmp_path):
   np.testing.assert_array_equal(np.stack(_take(fresh, 6)), np.stack(expected))
 
 
-@pytest.mark.slow
 def test_resume_with_worker_processes(jsb_data_dir):
   it = iter(_dataset(jsb_data_dir, num_workers=2))
   first = _take(it, 3)

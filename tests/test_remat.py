@@ -17,6 +17,7 @@ from conftest import load_config
 pytestmark = pytest.mark.usefixtures("fewer_optimizations")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, overrides", [
     ("lstm", dict(model__embed_dim=16, model__hidden_size=32)),
     ("transformer", dict(model__d_model=32, model__num_heads=4, model__mlp_dim=64)),

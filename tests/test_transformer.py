@@ -345,6 +345,7 @@ def test_causal_attention_and_its_gradients_equal_the_library_call(
       rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attention", ["absolute", "relative"])
 def test_einsum_and_fused_attention_train_the_same(attention):
   tokens = _tokens(batch=2, length=9)

@@ -96,6 +96,7 @@ def test_loss_is_recon_plus_beta_times_kl_beyond_free_bits(smoke_task):
   assert float(sums["token_sum"]) == np.sum(x != task.pad_id)
 
 
+@pytest.mark.slow
 def test_pmap_with_accumulation_equals_one_jit_step(jsb_data_dir):
   """The latent noise is drawn for the global batch: same update either way."""
   settings = dict(model__dropout_rate=0.0, warmup_steps=0, vae__beta_warmup_steps=0)

@@ -41,6 +41,7 @@ def test_second_run_on_a_held_workdir_is_refused_naming_the_holder(tmp_path):
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["10"]
 
 
+@pytest.mark.slow
 def test_resume_with_another_model_is_refused_unless_allowed(tmp_path):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(tiny_lstm_config(), workdir)
