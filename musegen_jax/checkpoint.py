@@ -89,8 +89,10 @@ def _one_writer_per_array_on_one_host() -> None:
       use_replica_parallel=False,
       # The default handler's per-array metadata store, kept as it is.
       array_metadata_store=getattr(current, "_array_metadata_store", None))
-  # orbax logs a warning for every override; this one is on purpose.
-  quiet = lambda record: "overriding" not in record.getMessage()
+  def quiet(record: std_logging.LogRecord) -> bool:
+    """Drops orbax's warning for every override: this one is on purpose."""
+    return "overriding" not in record.getMessage()
+
   absl_logger = std_logging.getLogger("absl")
   absl_logger.addFilter(quiet)
   try:

@@ -93,7 +93,7 @@ def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path):
   assert stopped < 60
   assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(stopped)]
   assert f"Stopped at step {stopped}" in out
-  # The worker ended cleanly: the batches they held are freed, and the
+  # The worker ended cleanly: the batches it held are freed, and the
   # resource tracker finds nothing to report.
   assert "leaked shared_memory" not in out, out
 
