@@ -17,8 +17,9 @@ is the figure).
   `musegen_jax.bench_torch`. FLOPs come from the analytic matmul count
   (`models.lstm.train_matmul_flops`); XLA's `cost_analysis()` of the compiled
   step is reported beside it, but it counts each while-loop body once and so
-  misses most recurrent matmuls. `mfu` divides the achieved FLOP/s
-  by a float32 matmul roof measured here (`roof_gflops`).
+  misses most recurrent matmuls. `init_s` is the train state's creation
+  (compile and run), `compile_s` the step's compile. `mfu` divides the
+  achieved FLOP/s by a float32 matmul roof measured here (`roof_gflops`).
 - data: the real grain pipeline at the config's shape and workers, examples/s
   after warm-up, against a short train timing at the same shape
   (`data_over_train` should be >= 5).
@@ -272,7 +273,10 @@ def time_train_step(config, *, steps: int, warmup: int) -> dict[str, Any]:
   task = tasks.create_task(config, representation)
   mesh = train.create_mesh(config)
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  state = train.create_train_state(task, config, mesh, init_rng)
+  t0 = time.perf_counter()
+  state = jax.block_until_ready(
+      train.create_train_state(task, config, mesh, init_rng))
+  init_s = time.perf_counter() - t0
   train_step, _ = train.jit_steps(task, mesh)
 
   batches = _random_batches(config, representation, 4)
@@ -305,7 +309,8 @@ def time_train_step(config, *, steps: int, warmup: int) -> dict[str, Any]:
       step_ms=round(step_s * 1e3, 1),
       step_ms_min=round(min(times) * 1e3, 1),
       steps=steps,
-      compile_s=round(compile_s, 2))
+      compile_s=round(compile_s, 2),
+      init_s=round(init_s, 2))
   result["_compiled"] = compiled
   return result
 
@@ -449,7 +454,7 @@ def bench_sample(config) -> dict[str, Any]:
 
   representation = _representation(config)
   task = tasks.create_task(config, representation)
-  params = jax.jit(task.init_params)(jax.random.PRNGKey(config.seed))
+  params = task.init_params(jax.random.PRNGKey(config.seed))
   batch, length = FLAGS.sample_batch, FLAGS.sample_length
   primer = jnp.full((batch, 1), task.eos_id, jnp.int32)
   rng = jax.random.PRNGKey(1)

@@ -125,11 +125,13 @@ def create_train_state(task, config: config_dict.ConfigDict, mesh,
   """The task's initial state (`task.init_state`), unboxed and laid out on `mesh`.
 
   The initializer is jitted with the state's shardings as its outputs, so
-  fsdp-split parameters are never whole on one device.
+  fsdp-split parameters are never whole on one device. It runs once, and is
+  compiled as `common.initializer_compiler_options` says.
   """
   del config  # The task holds it.
   init = lambda rng: common.unbox(task.init_state(rng))
-  return jax.jit(init, out_shardings=state_shardings(task, mesh))(rng)
+  return jax.jit(init, out_shardings=state_shardings(task, mesh),
+                 compiler_options=common.initializer_compiler_options())(rng)
 
 
 def jit_steps(task, mesh, shardings: Any = None):

@@ -76,5 +76,6 @@ def test_train_bench_runs_at_the_fixed_shape(config, flags, shape):
     assert record[key] == value, key
   assert record["flops_per_step"] > 0 and record["mfu"] > 0
   assert record["step_ms"] > 0 and record["compile_s"] > 0
+  assert record["init_s"] > 0
   # The entry point re-executed itself with huge-page malloc.
   assert "glibc.malloc.hugetlb=1" in record["env"]["GLIBC_TUNABLES"]

@@ -154,6 +154,34 @@ def test_export_then_sample_writes_midi_that_note_seq_reads(tmp_path):
   assert both["loss"] <= np.mean([m["loss"] for m in both["members"]])
 
 
+def test_initializers_compiled_for_compile_speed_give_the_default_values(
+    jsb_data_dir):
+  """The train state and the parameters are compiled at LLVM's level 1 on
+  CPU (`common.initializer_compiler_options`); the values are those of XLA's
+  default compile bit for bit, on the 8-device mesh too."""
+  from musegen_jax import tasks
+  from musegen_jax.tasks import common
+  assert common.initializer_compiler_options() == {
+      "xla_backend_optimization_level": 1}
+  config = _tiny()
+  task = tasks.create_task(
+      config, pipeline.load_representation("performance", jsb_data_dir))
+  mesh = train.create_mesh(config)
+  rng = jax.random.PRNGKey(3)
+  state = train.create_train_state(task, config, mesh, rng)
+  default = jax.jit(lambda r: common.unbox(task.init_state(r)),
+                    out_shardings=train.state_shardings(task, mesh))(rng)
+  params = task.init_params(rng)
+  default_params = jax.jit(task.init_params)(rng)
+  for got, want in ((state, default), (params, default_params)):
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      assert a.sharding == b.sharding
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  largest = max(jax.tree.leaves(params), key=lambda a: a.size)
+  assert len(np.unique(np.asarray(largest))) > largest.size // 2  # Drawn.
+
+
 def test_carried_state_sampling_equals_full_recompute(jsb_data_dir):
   config = _tiny()
   rep = pipeline.load_representation("performance", jsb_data_dir)
