@@ -130,8 +130,8 @@ def create_train_state(task, config: config_dict.ConfigDict, mesh,
   """
   del config  # The task holds it.
   init = lambda rng: common.unbox(task.init_state(rng))
-  return jax.jit(init, out_shardings=state_shardings(task, mesh),
-                 compiler_options=common.initializer_compiler_options())(rng)
+  return common.run_initializer(init, rng,
+                                out_shardings=state_shardings(task, mesh))
 
 
 def jit_steps(task, mesh, shardings: Any = None):

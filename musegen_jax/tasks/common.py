@@ -60,6 +60,30 @@ def initializer_compiler_options() -> dict[str, Any] | None:
   return {"xla_backend_optimization_level": 1}
 
 
+def inside_a_trace() -> bool:
+  """Whether a jit, eval_shape or other transformation is being traced.
+
+  JAX has no public call for this; `jax._src.core.trace_state_clean` is
+  read, and when it is missing the answer is True (the caller then takes
+  the path that is always valid). tests/test_train.py checks it both ways.
+  """
+  try:
+    from jax._src import core  # pylint: disable=import-outside-toplevel
+    return not core.trace_state_clean()
+  except (ImportError, AttributeError):
+    return True
+
+
+def run_initializer(init: Callable[..., Any], rng: Array, *args,
+                    **jit_kwargs) -> Any:
+  """`init(rng, *args)` jitted (`jit_kwargs`) with
+  `initializer_compiler_options`. Inside an enclosing trace (a jit, or
+  export's `eval_shape`) it is a plain nested jit, inlined there: jit takes
+  compiler options only at the top level."""
+  options = None if inside_a_trace() else initializer_compiler_options()
+  return jax.jit(init, compiler_options=options, **jit_kwargs)(rng, *args)
+
+
 def init_params(model: nn.Module, rng: Array, inputs: Array,
                 unbox_params: bool = True) -> Any:
   """`model.init(..., train=False)["params"]`, compiled as one program.
@@ -69,12 +93,9 @@ def init_params(model: nn.Module, rng: Array, inputs: Array,
   against one compile. Inside a jit (the train state's creation) it is
   inlined as before, and gives the same values either way.
   """
-  init = lambda r, x: model.init({"params": r}, x, train=False)["params"]
-  if isinstance(rng, jax.core.Tracer):  # Already inside a jit.
-    params = init(rng, inputs)
-  else:
-    params = jax.jit(init, compiler_options=initializer_compiler_options())(
-        rng, inputs)
+  params = run_initializer(
+      lambda r, x: model.init({"params": r}, x, train=False)["params"], rng,
+      inputs)
   return unbox(params) if unbox_params else params
 
 
