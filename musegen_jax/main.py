@@ -14,13 +14,11 @@ and $MUSEGEN_PROCESS_ID; under `srun` or on a TPU pod JAX finds them itself.
 from __future__ import annotations
 
 import os
-import sys
 
-from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
+from musegen_jax import cli
 from musegen_jax import hugepages
 
 FLAGS = flags.FLAGS
@@ -53,11 +51,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not FLAGS["verbosity"].present:
-    # orbax and grain log every save at INFO; keep the console to our own lines.
-    logging.set_verbosity(logging.WARNING)
+  del argv  # cli.run refuses extra arguments.
   from musegen_jax import parallel  # After flag parsing: keeps --help fast.
   try:
     # Before any other JAX use: it decides which devices this process sees.
@@ -67,7 +61,7 @@ def main(argv: list[str]) -> None:
         mode=FLAGS.distributed or os.environ.get("MUSEGEN_DISTRIBUTED") or "auto",
         timeout_s=FLAGS.distributed_timeout_s)
   except (ValueError, RuntimeError) as e:
-    sys.exit(f"FATAL {e}")
+    cli.fail(e)
   if parallel.jax.process_count() > 1:
     print(parallel.describe_processes(), flush=True)
   from musegen_jax import compile_cache
@@ -76,9 +70,10 @@ def main(argv: list[str]) -> None:
   from musegen_jax import workdir as workdir_lib
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
-                             allow_config_change=FLAGS.allow_config_change)
+                             allow_config_change=FLAGS.allow_config_change,
+                             config_file=FLAGS["config"].config_filename)
   except workdir_lib.WorkdirInUseError as e:
-    sys.exit(f"FATAL {e}")
+    cli.fail(e)
 
 
 def _flag_or_env(name: str, kind: type):
@@ -96,22 +91,10 @@ def _flag_or_env(name: str, kind: type):
     raise ValueError(f"${env}={raw!r} is not a valid {kind.__name__}") from None
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, with a one-line error for a misspelt config key."""
-  try:
-    return FLAGS(argv)
-  except (AttributeError, KeyError) as e:  # Raised by a locked ConfigDict.
-    cause = e
-    while cause.args and isinstance(cause.args[0], Exception):
-      cause = cause.args[0]
-    detail = str(cause.args[0] if cause.args else cause).replace("\n", " ")
-    sys.exit(f"FATAL bad config override: unknown key {detail}")
-
-
 def run() -> None:
   """Console-script entry point."""
   hugepages.reexec_with_huge_pages()
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Metric output: TensorBoard event files, a per-step JSON log and stdout.
 
 Only the chief process (process 0) writes; the others get a disabled writer.
-`WORKDIR/train_log.jsonl` has one line per training step, which is what the
-resume tests compare.
+`WORKDIR/train_log.jsonl` has one line per training step (`train/<name>`
+keys), which is what the resume tests compare, and one per evaluation
+(`"split": "valid"`, `valid/<name>` keys).
 """
 
 from __future__ import annotations
@@ -90,6 +91,18 @@ class MetricWriter:
       line.update({f"{prefix}/{k}": float(v) for k, v in values.items()})
       self._log.write(json.dumps(line) + "\n")
     self._log.flush()
+
+  def write_eval(self, step: int, values: Mapping[str, Any], *,
+                 split: str) -> None:
+    """An evaluation: TensorBoard scalars `<split>/<name>`, and one log line
+    {"step": s, "split": split, "<split>/<name>": v}."""
+    if not self.enabled:
+      return
+    line = {"step": int(step), "split": split}
+    line.update({f"{split}/{k}": float(v) for k, v in values.items()})
+    self._log.write(json.dumps(line) + "\n")
+    self._log.flush()
+    self.write_scalars(step, values, prefix=split)
 
   def write_scalars(self, step: int, values: Mapping[str, Any], *,
                     prefix: str) -> None:

@@ -21,13 +21,14 @@ import jax
 import jax.numpy as jnp
 import matplotlib.image as plt_image
 import numpy as np
-import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 from ml_collections import config_dict
 
 from musegen_jax import checkpoint
+from musegen_jax import errors
 from musegen_jax import parallel
+from musegen_jax import progress as progress_lib
 from musegen_jax import tasks
 from musegen_jax import workdir as workdir_lib
 from musegen_jax.data import pipeline
@@ -49,8 +50,14 @@ def check_config(config: config_dict.ConfigDict) -> None:
   """Rejects out-of-range values before anything is compiled.
 
   The keys every config has are checked here, the task's own by
-  `tasks.check_config`.
+  `tasks.check_config`. Raises `errors.UserError` naming the key, the value
+  and what is allowed.
   """
+  with errors.user_input():
+    _check_config(config)
+
+
+def _check_config(config: config_dict.ConfigDict) -> None:
   positive = {"batch_size": config.batch_size,
               "num_train_steps": config.num_train_steps,
               "log_every_steps": config.log_every_steps,
@@ -250,12 +257,14 @@ def _write_samples(task, params, rng, workdir: str, step: int,
   directory = os.path.join(workdir, "samples", str(step)) if is_chief else None
   samples = task.write_step_samples(params, rng, directory, title=f"step {step}: ")
   for i, sample in enumerate(samples):
+    # One tag per kind, so TensorBoard's audio and image tabs both list them.
     if "image" in sample:
       image = plt_image.imread(sample["image"])
-      writer.write_image(step, f"samples/{i}",
+      kind = "spectrogram" if "wav" in sample else "pianoroll"
+      writer.write_image(step, f"samples/{kind}/{i}",
                          (image[..., :3] * 255).astype(np.uint8))
     if "wav" in sample:
-      writer.write_audio(step, f"samples/{i}", sample["wav"])
+      writer.write_audio(step, f"samples/audio/{i}", sample["wav"])
 
 
 def _agree_to_stop(stop: threading.Event, manager, step: int) -> bool:
@@ -297,7 +306,8 @@ def _format(values: dict[str, float]) -> str:
 
 def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
                        stop_at_step: int | None = None,
-                       allow_config_change: bool = False) -> TrainState:
+                       allow_config_change: bool = False,
+                       config_file: str | None = None) -> TrainState:
   """Trains `config` in `workdir`, resuming from its newest checkpoint.
 
   Args:
@@ -308,27 +318,41 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
       `num_train_steps`, as a preemption would; the schedule is unchanged.
     allow_config_change: resume even if the task, model, data dir or
       representation differ from the workdir's earlier run.
+    config_file: the --config the user gave (with its variant), named in the
+      hint a run longer than a day prints.
 
   Returns:
     The final train state.
   """
   check_config(config)
   workdir = os.path.abspath(workdir)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise errors.ExistingOutputError(
+        f"--workdir={workdir} is a file; name a directory (a new one, or a "
+        "run's workdir to resume it).")
   os.makedirs(workdir, exist_ok=True)
   hold = (workdir_lib.hold(workdir) if jax.process_index() == 0
           else contextlib.nullcontext())
   with hold:
     if any(name.isdigit() for name in _list(os.path.join(workdir, "checkpoints"))):
       workdir_lib.check_config(workdir, config, allow_change=allow_config_change)
-    return _train(config, workdir, stop_at_step)
+    return _train(config, workdir, stop_at_step, config_file)
 
 
 def _list(directory: str) -> list[str]:
   return os.listdir(directory) if os.path.isdir(directory) else []
 
 
+# Steps dispatched but not known to be finished, at most: the loop waits for
+# step k-1 right after dispatching step k, so the devices always have the
+# next step queued while the host waits, and a signal is honoured after the
+# step in flight (plus the save). An unbounded queue ran 30-50 steps ahead
+# of a slow CPU, holding a batch per step and a Ctrl-C for all of them.
+MAX_STEPS_IN_FLIGHT = 2
+
+
 def _train(config: config_dict.ConfigDict, workdir: str,
-           stop_at_step: int | None) -> TrainState:
+           stop_at_step: int | None, config_file: str | None) -> TrainState:
   """The loop of `train_and_evaluate`, once the workdir is checked and held."""
   mesh = create_mesh(config)
   use_pmap = config.parallelism == "pmap"
@@ -355,9 +379,9 @@ def _train(config: config_dict.ConfigDict, workdir: str,
   start_step = 0
   say = print if is_chief else (lambda *args, **kwargs: None)
   num_params = sum(x.size for x in jax.tree.leaves(task.eval_params(state)))
+  device = f"{jax.device_count()} {jax.default_backend()} device(s)"
   say(f"{config.task}/{config.model.name}: {num_params:,} parameters, "
-      f"{config.data.representation} data from {data_dir}, "
-      f"{jax.device_count()} {jax.default_backend()} device(s)", flush=True)
+      f"{config.data.representation} data from {data_dir}, {device}", flush=True)
   if restored is not None:
     state, start_step = restored
     say(f"Resumed from step {start_step} in {workdir}", flush=True)
@@ -383,10 +407,14 @@ def _train(config: config_dict.ConfigDict, workdir: str,
   bad_records: list[int] = []  # Per pending step, this process's count.
   bad_records_total = 0  # Since this launch, all processes.
   step = start_step
+  started = time.perf_counter()
+  stopped = False
+  last_samples = None
+  progress = progress_lib.Progress(
+      total=config.num_train_steps, initial=start_step, enabled=is_chief,
+      device=device, config_file=config_file)
   try:
-    with _stop_on_signals() as stop, tqdm.tqdm(
-        total=config.num_train_steps, initial=start_step, disable=not is_chief,
-        unit="step", dynamic_ncols=True) as bar:
+    with _stop_on_signals() as stop:
       t_log = time.perf_counter()
       while step < last_step:
         host_batch = next(train_iter)
@@ -399,7 +427,9 @@ def _train(config: config_dict.ConfigDict, workdir: str,
           metrics = parallel.unreplicate(metrics)
         step += 1
         pending.append((step, metrics))
-        bar.update(1)
+        if len(pending) >= MAX_STEPS_IN_FLIGHT:
+          jax.block_until_ready(pending[-MAX_STEPS_IN_FLIGHT][1])
+          progress.finished(step - MAX_STEPS_IN_FLIGHT + 1)
 
         # Every process acts on the agreed decision, never on its own flag:
         # a signal landing between the agreement and the save would
@@ -413,6 +443,7 @@ def _train(config: config_dict.ConfigDict, workdir: str,
         if step % config.log_every_steps == 0 or do_save:
           rows = jax.device_get(pending)
           pending = []
+          progress.finished(step)
           counts = _sum_over_processes(np.asarray(bad_records, np.int64))
           bad_records = []
           bad_records_total += int(counts.sum())
@@ -431,38 +462,67 @@ def _train(config: config_dict.ConfigDict, workdir: str,
                          skipped_updates=int(jax.device_get(
                              on_mesh(state.skipped_updates))))
           writer.write_scalars(step, summary, prefix="train")
-          bar.set_postfix({k: f"{summary[k]:.4g}" for k in task.progress_keys},
-                          refresh=False)
-          if step % (config.log_every_steps * 10) == 0 and is_chief:
-            bar.write(f"step {step}: train " + _format(summary))
+          progress.show({k: summary[k] for k in task.progress_keys})
+          if step % (config.log_every_steps * 10) == 0:
+            progress.write(f"step {step}: train " + _format(summary))
 
         valid_loss = None
         if do_eval:
           valid = evaluate(eval_step, task, task.eval_params(on_mesh(state)), eval_data,
                            mesh, config.num_eval_batches)
           valid_loss = valid[task.valid_metric]
-          writer.write_scalars(step, valid, prefix="valid")
-          if is_chief:
-            bar.write(f"step {step}: valid " + _format(valid))
+          writer.write_eval(step, valid, split="valid")
+          progress.write(f"step {step}: valid " + _format(valid))
 
         if config.sample_every_steps and step % config.sample_every_steps == 0:
           _write_samples(task, task.eval_params(on_mesh(state)),
                          jax.random.fold_in(sample_rng, step), workdir, step,
                          writer, is_chief)
+          last_samples = step
 
         if do_save:
           checkpoint.save(manager, step, on_mesh(state), train_iter,
                           valid_loss=valid_loss,
                           force=True)
         if stopping:
-          say(f"Stopped at step {step}; the same command resumes.", flush=True)
+          stopped = True
           break
+    manager.wait_until_finished()
+    summary = _summary(workdir, config, task, manager, step=step, stopped=stopped,
+                       seconds=time.perf_counter() - started,
+                       last_samples=last_samples)
   finally:
     # The last batch lives in grain's shared memory until its arrays are
     # freed (asynchronously); freed only at exit, it is reported as leaked.
     host_batch = batch = None
+    progress.close()
     manager.wait_until_finished()
     manager.close()
     train_iter.close()  # Stops grain's worker processes and frees their memory.
     writer.close()
+  say(summary, flush=True)
   return on_mesh(state)
+
+
+def _summary(workdir: str, config: config_dict.ConfigDict, task, manager, *,
+             step: int, stopped: bool, seconds: float,
+             last_samples: int | None) -> str:
+  """Where a finished (or stopped) run left everything, and what to run next."""
+  best = checkpoint.best_step(manager)
+  lines = [f"Stopped at step {step} of {config.num_train_steps}; the same "
+           "command resumes." if stopped else
+           f"Trained to step {step} of {config.num_train_steps}.",
+           f"  {progress_lib.format_duration(seconds)} this launch; "
+           f"checkpoints: {manager.directory} (latest step "
+           f"{manager.latest_step()})"]
+  if best is not None:
+    metric = manager.metrics(best)["valid_loss"]
+    lines.append(f"  best checkpoint: step {best}, valid "
+                 f"{task.valid_metric} {metric:.5g}")
+  if last_samples is not None:
+    lines.append(f"  samples: {os.path.join(workdir, 'samples', str(last_samples))}")
+  lines += [f"  log: {os.path.join(workdir, 'train_log.jsonl')}; "
+            f"TensorBoard: tensorboard --logdir {os.path.join(workdir, 'tensorboard')}",
+            f"  export: python -m musegen_jax.export --workdir={workdir} "
+            f"--output=EXPORT_DIR --checkpoint={'best' if best is not None else 'latest'}"]
+  return "\n".join(lines)

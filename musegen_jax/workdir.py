@@ -3,6 +3,7 @@
 - `hold(workdir)` takes an exclusive lock (`WORKDIR/.lock`, `flock`, released
   by the OS even when the process is killed) for the whole run; a second run
   on the same workdir is refused with the holder's host, pid and start time.
+  The file is removed when the run ends.
 - `check_config(workdir, config)` compares a resumed run's config with the
   one the workdir was trained with: a change of task, model, data source or
   representation would make the checkpoints meaningless, so it is refused
@@ -36,19 +37,30 @@ class WorkdirInUseError(RuntimeError):
 
 @contextlib.contextmanager
 def hold(workdir: str) -> Iterator[None]:
-  """Holds the workdir's lock for the duration of the block."""
+  """Holds the workdir's lock for the duration of the block.
+
+  The lock file is removed when the block ends (even by an exception), while
+  still locked; a run that found it and locked it meanwhile sees that the
+  file it locked is no longer the one at the path and tries again. A killed
+  run leaves the file behind, unlocked and harmless.
+  """
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_FILE)
-  f = open(path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
-  try:
+  while True:
+    f = open(path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       f.seek(0)
       holder = f.read().strip() or "unknown"
+      f.close()
       raise WorkdirInUseError(
           f"{workdir} is in use by another run ({holder}); stop that run or "
           "choose another --workdir.") from None
+    if _same_file(f, path):
+      break
+    f.close()  # Removed by the run that held it: lock the new file.
+  try:
     f.seek(0)
     f.truncate()
     f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
@@ -56,7 +68,19 @@ def hold(workdir: str) -> Iterator[None]:
     f.flush()
     yield
   finally:
+    try:
+      os.remove(path)
+    except OSError:
+      pass
     f.close()  # Releases the lock.
+
+
+def _same_file(f, path: str) -> bool:
+  """Whether the open file `f` is still the file at `path`."""
+  try:
+    return os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+  except FileNotFoundError:
+    return False
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

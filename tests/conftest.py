@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import tempfile
 
@@ -107,3 +108,11 @@ def tiny_lstm_config(**overrides):
                   num_eval_batches=1)
   settings.update(overrides)
   return load_config("lstm", **settings)
+
+
+def log_rows(workdir, split: str = "train") -> list[dict]:
+  """The rows of WORKDIR/train_log.jsonl of one split: the per-step training
+  rows ("train") or the evaluations ("valid", rows with a "split" key)."""
+  with open(os.path.join(str(workdir), "train_log.jsonl"), encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f]
+  return [r for r in rows if r.get("split", "train") == split]

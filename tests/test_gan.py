@@ -4,7 +4,6 @@ chorales rendered to audio, on 8 forced CPU devices."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -24,7 +23,7 @@ from musegen_jax import train
 from musegen_jax.data import audio
 from musegen_jax.tasks import gan
 
-from conftest import load_config
+from conftest import load_config, log_rows
 
 # A few steps at tiny shapes each: compile time dominates.
 pytestmark = pytest.mark.usefixtures("fewer_optimizations")
@@ -161,8 +160,7 @@ def test_config_errors_name_the_key():
 
 
 def _log(workdir):
-  with open(os.path.join(workdir, "train_log.jsonl"), encoding="utf-8") as f:
-    return {row["step"]: row for row in map(json.loads, f)}
+  return {row["step"]: row for row in log_rows(workdir)}
 
 
 @pytest.mark.slow

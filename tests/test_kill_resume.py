@@ -25,7 +25,7 @@ from musegen_jax import checkpoint
 from musegen_jax import export as export_lib
 from musegen_jax import train
 
-from conftest import REPO_ROOT, load_config, tiny_lstm_config
+from conftest import REPO_ROOT, load_config, log_rows, tiny_lstm_config
 
 OVERRIDES = {"num_train_steps": 60, "checkpoint_every_steps": 10,
              "eval_every_steps": 1000, "sample_every_steps": 0,
@@ -63,9 +63,7 @@ def _complete_steps(ckpt_dir):
 
 
 def _losses(workdir):
-  import json
-  with open(os.path.join(workdir, "train_log.jsonl"), encoding="utf-8") as f:
-    return [(r["step"], r["train/loss"]) for r in map(json.loads, f)]
+  return [(r["step"], r["train/loss"]) for r in log_rows(workdir)]
 
 
 @pytest.mark.slow

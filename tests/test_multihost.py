@@ -246,7 +246,7 @@ def test_bad_multi_process_settings_fail_before_any_compute(tmp_path, flags, env
   result = subprocess.run(_command(str(tmp_path / "run"), *flags), cwd=tmp_path,
                           env={**_env(2), **env}, capture_output=True,
                           text=True, timeout=_TIMEOUT_S)
-  assert result.returncode == 1, result.stdout + result.stderr
+  assert result.returncode == 2, result.stdout + result.stderr
   assert expected in result.stderr, result.stderr
   assert not os.path.exists(tmp_path / "run")
 

@@ -7,7 +7,6 @@ first layer's table lookup produce NaN (jnp.take's "fill" mode).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import grain
@@ -20,7 +19,7 @@ from musegen_jax import tasks
 from musegen_jax import train
 from musegen_jax.data import pipeline
 
-from conftest import tiny_lstm_config
+from conftest import log_rows, tiny_lstm_config
 
 
 def _tiny(**overrides):
@@ -93,8 +92,7 @@ def test_skip_mode_goes_on_and_counts(tmp_path, monkeypatch):
   _poison_at(monkeypatch, 7)
   state = train.train_and_evaluate(_tiny(nonfinite="skip"), str(tmp_path))
   assert int(state.step) == 12 and int(state.skipped_updates) == 1
-  with open(tmp_path / "train_log.jsonl", encoding="utf-8") as f:
-    flags = {r["step"]: r["train/nonfinite"] for r in map(json.loads, f)}
+  flags = {r["step"]: r["train/nonfinite"] for r in log_rows(tmp_path)}
   assert [s for s, v in flags.items() if v] == [7]
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
 

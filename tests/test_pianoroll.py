@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -20,7 +19,7 @@ from musegen_jax.data import jsb_quarter
 from musegen_jax.data.representations import pianoroll as pianoroll_rep
 from musegen_jax.tasks import pianoroll
 
-from conftest import load_config
+from conftest import load_config, log_rows
 
 
 def _softplus(x: float) -> float:
@@ -97,8 +96,7 @@ def test_smoke_config_trains_on_8_devices_and_eval_covers_every_valid_frame(tmp_
                        sample_every_steps=6)
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 6
-  with open(os.path.join(tmp_path, "train_log.jsonl"), encoding="utf-8") as f:
-    losses = [json.loads(line)["train/loss"] for line in f]
+  losses = [r["train/loss"] for r in log_rows(tmp_path)]
   assert len(losses) == 6 and all(0 < x < 88 * np.log(2) + 1 for x in losses)
   assert os.listdir(tmp_path / "samples" / "6")
 
@@ -340,8 +338,7 @@ def test_serial_smoke_trains_exports_evaluates_and_samples(tmp_path):
                        sample_every_steps=4, sample__max_notes_per_frame=cap)
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config, workdir)
-  with open(os.path.join(workdir, "train_log.jsonl"), encoding="utf-8") as f:
-    rows = [json.loads(line) for line in f]
+  rows = log_rows(workdir)
   assert len(rows) == 4
   # Uniform over keys + EOF: a 4-note frame costs about 5 log(89) nats.
   assert all(0 < r["train/loss"] < 5 * np.log(90) + 5 for r in rows)

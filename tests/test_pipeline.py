@@ -19,6 +19,8 @@ from musegen_jax.data import pipeline
 from musegen_jax.data import representations
 from musegen_jax.data import shards
 
+from conftest import log_rows
+
 
 def _dataset(data_dir, seed=0, num_workers=0, batch=4, seq_len=32):
   rep = representations.get_representation("performance")
@@ -212,7 +214,6 @@ def test_the_loop_counts_skipped_bad_records(jsb_data_dir, tmp_path):
   config = tiny_lstm_config(data__dir=out, data__bad_records="skip",
                             batch_size=8, num_train_steps=5, log_every_steps=1)
   train.train_and_evaluate(config, str(tmp_path / "run"))
-  with open(tmp_path / "run" / "train_log.jsonl", encoding="utf-8") as f:
-    counts = [json.loads(line)["train/bad_records"] for line in f]
+  counts = [r["train/bad_records"] for r in log_rows(tmp_path / "run")]
   # 40 elements = 4 epochs of 10 records, each with the bad one once.
   assert len(counts) == 5 and sum(counts) == 4

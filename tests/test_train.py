@@ -5,7 +5,6 @@ Real grain, real orbax, real compiled steps; tiny widths and few steps.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -24,7 +23,7 @@ from musegen_jax import train
 from musegen_jax.data import jsb
 from musegen_jax.data import pipeline
 
-from conftest import REPO_ROOT, load_config, tiny_lstm_config
+from conftest import REPO_ROOT, load_config, log_rows, tiny_lstm_config
 
 
 def _tiny(**overrides):
@@ -34,9 +33,7 @@ def _tiny(**overrides):
 
 
 def _losses(workdir):
-  with open(os.path.join(workdir, "train_log.jsonl"), encoding="utf-8") as f:
-    rows = [json.loads(line) for line in f]
-  return {row["step"]: row["train/loss"] for row in rows}
+  return {row["step"]: row["train/loss"] for row in log_rows(workdir)}
 
 
 @pytest.mark.slow
