@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from musegen_jax import errors
 from musegen_jax.data import shards
 
 BUNDLE_FORMAT_VERSION = 1
@@ -239,9 +240,7 @@ def export_bundle(output_dir: str, *, params: Any,
     step: the training step the parameters come from.
   """
   output_dir = os.path.abspath(output_dir)
-  if os.path.exists(os.path.join(output_dir, BUNDLE_FILE)):
-    raise FileExistsError(f"{output_dir} already holds an export bundle; "
-                          "choose another --output or delete it.")
+  check_bundle_output(output_dir)
   os.makedirs(output_dir, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.join(output_dir, "params"),
@@ -256,6 +255,18 @@ def export_bundle(output_dir: str, *, params: Any,
                "task": config.task, "model": config.model.name,
                "sha256": _checksums(output_dir)})
   return output_dir
+
+
+def check_bundle_output(output_dir: str) -> None:
+  """Raises errors.ExistingOutputError unless a bundle can be written there."""
+  output_dir = os.path.abspath(output_dir)
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise errors.ExistingOutputError(
+        f"--output={output_dir} is a file; name a new directory.")
+  if os.path.exists(os.path.join(output_dir, BUNDLE_FILE)):
+    raise errors.ExistingOutputError(
+        f"--output={output_dir} already holds an export bundle; choose "
+        "another --output or delete it.")
 
 
 def _checksums(directory: str) -> dict[str, str]:
@@ -276,24 +287,26 @@ def load_bundle(export_dir: str) -> Bundle:
   export_dir = os.path.abspath(export_dir)
   info_path = os.path.join(export_dir, BUNDLE_FILE)
   if not os.path.exists(info_path):
-    raise FileNotFoundError(
-        f"{export_dir} is not an export bundle (no {BUNDLE_FILE}); write one "
-        "with `python -m musegen_jax.export --workdir=RUN --output=DIR`.")
+    raise errors.MissingInputError(
+        f"--export={export_dir} is not an export bundle (no {BUNDLE_FILE}); "
+        "write one with `python -m musegen_jax.export --workdir=RUN --output=DIR`.")
   try:
     info = _read_json(info_path)
-  except ValueError as e:
-    raise ValueError(f"{info_path} is not valid JSON ({e}): the bundle is "
-                     "damaged; export it again.") from None
-  if info.get("format_version") != BUNDLE_FORMAT_VERSION:
-    raise ValueError(
-        f"{export_dir}: bundle format_version {info.get('format_version')!r}, "
-        f"this musegen_jax reads {BUNDLE_FORMAT_VERSION}.")
+  except (ValueError, UnicodeDecodeError) as e:
+    raise errors.UserError(f"--export={export_dir}: {BUNDLE_FILE} is not valid "
+                           f"JSON ({e}): the bundle is damaged; export it "
+                           "again.") from None
+  if not isinstance(info, dict) or info.get("format_version") != BUNDLE_FORMAT_VERSION:
+    version = info.get("format_version") if isinstance(info, dict) else None
+    raise errors.UserError(
+        f"--export={export_dir}: bundle format_version {version!r}, this "
+        f"musegen_jax reads {BUNDLE_FORMAT_VERSION}.")
   expected, found = info.get("sha256", {}), _checksums(export_dir)
   changed = sorted(p for p in set(expected) | set(found)
                    if expected.get(p) != found.get(p))
   if changed:
-    raise ValueError(
-        f"{export_dir}: files changed, added or missing since export "
+    raise errors.UserError(
+        f"--export={export_dir}: files changed, added or missing since export "
         f"({', '.join(changed)}); refusing to load it. Export it again.")
   config = ml_collections.ConfigDict(
       _read_json(os.path.join(export_dir, "config.json")))

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app
 from absl import flags
+
+from musegen_jax import cli
+from musegen_jax import errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The training run's workdir.")
@@ -26,7 +28,16 @@ flags.mark_flags_as_required(["workdir", "output"])
 
 
 def export(workdir: str, output: str, which: str = "latest") -> str:
-  """Writes the bundle of checkpoint `which` of `workdir` into `output`."""
+  """Writes the bundle of checkpoint `which` of `workdir` into `output`.
+
+  Raises:
+    errors.UserError: `workdir` is not a run with a checkpoint, `which` names
+      none of its checkpoints, or `output` already holds a bundle or is a file.
+  """
+  which = str(which)
+  if which not in ("latest", "best") and not which.isdigit():
+    raise errors.UserError(f"--checkpoint={which!r}: use 'latest', 'best' or a "
+                           "saved step number.")
   import jax
   import ml_collections
   import orbax.checkpoint as ocp
@@ -37,33 +48,38 @@ def export(workdir: str, output: str, which: str = "latest") -> str:
   from musegen_jax import train
   from musegen_jax.data import pipeline
 
+  checkpoint.check_bundle_output(output)
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path):
-    raise FileNotFoundError(f"{workdir} is not a training workdir (no config.json).")
+    raise errors.MissingInputError(
+        f"--workdir={workdir} is not a training workdir (no config.json).")
   with open(config_path, encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f))
   with open(os.path.join(workdir, "representation.json"), encoding="utf-8") as f:
     spec = json.load(f)
   task = tasks.create_task(config, pipeline.representation_from_spec(spec))
 
-  manager = checkpoint.create_manager(os.path.join(workdir, "checkpoints"),
+  checkpoints = os.path.join(workdir, "checkpoints")
+  if not (os.path.isdir(checkpoints)
+          and any(name.isdigit() for name in os.listdir(checkpoints))):
+    raise errors.MissingInputError(
+        f"--workdir={workdir}: its checkpoints/ holds no checkpoint yet.")
+  manager = checkpoint.create_manager(checkpoints,
                                       keep=config.keep_checkpoints,
                                       async_save=False)
   steps = manager.all_steps()
-  if not steps:
-    raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint yet.")
   if which == "latest":
     step = manager.latest_step()
   elif which == "best":
     step = checkpoint.best_step(manager)
     if step is None:
-      raise ValueError(f"{workdir}: no checkpoint has a valid loss yet; use "
-                       "--checkpoint=latest.")
+      raise errors.UserError(f"--checkpoint=best: no checkpoint of {workdir} "
+                             "has a valid loss yet; use --checkpoint=latest.")
   elif which.isdigit() and int(which) in steps:
     step = int(which)
   else:
-    raise ValueError(f"--checkpoint={which!r}: use 'latest', 'best' or one of "
-                     f"the saved steps {sorted(steps)}.")
+    raise errors.UserError(f"--checkpoint={which!r}: use 'latest', 'best' or "
+                           f"one of the saved steps {sorted(steps)}.")
 
   # One device: the parameters are gathered whole (however the run's mesh
   # split them) and written from the host.
@@ -79,14 +95,13 @@ def export(workdir: str, output: str, which: str = "latest") -> str:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # cli.run refuses extra arguments.
   path = export(FLAGS.workdir, FLAGS.output, FLAGS.checkpoint)
   print(f"Exported {FLAGS.workdir} to {path}")
 
 
 def run() -> None:
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

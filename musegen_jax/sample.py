@@ -23,14 +23,21 @@ or, with `--endpoints=A.mid,B.mid`, between the posterior means of the two
 pieces' first windows (ends included: the first and last files decode A's
 and B's latents). Every point of an interpolation is sampled at
 `--temperature` with the same noise, so neighbours differ only through z.
+
+`--render_audio` writes a WAV beside each MIDI file through the project's
+own additive synthesizer (`data/synth.py`), so the samples can be heard
+without a MIDI player; a GAN writes WAV files anyway.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
-from absl import app
 from absl import flags
+
+from musegen_jax import cli
+from musegen_jax import errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("export", None, "Bundle written by musegen_jax.export.")
@@ -52,6 +59,9 @@ flags.DEFINE_integer("interpolate_steps", 0,
 flags.DEFINE_list("endpoints", None,
                   "VAE: two MIDI files A,B; --interpolate_steps points are "
                   "decoded from A's latent to B's.")
+flags.DEFINE_bool("render_audio", False,
+                  "Also write a WAV beside each MIDI sample, rendered by the "
+                  "project's synthesizer.")
 flags.mark_flags_as_required(["export", "output_dir"])
 
 
@@ -59,40 +69,46 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
            length: int | None = None, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, seed: int = 0, primer: str | None = None,
            interpolate_steps: int = 0,
-           endpoints: str | Sequence[str] | None = None) -> list[str]:
+           endpoints: str | Sequence[str] | None = None,
+           render_audio: bool = False) -> list[str]:
   """Writes samples and their PNGs; returns the MIDI (or WAV) paths.
 
   `length` None means 1024 tokens (a VAE: its `data.seq_len`). `endpoints`
-  (a VAE only): two MIDI paths, or one string "A.mid,B.mid".
+  (a VAE only): two MIDI paths, or one string "A.mid,B.mid". `render_audio`:
+  a WAV beside each MIDI file (`sample_000.wav`).
+
+  Raises:
+    errors.UserError: a wrong argument, bundle or MIDI file (checked before
+      anything is written).
   """
+  _check_arguments(output_dir, num_samples=num_samples, length=length,
+                   temperature=temperature, top_k=top_k, top_p=top_p,
+                   interpolate_steps=interpolate_steps)
   if isinstance(endpoints, str):
     endpoints = endpoints.split(",")
   if endpoints is not None:
     endpoints = [p.strip() for p in endpoints if p.strip()]
     if len(endpoints) != 2:
-      raise ValueError(f"--endpoints needs exactly two MIDI files (A.mid,B.mid), "
+      raise errors.UserError(f"--endpoints needs exactly two MIDI files (A.mid,B.mid), "
                        f"got {len(endpoints)}: {endpoints}")
     if interpolate_steps < 2:
-      raise ValueError(f"--endpoints needs --interpolate_steps >= 2 (both ends "
+      raise errors.UserError(f"--endpoints needs --interpolate_steps >= 2 (both ends "
                        f"included), got {interpolate_steps}")
-  if interpolate_steps < 0:
-    raise ValueError(f"interpolate_steps={interpolate_steps} must be >= 0")
-  if num_samples < 1 or (length is not None and length < 1):
-    raise ValueError(f"num_samples={num_samples} and length={length} must be >= 1")
-  if temperature <= 0 or not 0 < top_p <= 1 or top_k < 0:
-    raise ValueError(f"temperature={temperature} must be > 0, top_p={top_p} in "
-                     f"(0, 1], top_k={top_k} >= 0")
   import jax
 
   from musegen_jax import checkpoint
   from musegen_jax import tasks
-  from musegen_jax.data import convert
   from musegen_jax.data import pipeline
 
+  # Read before the bundle (and before anything is written), so a wrong
+  # file is told at once.
+  primer_ns = _read_piece("primer", primer) if primer else None
+  pieces = (None if endpoints is None else
+            [_read_piece("endpoints", path) for path in endpoints])
   bundle = checkpoint.load_bundle(export_dir)
   kind = bundle.config.task
   if endpoints is not None and kind != "vae":
-    raise ValueError(f"--endpoints needs a VAE bundle; {export_dir} holds a "
+    raise errors.UserError(f"--endpoints needs a VAE bundle; {export_dir} holds a "
                      f"{kind!r} model.")
   representation = pipeline.representation_from_spec(bundle.representation)
   task = tasks.create_task(bundle.config, representation)
@@ -105,45 +121,93 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
     return [w["wav"] for w in written]
   if kind == "vae":
     if primer:
-      raise ValueError("--primer continues a language model; a VAE decodes "
-                       "from latents (use --endpoints to start from pieces).")
-    pieces = None
-    if endpoints is not None:
-      pieces = [convert.file_to_note_sequence(path) for path in endpoints]
-    return task.write_samples(
+      raise errors.UserError(
+          f"--primer={primer}: a primer continues a language model; a VAE "
+          "decodes from latents (use --endpoints to start from pieces).")
+    paths = task.write_samples(
         bundle.params, rng, output_dir, num_samples=num_samples,
         length=bundle.config.data.seq_len if length is None else length,
         temperature=temperature, top_k=top_k, top_p=top_p, endpoints=pieces,
         interpolate_steps=interpolate_steps, title=title)
+    return _render_audio(paths) if render_audio else paths
   if interpolate_steps:
-    raise ValueError(f"--interpolate_steps needs a latent model; {export_dir} "
-                     f"holds a {kind!r} model.")
+    raise errors.UserError(
+        f"--interpolate_steps={interpolate_steps} needs a latent model (GAN, "
+        f"VAE); {export_dir} holds a {kind!r} model.")
   prime = None
-  if primer:
-    prime = pipeline.encode_with_boundary(
-        representation, convert.file_to_note_sequence(primer))[:-1]
-  return task.write_samples(
+  if primer_ns is not None:
+    prime = pipeline.encode_with_boundary(representation, primer_ns)[:-1]
+  paths = task.write_samples(
       bundle.params, rng, output_dir,
       num_samples=num_samples, length=1024 if length is None else length,
       temperature=temperature, top_k=top_k, top_p=top_p, primer=prime,
       title=title)
+  return _render_audio(paths) if render_audio else paths
+
+
+def _check_arguments(output_dir: str, *, num_samples: int, length: int | None,
+                     temperature: float, top_k: int, top_p: float,
+                     interpolate_steps: int) -> None:
+  """One-line errors for the flags that need no bundle to check."""
+  checks = [
+      ("num_samples", num_samples, num_samples >= 1, "an integer >= 1"),
+      ("length", length, length is None or length >= 1, "an integer >= 1"),
+      ("temperature", temperature, temperature > 0, "a number > 0"),
+      ("top_k", top_k, top_k >= 0, "an integer >= 0 (0: all tokens)"),
+      ("top_p", top_p, 0 < top_p <= 1, "a number in (0, 1] (1: off)"),
+      ("interpolate_steps", interpolate_steps, interpolate_steps >= 0,
+       "an integer >= 0 (0: independent samples)"),
+  ]
+  for name, value, ok, allowed in checks:
+    if not ok:
+      raise errors.UserError(f"--{name}={value}: must be {allowed}.")
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise errors.ExistingOutputError(
+        f"--output_dir={output_dir} is a file; name a directory.")
+
+
+def _read_piece(flag: str, path: str):
+  """The NoteSequence of a MIDI (or MusicXML, ABC) file the user named."""
+  from musegen_jax.data import convert
+  try:
+    return convert.file_to_note_sequence(path)
+  except convert.ConversionError as e:
+    raise errors.UserError(
+        f"--{flag}={e.path}: {e.reason} (expected a MIDI, MusicXML or ABC "
+        "file with notes).") from e
+
+
+def _render_audio(midi_paths: list[str]) -> list[str]:
+  """Writes `X.wav` beside each `X.mid` with the additive synthesizer."""
+  import note_seq
+
+  from musegen_jax.data import audio
+  from musegen_jax.data import synth
+
+  for path in midi_paths:
+    waveform = synth.render(note_seq.midi_file_to_note_sequence(path),
+                            synth.DEFAULT_SAMPLE_RATE)
+    audio.write_wav(os.path.splitext(path)[0] + ".wav", waveform,
+                    synth.DEFAULT_SAMPLE_RATE)
+  return midi_paths
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # cli.run refuses extra arguments.
   from musegen_jax import compile_cache  # pylint: disable=import-outside-toplevel
   compile_cache.enable()
   paths = sample(FLAGS.export, FLAGS.output_dir, num_samples=FLAGS.num_samples,
                  length=FLAGS.length, temperature=FLAGS.temperature,
                  top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed,
                  primer=FLAGS.primer, interpolate_steps=FLAGS.interpolate_steps,
-                 endpoints=FLAGS.endpoints)
-  print(f"Wrote {len(paths)} samples to {FLAGS.output_dir}")
+                 endpoints=FLAGS.endpoints, render_audio=FLAGS.render_audio)
+  rendered = (" (and a WAV beside each MIDI file)"
+              if FLAGS.render_audio and not paths[0].endswith(".wav") else "")
+  print(f"Wrote {len(paths)} samples to {FLAGS.output_dir}{rendered}")
 
 
 def run() -> None:
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

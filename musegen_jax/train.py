@@ -487,6 +487,9 @@ def _train(config: config_dict.ConfigDict, workdir: str,
         if stopping:
           stopped = True
           break
+    # Freed before the wait for the save: a Ctrl-C also reached grain's
+    # workers, and the batch's shared memory must be let go while they live.
+    host_batch = batch = None
     manager.wait_until_finished()
     summary = _summary(workdir, config, task, manager, step=step, stopped=stopped,
                        seconds=time.perf_counter() - started,

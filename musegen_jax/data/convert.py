@@ -12,6 +12,8 @@ import os
 import note_seq
 from note_seq.protobuf import music_pb2
 
+from musegen_jax import errors
+
 NoteSequence = music_pb2.NoteSequence
 
 MIDI_EXTENSIONS = (".mid", ".midi")
@@ -20,8 +22,8 @@ ABC_EXTENSIONS = (".abc",)
 SUPPORTED_EXTENSIONS = MIDI_EXTENSIONS + MUSICXML_EXTENSIONS + ABC_EXTENSIONS
 
 
-class ConversionError(ValueError):
-  """A file could not be turned into a NoteSequence with notes."""
+class ConversionError(errors.UserError):
+  """A file could not be turned into a NoteSequence with notes (a ValueError)."""
 
   def __init__(self, path: str, reason: str):
     super().__init__(f"{path}: {reason}")
