@@ -37,11 +37,10 @@ import statistics
 import time
 from typing import Any, Callable
 
-from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
+from musegen_jax import cli
 from musegen_jax.bench_common import (BIGRU_TRAIN_SHAPE, GAN_TRAIN_SHAPE,
                                       TRAIN_SHAPE, TRANSFORMER_TRAIN_SHAPE,
                                       cpu_model, peak_rss_mb)
@@ -611,10 +610,7 @@ BENCHMARKS = {"train": bench_train, "data": bench_data, "sample": bench_sample,
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  del argv  # cli.run refuses extra arguments.
   result = BENCHMARKS[FLAGS.bench](FLAGS.config)
   print(json.dumps(result), flush=True)
 
@@ -623,7 +619,7 @@ def run() -> None:
   """Console-script entry point (huge-page malloc first, as `main` does)."""
   from musegen_jax import hugepages  # pylint: disable=import-outside-toplevel
   hugepages.reexec_with_huge_pages()
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -65,15 +65,41 @@ def parse_flags(argv: list[str], module: str, doc: str | None) -> list[str]:
       sys.stdout.write(_help_text(module, doc, full=arg in _HELPFULL))
       sys.exit(0)
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except flags.Error as e:
-    fail(f"{e} (see --help)")
+    fail(f"{_without_traceback(str(e))} (see --help)")
   except (AttributeError, KeyError) as e:  # An unknown key of a locked ConfigDict.
     cause: BaseException = e
     while cause.args and isinstance(cause.args[0], BaseException):
       cause = cause.args[0]
     detail = cause.args[0] if cause.args else cause
     fail(f"bad config override: unknown key {detail}")
+  _check_config_files()
+  return rest
+
+
+def _without_traceback(text: str) -> str:
+  """A message that embeds a traceback (ml_collections' config errors), cut
+  to its head and the traceback's last line, the exception itself."""
+  head, marker, tail = text.partition("Traceback (most recent call last)")
+  if not marker:
+    return text
+  head = head.rstrip().rstrip(":")
+  return f"{head}: {tail.strip().splitlines()[-1]}"
+
+
+def _check_config_files() -> None:
+  """ml_collections reports a config file it cannot load only when the config
+  is first used; this tells it now, as one line."""
+  for name, flag in flags.FLAGS.__flags.items():  # pylint: disable=protected-access
+    if not hasattr(flag, "config_filename"):
+      continue
+    try:
+      getattr(flag.value, "keys", None)
+    except OSError as e:
+      lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+      fail(f"--{name}={flag.config_filename}: cannot load the config file "
+           f"({lines[-1]})")
 
 
 def quiet_logs() -> None:

@@ -23,8 +23,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from absl import app
 from absl import flags
+
+from musegen_jax import cli
+from musegen_jax import errors
 
 def _load(export_dir: str, split: str, data_dir: str | None,
           num_batches: int | None):
@@ -101,14 +103,15 @@ def evaluate_ensemble(export_dirs: list[str], *, split: str = "valid",
 
   export_dirs = [d for d in export_dirs if d]
   if len(export_dirs) < 2:
-    raise ValueError(f"An ensemble needs two or more bundles; got {export_dirs}.")
+    raise errors.UserError(f"--export: an ensemble needs two or more bundles; "
+                           f"got {export_dirs}.")
   members = [_load(d, split, data_dir, num_batches) for d in export_dirs]
   _, config, task, eval_data = members[0]
   leaves = jax.tree.leaves(eval_data)
   for export_dir, (_, other_config, other_task, other_data) in zip(
       export_dirs, members):
     if not hasattr(other_task, "eval_log_probs"):
-      raise ValueError(f"{export_dir}: task {other_config.task!r} has no "
+      raise errors.UserError(f"--export={export_dir}: task {other_config.task!r} has no "
                        "eval_log_probs; ensembles need the token (lm) or the "
                        "piano-roll task.")
     other_leaves = jax.tree.leaves(other_data)
@@ -116,7 +119,7 @@ def evaluate_ensemble(export_dirs: list[str], *, split: str = "valid",
             jax.tree.structure(other_data) == jax.tree.structure(eval_data) and
             all(np.array_equal(a, b) for a, b in zip(other_leaves, leaves)))
     if not same:
-      raise ValueError(f"{export_dir} (task {other_config.task!r}) reads other "
+      raise errors.UserError(f"--export={export_dir} (task {other_config.task!r}) reads other "
                        f"{split} data than {export_dirs[0]} (task "
                        f"{config.task!r}): an ensemble's members must share "
                        "their task and data.")
@@ -152,8 +155,7 @@ def evaluate_ensemble(export_dirs: list[str], *, split: str = "valid",
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # cli.run refuses extra arguments.
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   from musegen_jax import compile_cache  # pylint: disable=import-outside-toplevel
   compile_cache.enable()
@@ -177,7 +179,7 @@ def run() -> None:
                        "many batches of generated clips with as many real ones). "
                        "Default: the training config's num_eval_batches.")
   flags.mark_flags_as_required(["export"])
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ kind's files are skipped and reported, and --kind=audio or
 stderr as `skipped FILE: REASON` and listed in `OUTPUT/prepare_report.json`; the
 run goes on. A folder named train, valid (validation, val) or test assigns the
 files below it to that split; other files are split by a hash of their path.
-`--input=jsb` keeps the chorales' own split and also writes them as MIDI to
+`--input=FILE` prepares one music or audio file: the piece (or clip) goes
+into all three splits, so that a run on it can evaluate (its valid loss is
+then not a held-out figure). `--input=jsb` keeps the chorales' own split and also writes them as MIDI to
 `OUTPUT/midi/`; training on audio renders them with the synthesizer and caches
 the result beside the shards (`OUTPUT/cache/`, removed when OUTPUT is prepared
 again).
@@ -34,10 +36,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import note_seq
-from absl import app
 from absl import flags
 from tqdm import tqdm
 
+from musegen_jax import cli
+from musegen_jax import errors
 from musegen_jax.data import convert
 from musegen_jax.data import jsb
 from musegen_jax.data import shards
@@ -114,26 +117,67 @@ def _convert_audio_file(relpath: str, root: str, sample_rate: int, valid_fractio
   return _FileResult(relpath, split, [record], [])
 
 
+def _check_arguments(input_path: str, output_dir: str, *, num_shards: int,
+                     kind: str, sample_rate: int, valid_fraction: float,
+                     test_fraction: float) -> None:
+  """One-line errors for the flags, before anything is written."""
+  if input_path != JSB_INPUT and not os.path.exists(input_path):
+    raise errors.MissingInputError(
+        f"--input={input_path}: no such file or folder; give a folder of music "
+        f"or audio files, one such file, or {JSB_INPUT!r} (the bundled chorales).")
+  if os.path.isfile(input_path):
+    music, sounds, _ = _sort_files([os.path.basename(input_path)])
+    if not music and not sounds:
+      raise errors.UserError(
+          f"--input={input_path}: not a music file "
+          f"({', '.join(convert.SUPPORTED_EXTENSIONS)}) nor an audio file.")
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise errors.ExistingOutputError(f"--output={output_dir} is a file; name a folder.")
+  if num_shards < 1:
+    raise ValueError(f"--num_shards={num_shards}: must be >= 1")
+  if kind not in KINDS:
+    raise ValueError(f"--kind={kind!r}: allowed: {', '.join(KINDS)}")
+  if input_path == JSB_INPUT and kind == AUDIO_KIND:
+    raise ValueError(f"--input={JSB_INPUT} gives NoteSequences; train with the audio "
+                     "representation to render them (cached beside the shards)")
+  if int(sample_rate) != sample_rate or sample_rate <= 0:
+    raise ValueError(f"--sample_rate={sample_rate!r}: must be a positive integer (Hz)")
+  shards.check_fractions(valid_fraction, test_fraction)
+
+
+def _sort_files(relpaths: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
+  """(music, audio, unsupported) of the relpaths, each sorted."""
+  from musegen_jax.data import audio  # pylint: disable=import-outside-toplevel
+  music, sounds, unsupported = [], [], []
+  for relpath in relpaths:
+    name = os.path.basename(relpath)
+    if convert.is_supported(name):
+      music.append(relpath)
+    elif audio.is_audio_file(name):
+      sounds.append(relpath)
+    else:
+      unsupported.append(relpath)
+  return sorted(music), sorted(sounds), sorted(unsupported)
+
+
 def _find_files(root: str, exclude: Sequence[str]
                 ) -> tuple[list[str], list[str], list[str]]:
   """Lists (music, audio, unsupported) non-hidden files below root, as sorted relpaths."""
-  from musegen_jax.data import audio  # pylint: disable=import-outside-toplevel
   excluded = {os.path.realpath(p) for p in exclude}
-  music, sounds, unsupported = [], [], []
+  relpaths = []
   for dirpath, dirnames, filenames in os.walk(root):
     dirnames[:] = [d for d in dirnames if not d.startswith(".")
                    and os.path.realpath(os.path.join(dirpath, d)) not in excluded]
-    for name in filenames:
-      if name.startswith("."):
-        continue
-      relpath = os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/")
-      if convert.is_supported(name):
-        music.append(relpath)
-      elif audio.is_audio_file(name):
-        sounds.append(relpath)
-      else:
-        unsupported.append(relpath)
-  return sorted(music), sorted(sounds), sorted(unsupported)
+    relpaths += [os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/")
+                 for name in filenames if not name.startswith(".")]
+  return _sort_files(relpaths)
+
+
+def _into_every_split(results: Iterable[_FileResult]) -> Iterator[_FileResult]:
+  """Each result's records in every split (one --input file); problems once."""
+  for result in results:
+    for i, split in enumerate(shards.SPLITS):
+      yield result._replace(split=split, problems=result.problems if i == 0 else [])
 
 
 def _map(fn: Callable[[Any], Any], items: Sequence[Any], num_workers: int) -> Iterator[Any]:
@@ -211,8 +255,8 @@ def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
   """Converts a corpus into shards, prepare_report.json and (last) metadata.json.
 
   Args:
-    input_path: a folder of music or audio files, or "jsb" for the bundled
-      chorales.
+    input_path: a folder of music or audio files, one such file (written to
+      every split), or "jsb" for the bundled chorales.
     output_dir: the dataset folder; created if needed. Shards, metadata and
       caches (`cache/`) of an earlier run there are replaced.
     num_workers: conversion processes; None for min(cpu count, 8), 0 or 1 to
@@ -233,24 +277,19 @@ def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
     and "sample_rate".
 
   Raises:
-    FileNotFoundError: input_path is neither "jsb" nor a folder.
-    ValueError: bad settings, or no file could be converted.
+    errors.MissingInputError: input_path is neither "jsb" nor a folder or file.
+    errors.UserError: bad settings, or no file could be converted.
   """
   if num_workers is None:
     num_workers = min(os.cpu_count() or 1, 8)
   # Check everything before an earlier dataset in output_dir is removed.
-  if input_path != JSB_INPUT and not os.path.isdir(input_path):
-    raise FileNotFoundError(f"--input={input_path!r} is neither {JSB_INPUT!r} nor a folder")
-  if num_shards < 1:
-    raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-  if kind not in KINDS:
-    raise ValueError(f"kind={kind!r}; allowed: {KINDS}")
-  if input_path == JSB_INPUT and kind == AUDIO_KIND:
-    raise ValueError(f"--input={JSB_INPUT} gives NoteSequences; train with the audio "
-                     "representation to render them (cached beside the shards)")
-  if int(sample_rate) != sample_rate or sample_rate <= 0:
-    raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
-  shards.check_fractions(valid_fraction, test_fraction)
+  with errors.user_input():
+    _check_arguments(input_path, output_dir, num_shards=num_shards, kind=kind,
+                     sample_rate=sample_rate, valid_fraction=valid_fraction,
+                     test_fraction=test_fraction)
+  one_file = input_path != JSB_INPUT and os.path.isfile(input_path)
+  if one_file:
+    input_path, only = os.path.split(os.path.abspath(input_path))
   os.makedirs(output_dir, exist_ok=True)
   shards.remove_shards(output_dir)
   # Caches (rendered audio, vocabularies) belong to the shards just removed.
@@ -269,7 +308,12 @@ def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
     collection = os.path.basename(source)
     settings = {"num_shards": num_shards, "valid_fraction": valid_fraction,
                 "test_fraction": test_fraction}
-    music, sounds, unsupported = _find_files(input_path, [output_dir, write_midi or output_dir])
+    if one_file:
+      music, sounds, unsupported = _sort_files([only])
+      collection = os.path.splitext(only)[0]
+    else:
+      music, sounds, unsupported = _find_files(
+          input_path, [output_dir, write_midi or output_dir])
     report += [{"file": f, "reason": f"unsupported extension {os.path.splitext(f)[1]!r}"}
                for f in unsupported]
     if kind == "auto":
@@ -291,6 +335,8 @@ def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
           valid_fraction=valid_fraction, test_fraction=test_fraction, midi_dir=write_midi)
     report.sort(key=lambda entry: entry["file"])
     results, total = _map(convert_fn, files, num_workers), len(files)
+    if one_file:
+      results, total = _into_every_split(results), total * len(shards.SPLITS)
   for entry in report:
     print(f"skipped {entry['file']}: {entry['reason']}", file=sys.stderr)
 
@@ -298,8 +344,9 @@ def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
                                      kind)
   shards.write_json_atomic(os.path.join(output_dir, REPORT_FILE), report)
   if not any(s[_count_key(kind)] for s in stats.values()):
-    raise ValueError(f"No file in {input_path} could be converted; see "
-                     f"{os.path.join(output_dir, REPORT_FILE)}")
+    raise errors.UserError(
+        f"--input={source}: no file could be converted; see "
+        f"{os.path.join(output_dir, REPORT_FILE)}")
   metadata = {
       "format_version": shards.FORMAT_VERSION,
       "kind": kind,
@@ -358,19 +405,15 @@ def ensure_default_dataset(cache_dir: str | None = None) -> str:
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # cli.run refuses extra arguments.
   flag = flags.FLAGS
   write_midi = flag.write_midi
   if flag.input == JSB_INPUT and write_midi is None:
     write_midi = os.path.join(flag.output, "midi")
-  try:
-    metadata = prepare(os.path.expanduser(flag.input), flag.output,
-                       num_workers=flag.num_workers, num_shards=flag.num_shards,
-                       valid_fraction=flag.valid_fraction, test_fraction=flag.test_fraction,
-                       write_midi=write_midi, sample_rate=flag.sample_rate, kind=flag.kind)
-  except (FileNotFoundError, ValueError) as e:
-    raise app.UsageError(str(e)) from e
+  metadata = prepare(os.path.expanduser(flag.input), flag.output,
+                     num_workers=flag.num_workers, num_shards=flag.num_shards,
+                     valid_fraction=flag.valid_fraction, test_fraction=flag.test_fraction,
+                     write_midi=write_midi, sample_rate=flag.sample_rate, kind=flag.kind)
   for split, s in metadata["splits"].items():
     if metadata["kind"] == AUDIO_KIND:
       counts = f"{s['num_clips']} clips at {metadata['sample_rate']} Hz"
@@ -383,8 +426,9 @@ def main(argv: Sequence[str]) -> None:
 def run() -> None:
   """Console entry point. Flags are defined here, so importing this module defines none."""
   flags.DEFINE_string("input", None, "Folder of .mid/.midi/.xml/.mxl/.musicxml/.abc files "
-                      "or of audio files (.wav/.flac/.ogg/.mp3/.aiff...), or 'jsb' for the "
-                      "bundled JSB Chorales (a folder named jsb: ./jsb).")
+                      "or of audio files (.wav/.flac/.ogg/.mp3/.aiff...), one such file "
+                      "(into every split), or 'jsb' for the bundled JSB Chorales (a "
+                      "folder named jsb: ./jsb).")
   flags.DEFINE_string("output", None, "Dataset folder to write.")
   flags.DEFINE_integer("num_workers", None,
                        "Conversion processes; default min(cpus, 8); 0 or 1: in-process.")
@@ -399,7 +443,7 @@ def run() -> None:
   flags.DEFINE_string("write_midi", None,
                       "Also write each sequence as MIDI here (default for jsb: OUTPUT/midi).")
   flags.mark_flags_as_required(["input", "output"])
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -86,8 +86,17 @@ def _check_config(config: config_dict.ConfigDict) -> None:
 
 
 def resolve_data_dir(config: config_dict.ConfigDict) -> str:
-  """The prepared dataset to train on; the bundled chorales by default."""
+  """The prepared dataset to train on; the bundled chorales by default.
+
+  Raises:
+    errors.MissingInputError: `config.data.dir` is not a prepared dataset.
+  """
   if config.data.dir:
+    if not os.path.isfile(os.path.join(config.data.dir, shards.METADATA_FILE)):
+      raise errors.MissingInputError(
+          f"config.data.dir={config.data.dir}: not a prepared dataset (no "
+          f"{shards.METADATA_FILE}); write one with python -m "
+          f"musegen_jax.prepare --input=FOLDER_OR_FILE --output={config.data.dir}")
     return config.data.dir
   from musegen_jax.prepare import ensure_default_dataset
   return ensure_default_dataset()
@@ -325,6 +334,7 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
     The final train state.
   """
   check_config(config)
+  resolve_data_dir(config)  # A wrong data dir is told before the workdir is made.
   workdir = os.path.abspath(workdir)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise errors.ExistingOutputError(

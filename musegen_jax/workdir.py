@@ -23,6 +23,8 @@ from typing import Any, Iterator
 from absl import logging
 from ml_collections import config_dict
 
+from musegen_jax import errors
+
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
 # Keys (dotted, prefixes) whose change makes existing checkpoints incompatible.
@@ -129,7 +131,7 @@ def check_config(workdir: str, config: config_dict.ConfigDict, *,
   incompatible = [k for k in changes
                   if any(k == p or k.startswith(p + ".") for p in INCOMPATIBLE_KEYS)]
   if incompatible and not allow_change:
-    raise ValueError(
+    raise errors.UserError(
         f"{workdir} was trained with a different config ({described}). "
         f"{', '.join(incompatible)} cannot change under existing checkpoints: "
         "use another --workdir, or pass --allow_config_change to resume "

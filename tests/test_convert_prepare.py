@@ -323,5 +323,7 @@ def test_command_line(corpus, tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "musegen_jax.prepare", f"--input={tmp_path / 'nope'}",
        f"--output={out}"], capture_output=True, text=True, check=False)
-  assert proc.returncode != 0 and "neither 'jsb' nor a folder" in proc.stderr
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.startswith("error: --input=") and "no such file or folder" in proc.stderr
+  assert len(proc.stderr.splitlines()) == 1, proc.stderr  # No --help dump.
   assert shards.read_metadata(out)  # A failed run leaves the earlier dataset alone.

@@ -295,6 +295,13 @@ def slerp(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
   return path
 
 
+def check_model_name(config: config_dict.ConfigDict, allowed) -> None:
+  """Raises ValueError unless config.model.name is one of `allowed`."""
+  if config.model.name not in allowed:
+    raise ValueError(f"config.model.name={config.model.name!r}; the "
+                     f"{config.task} task trains one of: {', '.join(allowed)}")
+
+
 def check_ranges(positive: dict[str, Any] | None = None,
                  non_negative: dict[str, Any] | None = None,
                  fractions: dict[str, Any] | None = None) -> None:

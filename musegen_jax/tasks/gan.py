@@ -43,6 +43,7 @@ FRECHET_N_MELS = 64
 
 def check_config(config: config_dict.ConfigDict) -> None:
   """Rejects out-of-range values of the GAN's keys."""
+  common.check_model_name(config, ("wavegan",))
   common.check_optimizer_ranges(config)
   positive = {"gan.critic_steps": config.gan.critic_steps,
               "model.dim": config.model.dim,

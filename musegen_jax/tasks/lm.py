@@ -37,6 +37,7 @@ Array = jax.Array
 
 def check_config(config: config_dict.ConfigDict) -> None:
   """Rejects out-of-range values of the language model's keys."""
+  common.check_model_name(config, models.MODELS)
   common.check_optimizer_ranges(config)
   common.check_ranges(
       positive={"data.seq_len": config.data.seq_len,

@@ -78,6 +78,7 @@ def frame_model(config: config_dict.ConfigDict) -> str:
 
 def check_config(config: config_dict.ConfigDict) -> None:
   """Rejects out-of-range values of the piano-roll task's keys."""
+  common.check_model_name(config, models.MODELS)
   mode = frame_model(config)
   if mode not in FRAME_MODELS:
     raise ValueError(f"config.data.frame_model={mode!r}; allowed: {list(FRAME_MODELS)}")
