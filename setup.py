@@ -31,7 +31,8 @@ setuptools.setup(
         "filelock>=3.12",  # JAX's compilation cache: eviction (compile_cache.py)
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        # tensorboard: the tests read the event files with its EventAccumulator.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "tensorboard>=2.15"],
     },
     entry_points={
         "console_scripts": [

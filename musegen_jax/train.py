@@ -353,12 +353,44 @@ def _list(directory: str) -> list[str]:
   return os.listdir(directory) if os.path.isdir(directory) else []
 
 
-# Steps dispatched but not known to be finished, at most: the loop waits for
-# step k-1 right after dispatching step k, so the devices always have the
-# next step queued while the host waits, and a signal is honoured after the
-# step in flight (plus the save). An unbounded queue ran 30-50 steps ahead
-# of a slow CPU, holding a batch per step and a Ctrl-C for all of them.
-MAX_STEPS_IN_FLIGHT = 2
+class _DispatchBound:
+  """Keeps at most 2 steps dispatched but not finished; 1 once steps are slow.
+
+  While steps are quick the loop waits for step k-1 right after dispatching
+  step k: the devices have the next step queued while the host waits, so
+  they never idle, and a signal waits for at most one more quick step. Once
+  a step takes over `SLOW_STEP_SECONDS` (a big config on a CPU: 47 s) the
+  loop waits for step k itself: the host's few milliseconds of dispatch are
+  nothing beside the step, and a signal then waits only for the step
+  running, plus the save. (An unbounded queue ran 30-50 steps ahead of a
+  slow CPU, holding a batch per step, and a Ctrl-C waited for all of them.)
+  """
+
+  MAX_STEPS_IN_FLIGHT = 2
+  SLOW_STEP_SECONDS = 1.0
+
+  def __init__(self, progress: progress_lib.Progress):
+    self._progress = progress
+    self._slow = True  # Until a step is timed: the first one compiles.
+    self._last: tuple[int, float] | None = None
+
+  def wait(self, pending: list[tuple[int, Any]]) -> None:
+    """Blocks until all but the allowed number of `pending` steps finished."""
+    allowed = 1 if self._slow else self.MAX_STEPS_IN_FLIGHT
+    if len(pending) < allowed:
+      return
+    step, metrics = pending[-allowed]
+    jax.block_until_ready(metrics)
+    self.finished(step)
+
+  def finished(self, step: int) -> None:
+    """Steps up to `step` are known to have finished."""
+    now = time.perf_counter()
+    if self._last is not None and step > self._last[0]:
+      seconds = (now - self._last[1]) / (step - self._last[0])
+      self._slow = seconds > self.SLOW_STEP_SECONDS
+    self._last = (step, now)
+    self._progress.finished(step)
 
 
 def _train(config: config_dict.ConfigDict, workdir: str,
@@ -423,6 +455,7 @@ def _train(config: config_dict.ConfigDict, workdir: str,
   progress = progress_lib.Progress(
       total=config.num_train_steps, initial=start_step, enabled=is_chief,
       device=device, config_file=config_file)
+  dispatch = _DispatchBound(progress)
   try:
     with _stop_on_signals() as stop:
       t_log = time.perf_counter()
@@ -437,9 +470,7 @@ def _train(config: config_dict.ConfigDict, workdir: str,
           metrics = parallel.unreplicate(metrics)
         step += 1
         pending.append((step, metrics))
-        if len(pending) >= MAX_STEPS_IN_FLIGHT:
-          jax.block_until_ready(pending[-MAX_STEPS_IN_FLIGHT][1])
-          progress.finished(step - MAX_STEPS_IN_FLIGHT + 1)
+        dispatch.wait(pending)
 
         # Every process acts on the agreed decision, never on its own flag:
         # a signal landing between the agreement and the save would
@@ -453,7 +484,7 @@ def _train(config: config_dict.ConfigDict, workdir: str,
         if step % config.log_every_steps == 0 or do_save:
           rows = jax.device_get(pending)
           pending = []
-          progress.finished(step)
+          dispatch.finished(step)
           counts = _sum_over_processes(np.asarray(bad_records, np.int64))
           bad_records = []
           bad_records_total += int(counts.sum())

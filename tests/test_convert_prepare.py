@@ -225,6 +225,19 @@ def test_split_folders_honoured(tmp_path, jsb_midi_dir):
   assert os.path.isfile(os.path.join(midi_out, "valid", "val", "deep", "c.mid"))
 
 
+def test_prepare_one_file_goes_into_every_split(tmp_path, jsb_midi_dir):
+  src = os.path.join(jsb_midi_dir[0], "valid", "jsb_valid_000.mid")
+  out = str(tmp_path / "one")
+  metadata = prepare_lib.prepare(src, out, num_workers=0, num_shards=1)
+  assert metadata["skipped"] == 0
+  pieces = []
+  for split in ("train", "valid", "test"):
+    assert metadata["splits"][split]["num_sequences"] == 1
+    (ns,) = shards.read_note_sequences(shards.split_paths(out, split))
+    pieces.append(_note_tuples(ns))
+  assert pieces[0] and pieces[0] == pieces[1] == pieces[2]
+
+
 def test_split_for_path_hash_is_deterministic():
   assert shards.split_for_path("x/test.mid") == shards.split_for_path("x/test.mid")
   counts = {"train": 0, "valid": 0, "test": 0}

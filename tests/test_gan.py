@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import soundfile
+from tensorboard.backend.event_processing import event_accumulator
 
 from musegen_jax import checkpoint
 from musegen_jax import evaluate as evaluate_lib
@@ -186,6 +187,19 @@ def test_smoke_trains_resumes_exactly_exports_and_samples_wavs(tmp_path, audio_d
   manager = checkpoint.create_manager(os.path.join(full, "checkpoints"), keep=3)
   assert checkpoint.best_step(manager) == 4
   manager.close()
+  # The valid rows are in train_log.jsonl too.
+  assert [r["step"] for r in log_rows(full, "valid")] == [4]
+  assert log_rows(full, "valid")[0]["valid/frechet"] > 0
+  # TensorBoard's own reader lists the audio under its audio tab and the
+  # spectrograms under its image tab: one tag per kind and sample.
+  events = event_accumulator.EventAccumulator(
+      os.path.join(full, "tensorboard"), size_guidance={"audio": 0, "images": 0})
+  events.Reload()
+  tags = events.Tags()
+  assert sorted(tags["audio"]) == ["samples/audio/0", "samples/audio/1"]
+  assert sorted(tags["images"]) == ["samples/spectrogram/0", "samples/spectrogram/1"]
+  assert {"train/d_loss", "valid/frechet"} <= set(tags["scalars"])
+  assert events.Audio("samples/audio/0")[0].sample_rate == 16000
 
   bundle_dir = export_lib.export(full, str(tmp_path / "export"), "best")
   bundle = checkpoint.load_bundle(bundle_dir)

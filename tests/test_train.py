@@ -6,6 +6,7 @@ Real grain, real orbax, real compiled steps; tiny widths and few steps.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import jax
 import numpy as np
 import note_seq
 import pytest
+import soundfile
 
 from musegen_jax import checkpoint
 from musegen_jax import export as export_lib
@@ -89,7 +91,13 @@ def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path):
   stopped = max(_losses(workdir))
   assert stopped < 60
   assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(stopped)]
-  assert f"Stopped at step {stopped}" in out
+  assert f"Stopped at step {stopped} of 60; the same command resumes." in out
+  # The bar counts finished steps: its last count is the step saved.
+  assert re.findall(r"(\d+)/60 \[", out)[-1] == str(stopped), out
+  # The summary says where things are; the lock is gone.
+  assert f"checkpoints: {os.path.join(workdir, 'checkpoints')}" in out
+  assert f"python -m musegen_jax.export --workdir={workdir}" in out
+  assert not os.path.exists(os.path.join(workdir, ".lock"))
   # The worker ended cleanly: the batches it held are freed, and the
   # resource tracker finds nothing to report.
   assert "leaked shared_memory" not in out, out
@@ -122,13 +130,19 @@ def test_export_then_sample_writes_midi_that_note_seq_reads(tmp_path):
   for name, kwargs in (("free", {}), ("primed", {"primer": primer})):
     out = str(tmp_path / name)
     paths = sample_lib.sample(bundle, out, num_samples=3, length=64, seed=1,
-                              top_p=0.9, **kwargs)
+                              top_p=0.9, render_audio=bool(kwargs), **kwargs)
     assert len(paths) == 3
     for path in paths:
       ns = note_seq.midi_file_to_note_sequence(path)
       assert os.path.getsize(path[:-4] + ".png") > 1000
       if kwargs:
         assert len(ns.notes) >= primer_notes  # The primer, then the continuation.
+        # --render_audio: the synthesizer's WAV of the same notes beside it.
+        wav, rate = soundfile.read(path[:-4] + ".wav")
+        assert rate == 16000 and np.abs(wav).max() > 0.01
+        assert abs(len(wav) / rate - ns.total_time) < 1.0
+      else:
+        assert not os.path.exists(path[:-4] + ".wav")
 
   # Ensembles: a bundle with itself is the bundle (a mixture of one
   # distribution); with the step-10 bundle each member scores as it does
