@@ -33,6 +33,8 @@ setuptools.setup(
     extras_require={
         # tensorboard: the tests read the event files with its EventAccumulator.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "tensorboard>=2.15"],
+        # libtpu: `musegen_jax.aot` compiles for TPU topologies on any host.
+        "tpu": ["libtpu>=0.0.52"],
     },
     entry_points={
         "console_scripts": [
@@ -42,6 +44,7 @@ setuptools.setup(
             "musegen-sample=musegen_jax.sample:run",
             "musegen-evaluate=musegen_jax.evaluate:run",
             "musegen-bench=musegen_jax.bench:run",
+            "musegen-aot=musegen_jax.aot:run",
         ],
     },
 )

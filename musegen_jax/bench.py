@@ -332,42 +332,17 @@ def peak_device_memory_mb() -> list[float] | None:
 
 def bench_train(config) -> dict[str, Any]:
   """The train step at TRAIN_SHAPE: speed, FLOP/s and utilization."""
+  from musegen_jax import flops as flops_lib  # pylint: disable=import-outside-toplevel
   from musegen_jax import models  # pylint: disable=import-outside-toplevel
-  from musegen_jax.models import gru  # pylint: disable=import-outside-toplevel
-  from musegen_jax.models import lstm  # pylint: disable=import-outside-toplevel
-  from musegen_jax.models import transformer  # pylint: disable=import-outside-toplevel
-  from musegen_jax.models import wavegan  # pylint: disable=import-outside-toplevel
   config = fixed_train_config(config)
   load_before = _load()
   result = time_train_step(config, steps=FLAGS.steps, warmup=FLAGS.warmup)
   compiled = result.pop("_compiled")
   step_s = result["step_ms"] / 1e3
   xla_flops = _xla_flops(compiled)
-  flops = None
-  if config.model.name == "lstm":
-    flops = lstm.train_matmul_flops(**{k: result[k] for k in (
-        "vocab_size", "embed_dim", "hidden_size", "num_layers", "batch_size",
-        "seq_len")})
-  elif config.model.name == "transformer":
-    flops = transformer.train_matmul_flops(
-        vocab_size=result["vocab_size"], d_model=config.model.d_model,
-        num_layers=config.model.num_layers, mlp_dim=config.model.mlp_dim,
-        batch_size=config.batch_size, seq_len=config.data.seq_len,
-        attention=config.model.attention)
-  elif config.model.name == "bigru":
-    flops = gru.train_matmul_flops(
-        vocab_size=result["vocab_size"], embed_dim=config.model.embed_dim,
-        hidden_size=config.model.hidden_size, num_layers=config.model.num_layers,
-        batch_size=config.batch_size, seq_len=config.data.seq_len,
-        bidirectional=True, dense_dim=config.model.dense_dim, last_only=True)
-  elif config.model.name == "wavegan":
-    flops = wavegan.train_flops(config.model.dim, config.data.slice_len,
-                                config.batch_size, config.gan.critic_steps,
-                                latent_dim=config.model.latent_dim,
-                                kernel_size=config.model.kernel_size)
+  flops, source = flops_lib.train_step_flops(config, result.get("vocab_size"))
   roof_dtype = models.matmul_dtype_name(config.model)
   roof = measure_matmul_roof(FLAGS.roof_size, dtype=roof_dtype)
-  source = "analytic matmul count (backward = 2x forward)"
   if flops is None and xla_flops is not None:
     flops, source = xla_flops, "xla cost_analysis"
   out = {"bench": "train", **result, "device": device_description()}

@@ -46,18 +46,20 @@ create_learning_rate_fn = common.create_learning_rate_fn
 create_optimizer = common.create_optimizer
 
 
-def check_config(config: config_dict.ConfigDict) -> None:
+def check_config(config: config_dict.ConfigDict,
+                 num_devices: int | None = None) -> None:
   """Rejects out-of-range values before anything is compiled.
 
   The keys every config has are checked here, the task's own by
-  `tasks.check_config`. Raises `errors.UserError` naming the key, the value
-  and what is allowed.
+  `tasks.check_config`; the batch and mesh against `num_devices` (default:
+  all devices). Raises `errors.UserError` naming the key, the value and what
+  is allowed.
   """
   with errors.user_input():
-    _check_config(config)
+    _check_config(config, num_devices)
 
 
-def _check_config(config: config_dict.ConfigDict) -> None:
+def _check_config(config: config_dict.ConfigDict, num_devices: int | None) -> None:
   positive = {"batch_size": config.batch_size,
               "num_train_steps": config.num_train_steps,
               "log_every_steps": config.log_every_steps,
@@ -80,7 +82,7 @@ def _check_config(config: config_dict.ConfigDict) -> None:
                      f"{list(NONFINITE_MODES)}")
   tasks.check_config(config)
   parallel.check_parallelism(config.parallelism, config.batch_size,
-                             fsdp=config.mesh.fsdp,
+                             num_devices, fsdp=config.mesh.fsdp,
                              grad_accum_steps=config.grad_accum_steps)
   parallel.axis_rules(config.logical_axis_rules)
 

@@ -14,6 +14,9 @@ import tempfile
 
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]).strip()
+# The tests run on CPU devices; with libtpu installed (the `tpu` extra, for
+# tests/test_aot.py) JAX would first look for TPU chips and warn on stderr.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MUSEGEN_JAX_CACHE", tempfile.mkdtemp(prefix="musegen_jax_test_cache-"))
 
 import pytest  # pylint: disable=wrong-import-position

@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from musegen_jax import backend
+
 Array = jax.Array
 
 
@@ -132,7 +134,7 @@ def swap_last_axes(a: Array) -> Array:
   dot that reads it is a plain row-major one. On other backends this is a
   plain transpose, which their matmul kernels take without a copy.
   """
-  if jax.default_backend() != "cpu":
+  if not backend.on_cpu():
     return jnp.swapaxes(a, -1, -2)
   *lead, rows, cols = a.shape
   return jnp.swapaxes(a[..., None], -3, -2).reshape(*lead, cols, rows)

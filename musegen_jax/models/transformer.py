@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from musegen_jax import backend
 from musegen_jax.models.layers import Dropout, project, swap_last_axes
 
 Array = jax.Array
@@ -128,7 +129,7 @@ def _use_fused_attention(impl: str) -> bool:
   """
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"attention_impl={impl!r}; allowed: {ATTENTION_IMPLS}")
-  return impl == "fused" or (impl == "auto" and jax.default_backend() != "cpu")
+  return impl == "fused" or (impl == "auto" and not backend.on_cpu())
 
 
 def _query_blocks(length: int) -> int:

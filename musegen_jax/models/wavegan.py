@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from musegen_jax import backend
+
 Array = jax.Array
 
 CONV_IMPLS = ("auto", "lax", "matmul")
@@ -57,7 +59,7 @@ def resolve_conv_impl(impl: str) -> str:
     "lax" or "matmul".
   """
   if impl == "auto":
-    return "matmul" if jax.default_backend() == "cpu" else "lax"
+    return "matmul" if backend.on_cpu() else "lax"
   if impl in ("lax", "matmul"):
     return impl
   raise ValueError(f"conv_impl={impl!r}; allowed: {list(CONV_IMPLS)}")

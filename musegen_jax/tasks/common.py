@@ -14,6 +14,8 @@ from flax import struct
 from flax.training import train_state
 from ml_collections import config_dict
 
+from musegen_jax import backend
+
 Array = jax.Array
 
 # Removes `nn.Partitioned` boxes (logical axis names) from a pytree: what
@@ -56,7 +58,7 @@ def initializer_compiler_options() -> dict[str, Any] | None:
   for bit; the run itself is about as long (the full WaveGAN state: 0.8 s,
   0.9 s at level 1). Other backends keep their defaults.
   """
-  if jax.default_backend() != "cpu":
+  if not backend.on_cpu():
     return None
   return {"xla_backend_optimization_level": 1}
 

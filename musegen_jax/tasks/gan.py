@@ -391,6 +391,19 @@ class GANTask:
     for start in range(0, len(z), self.batch_size):
       yield {"z": z[start:start + self.batch_size][lo:lo + per_process]}
 
+  def batch_spec(self, split: str = "train") -> dict[str, jax.ShapeDtypeStruct]:
+    """One global batch: real clips for training, latents for evaluation."""
+    if split == "train":
+      shape = (self.batch_size, self.critic_steps, self.slice_len, 1)
+      return {"audio": jax.ShapeDtypeStruct(shape, jnp.float32)}
+    return {"z": jax.ShapeDtypeStruct((self.batch_size, self.latent_dim), jnp.float32)}
+
+  def sample_program(self, num_samples: int):
+    """The EMA generator on `num_samples` latents, as `(fn, inputs)`:
+    `fn(params, rng, z)`, z abstract (ahead-of-time compiles)."""
+    fn = lambda params, rng, z: self.generator.apply(params, z, train=False)
+    return fn, (jax.ShapeDtypeStruct((num_samples, self.latent_dim), jnp.float32),)
+
   def _features(self, clips: Array) -> dict[str, Array]:
     mel = spectral.log_mel(clips[..., 0], self.sample_rate, n_fft=FRECHET_N_FFT,
                            hop=FRECHET_HOP, n_mels=FRECHET_N_MELS)

@@ -136,9 +136,11 @@ class LanguageModelTask:
     tokens = jnp.zeros((1, self.config.data.seq_len), jnp.int32)
     return common.init_params(self.model, rng, tokens, unbox)
 
-  def example_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  def batch_spec(self, split: str = "train") -> dict[str, jax.ShapeDtypeStruct]:
+    """Shape and dtype of one global batch of `split` (train or eval)."""
+    del split  # Train and eval windows have the same shape.
     return {"tokens": jax.ShapeDtypeStruct(
-        (batch_size, self.config.data.seq_len + 1), jnp.int32)}
+        (self.config.batch_size, self.config.data.seq_len + 1), jnp.int32)}
 
   def _targets(self, tokens: Array) -> Array:
     return tokens[:, -1:] if self.last_only else tokens[:, 1:]
@@ -254,6 +256,14 @@ class LanguageModelTask:
                          top_p=float(top_p), eos_id=self.eos_id,
                          pad_id=self.pad_id)
 
+  def sample_program(self, num_samples: int):
+    """The sampling loop of `config.sample` as `(fn, inputs)`:
+    `fn(params, rng, *inputs)`, inputs abstract (ahead-of-time compiles)."""
+    s = self.config.sample
+    fn = lambda params, rng, primer: self.sample(
+        params, rng, primer, length=s.length, temperature=s.temperature,
+        top_k=s.top_k, top_p=s.top_p)
+    return fn, (jax.ShapeDtypeStruct((num_samples, 1), jnp.int32),)
 
   def write_step_samples(self, params: Any, rng: Array, directory: str | None,
                          title: str) -> list[dict[str, str]]:

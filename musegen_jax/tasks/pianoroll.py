@@ -489,6 +489,33 @@ class PianorollTask:
                for k, v in eval_data.items()}
       yield {k: v[lo:lo + per_process] for k, v in batch.items()}
 
+  def batch_spec(self, split: str = "train") -> dict[str, jax.ShapeDtypeStruct]:
+    """Shape and dtype of one global batch of `split` (train or eval)."""
+    size = self.config.batch_size
+    if self.serial:
+      return {"tokens": jax.ShapeDtypeStruct((size, self.max_tokens), jnp.int32)}
+    spec = {"frames": jax.ShapeDtypeStruct((size, self.max_frames, NUM_KEYS), jnp.uint8),
+            "mask": jax.ShapeDtypeStruct((size, self.max_frames), jnp.uint8)}
+    if split == "train" and self.config.get("distill_teachers", ""):
+      spec["targets"] = jax.ShapeDtypeStruct((size, self.max_frames, NUM_KEYS),
+                                             jnp.float32)
+    return spec
+
+  def sample_program(self, num_samples: int):
+    """The sampling loop of `config.sample` as `(fn, inputs)`:
+    `fn(params, rng)` (ahead-of-time compiles)."""
+    s = self.config.sample
+    if self.serial:
+      fn = lambda params, rng: sample_serial_tokens(
+          self.model, params, rng, num_samples=num_samples, length=int(s.length),
+          temperature=float(s.temperature),
+          max_notes_per_frame=int(s.max_notes_per_frame))
+    else:
+      fn = lambda params, rng: sample_frames(
+          self.model, params, rng, num_samples=num_samples, length=int(s.length),
+          temperature=float(s.temperature))
+    return fn, ()
+
   def _logits(self, params: Any, batch: dict[str, Array], rng: Array | None,
               train: bool) -> Array:
     rate = self.config.input_dropout_rate

@@ -189,6 +189,23 @@ class VAETask:
     """This process's share of the global eval batches over `windows`."""
     return pipeline.eval_batches(windows, self.config.batch_size, self.pad_id)
 
+  def batch_spec(self, split: str = "train") -> dict[str, jax.ShapeDtypeStruct]:
+    """Shape and dtype of one global batch of `split` (train or eval)."""
+    del split  # Train and eval windows have the same shape.
+    return {"tokens": jax.ShapeDtypeStruct(
+        (self.config.batch_size, self.seq_len + 1), jnp.int32)}
+
+  def sample_program(self, num_samples: int):
+    """Prior decoding as `config.sample` describes, as `(fn, inputs)`:
+    `fn(params, rng, z)`, z abstract (ahead-of-time compiles)."""
+    s = self.config.sample
+    fn = lambda params, rng, z: decode_latents(
+        self.model, params, rng, z, length=int(s.length),
+        temperature=float(s.temperature), top_k=int(s.top_k),
+        top_p=float(s.top_p), eos_id=self.eos_id, pad_id=self.pad_id,
+        shared_noise=False)
+    return fn, (jax.ShapeDtypeStruct((num_samples, self.latent_dim), jnp.float32),)
+
   def encode_pieces(self, pieces: Sequence[Any]) -> np.ndarray:
     """The sequences the VAE reads for whole pieces: their first `seq_len` tokens.
 
