@@ -41,6 +41,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from musegen_jax import cli
+from musegen_jax import errors
 from musegen_jax.bench_common import (BIGRU_TRAIN_SHAPE, GAN_TRAIN_SHAPE,
                                       TRAIN_SHAPE, TRANSFORMER_TRAIN_SHAPE,
                                       cpu_model, peak_rss_mb)
@@ -49,8 +50,15 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Training config file, optionally with ':variant'.",
     lock_config=True)
-flags.DEFINE_enum("bench", "train", ["train", "data", "sample", "soak"],
-                  "What to time.")
+flags.DEFINE_enum("bench", "train", ["train", "data", "sample", "soak", "accelerator"],
+                  "What to time. accelerator: every family's train step and "
+                  "sampler at one accelerator chip's sizes (no --config).")
+flags.DEFINE_bool("dry_run", False,
+                  "--bench=accelerator: the smoke sizes, two steps (any machine).")
+flags.DEFINE_float("peak_tflops", 0.0,
+                   "--bench=accelerator: the chip's bfloat16 peak for MFU "
+                   "(default: PEAK_BF16_FLOPS by device kind, else a measured "
+                   "bfloat16 matmul).")
 flags.DEFINE_integer("soak_steps", 20_000, "Train steps of the soak benchmark.")
 flags.DEFINE_integer("soak_checkpoint_every", 500,
                      "Checkpoint interval of the soak benchmark.")
@@ -80,7 +88,6 @@ flags.DEFINE_integer("baseline_tokens", 256,
 flags.DEFINE_integer("baseline_bucket", 64,
                      "The recompute baseline pads prefixes to a multiple of "
                      "this (one compiled program per length).")
-flags.mark_flags_as_required(["config"])
 
 def _import_jax():
   import jax  # pylint: disable=import-outside-toplevel
@@ -580,12 +587,128 @@ def bench_soak(config) -> dict[str, Any]:
       "peak_rss_mb": peak_rss_mb()}
 
 
+# --bench=accelerator: (job, config file in configs/, overrides). Sizes for one
+# accelerator chip; --dry_run takes each file's :smoke variant instead.
+ACCELERATOR_JOBS = (
+    ("transformer", "transformer.py", {
+        "model.d_model": 1024, "model.num_layers": 12, "model.num_heads": 16,
+        "model.mlp_dim": 4096, "data.seq_len": 1024, "model.max_len": 2048,
+        "model.dtype": "bfloat16", "batch_size": 16}),
+    ("wavegan", "gan.py", {}),  # d 64, batch 64, 5 critic updates.
+    ("lstm", "lstm.py", {"model.hidden_size": 1024, "model.num_layers": 3,
+                         "model.dtype": "bfloat16"}),
+    ("bigru", "bigru.py", {}),
+    ("vae", "vae.py", {}),
+)
+# bfloat16 dense matmul peaks per chip, FLOP/s, by device kind (H200: what a
+# large bfloat16 matmul reached on one; the others are the vendors' figures).
+PEAK_BF16_FLOPS = {"NVIDIA H200": 790e12, "NVIDIA H100 80GB HBM3": 989e12,
+                   "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12}
+
+
+def _set(config, dotted: str, value: Any) -> None:
+  *parents, leaf = dotted.split(".")
+  node = config
+  for parent in parents:
+    node = node[parent]
+  node[leaf] = value
+
+
+def accelerator_configs(dry_run: bool) -> list[tuple[str, Any]]:
+  """[(job, config)] of `ACCELERATOR_JOBS` from the configs/ beside the package."""
+  from musegen_jax import config_defaults  # pylint: disable=import-outside-toplevel
+  here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "configs", "_.py")
+  out = []
+  for job, file, overrides in ACCELERATOR_JOBS:
+    config = config_defaults.sibling_config(here, file[:-3], "smoke" if dry_run else None)
+    if not dry_run:
+      for key, value in overrides.items():
+        _set(config, key, value)
+    out.append((job, config))
+  return out
+
+
+def _time_sampler(config) -> dict[str, Any]:
+  """The sampling program of `config.sample` (`task.sample_program`), compiled
+  and timed on fresh parameters."""
+  jax = _import_jax()
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from musegen_jax import tasks  # pylint: disable=import-outside-toplevel
+  from musegen_jax import train  # pylint: disable=import-outside-toplevel
+  task = tasks.create_task(config, _representation(config))
+  mesh = train.create_mesh(config)
+  params = task.eval_params(train.create_train_state(task, config, mesh,
+                                                     jax.random.PRNGKey(0)))
+  count = int(config.sample.num_samples)
+  fn, inputs = task.sample_program(count)
+  arrays = [np.zeros(x.shape, x.dtype) for x in inputs]
+  if config.task in ("lm",):  # A primer of one EOS token, as `sample` starts.
+    arrays = [np.full(x.shape, task.eos_id, x.dtype) for x in inputs]
+  sampler = jax.jit(fn)
+  rng = jax.random.PRNGKey(1)
+  t0 = time.perf_counter()
+  compiled = sampler.lower(params, rng, *arrays).compile()
+  compile_s = time.perf_counter() - t0
+  jax.block_until_ready(compiled(params, rng, *arrays))
+  seconds, _ = median_seconds(
+      lambda: jax.block_until_ready(compiled(params, rng, *arrays)), 3)
+  out = {"sample_batch": count, "sample_s": round(seconds, 4),
+         "sample_compile_s": round(compile_s, 2)}
+  if config.task == "gan":
+    out["clips_per_sec"] = round(count / seconds, 1)
+  else:
+    out["sample_length"] = int(config.sample.length)
+    out["sample_steps_per_sec"] = round(count * int(config.sample.length) / seconds, 1)
+  return out
+
+
+def bench_accelerator(config=None) -> list[dict[str, Any]]:
+  """The train step and sampler of every family at accelerator sizes, a JSON
+  line each: step time, examples/s, MFU against the chip's bfloat16 peak,
+  compile seconds, peak memory. `--dry_run`: the smoke sizes (any machine)."""
+  del config  # The jobs are fixed.
+  from musegen_jax import flops as flops_lib  # pylint: disable=import-outside-toplevel
+  jax = _import_jax()
+  kind = jax.devices()[0].device_kind
+  peak = FLAGS.peak_tflops * 1e12 or PEAK_BF16_FLOPS.get(kind)
+  peak_source = "--peak_tflops" if FLAGS.peak_tflops else "PEAK_BF16_FLOPS"
+  if peak is None:
+    peak = measure_matmul_roof(FLAGS.roof_size, dtype="bfloat16") * 1e9
+    peak_source = f"measured: jax bfloat16 {FLAGS.roof_size}^3 matmul"
+  steps, warmup = (2, 1) if FLAGS.dry_run else (FLAGS.steps, FLAGS.warmup)
+  rows = []
+  for job, config in accelerator_configs(FLAGS.dry_run):
+    result = time_train_step(config, steps=steps, warmup=warmup)
+    compiled = result.pop("_compiled")
+    flops, source = flops_lib.train_step_flops(config, result.get("vocab_size"))
+    if flops is None:
+      flops, source = _xla_flops(compiled), "xla cost_analysis"
+    step_s = result["step_ms"] / 1e3
+    row = {"bench": "accelerator", "job": job, "dry_run": FLAGS.dry_run, **result,
+           "flops_per_step": flops, "flops_source": source,
+           "tflops_per_sec": None if flops is None else round(flops / step_s / 1e12, 2),
+           "peak_tflops": round(peak / 1e12, 1), "peak_source": peak_source,
+           "mfu": None if flops is None else round(flops / step_s / peak, 4)}
+    row.update(_time_sampler(config))
+    row.update(peak_memory_mb=peak_device_memory_mb(), peak_rss_mb=peak_rss_mb(),
+               device=device_description())
+    print(json.dumps(row), flush=True)
+    rows.append(row)
+  return rows
+
+
 BENCHMARKS = {"train": bench_train, "data": bench_data, "sample": bench_sample,
-              "soak": bench_soak}
+              "soak": bench_soak, "accelerator": bench_accelerator}
 
 
 def main(argv: list[str]) -> None:
   del argv  # cli.run refuses extra arguments.
+  if FLAGS.bench == "accelerator":
+    bench_accelerator()  # Prints a line per job as it finishes.
+    return
+  if FLAGS.config is None:
+    raise errors.UserError(f"--bench={FLAGS.bench} needs --config=FILE[:variant]")
   result = BENCHMARKS[FLAGS.bench](FLAGS.config)
   print(json.dumps(result), flush=True)
 

@@ -160,7 +160,12 @@ def jit_steps(task, mesh, shardings: Any = None):
   """
   state_sharding = state_shardings(task, mesh) if shardings is None else shardings
   data_sharding = parallel.batch_sharding(mesh)
-  train_step = jax.jit(task.train_step,
+
+  def step(state, batch, rng):
+    with parallel.tracing_over(mesh):
+      return task.train_step(state, batch, rng)
+
+  train_step = jax.jit(step,
                        in_shardings=(state_sharding, data_sharding, None),
                        out_shardings=(state_sharding, None), donate_argnums=0)
   return train_step, accumulating(task.eval_step)

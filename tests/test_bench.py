@@ -79,3 +79,28 @@ def test_train_bench_runs_at_the_fixed_shape(config, flags, shape):
   assert record["init_s"] > 0
   # The entry point re-executed itself with huge-page malloc.
   assert "glibc.malloc.hugetlb=1" in record["env"]["GLIBC_TUNABLES"]
+
+
+@pytest.mark.slow
+def test_accelerator_check_dry_run_prints_a_line_per_family():
+  """launch/gpu_check.sh --dry_run: the accelerator suite's code path at the
+  smoke sizes, on this CPU (the real sizes run on a lent GPU)."""
+  result = subprocess.run(
+      ["bash", f"{REPO_ROOT}/launch/gpu_check.sh", "--dry_run", "--",
+       "--roof_size=256"], capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [json.loads(line) for line in result.stdout.splitlines()
+          if line.startswith("{")]
+  assert [r["job"] for r in rows] == ["transformer", "wavegan", "lstm", "bigru", "vae"]
+  for row in rows:
+    assert row["bench"] == "accelerator" and row["dry_run"] is True
+    assert row["step_ms"] > 0 and row["compile_s"] > 0 and row["sample_s"] > 0
+    assert row["examples_per_sec"] > 0 and row["peak_tflops"] > 0
+    assert row["flops_per_step"] > 0 and 0 < row["mfu"]
+    assert row["peak_source"].startswith("measured")  # A CPU has no table entry.
+  by_job = {r["job"]: r for r in rows}
+  # Analytic counts where the model has one; XLA's for the VAE.
+  assert by_job["vae"]["flops_source"] == "xla cost_analysis"
+  assert by_job["transformer"]["flops_source"].startswith("analytic")
+  assert by_job["wavegan"]["clips_per_sec"] > 0
+  assert by_job["lstm"]["sample_steps_per_sec"] > 0

@@ -20,6 +20,11 @@ keys) and a task class built as `Task(config, representation)` with:
   `eval_data(data_dir, split)`, `eval_batches(eval_data)`;
 - `write_step_samples(params, rng, directory, title)`: the loop's periodic
   samples, as [{"image": png, "wav" | "midi": path}];
+- `batch_spec(split)`: shapes and dtypes of one global batch of "train" or
+  "eval" (`jax.ShapeDtypeStruct`s), and `sample_program(n)`: the sampling
+  loop of `config.sample` for n samples as `(fn, inputs)`, called
+  `fn(params, rng, *inputs)`. With them `aot.py` compiles every program from
+  shapes alone;
 - `valid_metric` (picks the best checkpoint; lower is better),
   `progress_keys` (shown on the progress bar) and `learning_rate_fn` (or
   None).

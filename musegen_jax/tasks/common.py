@@ -15,6 +15,7 @@ from flax.training import train_state
 from ml_collections import config_dict
 
 from musegen_jax import backend
+from musegen_jax import parallel
 
 Array = jax.Array
 
@@ -215,13 +216,14 @@ def fold_in_device(rng: Array, axis_name: str | None) -> Array:
 
 
 def device_share(x: Array, axis_name: str | None) -> Array:
-  """This device's rows of `x` under pmap (all of it otherwise).
+  """This device's rows of `x` under pmap; under jit all of it, split over
+  the mesh's batch axes (`parallel.shard_batch`).
 
   Randomness drawn for the global batch (latents, mixing weights) and then
   split this way is the same as with jit, whatever the device count.
   """
   if axis_name is None:
-    return x
+    return parallel.shard_batch(x)
   n = x.shape[0] // jax.lax.axis_size(axis_name)
   return jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(axis_name) * n, n)
 
