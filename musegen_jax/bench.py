@@ -687,8 +687,8 @@ def bench_accelerator(config=None) -> list[dict[str, Any]]:
     step_s = result["step_ms"] / 1e3
     row = {"bench": "accelerator", "job": job, "dry_run": FLAGS.dry_run, **result,
            "flops_per_step": flops, "flops_source": source,
-           "tflops_per_sec": None if flops is None else round(flops / step_s / 1e12, 2),
-           "peak_tflops": round(peak / 1e12, 1), "peak_source": peak_source,
+           "tflops_per_sec": None if flops is None else float(f"{flops / step_s / 1e12:.4g}"),
+           "peak_tflops": float(f"{peak / 1e12:.4g}"), "peak_source": peak_source,
            "mfu": None if flops is None else round(flops / step_s / peak, 4)}
     row.update(_time_sampler(config))
     row.update(peak_memory_mb=peak_device_memory_mb(), peak_rss_mb=peak_rss_mb(),

@@ -92,7 +92,8 @@ def _check_config_files() -> None:
   """ml_collections reports a config file it cannot load only when the config
   is first used; this tells it now, as one line."""
   for name, flag in flags.FLAGS.__flags.items():  # pylint: disable=protected-access
-    if not hasattr(flag, "config_filename"):
+    # An optional config flag left out has no file (nor a config_filename).
+    if not flag.present or not hasattr(flag, "config_filename"):
       continue
     try:
       getattr(flag.value, "keys", None)
