@@ -212,17 +212,6 @@ def _memory(compiled) -> dict[str, int]:
   return {key: int(getattr(stats, attr, 0) or 0) for key, attr in fields.items()}
 
 
-def _xla_flops(compiled) -> float | None:
-  try:
-    cost = compiled.cost_analysis()
-  except Exception:  # pylint: disable=broad-except
-    return None
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  flops = (cost or {}).get("flops")
-  return None if flops is None or flops < 0 else float(flops)
-
-
 def _out_of_memory(error: Exception) -> bool:
   text = str(error)
   return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text
@@ -314,6 +303,7 @@ def compile_programs(config, topology: Topology, programs: list[str],
       fsdp size that does not divide its chips, pmap).
   """
   from musegen_jax import backend  # pylint: disable=import-outside-toplevel
+  from musegen_jax import flops as flops_lib  # pylint: disable=import-outside-toplevel
   from musegen_jax import train  # pylint: disable=import-outside-toplevel
   unknown = [p for p in programs if p not in PROGRAMS]
   if unknown or not programs:
@@ -353,7 +343,7 @@ def compile_programs(config, topology: Topology, programs: list[str],
       # Donated arguments are aliased by outputs: counted once.
       total = (memory["argument"] + memory["output"] - memory["alias"]
                + memory["temp"] + memory["code"])
-      flops = _xla_flops(compiled)
+      flops = flops_lib.xla_flops(compiled)
       row.update({f"{k}_mib": round(v / MIB, 2) for k, v in memory.items()})
       row.update(total_mib=round(total / MIB, 2),
                  memory_per_chip_gib=round(budget / GIB, 2),

@@ -136,16 +136,8 @@ def measure_matmul_roof(size: int, repeats: int = 10,
 
 
 def _xla_flops(compiled) -> float | None:
-  """FLOPs that XLA's cost analysis gives a compiled program, if any."""
-  try:
-    cost = compiled.cost_analysis()
-  except Exception:  # pylint: disable=broad-except
-    return None
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  if not cost or "flops" not in cost:
-    return None
-  return float(cost["flops"])
+  from musegen_jax import flops as flops_lib  # pylint: disable=import-outside-toplevel
+  return flops_lib.xla_flops(compiled)
 
 
 def fixed_train_config(config):

@@ -43,3 +43,16 @@ def train_step_flops(config: config_dict.ConfigDict, vocab_size: int | None
                                   bidirectional=True, dense_dim=m.dense_dim,
                                   last_only=True, **shape), source
   return None, "none (no analytic count for this task or model)"
+
+
+def xla_flops(compiled) -> float | None:
+  """The FLOPs XLA's cost analysis gives a compiled program (per device for a
+  program over a mesh), or None where it gives none (or a negative number)."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  flops = (cost or {}).get("flops")
+  return None if flops is None or flops < 0 else float(flops)
