@@ -380,7 +380,7 @@ def main(argv: list[str]) -> None:
   too_big = [r for r in rows if not r["fits"]]
   for row in too_big:
     if "error" in row:  # The compiler's own figures.
-      why = row["error"]
+      why = row["error"].rstrip(".")
     else:
       why = (f"{row['total_mib'] / 1024:.2f} GiB per chip needed, "
              f"{row['memory_per_chip_gib']} GiB per chip "
