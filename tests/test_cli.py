@@ -105,7 +105,8 @@ def test_a_mistake_is_one_line_naming_the_key(case, inputs, tmp_path):
 
 COMMANDS = {"musegen-train": "--workdir", "musegen-prepare": "--input",
             "musegen-export": "--checkpoint", "musegen-sample": "--[no]render_audio",
-            "musegen-evaluate": "--split", "musegen-bench": "--bench"}
+            "musegen-evaluate": "--split", "musegen-bench": "--bench",
+            "musegen-aot": "--topology"}
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
