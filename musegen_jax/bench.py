@@ -135,11 +135,6 @@ def measure_matmul_roof(size: int, repeats: int = 10,
   return 2 * size**3 / seconds / 1e9
 
 
-def _xla_flops(compiled) -> float | None:
-  from musegen_jax import flops as flops_lib  # pylint: disable=import-outside-toplevel
-  return flops_lib.xla_flops(compiled)
-
-
 def fixed_train_config(config):
   """`config` at the fixed benchmark shape of its model (TRAIN_SHAPE for the
   LSTM, GAN_TRAIN_SHAPE for WaveGAN); optimizer and the rest kept."""
@@ -338,7 +333,7 @@ def bench_train(config) -> dict[str, Any]:
   result = time_train_step(config, steps=FLAGS.steps, warmup=FLAGS.warmup)
   compiled = result.pop("_compiled")
   step_s = result["step_ms"] / 1e3
-  xla_flops = _xla_flops(compiled)
+  xla_flops = flops_lib.xla_flops(compiled)
   flops, source = flops_lib.train_step_flops(config, result.get("vocab_size"))
   roof_dtype = models.matmul_dtype_name(config.model)
   roof = measure_matmul_roof(FLAGS.roof_size, dtype=roof_dtype)
@@ -634,9 +629,9 @@ def _time_sampler(config) -> dict[str, Any]:
                                                      jax.random.PRNGKey(0)))
   count = int(config.sample.num_samples)
   fn, inputs = task.sample_program(count)
-  arrays = [np.zeros(x.shape, x.dtype) for x in inputs]
-  if config.task in ("lm",):  # A primer of one EOS token, as `sample` starts.
-    arrays = [np.full(x.shape, task.eos_id, x.dtype) for x in inputs]
+  # Token models start from a primer of one EOS token, as `sample` does.
+  fill = task.eos_id if config.task == "lm" else 0
+  arrays = [np.full(x.shape, fill, x.dtype) for x in inputs]
   sampler = jax.jit(fn)
   rng = jax.random.PRNGKey(1)
   t0 = time.perf_counter()
@@ -655,11 +650,10 @@ def _time_sampler(config) -> dict[str, Any]:
   return out
 
 
-def bench_accelerator(config=None) -> list[dict[str, Any]]:
+def bench_accelerator() -> list[dict[str, Any]]:
   """The train step and sampler of every family at accelerator sizes, a JSON
   line each: step time, examples/s, MFU against the chip's bfloat16 peak,
   compile seconds, peak memory. `--dry_run`: the smoke sizes (any machine)."""
-  del config  # The jobs are fixed.
   from musegen_jax import flops as flops_lib  # pylint: disable=import-outside-toplevel
   jax = _import_jax()
   kind = jax.devices()[0].device_kind
@@ -675,7 +669,7 @@ def bench_accelerator(config=None) -> list[dict[str, Any]]:
     compiled = result.pop("_compiled")
     flops, source = flops_lib.train_step_flops(config, result.get("vocab_size"))
     if flops is None:
-      flops, source = _xla_flops(compiled), "xla cost_analysis"
+      flops, source = flops_lib.xla_flops(compiled), "xla cost_analysis"
     step_s = result["step_ms"] / 1e3
     row = {"bench": "accelerator", "job": job, "dry_run": FLAGS.dry_run, **result,
            "flops_per_step": flops, "flops_source": source,
@@ -691,13 +685,13 @@ def bench_accelerator(config=None) -> list[dict[str, Any]]:
 
 
 BENCHMARKS = {"train": bench_train, "data": bench_data, "sample": bench_sample,
-              "soak": bench_soak, "accelerator": bench_accelerator}
+              "soak": bench_soak}
 
 
 def main(argv: list[str]) -> None:
   del argv  # cli.run refuses extra arguments.
   if FLAGS.bench == "accelerator":
-    bench_accelerator()  # Prints a line per job as it finishes.
+    bench_accelerator()  # Its jobs are fixed; a line per job as it finishes.
     return
   if FLAGS.config is None:
     raise errors.UserError(f"--bench={FLAGS.bench} needs --config=FILE[:variant]")
