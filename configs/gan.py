@@ -6,8 +6,11 @@ r"""WaveGAN (WGAN-GP) on the bundled JSB Chorales, rendered to 16 kHz audio.
 Variants: "" (the WaveGAN setup: d = 64, batch 64, 16,384 samples at 16 kHz,
 WGAN-GP with 5 critic updates per generator update, Adam 1e-4, betas 0.5/0.9),
 "bce" (non-saturating loss, Adam 2e-4, betas 0.5/0.999, one critic update),
-"hinge" (hinge loss, otherwise as bce), and "smoke" (a tiny model that trains on
-a CPU in about a minute); "smoke" combines with the others, e.g. "smoke,bce".
+"hinge" (hinge loss, otherwise as bce), "cpu" (the recipe that learns tonal
+audio on a 2-core CPU in 30 minutes: an oscillator-bank generator, STFT
+discriminators, hinge loss, two time scales), and "smoke" (a tiny model that
+trains on a CPU in about a minute); "smoke" combines with the others, e.g.
+"smoke,bce" or "smoke,cpu".
 
 The chorales are rendered once by the additive synthesizer (`data/synth.py`)
 into a cache beside the prepared shards, keyed by `data.audio`. To train on
@@ -21,16 +24,16 @@ from ml_collections import config_dict
 
 from musegen_jax import config_defaults
 
-VARIANTS = ("smoke", "bce", "hinge")
+VARIANTS = ("smoke", "bce", "hinge", "cpu")
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   """Returns the config of the comma-separated variants in `arg`."""
   variants = [v for v in (arg or "").split(",") if v]
   unknown = [v for v in variants if v not in VARIANTS]
-  if unknown or ("bce" in variants and "hinge" in variants):
+  if unknown or sum(v in variants for v in ("bce", "hinge", "cpu")) > 1:
     raise ValueError(f"Unknown or conflicting config variants {variants!r}; "
-                     f"known: {list(VARIANTS)} (at most one of bce, hinge).")
+                     f"known: {list(VARIANTS)} (at most one of bce, hinge, cpu).")
   config = config_dict.ConfigDict()
 
   # Objective (musegen_jax/tasks/<task>.py) and the global RNG seed.
@@ -53,12 +56,40 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.model.conv_impl = "auto"
   # Compute dtype; parameters stay float32.
   config.model.dtype = "float32"
+  # Generator: "waveform" (WaveGAN's transposed convolutions at the sample
+  # rate) or "oscillators" (transposed convolutions at one frame every
+  # frame_hop samples driving a bank of sinusoids, oscillators_per_octave to
+  # the octave from C1; models/audio_gan.py), whose clips are scaled to a
+  # peak of 1 when normalize_output (as data.normalize scales real ones).
+  config.model.generator = "waveform"
+  config.model.frame_hop = 128
+  config.model.oscillators_per_octave = 24
+  config.model.normalize_output = True
+  # Discriminators, comma-separated: "waveform" (WaveGAN's, d_dim channels
+  # first; 0: model.dim) and/or "stft" (log-power spectrograms at each of
+  # stft_sizes, stft_dim channels), each column its own loss.
+  config.model.discriminators = "waveform"
+  config.model.d_dim = 0
+  config.model.stft_sizes = (256, 1024, 4096)
+  config.model.stft_dim = 64
+  # Kernel of the frame-rate convolutions (oscillator generator, STFT
+  # discriminator).
+  config.model.frame_kernel_size = 5
 
   config.gan = config_dict.ConfigDict()
   config.gan.loss = "wgan-gp"  # "wgan-gp", "bce" (non-saturating) or "hinge"
   config.gan.gp_weight = 10.0  # Gradient penalty lambda (0: none).
+  # R1 penalty on real clips (Mescheder et al., 2018): r1_weight / 2 times
+  # the mean squared gradient norm (0: none).
+  config.gan.r1_weight = 0.0
+  # The discriminator's Adam rate (0: learning_rate); two time scales when
+  # they differ.
+  config.gan.d_learning_rate = 0.0
   config.gan.critic_steps = 5  # Discriminator updates per generator update.
   config.gan.ema_decay = 0.999  # EMA of the generator: evaluated and exported.
+  # Decay min(ema_decay, (1 + step) / (10 + step)): the EMA follows the
+  # generator early on instead of averaging in its initialisation.
+  config.gan.ema_warmup = False
 
   config.data = config_dict.ConfigDict()
   # A directory written by `python -m musegen_jax.prepare`: music files
@@ -128,8 +159,29 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.gan.critic_steps = 1
     config.learning_rate = 2e-4
     config.adam_b2 = 0.999
+  if "cpu" in variants:
+    # Learns tonal audio on a 2-core CPU in 30 minutes (BUILD_NOTES.md,
+    # issue 25): the oscillator generator, STFT discriminators, hinge loss,
+    # 1:1 updates, two time scales.
+    config.model.generator = "oscillators"
+    config.model.discriminators = "stft"
+    config.gan.loss = "hinge"
+    config.gan.gp_weight = 0.0
+    config.gan.critic_steps = 1
+    config.learning_rate = 1e-4
+    config.gan.d_learning_rate = 4e-4
+    config.gan.ema_warmup = True
+    config.adam_b2 = 0.9
+    config.batch_size = 32
+    config.num_train_steps = 6_000
+    config.log_every_steps = 50
+    config.eval_every_steps = 1_000
+    config.num_eval_batches = 16  # 512 clips.
+    config.checkpoint_every_steps = 1_000
+    config.sample_every_steps = 1_000
   if "smoke" in variants:
     config.model.dim = 4
+    config.model.stft_dim = 4
     config.data.num_workers = 0
     config.batch_size = 8
     config.gan.critic_steps = min(config.gan.critic_steps, 2)

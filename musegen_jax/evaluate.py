@@ -39,8 +39,8 @@ def _load(export_dir: str, split: str, data_dir: str | None,
   config = bundle.config.copy_and_resolve_references()
   if data_dir:
     config.data.dir = data_dir
-  if num_batches is not None:
-    config.num_eval_batches = num_batches
+  config.num_eval_batches = (tasks.evaluate_num_batches(config)
+                             if num_batches is None else num_batches)
   data_dir = train.resolve_data_dir(config)
   task = tasks.create_task(config, train.load_representation(config, data_dir))
   data_dir = task.prepare_data(data_dir)
@@ -177,7 +177,8 @@ def run() -> None:
   flags.DEFINE_integer("num_batches", None,
                        "Eval batches (-1: the whole split; the GAN compares this "
                        "many batches of generated clips with as many real ones). "
-                       "Default: the training config's num_eval_batches.")
+                       "Default: the training config's num_eval_batches (for "
+                       "the GAN at least 512 clips).")
   flags.mark_flags_as_required(["export"])
   cli.run(main)
 

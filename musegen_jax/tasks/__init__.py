@@ -29,6 +29,10 @@ keys) and a task class built as `Task(config, representation)` with:
   `progress_keys` (shown on the progress bar) and `learning_rate_fn` (or
   None).
 
+The module may also give `evaluate_num_batches(config)`: the eval batches
+`python -m musegen_jax.evaluate` uses when not told (the GAN's default
+reaches 512 clips).
+
 The loop (`train.py`) uses only these. A task whose eval scores predictive
 distributions may also give `eval_log_probs(params, batch)` and
 `log_prob_sums(log_probs, batch) -> sums` (with `eval_step` their
@@ -57,13 +61,37 @@ def _lookup(name: str) -> tuple[Any, str]:
   return importlib.import_module(module), cls
 
 
+def fill_defaults(config: config_dict.ConfigDict) -> None:
+  """Adds the task's keys that `config` lacks (`CONFIG_DEFAULTS` of the task
+  module: keys added after bundles were exported), so older bundles load."""
+  module, _ = _lookup(config.task)
+  for key, value in getattr(module, "CONFIG_DEFAULTS", {}).items():
+    *parents, leaf = key.split(".")
+    node = config
+    for name in parents:
+      node = node[name]
+    if leaf not in node:
+      with node.unlocked():
+        node[leaf] = value
+
+
 def check_config(config: config_dict.ConfigDict) -> None:
   """Checks the task's own config keys before anything is compiled."""
   module, _ = _lookup(config.task)
+  fill_defaults(config)
   module.check_config(config)
 
 
 def create_task(config: config_dict.ConfigDict, representation: Any):
   """Builds the task named by `config.task`."""
   module, cls = _lookup(config.task)
+  fill_defaults(config)
   return getattr(module, cls)(config, representation)
+
+
+def evaluate_num_batches(config: config_dict.ConfigDict) -> int:
+  """Eval batches for `evaluate` without --num_batches: the task module's
+  `evaluate_num_batches(config)`, else `config.num_eval_batches`."""
+  module, _ = _lookup(config.task)
+  chooser = getattr(module, "evaluate_num_batches", None)
+  return chooser(config) if chooser else config.num_eval_batches

@@ -27,6 +27,7 @@ from musegen_jax import models
 from musegen_jax import plots
 from musegen_jax import spectral
 from musegen_jax.data import audio
+from musegen_jax.models import audio_gan
 from musegen_jax.models import wavegan
 from musegen_jax.tasks import common
 from musegen_jax.tasks.common import slerp
@@ -34,11 +35,30 @@ from musegen_jax.tasks.common import slerp
 Array = jax.Array
 
 LOSSES = ("wgan-gp", "bce", "hinge")
+GENERATORS = ("waveform", "oscillators")
+DISCRIMINATORS = ("waveform", "stft")
+# Keys added after bundles were first exported, with the values that
+# reproduce those bundles' models (tasks.fill_defaults adds missing ones).
+CONFIG_DEFAULTS = {
+    "model.generator": "waveform", "model.discriminators": "waveform",
+    "model.d_dim": 0, "model.stft_sizes": (256, 1024, 4096),
+    "model.stft_dim": 64, "model.frame_kernel_size": 5, "model.frame_hop": 128,
+    "model.oscillators_per_octave": 24, "model.normalize_output": True,
+    "gan.r1_weight": 0.0, "gan.d_learning_rate": 0.0, "gan.ema_warmup": False}
 SLICE_LENGTHS = (16384, 32768, 65536)
 # Log-mel features of the Frechet distance.
 FRECHET_N_FFT = 1024
 FRECHET_HOP = 256
 FRECHET_N_MELS = 64
+# `evaluate` compares at least this many clips unless told otherwise: the
+# real-vs-real distance of the chorales falls from 561 at 16 clips to 28 at 512.
+MIN_EVALUATE_CLIPS = 512
+
+
+def evaluate_num_batches(config: config_dict.ConfigDict) -> int:
+  """`num_eval_batches`, raised to reach MIN_EVALUATE_CLIPS (-1 stays: all)."""
+  n = config.num_eval_batches
+  return n if n < 0 else max(n, -(-MIN_EVALUATE_CLIPS // config.batch_size))
 
 
 def check_config(config: config_dict.ConfigDict) -> None:
@@ -68,8 +88,94 @@ def check_config(config: config_dict.ConfigDict) -> None:
         f"got grad_accum_steps={config.grad_accum_steps}, parallelism="
         f"{config.parallelism!r} (batch statistics would be per micro-batch "
         "or per device). Use grad_accum_steps=1 and parallelism='jit'.")
+  _check_architecture(config)
   wavegan.resolve_conv_impl(config.model.conv_impl)
   models.get_dtype(config.model.dtype)
+
+
+def _check_architecture(config: config_dict.ConfigDict) -> None:
+  """Generator, discriminators and their sizes."""
+  m = config.model
+  if m.generator not in GENERATORS:
+    raise ValueError(f"config.model.generator={m.generator!r}; allowed: "
+                     f"{list(GENERATORS)}")
+  names = discriminator_names(config)
+  if (not names or len(set(names)) != len(names)
+      or any(n not in DISCRIMINATORS for n in names)):
+    raise ValueError(f"config.model.discriminators={m.discriminators!r}; allowed: "
+                     f"a comma-separated list of {list(DISCRIMINATORS)}, each "
+                     "at most once")
+  common.check_ranges(
+      positive={"model.stft_dim": m.stft_dim,
+                "model.frame_kernel_size": m.frame_kernel_size,
+                "model.oscillators_per_octave": m.oscillators_per_octave},
+      non_negative={"gan.r1_weight": config.gan.r1_weight,
+                    "gan.d_learning_rate": config.gan.d_learning_rate,
+                    "model.d_dim": m.d_dim})
+  slice_len = config.data.slice_len
+  if "stft" in names:
+    sizes = list(m.stft_sizes)
+    bad = [n for n in sizes if not (isinstance(n, int) and 16 <= n <= slice_len
+                                    and n & (n - 1) == 0)]
+    if not sizes or bad:
+      raise ValueError(f"config.model.stft_sizes={tuple(sizes)}; allowed: one or "
+                       f"more powers of two from 16 to data.slice_len={slice_len}")
+  if m.generator == "oscillators":
+    hop = m.frame_hop
+    frames = slice_len // hop if isinstance(hop, int) and hop > 0 else 0
+    if frames * hop != slice_len or frames < 16 or frames & (frames - 1):
+      raise ValueError(f"config.model.frame_hop={hop!r}; allowed: a power of two "
+                       f"that leaves data.slice_len / frame_hop = 16 or more "
+                       f"frames (slice_len {slice_len}), e.g. 128")
+
+
+def build_generator(config: config_dict.ConfigDict):
+  """The generator `config.model.generator` names."""
+  m = config.model
+  dtype = models.get_dtype(m.dtype)
+  if m.generator == "oscillators":
+    return audio_gan.OscillatorGenerator(
+        slice_len=int(config.data.slice_len), latent_dim=m.latent_dim, dim=m.dim,
+        kernel_size=m.frame_kernel_size, hop=m.frame_hop,
+        per_octave=m.oscillators_per_octave,
+        sample_rate=int(config.data.audio.sample_rate),
+        normalize=m.normalize_output, conv_impl=m.conv_impl, dtype=dtype)
+  return wavegan.WaveGANGenerator(
+      latent_dim=m.latent_dim, slice_len=int(config.data.slice_len), dim=m.dim,
+      kernel_size=m.kernel_size, use_batchnorm=m.use_batchnorm,
+      conv_impl=m.conv_impl, dtype=dtype)
+
+
+def build_discriminator(config: config_dict.ConfigDict):
+  """The discriminators `config.model.discriminators` names: WaveGAN's alone
+  gives [batch] logits, several (or the STFT one) [batch, columns]."""
+  m = config.model
+  dtype = models.get_dtype(m.dtype)
+  members = []
+  for name in discriminator_names(config):
+    if name == "waveform":
+      members.append(wavegan.WaveGANDiscriminator(
+          slice_len=int(config.data.slice_len), dim=m.d_dim or m.dim,
+          kernel_size=m.kernel_size, phase_shuffle=m.phase_shuffle,
+          use_batchnorm=m.use_batchnorm, conv_impl=m.conv_impl, dtype=dtype))
+    else:
+      members.append(audio_gan.STFTDiscriminator(
+          sizes=tuple(m.stft_sizes), dim=m.stft_dim, kernel_size=m.frame_kernel_size,
+          conv_impl=m.conv_impl, dtype=dtype))
+  if len(members) == 1 and isinstance(members[0], wavegan.WaveGANDiscriminator):
+    return members[0]  # The paper's model, with its own parameter names.
+  return audio_gan.Discriminators(members=members)
+
+
+def discriminator_names(config: config_dict.ConfigDict) -> list[str]:
+  return [n.strip() for n in config.model.discriminators.split(",") if n.strip()]
+
+
+def r1_penalty(critic: Callable[[Array], Array], real: Array) -> Array:
+  """R1 (Mescheder et al., 2018): mean over examples of |grad_x critic(x)|^2
+  at the real clips; the loss adds r1_weight / 2 times it."""
+  grads = jax.grad(lambda x: jnp.sum(critic(x)))(real)
+  return jnp.mean(jnp.sum(grads.reshape(grads.shape[0], -1) ** 2, -1))
 
 
 class GANState(struct.PyTreeNode):
@@ -140,23 +246,22 @@ class GANTask:
     self.batch_size = int(config.batch_size)
     self.critic_steps = int(config.gan.critic_steps)
     self.latent_dim = int(config.model.latent_dim)
-    m = config.model
-    common_args = dict(slice_len=self.slice_len, dim=m.dim, kernel_size=m.kernel_size,
-                       use_batchnorm=m.use_batchnorm, conv_impl=m.conv_impl,
-                       dtype=models.get_dtype(m.dtype))
-    self.generator = wavegan.WaveGANGenerator(latent_dim=self.latent_dim, **common_args)
-    self.discriminator = wavegan.WaveGANDiscriminator(
-        phase_shuffle=m.phase_shuffle, **common_args)
+    self.generator = build_generator(config)
+    self.discriminator = build_discriminator(config)
     self.model = self.generator
     self.learning_rate_fn = optax.constant_schedule(config.learning_rate)
     # Made once: the optimizers are part of the state's tree structure, which
     # must be the same in every `init_state` (shardings are matched to it).
-    self.g_tx, self.d_tx = self._optimizer(), self._optimizer()
+    # Two time-scale updates (Heusel et al., 2017): gan.d_learning_rate > 0
+    # gives the discriminator its own rate.
+    d_rate = config.gan.d_learning_rate or config.learning_rate
+    self.g_tx = self._optimizer(config.learning_rate)
+    self.d_tx = self._optimizer(d_rate)
 
   # --- state -----------------------------------------------------------------
 
-  def _optimizer(self) -> optax.GradientTransformation:
-    return optax.adam(self.config.learning_rate, b1=self.config.adam_b1,
+  def _optimizer(self, learning_rate: float) -> optax.GradientTransformation:
+    return optax.adam(learning_rate, b1=self.config.adam_b1,
                       b2=self.config.adam_b2)
 
   def init_state(self, rng: Array) -> GANState:
@@ -231,6 +336,7 @@ class GANTask:
       axis_name: the pmap axis to average gradients and metrics over, or None.
     """
     kind, gp_weight = self.config.gan.loss, float(self.config.gan.gp_weight)
+    r1_weight = float(self.config.gan.r1_weight)
     num = self.config.grad_accum_steps
     rng = jax.random.fold_in(rng, state.step)
     critic_rng, g_rng = jax.random.split(rng)
@@ -272,13 +378,19 @@ class GANTask:
                 lambda x: self._critic(d_params, d_stats, x,
                                        micro_key(gp_key, index))[0],
                 real, fake, alpha)
+          r1 = jnp.zeros((), jnp.float32)
+          if r1_weight > 0:
+            r1 = r1_penalty(
+                lambda x: self._critic(d_params, d_stats, x,
+                                       micro_key(real_key, index))[0], real)
           wdist = jnp.mean(d_real) - jnp.mean(d_fake)
-          return loss + gp_weight * gp, (loss, gp, wdist, stats)
+          total = loss + gp_weight * gp + 0.5 * r1_weight * r1
+          return total, (loss, gp, r1, wdist, stats)
 
-        (_, (loss, gp, wdist, stats)), grads = jax.value_and_grad(
+        (_, (loss, gp, r1, wdist, stats)), grads = jax.value_and_grad(
             loss_fn, has_aux=True)(d_params)
         # Batch statistics only come with one micro-batch (check_config).
-        return grads, {"d_loss": loss, "gp": gp, "wdist": wdist}, stats
+        return grads, {"d_loss": loss, "gp": gp, "r1": r1, "wdist": wdist}, stats
 
       grads, metrics, d_stats = common.accumulate(
           micro, (common.micro_batches(real, num),
@@ -318,6 +430,9 @@ class GANTask:
                                              state.g_params)
     g_params = optax.apply_updates(state.g_params, updates)
     decay = self.config.gan.ema_decay
+    if self.config.gan.ema_warmup:  # (1 + t) / (10 + t) until that reaches decay.
+      t = state.step.astype(jnp.float32)
+      decay = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
     ema_params = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p,
                               state.ema_params, g_params)
     g_grad_norm = optax.tree.norm(g_grads)
@@ -359,13 +474,35 @@ class GANTask:
     return self.batch_size * (n if n > 0 else 8)
 
   def eval_data(self, audio_dir: str, split: str = "valid") -> dict[str, Any]:
-    """Log-mel statistics of `split`'s real clips, and the latents to compare.
+    """Statistics of `split`'s real clips, a real-vs-real baseline, the latents.
 
     `num_eval_batches` batches of generated clips (8 when it is -1) are
-    compared with up to as many real clips of the split.
+    compared with up to as many real clips of the split. The baseline
+    compares as many clips of another split (train; valid when `split` is
+    train) with the same real clips, so that `frechet_ratio` (generated over
+    baseline) is 1 for a generator as close as real audio gets, whatever the
+    clip count.
     """
     config = self.config
     count = self.num_eval_clips()
+    other = "valid" if split == "train" else "train"
+    real, num_real = self._real_sums(audio_dir, split, count)
+    baseline, _ = self._real_sums(audio_dir, other, count)
+    stats = spectral.stats_from_sums(real["mel"])
+    base_salience, base_profile = spectral.pitch_summary(baseline["pitch"])
+    salience, profile = spectral.pitch_summary(real["pitch"])
+    z = np.asarray(self.latents(jax.random.PRNGKey(config.seed + 1), count))
+    return {"real_stats": stats, "real_profile": profile, "z": z,
+            "num_real": num_real,
+            "baseline": {
+                "frechet": spectral.frechet_distance(
+                    *spectral.stats_from_sums(baseline["mel"]), *stats),
+                "chroma_distance": spectral.chroma_distance(base_profile, profile),
+                "salience": salience, "split": other}}
+
+  def _real_sums(self, audio_dir: str, split: str, count: int):
+    """(feature sums of up to `count` real clips of `split`, their number)."""
+    config = self.config
     clips = audio.eval_clips(audio_dir, slice_len=self.slice_len, split=split,
                              max_clips=count,
                              silence_threshold=config.data.silence_threshold,
@@ -379,9 +516,7 @@ class GANTask:
     for start in range(0, len(clips), self.batch_size):
       sums = features(jnp.asarray(clips[start:start + self.batch_size]))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    real = spectral.stats_from_sums(jax.device_get(totals))
-    z = np.asarray(self.latents(jax.random.PRNGKey(config.seed + 1), count))
-    return {"real_stats": real, "z": z, "num_real": len(clips)}
+    return jax.device_get(totals), len(clips)
 
   def eval_batches(self, eval_data: dict[str, Any]):
     """This process's share of the fixed latents, one global batch at a time."""
@@ -405,21 +540,52 @@ class GANTask:
     return fn, (jax.ShapeDtypeStruct((num_samples, self.latent_dim), jnp.float32),)
 
   def _features(self, clips: Array) -> dict[str, Array]:
-    mel = spectral.log_mel(clips[..., 0], self.sample_rate, n_fft=FRECHET_N_FFT,
+    """Log-mel and pitch sums of [batch, slice_len, 1] clips; clips with a
+    NaN or Inf are scored as silence and counted."""
+    clips, nonfinite = spectral.finite_clips(clips[..., 0])
+    mel = spectral.log_mel(clips, self.sample_rate, n_fft=FRECHET_N_FFT,
                            hop=FRECHET_HOP, n_mels=FRECHET_N_MELS)
-    return spectral.feature_sums(mel)
+    return {"mel": spectral.feature_sums(mel),
+            "pitch": spectral.pitch_sums(clips, self.sample_rate),
+            "nonfinite": nonfinite}
 
   def eval_step(self, params: Any, batch: dict[str, Array]) -> dict[str, Array]:
-    """Log-mel sums of the EMA generator's clips for `batch["z"]`."""
+    """Log-mel and pitch sums of the EMA generator's clips for `batch["z"]`."""
     clips = self.generator.apply(params, batch["z"], train=False)
     return self._features(clips)
 
   def summarize(self, totals: dict[str, Any], eval_data: dict[str, Any]
                 ) -> dict[str, float]:
-    mean, cov = spectral.stats_from_sums(totals)
+    """Frechet distance and pitch measures of the generated clips, each with
+    real audio's figure at the same clip count beside it.
+
+    - frechet: log-mel Frechet distance to the split's real clips;
+      frechet_real: the same for real clips of another split (the
+      baseline); frechet_ratio = frechet / frechet_real (1: as close as
+      real audio gets).
+    - salience: the generated clips' mean pitch salience
+      (`spectral.pitch_features`); salience_real: the split's; and
+      salience_ratio = salience / salience_real.
+    - chroma_distance: L1 distance of the mean sorted chroma profiles to the
+      split's; chroma_distance_real: the baseline's.
+    - clips: generated clips scored; nonfinite_clips: those with NaN or Inf
+      (scored as silence).
+    """
+    mean, cov = spectral.stats_from_sums(totals["mel"])
     real_mean, real_cov = eval_data["real_stats"]
-    return {"frechet": spectral.frechet_distance(mean, cov, real_mean, real_cov),
-            "frames": float(totals["count"])}
+    baseline = eval_data["baseline"]
+    frechet = spectral.frechet_distance(mean, cov, real_mean, real_cov)
+    salience, profile = spectral.pitch_summary(totals["pitch"])
+    return {"frechet": frechet, "frechet_real": baseline["frechet"],
+            "frechet_ratio": frechet / max(baseline["frechet"], 1e-12),
+            "salience": salience, "salience_real": baseline["salience"],
+            "salience_ratio": salience / max(baseline["salience"], 1e-12),
+            "chroma_distance": spectral.chroma_distance(
+                profile, eval_data["real_profile"]),
+            "chroma_distance_real": baseline["chroma_distance"],
+            "clips": float(totals["pitch"]["clips"]),
+            "nonfinite_clips": float(totals["nonfinite"]),
+            "frames": float(totals["mel"]["count"])}
 
   # --- samples ----------------------------------------------------------------
 

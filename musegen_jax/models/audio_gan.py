@@ -1,0 +1,231 @@
+"""Audio GAN parts beside WaveGAN's: an oscillator-bank generator and a
+multi-resolution STFT discriminator.
+
+`OscillatorGenerator` works at a frame rate (one frame every `hop` samples)
+and upsamples by synthesis, as DDSP (Engel et al., 2020) and the
+neural-source-filter vocoders do: transposed convolutions turn the latent into
+[frames, channels] features (upsampled by repetition and convolution), a
+dense layer per frame into the log-amplitudes of a
+fixed bank of sinusoids spaced `per_octave` to the octave (24: quarter tones
+from C1, A4 = 440 Hz, below 0.95 Nyquist), and the audio is their sum with
+the amplitudes interpolated linearly between frames. Phases run continuously
+from fixed random offsets, so every tone is sustained and free of clicks; the
+network only chooses which partials sound, and how loud, in each frame.
+
+`STFTDiscriminator` scores log-power spectrograms at several resolutions
+(the multi-resolution discriminators of UnivNet and HiFi-GAN's successors):
+per resolution, 1-D convolutions over frames with the frequency bins as
+channels, LeakyReLU(0.2), and a dense layer on the flattened features. Long
+windows resolve low pitches to a fraction of a semitone, short ones onsets.
+
+`Discriminators` runs several and returns one logit per discriminator.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from musegen_jax.models import wavegan
+
+Array = jax.Array
+
+LOWEST_HZ = 440.0 * 2.0 ** ((24 - 69) / 12.0)  # C1, 32.7 Hz.
+LOG_AMPLITUDE_SPREAD = 3.0
+
+
+def bank_frequencies(sample_rate: int, per_octave: int) -> np.ndarray:
+  """The oscillators' frequencies (Hz): `per_octave` to the octave from C1
+  (equal temperament, A4 = 440 Hz) up to 0.95 times the Nyquist frequency."""
+  top = int(np.floor(per_octave * np.log2(0.95 * sample_rate / 2 / LOWEST_HZ)))
+  return LOWEST_HZ * 2.0 ** (np.arange(top + 1) / per_octave)
+
+
+@functools.lru_cache(maxsize=8)
+def _synthesis_constants(sample_rate: int, per_octave: int, frames: int,
+                         hop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(sin of the start phases [frames, K], cos [frames, K], basis [4K, hop]).
+
+  Frame j's samples j * hop + t, t < hop, are
+    sum_k (a_jk (1 - u) + a_(j+1)k u) sin(theta_jk + w_k t),   u = t / hop,
+  with theta_jk the phase of oscillator k at the frame's first sample; with
+  sin(theta + w t) = sin theta cos wt + cos theta sin wt that is one GEMM of
+  [a sin theta, a cos theta, a' sin theta, a' cos theta] with the basis
+  [(1 - u) cos wt; (1 - u) sin wt; u cos wt; u sin wt].
+  """
+  freqs = bank_frequencies(sample_rate, per_octave)
+  offsets = np.random.default_rng(0).uniform(0, 2 * np.pi, len(freqs))
+  omega = 2 * np.pi * freqs / sample_rate
+  starts = np.arange(frames)[:, None] * hop
+  theta = np.mod(starts * omega[None, :] + offsets[None, :], 2 * np.pi)
+  t = np.arange(hop)[None, :]
+  u = t / hop
+  wt = omega[:, None] * t
+  basis = np.concatenate([(1 - u) * np.cos(wt), (1 - u) * np.sin(wt),
+                          u * np.cos(wt), u * np.sin(wt)])
+  return (np.sin(theta).astype(np.float32), np.cos(theta).astype(np.float32),
+          basis.astype(np.float32))
+
+
+def oscillator_bank(amplitudes: Array, sample_rate: int, per_octave: int,
+                    hop: int) -> Array:
+  """Audio [batch, frames * hop] of the bank at amplitudes [batch, frames, K].
+
+  Amplitudes are interpolated linearly from each frame's first sample to the
+  next frame's (the last frame holds its own).
+  """
+  batch, frames, k = amplitudes.shape
+  sin_t, cos_t, basis = _synthesis_constants(sample_rate, per_octave, frames, hop)
+  if k != sin_t.shape[1]:
+    raise ValueError(f"{k} amplitudes per frame for a bank of {sin_t.shape[1]} "
+                     "oscillators")
+  nxt = jnp.concatenate([amplitudes[:, 1:], amplitudes[:, -1:]], axis=1)
+  coeffs = jnp.concatenate([amplitudes * sin_t, amplitudes * cos_t,
+                            nxt * sin_t, nxt * cos_t], axis=-1)
+  y = coeffs.reshape(batch * frames, 4 * k) @ basis.astype(coeffs.dtype)
+  return y.reshape(batch, frames * hop)
+
+
+def peak_normalize(audio: Array, eps: float = 1e-6) -> Array:
+  """Each example scaled to a peak of 1 (what `data.normalize` does to real
+  clips), along every axis but the first."""
+  peak = jnp.max(jnp.abs(audio), axis=tuple(range(1, audio.ndim)), keepdims=True)
+  return audio / (peak + eps)
+
+
+class OscillatorGenerator(nn.Module):
+  """Latent vector -> waveform through a bank of sinusoids (module docstring).
+
+  Dense to [16 frames, 4 * dim], then up to slice_len / hop frames by
+  repeating each frame twice and convolving (halving the channels down to
+  dim), layer norm and ReLU before each, then a dense layer per frame to the
+  bank's log-amplitudes.
+  With `normalize`, each clip is scaled to a peak of 1 (else: tanh).
+  """
+
+  slice_len: int = 16384
+  latent_dim: int = 100
+  dim: int = 64
+  kernel_size: int = 5
+  hop: int = 128
+  per_octave: int = 24
+  sample_rate: int = 16000
+  normalize: bool = True
+  conv_impl: str = "auto"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z: Array, train: bool = False) -> Array:
+    """[batch, latent_dim] -> [batch, slice_len, 1] float32 in [-1, 1]."""
+    del train  # No batch statistics or dropout.
+    frames = self.slice_len // self.hop
+    ups = int(np.log2(frames // 16))
+    if frames * self.hop != self.slice_len or 16 << ups != frames:
+      raise ValueError(f"slice_len={self.slice_len} / hop={self.hop} must be 16 "
+                       "times a power of two frames")
+    k = len(bank_frequencies(self.sample_rate, self.per_octave))
+    x = nn.Dense(16 * 4 * self.dim, dtype=self.dtype,
+                 kernel_init=wavegan._logical(nn.initializers.glorot_uniform(),
+                                              "latent", "mlp"),
+                 bias_init=wavegan._logical(nn.initializers.zeros_init(), "mlp"),
+                 name="z_project")(z.astype(self.dtype))
+    x = x.reshape(z.shape[0], 16, 4 * self.dim)
+    for i in range(ups):
+      x = nn.relu(nn.LayerNorm(dtype=self.dtype, name=f"norm_{i}")(x))
+      # Repeat, then convolve: transposed convolutions whose kernel is not
+      # a multiple of the stride beat at the frame rate (Odena et al., 2016).
+      x = wavegan.Conv1D(max(4 * self.dim >> (i + 1), self.dim), self.kernel_size,
+                         1, conv_impl=self.conv_impl, dtype=self.dtype,
+                         name=f"upconv_{i}")(jnp.repeat(x, 2, axis=1))
+    x = nn.relu(nn.LayerNorm(dtype=self.dtype, name=f"norm_{ups}")(x))
+    # Log-amplitudes, spread at initialisation (standard deviation about
+    # LOG_AMPLITUDE_SPREAD across the bank), so that a few partials
+    # dominate each frame from the first step, as in music, rather than a
+    # flat comb that sounds like noise.
+    log_amp = nn.Dense(k, dtype=self.dtype,
+                       kernel_init=wavegan._logical(
+                           nn.initializers.normal(
+                               LOG_AMPLITUDE_SPREAD / np.sqrt(x.shape[-1] / 2)),
+                           "mlp", None),
+                       bias_init=wavegan._logical(nn.initializers.zeros_init(), None),
+                       name="amplitudes")(x)
+    log_amp = jnp.minimum(log_amp.astype(jnp.float32), 30.0)
+    audio = oscillator_bank(jnp.exp(log_amp - jax.lax.stop_gradient(
+        jnp.max(log_amp, axis=(1, 2), keepdims=True))),
+                            self.sample_rate, self.per_octave, self.hop)
+    audio = peak_normalize(audio) if self.normalize else jnp.tanh(audio)
+    return audio[..., None]
+
+
+def log_power_frames(audio: Array, n_fft: int, hop: int,
+                     floor: float = 1e-2) -> Array:
+  """log(|STFT|^2 + floor) of [batch, length] audio: [batch, frames, n_fft/2+1].
+
+  Hann window, frames every `hop` samples, no padding.
+  """
+  length = audio.shape[-1]
+  num = 1 + (length - n_fft) // hop
+  index = np.arange(num)[:, None] * hop + np.arange(n_fft)[None, :]
+  window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
+  spec = jnp.fft.rfft(audio[..., index].astype(jnp.float32) * window, axis=-1)
+  return jnp.log(jnp.real(spec) ** 2 + jnp.imag(spec) ** 2 + floor)
+
+
+class STFTDiscriminator(nn.Module):
+  """Waveform -> one logit per example from log-power spectrograms.
+
+  Per window size n in `sizes` (hop n / 4): convolutions over frames (kernel
+  `kernel_size`, strides 1, 2, 2, `dim` channels, LeakyReLU 0.2) and a dense
+  layer on the flattened features: one logit per size, each scored as its
+  own discriminator.
+  """
+
+  sizes: Sequence[int] = (256, 1024, 4096)
+  dim: int = 64
+  kernel_size: int = 5
+  conv_impl: str = "auto"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    """[batch, length, 1] -> [batch, len(sizes)] float32 logits."""
+    del train
+    audio = x[..., 0]
+    logits = []
+    for n in self.sizes:
+      if n > audio.shape[-1]:
+        raise ValueError(f"STFT size {n} is longer than the clips "
+                         f"({audio.shape[-1]} samples)")
+      h = log_power_frames(audio, n, n // 4).astype(self.dtype)
+      for i, stride in enumerate((1, 2, 2)):
+        h = wavegan.Conv1D(self.dim, self.kernel_size, stride,
+                           conv_impl=self.conv_impl, dtype=self.dtype,
+                           name=f"stft{n}_conv_{i}")(h)
+        h = nn.leaky_relu(h, 0.2)
+      h = h.reshape(h.shape[0], -1)
+      out = nn.Dense(1, dtype=self.dtype,
+                     kernel_init=wavegan._logical(
+                         nn.initializers.glorot_uniform(), "mlp", None),
+                     bias_init=wavegan._logical(nn.initializers.zeros_init(), None),
+                     name=f"stft{n}_output")(h)
+      logits.append(out.astype(jnp.float32))
+    return jnp.concatenate(logits, axis=-1)
+
+
+class Discriminators(nn.Module):
+  """Several discriminators on the same clips: [batch, columns] logits.
+
+  Each member maps (x, train) to [batch] or [batch, n] logits; the losses
+  treat every column as one discriminator's scores.
+  """
+
+  members: Sequence[nn.Module]
+
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    outs = [m(x, train=train) for m in self.members]
+    return jnp.concatenate([o.reshape(o.shape[0], -1) for o in outs], axis=-1)
