@@ -64,6 +64,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.model.generator = "waveform"
   config.model.frame_hop = 128
   config.model.oscillators_per_octave = 24
+  # > 1: the bank holds each pitch (C1 to C7) with this many partials, and the
+  # generator gives pitch and partial loudness, which add in log.
+  config.model.harmonics = 1
   config.model.normalize_output = True
   # Discriminators, comma-separated: "waveform" (WaveGAN's, d_dim channels
   # first; 0: model.dim) and/or "stft" (log-power spectrograms at each of
@@ -72,6 +75,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.model.d_dim = 0
   config.model.stft_sizes = (256, 1024, 4096)
   config.model.stft_dim = 64
+  # The STFT discriminators also see their features' spread over the batch,
+  # against mode collapse (progressive GANs' minibatch standard deviation).
+  config.model.minibatch_std = False
   # Kernel of the frame-rate convolutions (oscillator generator, STFT
   # discriminator).
   config.model.frame_kernel_size = 5
@@ -165,6 +171,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # 1:1 updates, two time scales.
     config.model.generator = "oscillators"
     config.model.discriminators = "stft"
+    config.model.minibatch_std = True
+    config.model.harmonics = 6
     config.gan.loss = "hinge"
     config.gan.gp_weight = 0.0
     config.gan.critic_steps = 1

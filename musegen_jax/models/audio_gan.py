@@ -37,18 +37,33 @@ Array = jax.Array
 
 LOWEST_HZ = 440.0 * 2.0 ** ((24 - 69) / 12.0)  # C1, 32.7 Hz.
 LOG_AMPLITUDE_SPREAD = 3.0
+LOG_AMPLITUDE_GAIN = 10.0
 
 
-def bank_frequencies(sample_rate: int, per_octave: int) -> np.ndarray:
-  """The oscillators' frequencies (Hz): `per_octave` to the octave from C1
-  (equal temperament, A4 = 440 Hz) up to 0.95 times the Nyquist frequency."""
-  top = int(np.floor(per_octave * np.log2(0.95 * sample_rate / 2 / LOWEST_HZ)))
-  return LOWEST_HZ * 2.0 ** (np.arange(top + 1) / per_octave)
+HARMONIC_HIGHEST_HZ = 440.0 * 2.0 ** ((96 - 69) / 12.0)  # C7, 2,093 Hz.
+
+
+def bank_frequencies(sample_rate: int, per_octave: int,
+                     harmonics: int = 1) -> np.ndarray:
+  """The oscillators' frequencies (Hz), `per_octave` to the octave from C1
+  (equal temperament, A4 = 440 Hz).
+
+  harmonics == 1: one oscillator per step up to 0.95 times the Nyquist
+  frequency, [K]. harmonics > 1: fundamentals up to C7, each with its first
+  `harmonics` partials at exact multiples, [pitches * harmonics] (pitch
+  major); partials at or above 0.95 Nyquist are kept but never sound
+  (`_synthesis_constants`).
+  """
+  top_hz = 0.95 * sample_rate / 2 if harmonics == 1 else HARMONIC_HIGHEST_HZ
+  top = int(np.floor(per_octave * np.log2(top_hz / LOWEST_HZ) + 1e-9))
+  f0 = LOWEST_HZ * 2.0 ** (np.arange(top + 1) / per_octave)
+  return (f0[:, None] * np.arange(1, harmonics + 1)[None, :]).reshape(-1)
 
 
 @functools.lru_cache(maxsize=8)
-def _synthesis_constants(sample_rate: int, per_octave: int, frames: int,
-                         hop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _synthesis_constants(sample_rate: int, per_octave: int, harmonics: int,
+                         frames: int, hop: int
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(sin of the start phases [frames, K], cos [frames, K], basis [4K, hop]).
 
   Frame j's samples j * hop + t, t < hop, are
@@ -56,9 +71,10 @@ def _synthesis_constants(sample_rate: int, per_octave: int, frames: int,
   with theta_jk the phase of oscillator k at the frame's first sample; with
   sin(theta + w t) = sin theta cos wt + cos theta sin wt that is one GEMM of
   [a sin theta, a cos theta, a' sin theta, a' cos theta] with the basis
-  [(1 - u) cos wt; (1 - u) sin wt; u cos wt; u sin wt].
+  [(1 - u) cos wt; (1 - u) sin wt; u cos wt; u sin wt]. Oscillators at or
+  above 0.95 Nyquist have zero basis rows (no aliasing).
   """
-  freqs = bank_frequencies(sample_rate, per_octave)
+  freqs = bank_frequencies(sample_rate, per_octave, harmonics)
   offsets = np.random.default_rng(0).uniform(0, 2 * np.pi, len(freqs))
   omega = 2 * np.pi * freqs / sample_rate
   starts = np.arange(frames)[:, None] * hop
@@ -66,21 +82,23 @@ def _synthesis_constants(sample_rate: int, per_octave: int, frames: int,
   t = np.arange(hop)[None, :]
   u = t / hop
   wt = omega[:, None] * t
+  audible = (freqs < 0.95 * sample_rate / 2)[:, None]
   basis = np.concatenate([(1 - u) * np.cos(wt), (1 - u) * np.sin(wt),
-                          u * np.cos(wt), u * np.sin(wt)])
+                          u * np.cos(wt), u * np.sin(wt)]) * np.tile(audible, (4, 1))
   return (np.sin(theta).astype(np.float32), np.cos(theta).astype(np.float32),
           basis.astype(np.float32))
 
 
 def oscillator_bank(amplitudes: Array, sample_rate: int, per_octave: int,
-                    hop: int) -> Array:
+                    hop: int, harmonics: int = 1) -> Array:
   """Audio [batch, frames * hop] of the bank at amplitudes [batch, frames, K].
 
   Amplitudes are interpolated linearly from each frame's first sample to the
   next frame's (the last frame holds its own).
   """
   batch, frames, k = amplitudes.shape
-  sin_t, cos_t, basis = _synthesis_constants(sample_rate, per_octave, frames, hop)
+  sin_t, cos_t, basis = _synthesis_constants(sample_rate, per_octave, harmonics,
+                                             frames, hop)
   if k != sin_t.shape[1]:
     raise ValueError(f"{k} amplitudes per frame for a bank of {sin_t.shape[1]} "
                      "oscillators")
@@ -104,7 +122,10 @@ class OscillatorGenerator(nn.Module):
   Dense to [16 frames, 4 * dim], then up to slice_len / hop frames by
   repeating each frame twice and convolving (halving the channels down to
   dim), layer norm and ReLU before each, then a dense layer per frame to the
-  bank's log-amplitudes.
+  bank's log-amplitudes. With harmonics > 1 the bank holds each pitch's
+  first `harmonics` partials, and two dense layers give each frame's pitch
+  and partial log-amplitudes, which add (DDSP's harmonic synthesizer, its
+  pitches on the bank's grid).
   With `normalize`, each clip is scaled to a peak of 1 (else: tanh).
   """
 
@@ -114,6 +135,7 @@ class OscillatorGenerator(nn.Module):
   kernel_size: int = 5
   hop: int = 128
   per_octave: int = 24
+  harmonics: int = 1
   sample_rate: int = 16000
   normalize: bool = True
   conv_impl: str = "auto"
@@ -128,7 +150,7 @@ class OscillatorGenerator(nn.Module):
     if frames * self.hop != self.slice_len or 16 << ups != frames:
       raise ValueError(f"slice_len={self.slice_len} / hop={self.hop} must be 16 "
                        "times a power of two frames")
-    k = len(bank_frequencies(self.sample_rate, self.per_octave))
+    k = len(bank_frequencies(self.sample_rate, self.per_octave, self.harmonics))
     x = nn.Dense(16 * 4 * self.dim, dtype=self.dtype,
                  kernel_init=wavegan._logical(nn.initializers.glorot_uniform(),
                                               "latent", "mlp"),
@@ -143,27 +165,44 @@ class OscillatorGenerator(nn.Module):
                          1, conv_impl=self.conv_impl, dtype=self.dtype,
                          name=f"upconv_{i}")(jnp.repeat(x, 2, axis=1))
     x = nn.relu(nn.LayerNorm(dtype=self.dtype, name=f"norm_{ups}")(x))
-    # Log-amplitudes, spread at initialisation (standard deviation about
-    # LOG_AMPLITUDE_SPREAD across the bank), so that a few partials
-    # dominate each frame from the first step, as in music, rather than a
-    # flat comb that sounds like noise.
-    log_amp = nn.Dense(k, dtype=self.dtype,
-                       kernel_init=wavegan._logical(
-                           nn.initializers.normal(
-                               LOG_AMPLITUDE_SPREAD / np.sqrt(x.shape[-1] / 2)),
-                           "mlp", None),
-                       bias_init=wavegan._logical(nn.initializers.zeros_init(), None),
-                       name="amplitudes")(x)
-    log_amp = jnp.minimum(log_amp.astype(jnp.float32), 30.0)
+    if self.harmonics == 1:
+      log_amp = self._log_amplitudes(x, k, "amplitudes")
+    else:  # log a[p, h] = pitch p's + partial h's, each frame.
+      pitches = self._log_amplitudes(x, k // self.harmonics, "pitches")
+      partials = self._log_amplitudes(x, self.harmonics, "partials")
+      log_amp = (pitches[..., :, None] + partials[..., None, :]).reshape(
+          pitches.shape[:2] + (k,))
+    log_amp = jnp.minimum(log_amp, 30.0)
     audio = oscillator_bank(jnp.exp(log_amp - jax.lax.stop_gradient(
         jnp.max(log_amp, axis=(1, 2), keepdims=True))),
-                            self.sample_rate, self.per_octave, self.hop)
+                            self.sample_rate, self.per_octave, self.hop,
+                            self.harmonics)
     audio = peak_normalize(audio) if self.normalize else jnp.tanh(audio)
     return audio[..., None]
 
+  def _log_amplitudes(self, x: Array, n: int, name: str) -> Array:
+    """A dense layer per frame to n log-amplitudes, float32.
+
+    Spread at initialisation (standard deviation about LOG_AMPLITUDE_SPREAD
+    across the outputs), so that a few partials dominate each frame from the
+    first step, as in music, rather than a flat comb that sounds like noise.
+    The output is scaled up by LOG_AMPLITUDE_GAIN (the initial weights down
+    by as much): Adam moves a parameter by about the learning rate per step,
+    and silencing a partial takes ~10 nats, which the unscaled layer needs
+    thousands of steps to reach.
+    """
+    y = nn.Dense(n, dtype=self.dtype,
+                 kernel_init=wavegan._logical(
+                     nn.initializers.normal(
+                         LOG_AMPLITUDE_SPREAD / LOG_AMPLITUDE_GAIN
+                         / np.sqrt(x.shape[-1] / 2)), "mlp", None),
+                 bias_init=wavegan._logical(nn.initializers.zeros_init(), None),
+                 name=name)(x)
+    return LOG_AMPLITUDE_GAIN * y.astype(jnp.float32)
+
 
 def log_power_frames(audio: Array, n_fft: int, hop: int,
-                     floor: float = 1e-2) -> Array:
+                     floor: float = 1e-5) -> Array:
   """log(|STFT|^2 + floor) of [batch, length] audio: [batch, frames, n_fft/2+1].
 
   Hann window, frames every `hop` samples, no padding.
@@ -176,17 +215,31 @@ def log_power_frames(audio: Array, n_fft: int, hop: int,
   return jnp.log(jnp.real(spec) ** 2 + jnp.imag(spec) ** 2 + floor)
 
 
+def append_minibatch_std(h: Array) -> Array:
+  """[batch, length, channels] -> [batch, length, channels + 1]: the standard
+  deviation over the batch of every feature, averaged, as one more channel.
+
+  A generator that gives every latent the same clip (mode collapse) shows
+  a spread unlike real batches' (Karras et al., 2018, progressive GANs).
+  """
+  std = jnp.sqrt(jnp.var(h.astype(jnp.float32), axis=0) + 1e-8)
+  extra = jnp.broadcast_to(jnp.mean(std).astype(h.dtype), h.shape[:-1] + (1,))
+  return jnp.concatenate([h, extra], axis=-1)
+
+
 class STFTDiscriminator(nn.Module):
   """Waveform -> one logit per example from log-power spectrograms.
 
   Per window size n in `sizes` (hop n / 4): convolutions over frames (kernel
   `kernel_size`, strides 1, 2, 2, `dim` channels, LeakyReLU 0.2) and a dense
   layer on the flattened features: one logit per size, each scored as its
-  own discriminator.
+  own discriminator. With `minibatch_std`, the features' standard deviation
+  over the batch joins them as one more channel first (`append_minibatch_std`).
   """
 
   sizes: Sequence[int] = (256, 1024, 4096)
   dim: int = 64
+  minibatch_std: bool = False
   kernel_size: int = 5
   conv_impl: str = "auto"
   dtype: Any = jnp.float32
@@ -207,6 +260,8 @@ class STFTDiscriminator(nn.Module):
                            conv_impl=self.conv_impl, dtype=self.dtype,
                            name=f"stft{n}_conv_{i}")(h)
         h = nn.leaky_relu(h, 0.2)
+      if self.minibatch_std:
+        h = append_minibatch_std(h)
       h = h.reshape(h.shape[0], -1)
       out = nn.Dense(1, dtype=self.dtype,
                      kernel_init=wavegan._logical(

@@ -44,6 +44,7 @@ CONFIG_DEFAULTS = {
     "model.d_dim": 0, "model.stft_sizes": (256, 1024, 4096),
     "model.stft_dim": 64, "model.frame_kernel_size": 5, "model.frame_hop": 128,
     "model.oscillators_per_octave": 24, "model.normalize_output": True,
+    "model.minibatch_std": False, "model.harmonics": 1,
     "gan.r1_weight": 0.0, "gan.d_learning_rate": 0.0, "gan.ema_warmup": False}
 SLICE_LENGTHS = (16384, 32768, 65536)
 # Log-mel features of the Frechet distance.
@@ -108,7 +109,8 @@ def _check_architecture(config: config_dict.ConfigDict) -> None:
   common.check_ranges(
       positive={"model.stft_dim": m.stft_dim,
                 "model.frame_kernel_size": m.frame_kernel_size,
-                "model.oscillators_per_octave": m.oscillators_per_octave},
+                "model.oscillators_per_octave": m.oscillators_per_octave,
+                "model.harmonics": m.harmonics},
       non_negative={"gan.r1_weight": config.gan.r1_weight,
                     "gan.d_learning_rate": config.gan.d_learning_rate,
                     "model.d_dim": m.d_dim})
@@ -137,7 +139,7 @@ def build_generator(config: config_dict.ConfigDict):
     return audio_gan.OscillatorGenerator(
         slice_len=int(config.data.slice_len), latent_dim=m.latent_dim, dim=m.dim,
         kernel_size=m.frame_kernel_size, hop=m.frame_hop,
-        per_octave=m.oscillators_per_octave,
+        per_octave=m.oscillators_per_octave, harmonics=m.harmonics,
         sample_rate=int(config.data.audio.sample_rate),
         normalize=m.normalize_output, conv_impl=m.conv_impl, dtype=dtype)
   return wavegan.WaveGANGenerator(
@@ -161,7 +163,7 @@ def build_discriminator(config: config_dict.ConfigDict):
     else:
       members.append(audio_gan.STFTDiscriminator(
           sizes=tuple(m.stft_sizes), dim=m.stft_dim, kernel_size=m.frame_kernel_size,
-          conv_impl=m.conv_impl, dtype=dtype))
+          minibatch_std=m.minibatch_std, conv_impl=m.conv_impl, dtype=dtype))
   if len(members) == 1 and isinstance(members[0], wavegan.WaveGANDiscriminator):
     return members[0]  # The paper's model, with its own parameter names.
   return audio_gan.Discriminators(members=members)

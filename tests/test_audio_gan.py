@@ -1,0 +1,197 @@
+"""The GAN's options beside WaveGAN: oscillator-bank generator, STFT
+discriminators, R1, two time scales, EMA warm-up, older configs."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import load_config
+from musegen_jax import parallel
+from musegen_jax import tasks
+from musegen_jax import train
+from musegen_jax.models import audio_gan
+from musegen_jax.models import wavegan
+from musegen_jax.tasks import gan
+
+pytestmark = pytest.mark.usefixtures("fewer_optimizations")
+
+
+def _cpu(**overrides):
+  settings = dict(num_train_steps=4, log_every_steps=2, eval_every_steps=4,
+                  checkpoint_every_steps=2, sample_every_steps=4,
+                  num_eval_batches=1)
+  settings.update(overrides)
+  return load_config("gan", "smoke,cpu", **settings)
+
+
+def _task(config):
+  return tasks.create_task(config, train.load_representation(config, ""))
+
+
+def test_oscillator_bank_is_a_sum_of_sinusoids_with_interpolated_amplitudes():
+  rate, per_octave, hop, frames = 16000, 24, 128, 16
+  freqs = audio_gan.bank_frequencies(rate, per_octave)
+  assert freqs[0] == pytest.approx(32.703, abs=1e-3)  # C1.
+  assert freqs[-1] < 0.95 * rate / 2 <= freqs[-1] * 2 ** (1 / per_octave)
+  a4 = int(np.argmin(np.abs(freqs - 440.0)))
+  assert freqs[a4] == pytest.approx(440.0)
+  amps = np.zeros((1, frames, len(freqs)), np.float32)
+  amps[0, :, a4] = np.linspace(0.0, 1.0, frames)  # A ramp over the frames.
+  y = np.asarray(audio_gan.oscillator_bank(jnp.asarray(amps), rate, per_octave, hop))
+  sin_t, cos_t, _ = audio_gan._synthesis_constants(rate, per_octave, 1, frames, hop)
+  phase0 = np.arctan2(sin_t[0, a4], cos_t[0, a4])
+  n = np.arange(frames * hop)
+  envelope = np.interp(n, np.arange(frames) * hop, amps[0, :, a4])
+  np.testing.assert_allclose(
+      y[0], envelope * np.sin(2 * np.pi * 440.0 * n / rate + phase0), atol=2e-4)
+
+
+def test_harmonic_bank_holds_exact_partials_and_silences_those_above_nyquist():
+  rate = 16000
+  freqs = audio_gan.bank_frequencies(rate, 24, harmonics=6).reshape(-1, 6)
+  assert freqs.shape == (6 * 24 + 1, 6)  # C1 to C7 in quarter tones.
+  np.testing.assert_allclose(freqs / freqs[:, :1], np.tile(np.arange(1, 7), (145, 1)))
+  assert freqs[-1, 0] == pytest.approx(2093.0, abs=0.1)
+  # C7's 4th partial (8.4 kHz) is above Nyquist: a full amplitude there is
+  # silent; its fundamental is not.
+  amps = np.zeros((1, 16, freqs.size), np.float32)
+  amps[0, :, freqs.size - 3] = 1.0
+  silent = audio_gan.oscillator_bank(jnp.asarray(amps), rate, 24, 128, harmonics=6)
+  assert float(jnp.max(jnp.abs(silent))) == 0.0
+  amps[0, :, freqs.size - 6] = 1.0
+  tone = np.asarray(audio_gan.oscillator_bank(jnp.asarray(amps), rate, 24, 128,
+                                              harmonics=6))[0]
+  peak = np.argmax(np.abs(np.fft.rfft(tone))) * rate / len(tone)
+  assert peak == pytest.approx(2093.0, abs=1.0)
+
+
+def test_oscillator_generator_clips_peak_at_one_and_are_sparse_from_the_start():
+  g = audio_gan.OscillatorGenerator(dim=8, harmonics=1)
+  z = jax.random.uniform(jax.random.PRNGKey(1), (3, 100), minval=-1, maxval=1)
+  variables = g.init(jax.random.PRNGKey(0), z)
+  x = g.apply(variables, z)
+  assert x.shape == (3, 16384, 1)
+  np.testing.assert_allclose(np.abs(np.asarray(x)).max(axis=(1, 2)), 1.0, rtol=1e-4)
+  # Different latents, different clips.
+  assert not np.allclose(x[0], x[1])
+  # A few partials carry nearly all the power at initialisation.
+  _, state = g.apply(variables, z, capture_intermediates=True)
+  log_amp = np.asarray(state["intermediates"]["amplitudes"]["__call__"][0])
+  power = np.sort(np.exp(2 * log_amp), -1)[..., ::-1]
+  assert (power[..., :24].sum(-1) / power.sum(-1)).mean() > 0.9
+  unnormalized = audio_gan.OscillatorGenerator(dim=8, normalize=False)
+  assert float(jnp.max(jnp.abs(unnormalized.apply(variables, z)))) < 1.0
+  harmonic = audio_gan.OscillatorGenerator(dim=8, harmonics=6)
+  variables = harmonic.init(jax.random.PRNGKey(0), z)
+  assert variables["params"]["pitches"]["kernel"].shape[-1] == 145
+  assert variables["params"]["partials"]["kernel"].shape[-1] == 6
+  assert harmonic.apply(variables, z).shape == (3, 16384, 1)
+
+
+def test_stft_and_combined_discriminators_give_one_column_each():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16384, 1)), jnp.float32)
+  d = audio_gan.STFTDiscriminator(sizes=(256, 1024), dim=4)
+  variables = d.init(jax.random.PRNGKey(0), x)
+  assert d.apply(variables, x).shape == (2, 2)
+  assert set(variables["params"]) == {
+      f"stft{n}_{layer}" for n in (256, 1024)
+      for layer in ("conv_0", "conv_1", "conv_2", "output")}
+  with pytest.raises(ValueError, match="longer than the clips"):
+    d.init(jax.random.PRNGKey(0), x[:, :128])
+  config = _cpu(model__discriminators="waveform,stft")
+  both = gan.build_discriminator(config)
+  rngs = {"params": jax.random.PRNGKey(0), "phase_shuffle": jax.random.PRNGKey(1)}
+  out, _ = both.init_with_output(rngs, x, train=True)
+  assert out.shape == (2, 1 + len(config.model.stft_sizes))
+  # The waveform discriminator alone keeps WaveGAN's parameter names.
+  assert isinstance(gan.build_discriminator(_cpu(model__discriminators="waveform")),
+                    wavegan.WaveGANDiscriminator)
+
+
+def test_r1_penalty_by_hand():
+  w = jnp.asarray([[1.0, -2.0], [0.5, 3.0]])
+  critic = lambda x: jnp.sum(x * w, axis=(1, 2))
+  real = jnp.zeros((3, 2, 2))
+  assert float(gan.r1_penalty(critic, real)) == pytest.approx(1 + 4 + 0.25 + 9)
+  # The hinge and non-saturating losses average over the columns of
+  # several discriminators.
+  d_real = jnp.asarray([[2.0, 0.0]])
+  d_fake = jnp.asarray([[-2.0, 0.5]])
+  assert float(gan.critic_loss("hinge", d_real, d_fake)) == pytest.approx(
+      (0 + 1) / 2 + (0 + 1.5) / 2)
+
+
+def test_two_time_scales_give_each_network_its_rate():
+  task = _task(_cpu(learning_rate=1e-4, gan__d_learning_rate=4e-4))
+  params = {"w": jnp.ones(3)}
+  grads = {"w": jnp.ones(3)}
+  for tx, rate in ((task.g_tx, 1e-4), (task.d_tx, 4e-4)):
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["w"], -rate, rtol=1e-3)  # Adam's first step.
+  task = _task(_cpu(learning_rate=1e-4, gan__d_learning_rate=0.0))
+  updates, _ = task.d_tx.update(grads, task.d_tx.init(params), params)
+  np.testing.assert_allclose(updates["w"], -1e-4, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_cpu_recipe_step_with_r1_and_ema_warmup():
+  config = _cpu(gan__r1_weight=1.0)
+  task = _task(config)
+  mesh = parallel.create_mesh()
+  state = train.create_train_state(task, config, mesh, jax.random.PRNGKey(0))
+  before = jax.device_get(state)
+  step, _ = train.jit_steps(task, mesh)
+  real = np.random.default_rng(0).uniform(
+      -1, 1, (config.batch_size, 1, 16384, 1)).astype(np.float32)
+  state, metrics = step(state, parallel.global_batch({"audio": real}, mesh),
+                        jax.random.PRNGKey(1))
+  after = jax.device_get(state)
+  assert float(metrics["nonfinite"]) == 0 and float(metrics["r1"]) > 0
+  for name in ("g_params", "d_params"):
+    changed = [not np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(getattr(before, name)), jax.tree.leaves(getattr(after, name)))]
+    assert all(changed), name
+  # Warm-up: at step 0 the decay is (1 + 0) / (10 + 0) = 0.1.
+  for e0, g1, e1 in zip(jax.tree.leaves(before.ema_params),
+                        jax.tree.leaves(after.g_params),
+                        jax.tree.leaves(after.ema_params)):
+    np.testing.assert_allclose(e1, 0.1 * e0 + 0.9 * g1, rtol=1e-5, atol=1e-7)
+
+
+def test_architecture_mistakes_name_the_key():
+  for overrides, key in ((dict(model__generator="wavenet"), "model.generator"),
+                         (dict(model__discriminators="stft,stft"),
+                          "model.discriminators"),
+                         (dict(model__discriminators="mel"), "model.discriminators"),
+                         (dict(model__stft_sizes=(3000,)), "model.stft_sizes"),
+                         (dict(model__stft_sizes=(32768,)), "model.stft_sizes"),
+                         (dict(model__frame_hop=100), "model.frame_hop"),
+                         (dict(model__frame_hop=2048), "model.frame_hop"),
+                         (dict(gan__r1_weight=-1.0), "gan.r1_weight"),
+                         (dict(gan__d_learning_rate=-1e-4), "gan.d_learning_rate")):
+    with pytest.raises(ValueError, match=key):
+      train.check_config(_cpu(**overrides))
+
+
+def test_a_config_from_before_the_options_builds_wavegan():
+  """Bundles exported before these keys existed load as the WaveGAN they are."""
+  config = load_config("gan").to_dict()
+  for key in ("generator", "discriminators", "d_dim", "stft_sizes", "stft_dim",
+              "frame_kernel_size", "frame_hop", "oscillators_per_octave",
+              "normalize_output"):
+    del config["model"][key]
+  for key in ("r1_weight", "d_learning_rate", "ema_warmup"):
+    del config["gan"][key]
+  from ml_collections import config_dict  # pylint: disable=import-outside-toplevel
+  config = config_dict.ConfigDict(config)
+  train.check_config(config)
+  task = _task(config)
+  assert isinstance(task.generator, wavegan.WaveGANGenerator)
+  assert isinstance(task.discriminator, wavegan.WaveGANDiscriminator)
+  assert config.gan.ema_warmup is False
+  del nn, optax
