@@ -24,6 +24,10 @@ def train_step_flops(config: config_dict.ConfigDict, vocab_size: int | None
   from musegen_jax.models import gru, lstm, transformer, wavegan  # pylint: disable=import-outside-toplevel
   m: Any = config.model
   source = "analytic matmul count (backward = 2x forward)"
+  if config.task == "gan" and (m.get("generator", "waveform") != "waveform" or
+                               m.get("discriminators", "waveform") != "waveform"
+                               or config.gan.get("r1_weight", 0.0) > 0):
+    return None, "none (counted for WaveGAN's own networks only; see XLA's)"
   if config.task == "gan" and m.name == "wavegan":
     return wavegan.train_flops(m.dim, config.data.slice_len, config.batch_size,
                                config.gan.critic_steps, latent_dim=m.latent_dim,

@@ -54,3 +54,52 @@ def plot_spectrogram(audio: np.ndarray, sample_rate: int, path: str, *,
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
+
+
+def read_eval_rows(workdir: str, split: str = "valid") -> list[dict]:
+  """The eval rows of WORKDIR/train_log.jsonl, keys without their prefix."""
+  import json
+  import os
+
+  path = os.path.join(workdir, "train_log.jsonl")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no train_log.jsonl (is {workdir} a workdir?)")
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      row = json.loads(line)
+      if row.get("split") == split:
+        rows.append({k.split("/", 1)[-1]: v for k, v in row.items()})
+  return rows
+
+
+def plot_learning_curve(rows: list[dict], keys: list[str], path: str, *,
+                        title: str = "") -> None:
+  """Each of `keys` against step (left) and wall time (right, from the
+  rows' `launch_seconds`), one row of panels per key, log scale."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  missing = [k for k in keys if not rows or k not in rows[0]]
+  if missing:
+    raise ValueError(f"No eval rows with {missing}; "
+                     f"the rows have {sorted(rows[0]) if rows else 'none'}")
+  fig, axes = plt.subplots(len(keys), 2, figsize=(10, 2.6 * len(keys)), dpi=100,
+                           squeeze=False)
+  steps = [r["step"] for r in rows]
+  minutes = [r.get("launch_seconds", float("nan")) / 60 for r in rows]
+  for (left, right), key in zip(axes, keys):
+    values = [r[key] for r in rows]
+    for ax, x, label in ((left, steps, "step"), (right, minutes, "minutes")):
+      ax.plot(x, values, marker="o")
+      ax.set_xlabel(label)
+      ax.set_ylabel(key)
+      if min(values) > 0:
+        ax.set_yscale("log")
+      ax.grid(True, alpha=0.3)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)

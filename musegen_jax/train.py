@@ -519,6 +519,9 @@ def _train(config: config_dict.ConfigDict, workdir: str,
           valid = evaluate(eval_step, task, task.eval_params(on_mesh(state)), eval_data,
                            mesh, config.num_eval_batches)
           valid_loss = valid[task.valid_metric]
+          # Seconds since this launch started (compiles and evals included):
+          # learning curves against wall time.
+          valid["launch_seconds"] = time.perf_counter() - started
           writer.write_eval(step, valid, split="valid")
           progress.write(f"step {step}: valid " + _format(valid))
 

@@ -220,3 +220,10 @@ def test_smoke_trains_resumes_exactly_exports_and_samples_wavs(tmp_path, audio_d
   result = evaluate_lib.evaluate(bundle_dir, split="test", num_batches=1)
   assert result["split"] == "test" and result["frechet"] > 0
   assert result["frames"] == 8 * 61  # One batch of 8 clips, 61 frames each.
+  # Beside the distance: the real-vs-real baseline at the same 8 clips, the
+  # ratio, and the pitch measures with real audio's figures.
+  assert result["clips"] == 8 and result["frechet_real"] > 0
+  assert result["frechet_ratio"] == pytest.approx(
+      result["frechet"] / result["frechet_real"])
+  assert 0.6 < result["salience_real"] < 1 and 0 <= result["salience"] <= 1
+  assert result["chroma_distance_real"] < result["chroma_distance"]

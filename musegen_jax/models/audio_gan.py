@@ -3,10 +3,9 @@ multi-resolution STFT discriminator.
 
 `OscillatorGenerator` works at a frame rate (one frame every `hop` samples)
 and upsamples by synthesis, as DDSP (Engel et al., 2020) and the
-neural-source-filter vocoders do: transposed convolutions turn the latent into
+neural-source-filter vocoders do: convolutions turn the latent into
 [frames, channels] features (upsampled by repetition and convolution), a
-dense layer per frame into the log-amplitudes of a
-fixed bank of sinusoids spaced `per_octave` to the octave (24: quarter tones
+dense layer per frame into the log-amplitudes of a fixed bank of sinusoids spaced `per_octave` to the octave (24: quarter tones
 from C1, A4 = 440 Hz, below 0.95 Nyquist), and the audio is their sum with
 the amplitudes interpolated linearly between frames. Phases run continuously
 from fixed random offsets, so every tone is sustained and free of clicks; the
@@ -37,7 +36,7 @@ Array = jax.Array
 
 LOWEST_HZ = 440.0 * 2.0 ** ((24 - 69) / 12.0)  # C1, 32.7 Hz.
 LOG_AMPLITUDE_SPREAD = 3.0
-LOG_AMPLITUDE_GAIN = 10.0
+LOG_AMPLITUDE_GAIN = 3.0
 
 
 HARMONIC_HIGHEST_HZ = 440.0 * 2.0 ** ((96 - 69) / 12.0)  # C7, 2,093 Hz.
@@ -126,7 +125,8 @@ class OscillatorGenerator(nn.Module):
   first `harmonics` partials, and two dense layers give each frame's pitch
   and partial log-amplitudes, which add (DDSP's harmonic synthesizer, its
   pitches on the bank's grid).
-  With `normalize`, each clip is scaled to a peak of 1 (else: tanh).
+  The loudest partial of a clip has amplitude 1; with `normalize` the clip
+  is then scaled to a peak of 1, else bounded by tanh.
   """
 
   slice_len: int = 16384

@@ -1,4 +1,4 @@
-"""Waveform GAN (WaveGAN): WGAN-GP by default, non-saturating BCE or hinge.
+"""Audio GAN: WaveGAN (WGAN-GP) by default, non-saturating BCE or hinge.
 
 Batches are {"audio": [batch, critic_steps, slice_len, 1] float32 in [-1, 1]}:
 every critic update of a step sees its own real batch. One compiled step runs
@@ -6,9 +6,17 @@ all critic updates (a `lax.scan`) and then one generator update, and keeps an
 exponential moving average (EMA) of the generator's parameters, which is what
 evaluation, samples and export use.
 
-Evaluation is a Frechet distance between the log-mel statistics of generated
-clips and held-out real clips (`spectral.py`); lower is better, and it picks
-the best checkpoint.
+The networks are config options (`build_generator`, `build_discriminator`):
+WaveGAN's generator or the oscillator-bank one (`models/audio_gan.py`), and
+WaveGAN's discriminator and/or STFT discriminators, each column of their
+logits its own loss; R1 (`gan.r1_weight`), two learning rates
+(`gan.d_learning_rate`) and an EMA warm-up (`gan.ema_warmup`) beside.
+
+Evaluation (`summarize`) compares generated clips with held-out real clips by
+the Frechet distance of their log-mel statistics, next to the same distance
+between two real splits at the same clip count (`frechet_ratio`), and by
+pitch salience and chroma profiles (`spectral.py`). The distance picks the
+best checkpoint (lower is better).
 """
 
 from __future__ import annotations
