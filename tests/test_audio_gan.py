@@ -157,3 +157,21 @@ def test_architecture_mistakes_name_the_key():
       train.check_config(_cpu(**overrides))
 
 
+
+
+def test_a_config_from_before_the_options_builds_wavegan():
+  """Bundles exported before these keys existed load as the WaveGAN they are."""
+  from ml_collections import config_dict  # pylint: disable=import-outside-toplevel
+  config = load_config("gan").to_dict()
+  for key in ("generator", "discriminators", "d_dim", "stft_sizes", "stft_dim",
+              "frame_kernel_size", "frame_hop", "oscillators_per_octave",
+              "normalize_output", "minibatch_std", "harmonics"):
+    del config["model"][key]
+  for key in ("r1_weight", "d_learning_rate", "ema_warmup"):
+    del config["gan"][key]
+  config = config_dict.ConfigDict(config)
+  train.check_config(config)
+  task = _task(config)
+  assert isinstance(task.generator, wavegan.WaveGANGenerator)
+  assert isinstance(task.discriminator, wavegan.WaveGANDiscriminator)
+  assert not config.gan.ema_warmup and config.model.harmonics == 1
