@@ -47,9 +47,8 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int,
   return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
 
 
-def log_mel(audio: Array, sample_rate: int, *, n_fft: int = 1024, hop: int = 256,
-            n_mels: int = 64, floor: float = 1e-5) -> Array:
-  """Log-mel power spectrogram of [batch, length] audio: [batch, frames, n_mels].
+def power_frames(audio: Array, n_fft: int, hop: int) -> Array:
+  """|STFT|^2 of [batch, length] audio: [batch, frames, n_fft // 2 + 1].
 
   Frames of `n_fft` samples every `hop` samples (no padding), Hann window.
   """
@@ -60,7 +59,17 @@ def log_mel(audio: Array, sample_rate: int, *, n_fft: int = 1024, hop: int = 256
   index = np.arange(num_frames)[:, None] * hop + np.arange(n_fft)[None, :]
   window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
   frames = audio[..., index].astype(jnp.float32) * window
-  power = jnp.abs(jnp.fft.rfft(frames, axis=-1)) ** 2
+  spec = jnp.fft.rfft(frames, axis=-1)
+  return jnp.real(spec) ** 2 + jnp.imag(spec) ** 2
+
+
+def log_mel(audio: Array, sample_rate: int, *, n_fft: int = 1024, hop: int = 256,
+            n_mels: int = 64, floor: float = 1e-5) -> Array:
+  """Log-mel power spectrogram of [batch, length] audio: [batch, frames, n_mels].
+
+  Frames of `n_fft` samples every `hop` samples (no padding), Hann window.
+  """
+  power = power_frames(audio, n_fft, hop)
   mel = power @ mel_filterbank(sample_rate, n_fft, n_mels)
   return jnp.log(mel + floor)
 

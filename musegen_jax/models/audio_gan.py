@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from musegen_jax import spectral
 from musegen_jax.models import wavegan
 
 Array = jax.Array
@@ -203,16 +204,8 @@ class OscillatorGenerator(nn.Module):
 
 def log_power_frames(audio: Array, n_fft: int, hop: int,
                      floor: float = 1e-5) -> Array:
-  """log(|STFT|^2 + floor) of [batch, length] audio: [batch, frames, n_fft/2+1].
-
-  Hann window, frames every `hop` samples, no padding.
-  """
-  length = audio.shape[-1]
-  num = 1 + (length - n_fft) // hop
-  index = np.arange(num)[:, None] * hop + np.arange(n_fft)[None, :]
-  window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
-  spec = jnp.fft.rfft(audio[..., index].astype(jnp.float32) * window, axis=-1)
-  return jnp.log(jnp.real(spec) ** 2 + jnp.imag(spec) ** 2 + floor)
+  """log(|STFT|^2 + floor) of [batch, length] audio (`spectral.power_frames`)."""
+  return jnp.log(spectral.power_frames(audio, n_fft, hop) + floor)
 
 
 def append_minibatch_std(h: Array) -> Array:
