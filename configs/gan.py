@@ -67,6 +67,12 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # > 1: the bank holds each pitch (C1 to C7) with this many partials, and the
   # generator gives pitch and partial loudness, which add in log.
   config.model.harmonics = 1
+  # > 0 (with harmonics > 1): each frame holds this many voices, each a
+  # softmax over the bank's pitches and a loudness, as a chorale's parts do.
+  config.model.voices = 0
+  # The voices' lowest and highest MIDI pitch (the bank's are C1 = 24 and
+  # C7 = 96).
+  config.model.voice_range = (24, 96)
   config.model.normalize_output = True
   # Discriminators, comma-separated: "waveform" (WaveGAN's, d_dim channels
   # first; 0: model.dim) and/or "stft" (log-power spectrograms at each of
@@ -78,6 +84,13 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # The STFT discriminators also see their features' spread over the batch,
   # against mode collapse (progressive GANs' minibatch standard deviation).
   config.model.minibatch_std = False
+  # The STFT discriminators score every position of their last layer (about
+  # a tenth of a second) on its own, as PatchGAN and MelGAN do, instead of
+  # one score per clip.
+  config.model.stft_patches = False
+  # > 1: the STFT discriminators score packs of this many clips together
+  # (PacGAN, Lin et al., 2018): a generator that repeats itself is seen.
+  config.model.stft_pack = 1
   # Kernel of the frame-rate convolutions (oscillator generator, STFT
   # discriminator).
   config.model.frame_kernel_size = 5
@@ -91,6 +104,14 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # The discriminator's Adam rate (0: learning_rate); two time scales when
   # they differ.
   config.gan.d_learning_rate = 0.0
+  # Mode seeking (MSGAN): the generator also pays this times
+  # 1 / (spectrogram distance / latent distance) between pairs of its clips,
+  # against mode collapse (0: none).
+  config.gan.mode_seeking_weight = 0.0
+  # Feature matching (Salimans et al., 2016): the generator also pays this
+  # times the distance between the batch means of the STFT discriminators'
+  # hidden features on real and generated clips (0: none).
+  config.gan.feature_matching_weight = 0.0
   config.gan.critic_steps = 5  # Discriminator updates per generator update.
   config.gan.ema_decay = 0.999  # EMA of the generator: evaluated and exported.
   # Decay min(ema_decay, (1 + step) / (10 + step)): the EMA follows the

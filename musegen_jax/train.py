@@ -455,6 +455,7 @@ def _train(config: config_dict.ConfigDict, workdir: str,
   pending: list[tuple[int, dict[str, jax.Array]]] = []
   bad_records: list[int] = []  # Per pending step, this process's count.
   bad_records_total = 0  # Since this launch, all processes.
+  valid_shown = {}  # The last eval's `task.progress_valid_keys`, on the bar.
   step = start_step
   started = time.perf_counter()
   stopped = False
@@ -510,7 +511,8 @@ def _train(config: config_dict.ConfigDict, workdir: str,
                          skipped_updates=int(jax.device_get(
                              on_mesh(state.skipped_updates))))
           writer.write_scalars(step, summary, prefix="train")
-          progress.show({k: summary[k] for k in task.progress_keys})
+          progress.show({**{k: summary[k] for k in task.progress_keys},
+                         **valid_shown})
           if step % (config.log_every_steps * 10) == 0:
             progress.write(f"step {step}: train " + _format(summary))
 
@@ -523,6 +525,8 @@ def _train(config: config_dict.ConfigDict, workdir: str,
           # learning curves against wall time.
           valid["launch_seconds"] = time.perf_counter() - started
           writer.write_eval(step, valid, split="valid")
+          valid_shown = {f"valid_{k}": valid[k] for k in
+                         getattr(task, "progress_valid_keys", ()) if k in valid}
           progress.write(f"step {step}: valid " + _format(valid))
 
         if config.sample_every_steps and step % config.sample_every_steps == 0:

@@ -175,3 +175,70 @@ def test_a_config_from_before_the_options_builds_wavegan():
   assert isinstance(task.generator, wavegan.WaveGANGenerator)
   assert isinstance(task.discriminator, wavegan.WaveGANDiscriminator)
   assert not config.gan.ema_warmup and config.model.harmonics == 1
+
+
+def test_mode_seeking_and_feature_matching_by_hand():
+  rng = np.random.default_rng(0)
+  clip = rng.normal(size=(1, 4096, 1)).astype(np.float32)
+  z = rng.uniform(-1, 1, (2, 8)).astype(np.float32)
+  # Two equal clips: the spectrogram distance is 0, the loss 1 / 1e-5.
+  same = gan.mode_seeking_loss(jnp.asarray(np.concatenate([clip, clip])), z)
+  assert float(same) == pytest.approx(1e5, rel=1e-3)
+  # A louder copy is (nearly: the floor of the log) the same mode, since each
+  # clip's mean log power is left out.
+  louder = gan.mode_seeking_loss(jnp.asarray(np.concatenate([clip, 3 * clip])), z)
+  assert float(louder) > 5e4
+  other = np.concatenate([clip, rng.normal(size=(1, 4096, 1)).astype(np.float32)])
+  feats = np.asarray(audio_gan.log_power_frames(jnp.asarray(other[..., 0]), 1024, 256))
+  feats = feats - feats.mean(axis=(1, 2), keepdims=True)
+  ratio = np.mean(np.abs(feats[0] - feats[1])) / np.mean(np.abs(z[0] - z[1]))
+  assert float(gan.mode_seeking_loss(jnp.asarray(other), z)) == pytest.approx(
+      1 / (ratio + 1e-5), rel=1e-4)
+  real = [jnp.asarray([[[1.0, 2.0], [3.0, 4.0]]]), jnp.ones((2, 3, 1))]
+  fake = [jnp.asarray([[[0.0, 2.0], [1.0, 0.0]]]), jnp.zeros((2, 3, 1))]
+  # Layer 1: channel means (2, 3) vs (0.5, 1): |1.5| and |2| average 1.75;
+  # layer 2: |1 - 0| = 1; the mean over layers 1.375.
+  assert float(gan.feature_matching_loss(real, fake)) == pytest.approx(1.375)
+
+
+def test_voices_sound_one_pitch_each_within_their_range():
+  gen = audio_gan.OscillatorGenerator(slice_len=4096, latent_dim=8, dim=8, hop=128,
+                                      per_octave=12, harmonics=3, voices=2,
+                                      voice_range=(48, 60))
+  z = jax.random.uniform(jax.random.PRNGKey(0), (3, 8), minval=-1, maxval=1)
+  params = gen.init(jax.random.PRNGKey(1), z)
+  audio, captured = gen.apply(params, z, mutable=["intermediates"])
+  amps = np.asarray(captured["intermediates"]["pitch_amplitudes"][0])
+  assert audio.shape == (3, 4096, 1) and amps.shape == (3, 32, 73)  # C1..C7.
+  sounding = amps > 0
+  assert sounding.any() and (sounding.sum(-1) <= 2).all()  # Two voices a frame.
+  midi = 24 + np.nonzero(sounding)[2]
+  assert midi.min() >= 48 and midi.max() <= 60
+  # Gradients reach the pitch logits through the one-hot choice.
+  grads = jax.grad(lambda p: jnp.sum(gen.apply(p, z) ** 2))(params)
+  kernel = nn.unbox(grads["params"]["voice_pitches"]["kernel"])
+  assert float(jnp.abs(kernel).sum()) > 0
+
+
+def test_stft_patches_give_one_logit_per_position():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4096, 1)), jnp.float32)
+  whole = audio_gan.STFTDiscriminator(sizes=(256, 1024), dim=4)
+  patches = audio_gan.STFTDiscriminator(sizes=(256, 1024), dim=4, patches=True)
+  assert whole.apply(whole.init(jax.random.PRNGKey(0), x), x).shape == (2, 2)
+  # Frames 61 and 13 (hop n / 4), then strides 1, 2, 2: 16 and 4 positions.
+  assert patches.apply(patches.init(jax.random.PRNGKey(0), x), x).shape == (2, 20)
+
+
+def test_voice_and_loss_option_mistakes_name_the_key():
+  for overrides, key in ((dict(model__voices=4, model__harmonics=1), "model.voices"),
+                         (dict(model__voices=4, model__voice_range=(12, 60)),
+                          "model.voice_range"),
+                         (dict(model__voices=4, model__voice_range=(60, 48)),
+                          "model.voice_range"),
+                         (dict(model__discriminators="waveform",
+                               gan__feature_matching_weight=1.0),
+                          "gan.feature_matching_weight"),
+                         (dict(gan__mode_seeking_weight=-1.0),
+                          "gan.mode_seeking_weight")):
+    with pytest.raises(ValueError, match=key):
+      train.check_config(_cpu(**overrides))

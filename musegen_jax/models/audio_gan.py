@@ -35,12 +35,14 @@ from musegen_jax.models import wavegan
 
 Array = jax.Array
 
-LOWEST_HZ = 440.0 * 2.0 ** ((24 - 69) / 12.0)  # C1, 32.7 Hz.
+LOWEST_MIDI = 24
+LOWEST_HZ = 440.0 * 2.0 ** ((LOWEST_MIDI - 69) / 12.0)  # C1, 32.7 Hz.
 LOG_AMPLITUDE_SPREAD = 3.0
 LOG_AMPLITUDE_GAIN = 3.0
 
 
-HARMONIC_HIGHEST_HZ = 440.0 * 2.0 ** ((96 - 69) / 12.0)  # C7, 2,093 Hz.
+HIGHEST_MIDI = 96
+HARMONIC_HIGHEST_HZ = 440.0 * 2.0 ** ((HIGHEST_MIDI - 69) / 12.0)  # C7, 2,093 Hz.
 
 
 def bank_frequencies(sample_rate: int, per_octave: int,
@@ -137,6 +139,8 @@ class OscillatorGenerator(nn.Module):
   hop: int = 128
   per_octave: int = 24
   harmonics: int = 1
+  voices: int = 0
+  voice_range: tuple[int, int] = (24, 96)
   sample_rate: int = 16000
   normalize: bool = True
   conv_impl: str = "auto"
@@ -166,7 +170,24 @@ class OscillatorGenerator(nn.Module):
                          1, conv_impl=self.conv_impl, dtype=self.dtype,
                          name=f"upconv_{i}")(jnp.repeat(x, 2, axis=1))
     x = nn.relu(nn.LayerNorm(dtype=self.dtype, name=f"norm_{ups}")(x))
-    if self.harmonics == 1:
+    if self.voices:  # a[p, h] = sum_v loudness_v softmax_v(p) * partial h's.
+      pitches = k // self.harmonics
+      logits = self._log_amplitudes(x, self.voices * pitches, "voice_pitches")
+      midi = LOWEST_MIDI + np.arange(pitches) * 12.0 / self.per_octave
+      allowed = (midi >= self.voice_range[0]) & (midi <= self.voice_range[1])
+      logits = logits.reshape(logits.shape[:2] + (self.voices, pitches))
+      soft = jax.nn.softmax(jnp.where(allowed, logits, -jnp.inf), axis=-1)
+      # Straight-through: each voice sounds its most likely pitch alone;
+      # gradients flow as through the softmax.
+      hard = jax.nn.one_hot(jnp.argmax(soft, axis=-1), pitches, dtype=soft.dtype)
+      weights = soft + jax.lax.stop_gradient(hard - soft)
+      loudness = jax.nn.sigmoid(self._log_amplitudes(x, self.voices, "voice_loudness"))
+      pitch_amp = jnp.einsum("bfv,bfvp->bfp", loudness, weights)
+      self.sow("intermediates", "pitch_amplitudes", pitch_amp)
+      partials = self._log_amplitudes(x, self.harmonics, "partials")
+      log_amp = (jnp.log(pitch_amp + 1e-12)[..., :, None]
+                 + partials[..., None, :]).reshape(pitch_amp.shape[:2] + (k,))
+    elif self.harmonics == 1:
       log_amp = self._log_amplitudes(x, k, "amplitudes")
     else:  # log a[p, h] = pitch p's + partial h's, each frame.
       pitches = self._log_amplitudes(x, k // self.harmonics, "pitches")
@@ -233,13 +254,19 @@ class STFTDiscriminator(nn.Module):
   sizes: Sequence[int] = (256, 1024, 4096)
   dim: int = 64
   minibatch_std: bool = False
+  patches: bool = False
+  pack: int = 1
   kernel_size: int = 5
   conv_impl: str = "auto"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    """[batch, length, 1] -> [batch, len(sizes)] float32 logits."""
+    """[batch, length, 1] -> [batch, len(sizes)] float32 logits ([batch,
+    positions summed over sizes] with `patches`; batch / pack rows)."""
+    if x.shape[0] % self.pack:
+      raise ValueError(f"a batch of {x.shape[0]} clips does not divide into "
+                       f"packs of {self.pack}")
     del train
     audio = x[..., 0]
     logits = []
@@ -248,20 +275,27 @@ class STFTDiscriminator(nn.Module):
         raise ValueError(f"STFT size {n} is longer than the clips "
                          f"({audio.shape[-1]} samples)")
       h = log_power_frames(audio, n, n // 4).astype(self.dtype)
+      if self.pack > 1:  # [batch / pack, frames, pack * bins].
+        b, f, k = h.shape
+        h = h.reshape(b // self.pack, self.pack, f, k).transpose(0, 2, 1, 3)
+        h = h.reshape(b // self.pack, f, self.pack * k)
       for i, stride in enumerate((1, 2, 2)):
         h = wavegan.Conv1D(self.dim, self.kernel_size, stride,
                            conv_impl=self.conv_impl, dtype=self.dtype,
                            name=f"stft{n}_conv_{i}")(h)
         h = nn.leaky_relu(h, 0.2)
+        # For feature matching (tasks/gan.py): read with mutable=["intermediates"].
+        self.sow("intermediates", f"stft{n}_features_{i}", h)
       if self.minibatch_std:
         h = append_minibatch_std(h)
-      h = h.reshape(h.shape[0], -1)
+      if not self.patches:
+        h = h.reshape(h.shape[0], -1)
       out = nn.Dense(1, dtype=self.dtype,
                      kernel_init=wavegan._logical(
                          nn.initializers.glorot_uniform(), "mlp", None),
                      bias_init=wavegan._logical(nn.initializers.zeros_init(), None),
                      name=f"stft{n}_output")(h)
-      logits.append(out.astype(jnp.float32))
+      logits.append(out.reshape(out.shape[0], -1).astype(jnp.float32))
     return jnp.concatenate(logits, axis=-1)
 
 

@@ -52,8 +52,10 @@ CONFIG_DEFAULTS = {
     "model.d_dim": 0, "model.stft_sizes": (256, 1024, 4096),
     "model.stft_dim": 64, "model.frame_kernel_size": 5, "model.frame_hop": 128,
     "model.oscillators_per_octave": 24, "model.normalize_output": True,
-    "model.minibatch_std": False, "model.harmonics": 1,
-    "gan.r1_weight": 0.0, "gan.d_learning_rate": 0.0, "gan.ema_warmup": False}
+    "model.minibatch_std": False, "model.harmonics": 1, "model.voices": 0, "model.voice_range": (24, 96),
+    "model.stft_patches": False, "model.stft_pack": 1,
+    "gan.r1_weight": 0.0, "gan.d_learning_rate": 0.0, "gan.ema_warmup": False,
+    "gan.mode_seeking_weight": 0.0, "gan.feature_matching_weight": 0.0}
 SLICE_LENGTHS = (16384, 32768, 65536)
 # Log-mel features of the Frechet distance.
 FRECHET_N_FFT = 1024
@@ -121,6 +123,9 @@ def _check_architecture(config: config_dict.ConfigDict) -> None:
                 "model.harmonics": m.harmonics},
       non_negative={"gan.r1_weight": config.gan.r1_weight,
                     "gan.d_learning_rate": config.gan.d_learning_rate,
+                    "gan.mode_seeking_weight": config.gan.mode_seeking_weight,
+                    "gan.feature_matching_weight":
+                        config.gan.feature_matching_weight,
                     "model.d_dim": m.d_dim})
   slice_len = config.data.slice_len
   if "stft" in names:
@@ -130,6 +135,30 @@ def _check_architecture(config: config_dict.ConfigDict) -> None:
     if not sizes or bad:
       raise ValueError(f"config.model.stft_sizes={tuple(sizes)}; allowed: one or "
                        f"more powers of two from 16 to data.slice_len={slice_len}")
+  if m.voices:
+    low, high = (tuple(m.voice_range) + (None, None))[:2]
+    if m.generator != "oscillators" or m.harmonics < 2 or m.voices < 0:
+      raise ValueError(f"config.model.voices={m.voices}; allowed: 0, or a "
+                       "positive count with model.generator='oscillators' and "
+                       f"model.harmonics >= 2 (got {m.generator!r}, "
+                       f"{m.harmonics})")
+    if not (len(m.voice_range) == 2 and isinstance(low, int) and isinstance(high, int)
+            and audio_gan.LOWEST_MIDI <= low <= high <= audio_gan.HIGHEST_MIDI):
+      raise ValueError(f"config.model.voice_range={tuple(m.voice_range)}; allowed: "
+                       f"(low, high) MIDI pitches with {audio_gan.LOWEST_MIDI} <= "
+                       f"low <= high <= {audio_gan.HIGHEST_MIDI}")
+  pack = m.stft_pack
+  micro = config.batch_size // max(1, config.grad_accum_steps)
+  if not (isinstance(pack, int) and pack >= 1 and micro % pack == 0):
+    raise ValueError(f"config.model.stft_pack={pack!r}; allowed: a positive "
+                     f"integer that divides each update's batch (batch_size "
+                     f"{config.batch_size} / grad_accum_steps "
+                     f"{config.grad_accum_steps} = {micro})")
+  if config.gan.feature_matching_weight > 0 and "stft" not in names:
+    raise ValueError(f"config.gan.feature_matching_weight="
+                     f"{config.gan.feature_matching_weight} reads the STFT "
+                     "discriminators' features; add 'stft' to "
+                     f"model.discriminators (got {m.discriminators!r})")
   if m.generator == "oscillators":
     hop = m.frame_hop
     frames = slice_len // hop if isinstance(hop, int) and hop > 0 else 0
@@ -148,7 +177,7 @@ def build_generator(config: config_dict.ConfigDict):
         slice_len=int(config.data.slice_len), latent_dim=m.latent_dim, dim=m.dim,
         kernel_size=m.frame_kernel_size, hop=m.frame_hop,
         per_octave=m.oscillators_per_octave, harmonics=m.harmonics,
-        sample_rate=int(config.data.audio.sample_rate),
+        voices=m.voices, voice_range=tuple(m.voice_range), sample_rate=int(config.data.audio.sample_rate),
         normalize=m.normalize_output, conv_impl=m.conv_impl, dtype=dtype)
   return wavegan.WaveGANGenerator(
       latent_dim=m.latent_dim, slice_len=int(config.data.slice_len), dim=m.dim,
@@ -171,7 +200,8 @@ def build_discriminator(config: config_dict.ConfigDict):
     else:
       members.append(audio_gan.STFTDiscriminator(
           sizes=tuple(m.stft_sizes), dim=m.stft_dim, kernel_size=m.frame_kernel_size,
-          minibatch_std=m.minibatch_std, conv_impl=m.conv_impl, dtype=dtype))
+          minibatch_std=m.minibatch_std, patches=m.stft_patches,
+          pack=m.stft_pack, conv_impl=m.conv_impl, dtype=dtype))
   if len(members) == 1 and isinstance(members[0], wavegan.WaveGANDiscriminator):
     return members[0]  # The paper's model, with its own parameter names.
   return audio_gan.Discriminators(members=members)
@@ -179,6 +209,42 @@ def build_discriminator(config: config_dict.ConfigDict):
 
 def discriminator_names(config: config_dict.ConfigDict) -> list[str]:
   return [n.strip() for n in config.model.discriminators.split(",") if n.strip()]
+
+
+def mode_seeking_loss(fake: Array, z: Array, n_fft: int = 1024) -> Array:
+  """Mode seeking (Mao et al., 2019, MSGAN): 1 / (ratio + 1e-5), where ratio
+  is the mean absolute difference of two halves of the batch's clips, as
+  log-power spectrograms (`n_fft` window, hop n_fft / 4), over that of their
+  latents, each clip's mean log power subtracted. A generator that gives every latent the same clip pays ~1e5; one
+  whose clips differ as real ones do (several nats) pays a few tenths.
+
+  Args:
+    fake: [batch, slice_len, 1] generated clips (batch of 2 or more).
+    z: [batch, latent_dim] their latents.
+  """
+  half = fake.shape[0] // 2
+  if half < 1:
+    raise ValueError("mode seeking needs a batch of 2 or more clips per update")
+  feats = audio_gan.log_power_frames(fake[..., 0].astype(jnp.float32), n_fft,
+                                     n_fft // 4)
+  # Level left out: a clip louder or softer throughout is not another mode.
+  feats = feats - jnp.mean(feats, axis=(1, 2), keepdims=True)
+  d_x = jnp.mean(jnp.abs(feats[:half] - feats[half:2 * half]))
+  d_z = jnp.mean(jnp.abs(z[:half] - z[half:2 * half]))
+  return 1.0 / (d_x / d_z + 1e-5)
+
+
+def feature_matching_loss(real_features: list[Array],
+                          fake_features: list[Array]) -> Array:
+  """Feature matching (Salimans et al., 2016): the mean over the
+  discriminator's hidden layers of the mean absolute difference between the
+  batch means of each channel, real against generated (every position of a
+  layer one observation)."""
+  def channel_means(h):
+    return jnp.mean(h.reshape(-1, h.shape[-1]).astype(jnp.float32), axis=0)
+  return jnp.mean(jnp.stack([
+      jnp.mean(jnp.abs(channel_means(r) - channel_means(f)))
+      for r, f in zip(real_features, fake_features)]))
 
 
 def r1_penalty(critic: Callable[[Array], Array], real: Array) -> Array:
@@ -247,6 +313,8 @@ class GANTask:
 
   valid_metric = "frechet"
   progress_keys = ("d_loss", "g_loss", "gp", "wdist")
+  # The last eval's figures beside the losses on the progress bar.
+  progress_valid_keys = ("frechet_ratio", "salience_ratio")
 
   def __init__(self, config: config_dict.ConfigDict, representation: Any):
     self.config = config
@@ -327,6 +395,15 @@ class GANTask:
                                               mutable=["batch_stats"])
       return out, updates["batch_stats"]
     return self.discriminator.apply(variables, x, train=True, rngs=rngs), batch_stats
+
+  def _critic_features(self, params, x, rng, logits: bool = False):
+    """The discriminators' hidden features of x (`Module.sow`n), a list;
+    with `logits`, (logits, features)."""
+    out, captured = self.discriminator.apply(
+        {"params": params}, x, train=True, rngs={"phase_shuffle": rng},
+        mutable=["intermediates"])
+    features = jax.tree.leaves(captured["intermediates"])
+    return (out, features) if logits else features
 
   def train_step(self, state: GANState, batch: dict[str, Array], rng: Array,
                  axis_name: str | None = None) -> tuple[GANState, dict[str, Array]]:
@@ -419,23 +496,45 @@ class GANTask:
 
     z_key, fake_key = jax.random.split(g_rng)
     fake_key = common.fold_in_device(fake_key, axis_name)
+    ms_weight = float(self.config.gan.mode_seeking_weight)
+    fm_weight = float(self.config.gan.feature_matching_weight)
 
     def g_micro(inputs):
-      z, index = inputs
+      z, real, index = inputs
+      real_features = []
+      if fm_weight > 0:  # The last critic update's real clips.
+        real_features = self._critic_features(d_params, real,
+                                              micro_key(fake_key, index))
 
       def g_loss_fn(g_params):
         fake, g_stats = self._generate(g_params, state.g_batch_stats, z, train=True)
-        d_fake, _ = self._critic(d_params, d_stats, fake, micro_key(fake_key, index))
-        return generator_loss(kind, d_fake), g_stats
+        extra = {"mode_seeking": jnp.zeros((), jnp.float32),
+                 "feature_matching": jnp.zeros((), jnp.float32)}
+        if fm_weight > 0:
+          d_fake, fake_features = self._critic_features(
+              d_params, fake, micro_key(fake_key, index), logits=True)
+          extra["feature_matching"] = feature_matching_loss(real_features,
+                                                            fake_features)
+        else:
+          d_fake, _ = self._critic(d_params, d_stats, fake,
+                                   micro_key(fake_key, index))
+        if ms_weight > 0:
+          extra["mode_seeking"] = mode_seeking_loss(fake, z)
+        loss = generator_loss(kind, d_fake)
+        total = (loss + ms_weight * extra["mode_seeking"]
+                 + fm_weight * extra["feature_matching"])
+        return total, (g_stats, {"g_loss": loss, **extra})
 
-      (g_loss, g_stats), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
-          state.g_params)
-      return g_grads, g_loss, g_stats
+      (_, (g_stats, losses)), g_grads = jax.value_and_grad(
+          g_loss_fn, has_aux=True)(state.g_params)
+      return g_grads, losses, g_stats
 
-    g_grads, g_loss, g_stats = common.accumulate(
-        g_micro, (global_draw(self.latents(z_key, n * devices)), jnp.arange(num)),
+    g_grads, g_losses, g_stats = common.accumulate(
+        g_micro, (global_draw(self.latents(z_key, n * devices)),
+                  common.micro_batches(real_batches[-1], num), jnp.arange(num)),
         num)
-    g_grads, g_loss = average((g_grads, g_loss))
+    g_grads, g_losses = average((g_grads, g_losses))
+    g_loss = g_losses["g_loss"]
     updates, g_opt_state = state.g_tx.update(g_grads, state.g_opt_state,
                                              state.g_params)
     g_params = optax.apply_updates(state.g_params, updates)
@@ -454,7 +553,7 @@ class GANTask:
         step=state.step + 1, g_params=g_params, d_params=d_params,
         g_opt_state=g_opt_state, d_opt_state=d_opt_state, ema_params=ema_params,
         g_batch_stats=g_stats, d_batch_stats=d_stats)
-    metrics.update(g_loss=g_loss, g_grad_norm=g_grad_norm,
+    metrics.update(g_grad_norm=g_grad_norm, **g_losses,
                    nonfinite=(~finite).astype(jnp.float32))
     return common.keep_if_finite(new_state, state, finite), metrics
 
