@@ -73,6 +73,12 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # The voices' lowest and highest MIDI pitch (the bank's are C1 = 24 and
   # C7 = 96).
   config.model.voice_range = (24, 96)
+  # With voices: True, every frame gives its partials' loudness; False, one
+  # learned timbre (the partials' log-amplitudes are parameters).
+  config.model.frame_partials = True
+  # With voices: True, each voice sounds its most likely pitch alone
+  # (straight-through gradients); False, the softmax's mix of pitches.
+  config.model.hard_voices = True
   config.model.normalize_output = True
   # Discriminators, comma-separated: "waveform" (WaveGAN's, d_dim channels
   # first; 0: model.dim) and/or "stft" (log-power spectrograms at each of
@@ -112,6 +118,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # times the distance between the batch means of the STFT discriminators'
   # hidden features on real and generated clips (0: none).
   config.gan.feature_matching_weight = 0.0
+  # Coverage: the generator also pays this times the Chamfer distance between
+  # real and generated spectrogram frames (tasks/gan.py coverage_loss), so
+  # that every kind of real frame has a generated one near it (0: none).
+  config.gan.coverage_weight = 0.0
   config.gan.critic_steps = 5  # Discriminator updates per generator update.
   config.gan.ema_decay = 0.999  # EMA of the generator: evaluated and exported.
   # Decay min(ema_decay, (1 + step) / (10 + step)): the EMA follows the

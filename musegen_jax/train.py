@@ -28,6 +28,7 @@ from ml_collections import config_dict
 from musegen_jax import checkpoint
 from musegen_jax import errors
 from musegen_jax import parallel
+from musegen_jax import plots
 from musegen_jax import progress as progress_lib
 from musegen_jax import tasks
 from musegen_jax import workdir as workdir_lib
@@ -39,6 +40,9 @@ from musegen_jax.tasks import common
 TrainState = common.TrainState
 # What a NaN/Inf loss or gradient does: stop with an error, or skip the update.
 NONFINITE_MODES = ("stop", "skip")
+# Redrawn in the workdir after every eval of a task with `curve_keys`: those
+# valid figures against step and wall time.
+LEARNING_CURVE = "learning_curve.png"
 
 
 # The shared optimizer lives with the tasks; these names are kept for callers.
@@ -527,6 +531,10 @@ def _train(config: config_dict.ConfigDict, workdir: str,
           writer.write_eval(step, valid, split="valid")
           valid_shown = {f"valid_{k}": valid[k] for k in
                          getattr(task, "progress_valid_keys", ()) if k in valid}
+          if is_chief and getattr(task, "curve_keys", ()):
+            plots.plot_learning_curve(
+                plots.read_eval_rows(workdir), list(task.curve_keys),
+                os.path.join(workdir, LEARNING_CURVE), title=f"{config.task} valid")
           progress.write(f"step {step}: valid " + _format(valid))
 
         if config.sample_every_steps and step % config.sample_every_steps == 0:

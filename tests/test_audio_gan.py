@@ -242,3 +242,24 @@ def test_voice_and_loss_option_mistakes_name_the_key():
                           "gan.mode_seeking_weight")):
     with pytest.raises(ValueError, match=key):
       train.check_config(_cpu(**overrides))
+
+
+def test_coverage_is_the_symmetric_chamfer_distance_of_spectrogram_frames():
+  rng = np.random.default_rng(0)
+  real = rng.normal(size=(2, 2048, 1)).astype(np.float32)
+  fake = rng.normal(size=(3, 2048, 1)).astype(np.float32)
+  assert float(gan.coverage_loss(jnp.asarray(real), jnp.asarray(real))) == (
+      pytest.approx(0.0, abs=1e-3))
+
+  def frames(x):
+    f = np.asarray(audio_gan.log_power_frames(jnp.asarray(x[..., 0]), 1024, 512))
+    return f.reshape(-1, f.shape[-1]).astype(np.float64)
+  r, f = frames(real), frames(fake)
+  dist = ((r[:, None, :] - f[None, :, :]) ** 2).mean(-1)
+  expected = dist.min(1).mean() + dist.min(0).mean()
+  assert float(gan.coverage_loss(jnp.asarray(real), jnp.asarray(fake))) == (
+      pytest.approx(expected, rel=1e-3))
+  # Only the generated clips get gradients.
+  grad_real, grad_fake = jax.grad(gan.coverage_loss, argnums=(0, 1))(
+      jnp.asarray(real), jnp.asarray(fake))
+  assert not np.any(np.asarray(grad_real)) and np.any(np.asarray(grad_fake))

@@ -141,6 +141,8 @@ class OscillatorGenerator(nn.Module):
   harmonics: int = 1
   voices: int = 0
   voice_range: tuple[int, int] = (24, 96)
+  frame_partials: bool = True
+  hard_voices: bool = True
   sample_rate: int = 16000
   normalize: bool = True
   conv_impl: str = "auto"
@@ -179,12 +181,19 @@ class OscillatorGenerator(nn.Module):
       soft = jax.nn.softmax(jnp.where(allowed, logits, -jnp.inf), axis=-1)
       # Straight-through: each voice sounds its most likely pitch alone;
       # gradients flow as through the softmax.
-      hard = jax.nn.one_hot(jnp.argmax(soft, axis=-1), pitches, dtype=soft.dtype)
-      weights = soft + jax.lax.stop_gradient(hard - soft)
+      weights = soft
+      if self.hard_voices:
+        hard = jax.nn.one_hot(jnp.argmax(soft, axis=-1), pitches, dtype=soft.dtype)
+        weights = soft + jax.lax.stop_gradient(hard - soft)
       loudness = jax.nn.sigmoid(self._log_amplitudes(x, self.voices, "voice_loudness"))
       pitch_amp = jnp.einsum("bfv,bfvp->bfp", loudness, weights)
       self.sow("intermediates", "pitch_amplitudes", pitch_amp)
-      partials = self._log_amplitudes(x, self.harmonics, "partials")
+      if self.frame_partials:
+        partials = self._log_amplitudes(x, self.harmonics, "partials")
+      else:  # One timbre: the partials' log-amplitudes are parameters.
+        partials = LOG_AMPLITUDE_GAIN * self.param(
+            "partials", wavegan._logical(nn.initializers.zeros_init(), None),
+            (self.harmonics,), jnp.float32)
       log_amp = (jnp.log(pitch_amp + 1e-12)[..., :, None]
                  + partials[..., None, :]).reshape(pitch_amp.shape[:2] + (k,))
     elif self.harmonics == 1:

@@ -28,7 +28,8 @@ keys) and a task class built as `Task(config, representation)` with:
 - `valid_metric` (picks the best checkpoint; lower is better),
   `progress_keys` (shown on the progress bar) and `learning_rate_fn` (or
   None); optionally `progress_valid_keys` (the last eval's figures shown
-  beside them).
+  beside them) and `curve_keys` (valid figures the loop plots against step
+  and wall time in WORKDIR/learning_curve.png after every eval).
 
 The module may also give `evaluate_num_batches(config)`: the eval batches
 `python -m musegen_jax.evaluate` uses when not told (the GAN's default

@@ -53,9 +53,11 @@ CONFIG_DEFAULTS = {
     "model.stft_dim": 64, "model.frame_kernel_size": 5, "model.frame_hop": 128,
     "model.oscillators_per_octave": 24, "model.normalize_output": True,
     "model.minibatch_std": False, "model.harmonics": 1, "model.voices": 0, "model.voice_range": (24, 96),
+    "model.frame_partials": True, "model.hard_voices": True,
     "model.stft_patches": False, "model.stft_pack": 1,
     "gan.r1_weight": 0.0, "gan.d_learning_rate": 0.0, "gan.ema_warmup": False,
-    "gan.mode_seeking_weight": 0.0, "gan.feature_matching_weight": 0.0}
+    "gan.mode_seeking_weight": 0.0, "gan.feature_matching_weight": 0.0,
+    "gan.coverage_weight": 0.0}
 SLICE_LENGTHS = (16384, 32768, 65536)
 # Log-mel features of the Frechet distance.
 FRECHET_N_FFT = 1024
@@ -126,6 +128,7 @@ def _check_architecture(config: config_dict.ConfigDict) -> None:
                     "gan.mode_seeking_weight": config.gan.mode_seeking_weight,
                     "gan.feature_matching_weight":
                         config.gan.feature_matching_weight,
+                    "gan.coverage_weight": config.gan.coverage_weight,
                     "model.d_dim": m.d_dim})
   slice_len = config.data.slice_len
   if "stft" in names:
@@ -177,7 +180,8 @@ def build_generator(config: config_dict.ConfigDict):
         slice_len=int(config.data.slice_len), latent_dim=m.latent_dim, dim=m.dim,
         kernel_size=m.frame_kernel_size, hop=m.frame_hop,
         per_octave=m.oscillators_per_octave, harmonics=m.harmonics,
-        voices=m.voices, voice_range=tuple(m.voice_range), sample_rate=int(config.data.audio.sample_rate),
+        voices=m.voices, voice_range=tuple(m.voice_range),
+        frame_partials=m.frame_partials, hard_voices=m.hard_voices, sample_rate=int(config.data.audio.sample_rate),
         normalize=m.normalize_output, conv_impl=m.conv_impl, dtype=dtype)
   return wavegan.WaveGANGenerator(
       latent_dim=m.latent_dim, slice_len=int(config.data.slice_len), dim=m.dim,
@@ -245,6 +249,28 @@ def feature_matching_loss(real_features: list[Array],
   return jnp.mean(jnp.stack([
       jnp.mean(jnp.abs(channel_means(r) - channel_means(f)))
       for r, f in zip(real_features, fake_features)]))
+
+
+def coverage_loss(real: Array, fake: Array, n_fft: int = 1024) -> Array:
+  """The symmetric Chamfer distance between the real and the generated
+  clips' spectrogram frames (log power, `n_fft` window, hop n_fft / 2): the
+  mean over real frames of the squared distance (per bin) to the nearest
+  generated frame, plus the same from generated to real. The first term is
+  small only if every kind of real frame has a generated one near it (mode
+  coverage, as implicit maximum likelihood estimation asks, Li and Malik,
+  2018); the second only if every generated frame looks like a real one.
+
+  Args:
+    real, fake: [batch, slice_len, 1] clips; only `fake` gets gradients.
+  """
+  def frames(x):
+    f = audio_gan.log_power_frames(x[..., 0].astype(jnp.float32), n_fft, n_fft // 2)
+    return f.reshape(-1, f.shape[-1])
+  r, f = jax.lax.stop_gradient(frames(real)), frames(fake)
+  dist = (jnp.sum(r * r, -1)[:, None] + jnp.sum(f * f, -1)[None, :]
+          - 2.0 * r @ f.T) / r.shape[-1]
+  dist = jnp.maximum(dist, 0.0)
+  return jnp.mean(jnp.min(dist, axis=1)) + jnp.mean(jnp.min(dist, axis=0))
 
 
 def r1_penalty(critic: Callable[[Array], Array], real: Array) -> Array:
@@ -315,6 +341,8 @@ class GANTask:
   progress_keys = ("d_loss", "g_loss", "gp", "wdist")
   # The last eval's figures beside the losses on the progress bar.
   progress_valid_keys = ("frechet_ratio", "salience_ratio")
+  # WORKDIR/learning_curve.png, redrawn after every eval.
+  curve_keys = ("frechet_ratio", "salience_ratio", "chroma_distance")
 
   def __init__(self, config: config_dict.ConfigDict, representation: Any):
     self.config = config
@@ -350,7 +378,9 @@ class GANTask:
     """
     g_rng, d_rng = jax.random.split(rng)
     z = jnp.zeros((1, self.latent_dim), jnp.float32)
-    x = jnp.zeros((1, self.slice_len, 1), jnp.float32)
+    # One pack of clips (model.stft_pack): the parameters' shapes do not
+    # depend on the batch.
+    x = jnp.zeros((int(self.config.model.stft_pack), self.slice_len, 1), jnp.float32)
     g_vars = self.generator.init({"params": g_rng}, z, train=False)
     d_vars = self.discriminator.init({"params": d_rng}, x, train=False)
     g_tx, d_tx = self.g_tx, self.d_tx
@@ -498,6 +528,7 @@ class GANTask:
     fake_key = common.fold_in_device(fake_key, axis_name)
     ms_weight = float(self.config.gan.mode_seeking_weight)
     fm_weight = float(self.config.gan.feature_matching_weight)
+    cov_weight = float(self.config.gan.coverage_weight)
 
     def g_micro(inputs):
       z, real, index = inputs
@@ -509,7 +540,8 @@ class GANTask:
       def g_loss_fn(g_params):
         fake, g_stats = self._generate(g_params, state.g_batch_stats, z, train=True)
         extra = {"mode_seeking": jnp.zeros((), jnp.float32),
-                 "feature_matching": jnp.zeros((), jnp.float32)}
+                 "feature_matching": jnp.zeros((), jnp.float32),
+                 "coverage": jnp.zeros((), jnp.float32)}
         if fm_weight > 0:
           d_fake, fake_features = self._critic_features(
               d_params, fake, micro_key(fake_key, index), logits=True)
@@ -520,9 +552,12 @@ class GANTask:
                                    micro_key(fake_key, index))
         if ms_weight > 0:
           extra["mode_seeking"] = mode_seeking_loss(fake, z)
+        if cov_weight > 0:
+          extra["coverage"] = coverage_loss(real, fake)
         loss = generator_loss(kind, d_fake)
         total = (loss + ms_weight * extra["mode_seeking"]
-                 + fm_weight * extra["feature_matching"])
+                 + fm_weight * extra["feature_matching"]
+                 + cov_weight * extra["coverage"])
         return total, (g_stats, {"g_loss": loss, **extra})
 
       (_, (g_stats, losses)), g_grads = jax.value_and_grad(
