@@ -7,8 +7,9 @@ Variants: "" (the WaveGAN setup: d = 64, batch 64, 16,384 samples at 16 kHz,
 WGAN-GP with 5 critic updates per generator update, Adam 1e-4, betas 0.5/0.9),
 "bce" (non-saturating loss, Adam 2e-4, betas 0.5/0.999, one critic update),
 "hinge" (hinge loss, otherwise as bce), "cpu" (the recipe that learns tonal
-audio on a 2-core CPU in 30 minutes: an oscillator-bank generator, STFT
-discriminators, hinge loss, two time scales), and "smoke" (a tiny model that
+audio on a 2-core CPU in 30 minutes: four voices of harmonic oscillators,
+STFT discriminators on patches of packed clips, hinge loss, the coverage
+term), and "smoke" (a tiny model that
 trains on a CPU in about a minute); "smoke" combines with the others, e.g.
 "smoke,bce" or "smoke,cpu".
 
@@ -198,27 +199,36 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.adam_b2 = 0.999
   if "cpu" in variants:
     # Learns tonal audio on a 2-core CPU in 30 minutes (BUILD_NOTES.md,
-    # issue 25): the oscillator generator, STFT discriminators, hinge loss,
-    # 1:1 updates, two time scales.
+    # issue 25): four voices of harmonic oscillators on the semitone grid,
+    # multi-resolution STFT discriminators scoring patches of packed clips,
+    # hinge loss with 1:1 updates, and the coverage term against mode collapse.
     config.model.generator = "oscillators"
+    config.model.harmonics = 6
+    config.model.oscillators_per_octave = 12
+    config.model.voices = 4
+    config.model.voice_range = (36, 84)  # C2 to C6: a choir's range.
+    config.model.frame_partials = False
+    config.model.hard_voices = False
     config.model.discriminators = "stft"
     config.model.minibatch_std = True
-    config.model.harmonics = 6
+    config.model.stft_patches = True
+    config.model.stft_pack = 2
     config.gan.loss = "hinge"
     config.gan.gp_weight = 0.0
     config.gan.critic_steps = 1
-    config.learning_rate = 1e-4
+    config.gan.coverage_weight = 30.0
+    config.learning_rate = 4e-4
     config.gan.d_learning_rate = 4e-4
     config.gan.ema_warmup = True
     config.adam_b2 = 0.9
     config.batch_size = 32
-    config.num_train_steps = 2_800
+    config.num_train_steps = 5_000
     config.log_every_steps = 50
     # Scored often on 512 clips: the best checkpoint is the least distant.
     config.eval_every_steps = 250
     config.num_eval_batches = 16
     config.checkpoint_every_steps = 250
-    config.sample_every_steps = 500
+    config.sample_every_steps = 1_000
   if "smoke" in variants:
     config.model.dim = 4
     config.model.stft_dim = 4

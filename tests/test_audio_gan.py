@@ -1,5 +1,6 @@
-"""The GAN's options beside WaveGAN: oscillator-bank generator, STFT
-discriminators, R1, two time scales, EMA warm-up, older configs."""
+"""The GAN's options beside WaveGAN: oscillator-bank generator and its
+voices, STFT discriminators (patches, packs), R1, two time scales, EMA
+warm-up, mode seeking, feature matching, coverage, older configs."""
 
 from __future__ import annotations
 
@@ -129,6 +130,7 @@ def test_cpu_recipe_step_with_r1_and_ema_warmup():
                         jax.random.PRNGKey(1))
   after = jax.device_get(state)
   assert float(metrics["nonfinite"]) == 0 and float(metrics["r1"]) > 0
+  assert float(metrics["coverage"]) > 0  # The recipe's coverage term.
   for name in ("g_params", "d_params"):
     changed = [not np.array_equal(a, b) for a, b in zip(
         jax.tree.leaves(getattr(before, name)), jax.tree.leaves(getattr(after, name)))]
@@ -165,9 +167,12 @@ def test_a_config_from_before_the_options_builds_wavegan():
   config = load_config("gan").to_dict()
   for key in ("generator", "discriminators", "d_dim", "stft_sizes", "stft_dim",
               "frame_kernel_size", "frame_hop", "oscillators_per_octave",
-              "normalize_output", "minibatch_std", "harmonics"):
+              "normalize_output", "minibatch_std", "harmonics", "voices",
+              "voice_range", "frame_partials", "hard_voices", "stft_patches",
+              "stft_pack"):
     del config["model"][key]
-  for key in ("r1_weight", "d_learning_rate", "ema_warmup"):
+  for key in ("r1_weight", "d_learning_rate", "ema_warmup", "mode_seeking_weight",
+              "feature_matching_weight", "coverage_weight"):
     del config["gan"][key]
   config = config_dict.ConfigDict(config)
   train.check_config(config)
@@ -175,6 +180,7 @@ def test_a_config_from_before_the_options_builds_wavegan():
   assert isinstance(task.generator, wavegan.WaveGANGenerator)
   assert isinstance(task.discriminator, wavegan.WaveGANDiscriminator)
   assert not config.gan.ema_warmup and config.model.harmonics == 1
+  assert config.model.voices == 0 and config.gan.coverage_weight == 0
 
 
 def test_mode_seeking_and_feature_matching_by_hand():

@@ -8,6 +8,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import matplotlib.image as plt_image
 import numpy as np
 import pytest
 import soundfile
@@ -190,6 +191,9 @@ def test_smoke_trains_resumes_exactly_exports_and_samples_wavs(tmp_path, audio_d
   # The valid rows are in train_log.jsonl too.
   assert [r["step"] for r in log_rows(full, "valid")] == [4]
   assert log_rows(full, "valid")[0]["valid/frechet"] > 0
+  # And the learning curve of the task's curve keys, a PNG in the workdir.
+  curve = plt_image.imread(os.path.join(full, train.LEARNING_CURVE))
+  assert curve.ndim == 3 and curve.shape[0] > 200
   # TensorBoard's own reader lists the audio under its audio tab and the
   # spectrograms under its image tab: one tag per kind and sample.
   events = event_accumulator.EventAccumulator(

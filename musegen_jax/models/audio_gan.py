@@ -14,8 +14,13 @@ network only chooses which partials sound, and how loud, in each frame.
 `STFTDiscriminator` scores log-power spectrograms at several resolutions
 (the multi-resolution discriminators of UnivNet and HiFi-GAN's successors):
 per resolution, 1-D convolutions over frames with the frequency bins as
-channels, LeakyReLU(0.2), and a dense layer on the flattened features. Long
-windows resolve low pitches to a fraction of a semitone, short ones onsets.
+channels, LeakyReLU(0.2), and a dense layer on the flattened features (or,
+with `patches`, on each position: one score per tenth of a second or so, as
+PatchGAN and MelGAN's discriminators give). With `pack` > 1 it scores packs
+of clips side by side (PacGAN, Lin et al., 2018), so that a generator that
+repeats itself is seen. Long windows resolve low pitches to a fraction of a
+semitone, short ones onsets. Hidden features are sown as "intermediates"
+for feature matching.
 
 `Discriminators` runs several and returns one logit per discriminator.
 """
@@ -128,6 +133,13 @@ class OscillatorGenerator(nn.Module):
   first `harmonics` partials, and two dense layers give each frame's pitch
   and partial log-amplitudes, which add (DDSP's harmonic synthesizer, its
   pitches on the bank's grid).
+  With `voices` > 0 (and harmonics > 1), each frame instead holds that many
+  voices, as a chorale's parts: each a softmax over the bank's pitches within
+  `voice_range` (MIDI; with `hard_voices` only its most likely pitch sounds,
+  straight-through) times a loudness in (0, 1), and every pitch sounds its
+  partials at log-amplitudes given per frame (`frame_partials`) or learned
+  once (one timbre). The per-pitch amplitudes are sown as
+  "intermediates"/"pitch_amplitudes".
   The loudest partial of a clip has amplitude 1; with `normalize` the clip
   is then scaled to a peak of 1, else bounded by tanh.
   """
@@ -179,10 +191,9 @@ class OscillatorGenerator(nn.Module):
       allowed = (midi >= self.voice_range[0]) & (midi <= self.voice_range[1])
       logits = logits.reshape(logits.shape[:2] + (self.voices, pitches))
       soft = jax.nn.softmax(jnp.where(allowed, logits, -jnp.inf), axis=-1)
-      # Straight-through: each voice sounds its most likely pitch alone;
-      # gradients flow as through the softmax.
       weights = soft
-      if self.hard_voices:
+      if self.hard_voices:  # Straight-through: each voice sounds its most
+        # likely pitch alone; gradients flow as through the softmax.
         hard = jax.nn.one_hot(jnp.argmax(soft, axis=-1), pitches, dtype=soft.dtype)
         weights = soft + jax.lax.stop_gradient(hard - soft)
       loudness = jax.nn.sigmoid(self._log_amplitudes(x, self.voices, "voice_loudness"))

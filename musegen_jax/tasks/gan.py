@@ -52,8 +52,9 @@ CONFIG_DEFAULTS = {
     "model.d_dim": 0, "model.stft_sizes": (256, 1024, 4096),
     "model.stft_dim": 64, "model.frame_kernel_size": 5, "model.frame_hop": 128,
     "model.oscillators_per_octave": 24, "model.normalize_output": True,
-    "model.minibatch_std": False, "model.harmonics": 1, "model.voices": 0, "model.voice_range": (24, 96),
-    "model.frame_partials": True, "model.hard_voices": True,
+    "model.minibatch_std": False, "model.harmonics": 1, "model.voices": 0,
+    "model.voice_range": (24, 96), "model.frame_partials": True,
+    "model.hard_voices": True,
     "model.stft_patches": False, "model.stft_pack": 1,
     "gan.r1_weight": 0.0, "gan.d_learning_rate": 0.0, "gan.ema_warmup": False,
     "gan.mode_seeking_weight": 0.0, "gan.feature_matching_weight": 0.0,
@@ -181,7 +182,8 @@ def build_generator(config: config_dict.ConfigDict):
         kernel_size=m.frame_kernel_size, hop=m.frame_hop,
         per_octave=m.oscillators_per_octave, harmonics=m.harmonics,
         voices=m.voices, voice_range=tuple(m.voice_range),
-        frame_partials=m.frame_partials, hard_voices=m.hard_voices, sample_rate=int(config.data.audio.sample_rate),
+        frame_partials=m.frame_partials, hard_voices=m.hard_voices,
+        sample_rate=int(config.data.audio.sample_rate),
         normalize=m.normalize_output, conv_impl=m.conv_impl, dtype=dtype)
   return wavegan.WaveGANGenerator(
       latent_dim=m.latent_dim, slice_len=int(config.data.slice_len), dim=m.dim,
@@ -218,9 +220,10 @@ def discriminator_names(config: config_dict.ConfigDict) -> list[str]:
 def mode_seeking_loss(fake: Array, z: Array, n_fft: int = 1024) -> Array:
   """Mode seeking (Mao et al., 2019, MSGAN): 1 / (ratio + 1e-5), where ratio
   is the mean absolute difference of two halves of the batch's clips, as
-  log-power spectrograms (`n_fft` window, hop n_fft / 4), over that of their
-  latents, each clip's mean log power subtracted. A generator that gives every latent the same clip pays ~1e5; one
-  whose clips differ as real ones do (several nats) pays a few tenths.
+  log-power spectrograms (`n_fft` window, hop n_fft / 4, each clip's mean
+  log power subtracted), over that of their latents. A generator that gives
+  every latent the same clip pays ~1e5; one whose clips differ as real ones
+  do (several nats) pays a few tenths.
 
   Args:
     fake: [batch, slice_len, 1] generated clips (batch of 2 or more).
