@@ -81,7 +81,8 @@ def test_stft_and_combined_discriminators_give_one_column_each():
       for layer in ("conv_0", "conv_1", "conv_2", "output")}
   with pytest.raises(ValueError, match="longer than the clips"):
     d.init(jax.random.PRNGKey(0), x[:, :128])
-  config = _cpu(model__discriminators="waveform,stft")
+  config = _cpu(model__discriminators="waveform,stft", model__stft_pack=1,
+                model__stft_patches=False)
   both = gan.build_discriminator(config)
   rngs = {"params": jax.random.PRNGKey(0), "phase_shuffle": jax.random.PRNGKey(1)}
   out, _ = both.init_with_output(rngs, x, train=True)
@@ -241,11 +242,14 @@ def test_voice_and_loss_option_mistakes_name_the_key():
                           "model.voice_range"),
                          (dict(model__voices=4, model__voice_range=(60, 48)),
                           "model.voice_range"),
-                         (dict(model__discriminators="waveform",
+                         (dict(model__discriminators="waveform", model__stft_pack=1,
                                gan__feature_matching_weight=1.0),
                           "gan.feature_matching_weight"),
                          (dict(gan__mode_seeking_weight=-1.0),
-                          "gan.mode_seeking_weight")):
+                          "gan.mode_seeking_weight"),
+                         (dict(model__stft_pack=3), "model.stft_pack"),
+                         (dict(model__discriminators="waveform,stft"),
+                          "model.stft_pack")):
     with pytest.raises(ValueError, match=key):
       train.check_config(_cpu(**overrides))
 

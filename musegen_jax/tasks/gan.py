@@ -158,6 +158,11 @@ def _check_architecture(config: config_dict.ConfigDict) -> None:
                      f"integer that divides each update's batch (batch_size "
                      f"{config.batch_size} / grad_accum_steps "
                      f"{config.grad_accum_steps} = {micro})")
+  if pack > 1 and "waveform" in names:
+    raise ValueError(f"config.model.stft_pack={pack} scores packs of clips, "
+                     "which WaveGAN's discriminator does not; use "
+                     "model.discriminators='stft' or model.stft_pack=1 (got "
+                     f"{m.discriminators!r})")
   if config.gan.feature_matching_weight > 0 and "stft" not in names:
     raise ValueError(f"config.gan.feature_matching_weight="
                      f"{config.gan.feature_matching_weight} reads the STFT "
