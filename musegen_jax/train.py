@@ -532,9 +532,12 @@ def _train(config: config_dict.ConfigDict, workdir: str,
           valid_shown = {f"valid_{k}": valid[k] for k in
                          getattr(task, "progress_valid_keys", ()) if k in valid}
           if is_chief and getattr(task, "curve_keys", ()):
-            plots.plot_learning_curve(
-                plots.read_eval_rows(workdir), list(task.curve_keys),
-                os.path.join(workdir, LEARNING_CURVE), title=f"{config.task} valid")
+            keys = list(task.curve_keys)
+            # Rows of earlier launches that lack a key (older code) are left out.
+            rows = [r for r in plots.read_eval_rows(workdir)
+                    if all(k in r for k in keys)]
+            plots.plot_learning_curve(rows, keys, os.path.join(workdir, LEARNING_CURVE),
+                                      title=f"{config.task} valid")
           progress.write(f"step {step}: valid " + _format(valid))
 
         if config.sample_every_steps and step % config.sample_every_steps == 0:

@@ -119,7 +119,8 @@ def test_two_time_scales_give_each_network_its_rate():
 
 @pytest.mark.slow
 def test_cpu_recipe_step_with_r1_and_ema_warmup():
-  config = _cpu(gan__r1_weight=1.0)
+  config = _cpu(gan__r1_weight=1.0, gan__feature_matching_weight=1.0,
+                gan__mode_seeking_weight=1.0)
   task = _task(config)
   mesh = parallel.create_mesh()
   state = train.create_train_state(task, config, mesh, jax.random.PRNGKey(0))
@@ -132,6 +133,7 @@ def test_cpu_recipe_step_with_r1_and_ema_warmup():
   after = jax.device_get(state)
   assert float(metrics["nonfinite"]) == 0 and float(metrics["r1"]) > 0
   assert float(metrics["coverage"]) > 0  # The recipe's coverage term.
+  assert float(metrics["feature_matching"]) > 0 and float(metrics["mode_seeking"]) > 0
   for name in ("g_params", "d_params"):
     changed = [not np.array_equal(a, b) for a, b in zip(
         jax.tree.leaves(getattr(before, name)), jax.tree.leaves(getattr(after, name)))]

@@ -140,15 +140,16 @@ def _check_architecture(config: config_dict.ConfigDict) -> None:
       raise ValueError(f"config.model.stft_sizes={tuple(sizes)}; allowed: one or "
                        f"more powers of two from 16 to data.slice_len={slice_len}")
   if m.voices:
-    low, high = (tuple(m.voice_range) + (None, None))[:2]
+    voice_range = tuple(m.voice_range)
     if m.generator != "oscillators" or m.harmonics < 2 or m.voices < 0:
       raise ValueError(f"config.model.voices={m.voices}; allowed: 0, or a "
                        "positive count with model.generator='oscillators' and "
                        f"model.harmonics >= 2 (got {m.generator!r}, "
                        f"{m.harmonics})")
-    if not (len(m.voice_range) == 2 and isinstance(low, int) and isinstance(high, int)
-            and audio_gan.LOWEST_MIDI <= low <= high <= audio_gan.HIGHEST_MIDI):
-      raise ValueError(f"config.model.voice_range={tuple(m.voice_range)}; allowed: "
+    if not (len(voice_range) == 2 and all(isinstance(p, int) for p in voice_range)
+            and audio_gan.LOWEST_MIDI <= voice_range[0] <= voice_range[1]
+            <= audio_gan.HIGHEST_MIDI):
+      raise ValueError(f"config.model.voice_range={voice_range}; allowed: "
                        f"(low, high) MIDI pitches with {audio_gan.LOWEST_MIDI} <= "
                        f"low <= high <= {audio_gan.HIGHEST_MIDI}")
   pack = m.stft_pack
@@ -424,24 +425,23 @@ class GANTask:
       return out, updates["batch_stats"]
     return self.generator.apply(variables, z, train=train), batch_stats
 
-  def _critic(self, params, batch_stats, x, rng):
+  def _critic(self, params, batch_stats, x, rng, features: bool = False):
+    """(logits, batch statistics) of the discriminators on x; with
+    `features`, (logits, batch statistics, their sown hidden features)."""
     variables = {"params": params}
-    rngs = {"phase_shuffle": rng}
+    mutable = ["intermediates"] if features else []
     if batch_stats:
       variables["batch_stats"] = batch_stats
-      out, updates = self.discriminator.apply(variables, x, train=True, rngs=rngs,
-                                              mutable=["batch_stats"])
-      return out, updates["batch_stats"]
-    return self.discriminator.apply(variables, x, train=True, rngs=rngs), batch_stats
-
-  def _critic_features(self, params, x, rng, logits: bool = False):
-    """The discriminators' hidden features of x (`Module.sow`n), a list;
-    with `logits`, (logits, features)."""
-    out, captured = self.discriminator.apply(
-        {"params": params}, x, train=True, rngs={"phase_shuffle": rng},
-        mutable=["intermediates"])
-    features = jax.tree.leaves(captured["intermediates"])
-    return (out, features) if logits else features
+      mutable.append("batch_stats")
+    # `mutable=[]` would still return a pair: False when nothing is collected.
+    out = self.discriminator.apply(variables, x, train=True,
+                                   rngs={"phase_shuffle": rng},
+                                   mutable=mutable or False)
+    out, updates = out if mutable else (out, {})
+    batch_stats = updates.get("batch_stats", batch_stats)
+    if features:
+      return out, batch_stats, jax.tree.leaves(updates["intermediates"])
+    return out, batch_stats
 
   def train_step(self, state: GANState, batch: dict[str, Array], rng: Array,
                  axis_name: str | None = None) -> tuple[GANState, dict[str, Array]]:
@@ -542,22 +542,20 @@ class GANTask:
       z, real, index = inputs
       real_features = []
       if fm_weight > 0:  # The last critic update's real clips.
-        real_features = self._critic_features(d_params, real,
-                                              micro_key(fake_key, index))
+        _, _, real_features = self._critic(d_params, d_stats, real,
+                                           micro_key(fake_key, index), features=True)
 
       def g_loss_fn(g_params):
         fake, g_stats = self._generate(g_params, state.g_batch_stats, z, train=True)
         extra = {"mode_seeking": jnp.zeros((), jnp.float32),
                  "feature_matching": jnp.zeros((), jnp.float32),
                  "coverage": jnp.zeros((), jnp.float32)}
+        d_fake, _, *fake_features = self._critic(
+            d_params, d_stats, fake, micro_key(fake_key, index),
+            features=fm_weight > 0)
         if fm_weight > 0:
-          d_fake, fake_features = self._critic_features(
-              d_params, fake, micro_key(fake_key, index), logits=True)
           extra["feature_matching"] = feature_matching_loss(real_features,
-                                                            fake_features)
-        else:
-          d_fake, _ = self._critic(d_params, d_stats, fake,
-                                   micro_key(fake_key, index))
+                                                            fake_features[0])
         if ms_weight > 0:
           extra["mode_seeking"] = mode_seeking_loss(fake, z)
         if cov_weight > 0:
