@@ -123,6 +123,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # real and generated spectrogram frames (tasks/gan.py coverage_loss), so
   # that every kind of real frame has a generated one near it (0: none).
   config.gan.coverage_weight = 0.0
+  # Moment matching (McGan, Mroueh et al., 2017): the generator also pays
+  # this times the distance between the mean and covariance of the batch's
+  # real and generated log-mel frames (tasks/gan.py moment_matching_loss).
+  config.gan.moment_weight = 0.0
   config.gan.critic_steps = 5  # Discriminator updates per generator update.
   config.gan.ema_decay = 0.999  # EMA of the generator: evaluated and exported.
   # Decay min(ema_decay, (1 + step) / (10 + step)): the EMA follows the

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import load_config
 from musegen_jax import parallel
+from musegen_jax import spectral
 from musegen_jax import tasks
 from musegen_jax import train
 from musegen_jax.models import audio_gan
@@ -249,6 +250,7 @@ def test_voice_and_loss_option_mistakes_name_the_key():
                           "gan.feature_matching_weight"),
                          (dict(gan__mode_seeking_weight=-1.0),
                           "gan.mode_seeking_weight"),
+                         (dict(gan__moment_weight=-0.5), "gan.moment_weight"),
                          (dict(model__stft_pack=3), "model.stft_pack"),
                          (dict(model__discriminators="waveform,stft"),
                           "model.stft_pack")):
@@ -275,3 +277,28 @@ def test_coverage_is_the_symmetric_chamfer_distance_of_spectrogram_frames():
   grad_real, grad_fake = jax.grad(gan.coverage_loss, argnums=(0, 1))(
       jnp.asarray(real), jnp.asarray(fake))
   assert not np.any(np.asarray(grad_real)) and np.any(np.asarray(grad_fake))
+
+
+def test_moment_matching_by_hand_and_only_the_generated_clips_get_gradients():
+  rng = np.random.default_rng(0)
+  real = rng.normal(size=(2, 4096, 1)).astype(np.float32)
+  # A tone: its log-mel frames differ from noise's in mean and covariance.
+  t = np.arange(4096) / 16000
+  fake = np.stack([np.sin(2 * np.pi * f * t) for f in (220, 330, 440)])[..., None]
+  fake = (fake + 0.01 * rng.normal(size=fake.shape)).astype(np.float32)
+  loss = lambda r, f: gan.moment_matching_loss(r, f, 16000)
+  assert float(loss(jnp.asarray(real), jnp.asarray(real))) == pytest.approx(0.0, abs=1e-3)
+
+  def stats(x):
+    mel = np.asarray(spectral.log_mel(jnp.asarray(x[..., 0]), 16000, n_fft=1024,
+                                      hop=256, n_mels=64), np.float64)
+    mel = mel.reshape(-1, 64)
+    return mel.mean(0), np.cov(mel, rowvar=False)
+  (mu_r, cov_r), (mu_f, cov_f) = stats(real), stats(fake)
+  expected = np.sum((mu_r - mu_f) ** 2) + np.linalg.norm(cov_r - cov_f)
+  assert float(loss(jnp.asarray(real), jnp.asarray(fake))) == pytest.approx(
+      expected, rel=1e-3)
+  grad_real, grad_fake = jax.grad(loss, argnums=(0, 1))(jnp.asarray(real),
+                                                        jnp.asarray(fake))
+  assert not np.any(np.asarray(grad_real))
+  assert np.all(np.isfinite(np.asarray(grad_fake))) and np.any(np.asarray(grad_fake))
