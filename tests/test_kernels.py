@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from musegen_jax import backend
+from musegen_jax.kernels import attention
 from musegen_jax.kernels import dropout
 from musegen_jax.kernels import matmul
 from musegen_jax.kernels import recurrence
@@ -300,6 +301,117 @@ def test_lstm_backward_loop_updates_its_buffer_in_place_with_bfloat16_matmuls():
     copies = [line for line in hlo.splitlines()
               if f"= {buffer_shape}" in line and " copy(" in line]
     assert not copies, (dtype, copies)
+
+
+# The causal attention (kernels/attention.py).
+
+
+def _library_attention(q, k, v, bias, scale, window):
+  t = lambda a: jnp.swapaxes(a, 1, 2)
+  y = jax.nn.dot_product_attention(
+      t(q), t(k), t(v), bias=bias, scale=scale, is_causal=True,
+      local_window_size=(window - 1, 0) if window else None)
+  return t(y)
+
+
+@fewer_optimizations
+@pytest.mark.parametrize("length,blocks,window", [
+    (7, 1, 0), (128, 2, 0), (256, 4, 0), (7, 1, 3), (256, 4, 70)])
+def test_causal_attention_and_its_gradients_equal_the_library_call(
+    length, blocks, window):
+  assert attention.query_blocks(length) == blocks
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 3, length, 4)), jnp.float32)
+             for _ in range(3))
+  bias = jnp.asarray(rng.normal(size=(2, 3, length, length)), jnp.float32)
+  scale = 0.5
+  weights = jnp.asarray(rng.normal(size=(2, 3, length, 4)), jnp.float32)
+
+  def ours(q, k, v, bias):
+    return jnp.sum(attention.causal_attention(q, k, v, bias, scale, window)
+                   * weights)
+
+  def library(q, k, v, bias):
+    return jnp.sum(_library_attention(q, k, v, bias, scale, window) * weights)
+
+  def reference(q, k, v, bias):
+    return jnp.sum(attention.causal_attention_reference(q, k, v, bias, scale,
+                                                        window) * weights)
+
+  np.testing.assert_allclose(ours(q, k, v, bias), library(q, k, v, bias), rtol=1e-5)
+  np.testing.assert_allclose(ours(q, k, v, bias), reference(q, k, v, bias),
+                             rtol=1e-5)
+  grads = jax.grad(ours, argnums=(0, 1, 2, 3))(q, k, v, bias)
+  for theirs in (library, reference):
+    for a, b in zip(grads, jax.grad(theirs, argnums=(0, 1, 2, 3))(q, k, v, bias)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  # Without a bias too.
+  no_bias = jax.grad(lambda q: jnp.sum(attention.causal_attention(
+      q, k, v, None, scale, window) * weights))(q)
+  np.testing.assert_allclose(
+      no_bias, jax.grad(lambda q: library(q, k, v, jnp.zeros_like(bias)))(q),
+      rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+      no_bias, jax.grad(lambda q: jnp.sum(attention.causal_attention_reference(
+          q, k, v, None, scale, window) * weights))(q),
+      rtol=1e-4, atol=1e-5)
+
+
+def test_causal_attention_with_bfloat16_operands_follows_float32():
+  rng = np.random.default_rng(1)
+  length = 128  # Two query blocks.
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 3, length, 8)), jnp.float32)
+             for _ in range(3))
+  bias = jnp.asarray(rng.normal(size=(2, 3, length, length)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(2, 3, length, 8)), jnp.float32)
+
+  def loss(q, k, v, bias, dtype):
+    y = attention.causal_attention(q.astype(dtype), k.astype(dtype),
+                                   v.astype(dtype), bias, 0.5, 0)
+    return jnp.sum(y.astype(jnp.float32) * weights), y
+
+  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True),
+                 static_argnums=4)
+  (full, _), full_grads = grad(q, k, v, bias, jnp.float32)
+  (low, y), low_grads = grad(q, k, v, bias, BF16)
+  assert y.dtype == BF16
+  assert low_grads[3].dtype == jnp.float32  # The bias keeps its dtype.
+  np.testing.assert_allclose(low, full, rtol=2e-2)
+  for a, b in zip(low_grads, full_grads):
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    # bfloat16 keeps 8 bits: within a few percent of float32, direction kept.
+    assert np.linalg.norm(a - b) < 0.03 * np.linalg.norm(b)
+
+
+@fewer_optimizations
+@pytest.mark.parametrize("window", [0, 3])
+def test_self_attention_runs_the_implementation_it_names(window):
+  rng = np.random.default_rng(4)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 3, 16, 4)), jnp.float32)
+             for _ in range(3))
+  bias = jnp.asarray(rng.normal(size=(2, 3, 16, 16)), jnp.float32)
+  args = (q, k, v, bias, 0.5, window)
+  np.testing.assert_array_equal(attention.self_attention(*args, impl="einsum"),
+                                attention.causal_attention(*args))
+  np.testing.assert_array_equal(attention.self_attention(*args, impl="fused"),
+                                attention.fused_attention(*args))
+  np.testing.assert_allclose(attention.fused_attention(*args),
+                             _library_attention(*args), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(attention.self_attention(*args, impl="fused"),
+                             attention.self_attention(*args, impl="einsum"),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_resolve_attention_impl():
+  assert backend.platform() == "cpu"
+  assert attention.resolve_attention_impl("auto") == "einsum"
+  for target in ("gpu", "tpu"):
+    with backend.compiling_for(target):
+      assert attention.resolve_attention_impl("auto") == "fused"
+  assert attention.resolve_attention_impl("fused") == "fused"
+  assert attention.resolve_attention_impl("einsum") == "einsum"
+  with pytest.raises(ValueError, match="'flash'.*auto.*fused.*einsum"):
+    attention.resolve_attention_impl("flash")
 
 
 # The hash dropout (kernels/dropout.py).
