@@ -50,7 +50,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.model.dtype = "float32"
   # "" follows model.dtype; "bfloat16" runs only the matmuls in bfloat16
   # (summed in float32; activations stay in model.dtype). Any bfloat16
-  # matmul goes through layers.matmul, the form a CPU's AMX units take.
+  # matmul goes through kernels.matmul.matmul, the form a CPU's AMX units
+  # take.
   config.model.matmul_dtype = ""
   # Recompute activations in the backward pass instead of storing them:
   # less memory for about one more forward pass.

@@ -1,10 +1,11 @@
 """The platform the programs being built will run on.
 
-Models and tasks pick a kernel by platform (patches convolutions and a
-hand-written attention backward on CPU, XLA's own elsewhere). They ask
-`platform()`, not `jax.default_backend()`: the two differ when a CPU host
-compiles for TPU chips that are not there (`musegen_jax.aot`), which sets
-the target with `compiling_for("tpu")` for the duration of its compiles.
+Kernels (`musegen_jax.kernels`) and tasks pick an implementation by
+platform (block convolutions and a hand-written attention backward on CPU,
+XLA's own elsewhere). They ask `platform()`, not `jax.default_backend()`:
+the two differ when a CPU host compiles for TPU chips that are not there
+(`musegen_jax.aot`), which sets the target with `compiling_for("tpu")` for
+the duration of its compiles.
 """
 
 from __future__ import annotations

@@ -54,15 +54,15 @@ def test_cpu_topology_and_bad_names():
 
 def test_the_target_platform_picks_the_kernels():
   """Compiling for TPU on a CPU host takes the TPU kernels, not the CPU ones."""
-  from musegen_jax.models import transformer, wavegan
+  from musegen_jax.kernels import attention, conv
   from musegen_jax.tasks import common
   assert backend.platform() == "cpu"
-  assert wavegan.resolve_conv_impl("auto") == "matmul"
+  assert conv.resolve_conv_impl("auto") == "matmul"
   assert common.initializer_compiler_options() is not None
   with backend.compiling_for("tpu"):
     assert backend.platform() == "tpu"
-    assert wavegan.resolve_conv_impl("auto") == "lax"
-    assert transformer._use_fused_attention("auto")  # pylint: disable=protected-access
+    assert conv.resolve_conv_impl("auto") == "lax"
+    assert attention.resolve_attention_impl("auto") == "fused"
     assert common.initializer_compiler_options() is None
   assert backend.platform() == "cpu"
 

@@ -54,47 +54,6 @@ def _direction(weights, d):
           for k in ("w_ih", "b_ih", "w_hh", "b_hh")]
 
 
-def test_recurrence_and_its_gradients_equal_the_reference():
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(7, 3, 4))
-  w = _weights(rng, 4)
-  h0 = rng.normal(size=(3, H))
-  w_ih, b_ih, w_hh, b_hh = _direction(w, 0)
-  # One direction: a direction axis of 1 after time.
-  hs, h_t = gru.gru_recurrence(jnp.asarray(x @ w_ih + b_ih, jnp.float32)[:, None],
-                               *(jnp.asarray(a, jnp.float32)[None]
-                                 for a in (w_hh, b_hh, h0)))
-  ref_hs, ref_ht = _reference_gru(x, w_ih, b_ih, w_hh, b_hh, h0)
-  np.testing.assert_allclose(hs[:, 0], ref_hs, atol=1e-5)
-  np.testing.assert_allclose(h_t[0], ref_ht, atol=1e-5)
-
-  # The hand-written backward pass equals autodiff of a plain scan, here for
-  # two directions with their own weights.
-  def plain(xproj, w_hh, b_hh, h0):
-    def step(h, x_t):
-      h = gru._cell(x_t, h, w_hh, b_hh)[0]
-      return h, h
-    h_t, hs = jax.lax.scan(step, h0, xproj)
-    return hs, h_t
-
-  w2 = _weights(rng, 4, directions=2)
-  weights = jnp.asarray(rng.normal(size=(7, 2, 3, H)), jnp.float32)
-
-  def loss(fn):
-    def f(*args):
-      hs, h_t = fn(*args)
-      return jnp.sum(hs * weights) + jnp.sum(jnp.sin(h_t))
-    return f
-
-  xproj = np.einsum("tbf,dfg->tdbg", x, w2["w_ih"]) + w2["b_ih"][:, None]
-  args = tuple(jnp.asarray(a, jnp.float32)
-               for a in (xproj, w2["w_hh"], w2["b_hh"], rng.normal(size=(2, 3, H))))
-  ours = jax.grad(loss(gru.gru_recurrence), argnums=(0, 1, 2, 3))(*args)
-  theirs = jax.grad(loss(plain), argnums=(0, 1, 2, 3))(*args)
-  for a, b in zip(ours, theirs):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
 def _layer_params(w):
   return {"params": {k: jnp.asarray(v, jnp.float32) for k, v in w.items()}}
 

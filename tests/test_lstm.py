@@ -8,39 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from musegen_jax.models import layers
+from musegen_jax.kernels import recurrence
 from musegen_jax.models import lstm
 
 VOCAB, EMBED, HIDDEN, LAYERS = 11, 6, 8, 2
-
-
-def _reference_recurrence(xproj, w_hh, h0, c0):
-  """A plain LSTM recurrence, differentiated by autodiff through lax.scan."""
-
-  def step(carry, x_t):
-    h, c = carry
-    i, f, g, o = jnp.split(x_t + h @ w_hh, 4, axis=-1)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
-    return (h, c), h
-
-  (h_t, c_t), hs = jax.lax.scan(step, (h0, c0), xproj)
-  return hs, h_t, c_t
-
-
-def _reference_layer(x, w_ih, bias, w_hh, h0, c0):
-  return _reference_recurrence(x @ w_ih + bias, w_hh, h0, c0)
-
-
-def _random(shapes, seed):
-  keys = jax.random.split(jax.random.PRNGKey(seed), len(shapes))
-  return [jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, shapes)]
-
-
-def _weighted_sum(fn, cotangents):
-  """A scalar whose gradient pulls `cotangents` back through `fn`'s outputs."""
-  return lambda *args: sum(jnp.sum(out * cot) for out, cot in
-                           zip(fn(*args), cotangents))
 
 
 def _model(dropout_rate=0.0):
@@ -88,35 +59,6 @@ def test_variable_structure(params):
       np.repeat(np.array([0.0, 1.0, 0.0, 0.0], np.float32), HIDDEN))
 
 
-def test_recurrence_matches_reference_and_autodiff():
-  t, b, h = 6, 3, 5
-  xproj, w_hh, h0, c0 = _random([(t, b, 4 * h), (h, 4 * h), (b, h), (b, h)], 1)
-  w_hh = 0.5 * w_hh
-  args = (xproj, w_hh, h0, c0)
-  for ours, ref in zip(lstm.lstm_recurrence(*args), _reference_recurrence(*args)):
-    np.testing.assert_allclose(ours, ref, atol=1e-6)
-  cots = _random([(t, b, h), (b, h), (b, h)], 2)
-  argnums = tuple(range(4))
-  grads = jax.grad(_weighted_sum(lstm.lstm_recurrence, cots), argnums)(*args)
-  ref_grads = jax.grad(_weighted_sum(_reference_recurrence, cots), argnums)(*args)
-  for ours, ref in zip(grads, ref_grads):
-    np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=1e-5)
-
-
-def test_layer_matches_reference_and_autodiff():
-  t, b, f, h = 6, 3, 4, 5
-  args = _random([(t, b, f), (f, 4 * h), (4 * h,), (h, 4 * h), (b, h), (b, h)], 3)
-  args[3] = 0.5 * args[3]
-  for ours, ref in zip(lstm.lstm_layer(*args), _reference_layer(*args)):
-    np.testing.assert_allclose(ours, ref, atol=1e-6)
-  cots = _random([(t, b, h), (b, h), (b, h)], 4)
-  argnums = tuple(range(6))
-  grads = jax.grad(_weighted_sum(lstm.lstm_layer, cots), argnums)(*args)
-  ref_grads = jax.grad(_weighted_sum(_reference_layer, cots), argnums)(*args)
-  for ours, ref in zip(grads, ref_grads):
-    np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=1e-5)
-
-
 @pytest.mark.parametrize("length", [
     5,  # 10 tokens < VOCAB: embeddings looked up, then projected.
     9,  # 18 tokens > VOCAB: the first layer projects the table, then gathers.
@@ -134,7 +76,8 @@ def test_model_gradients_match_plain_autodiff(params, length):
     zeros = jnp.zeros((tokens.shape[0], HIDDEN))
     for layer in range(LAYERS):
       q = p[f"lstm_{layer}"]
-      x, _, _ = _reference_layer(x, q["w_ih"], q["bias"], q["w_hh"], zeros, zeros)
+      x, _, _ = recurrence.lstm_layer_reference(x, q["w_ih"], q["bias"],
+                                                q["w_hh"], zeros, zeros)
     logits = jnp.swapaxes(x @ p["head"]["kernel"] + p["head"]["bias"], 0, 1)
     return jnp.sum(jax.nn.log_softmax(logits) * jax.nn.one_hot(tokens, VOCAB))
 
@@ -174,41 +117,6 @@ def test_dropout_only_in_training(params):
   assert not np.allclose(train_logits, eval_logits)
   again, _ = model.apply({"params": params}, tokens, train=True, rngs=rngs)
   np.testing.assert_array_equal(train_logits, again)
-
-
-@pytest.mark.parametrize("shape", [(200, 500), (8, 25, 401)])
-def test_dropout_rate_and_scale(shape):
-  x = jnp.ones(shape)
-  y = lstm.Dropout(0.1).apply({}, x, deterministic=False,
-                              rngs={"dropout": jax.random.PRNGKey(4)})
-  kept = np.asarray(y) != 0
-  # 100,000+ draws: the kept fraction within 5 standard deviations of 0.9.
-  assert abs(kept.mean() - 0.9) < 5 * np.sqrt(0.09 / kept.size)
-  np.testing.assert_allclose(np.asarray(y)[kept], 1 / 0.9, rtol=1e-6)
-  kept = kept.reshape(-1, shape[-1])
-  independent = 0.9**2 + 0.1**2  # P(two independent draws agree).
-  # Neighbours along either axis, and another key's mask, agree no more
-  # often than independent draws do.
-  other = lstm.Dropout(0.1).apply({}, x, deterministic=False,
-                                  rngs={"dropout": jax.random.PRNGKey(5)})
-  other = (np.asarray(other) != 0).reshape(kept.shape)
-  for a, b in ((kept[:, 1:], kept[:, :-1]), (kept[1:], kept[:-1]), (kept, other)):
-    assert abs((a == b).mean() - independent) < 0.01
-
-
-def test_hash_bits():
-  key = jax.random.PRNGKey(0)
-  words = np.asarray(layers.hash_bits(key, (256, 256))).ravel().astype(np.int64)
-  # A bijection of the index for one key: no word repeats.
-  assert len(np.unique(words)) == words.size
-  # Every bit is a fair coin, and consecutive words are uncorrelated.
-  bits = (words[:, None] >> np.arange(32)) & 1
-  np.testing.assert_allclose(bits.mean(0), 0.5, atol=0.01)
-  assert abs(np.corrcoef(words[1:], words[:-1])[0, 1]) < 0.01
-  # Deterministic per key; another key gives other words.
-  np.testing.assert_array_equal(words, np.asarray(layers.hash_bits(key, (65536,))))
-  other = np.asarray(layers.hash_bits(jax.random.PRNGKey(1), (65536,)))
-  assert (other == words).mean() < 1e-3
 
 
 def test_train_matmul_flops():

@@ -310,41 +310,6 @@ def test_lengths_past_max_len_fail_before_compile_naming_the_key():
     task.sample(None, jax.random.PRNGKey(0), np.ones((1, 3), np.int32), length=510)
 
 
-@pytest.mark.parametrize("length,blocks,window", [
-    (7, 1, 0), (128, 2, 0), (256, 4, 0), (7, 1, 3), (256, 4, 70)])
-def test_causal_attention_and_its_gradients_equal_the_library_call(
-    length, blocks, window):
-  assert transformer._query_blocks(length) == blocks
-  rng = np.random.default_rng(0)
-  q, k, v = (jnp.asarray(rng.normal(size=(2, 3, length, 4)), jnp.float32)
-             for _ in range(3))
-  bias = jnp.asarray(rng.normal(size=(2, 3, length, length)), jnp.float32)
-  scale = 0.5
-  weights = jnp.asarray(rng.normal(size=(2, 3, length, 4)), jnp.float32)
-
-  def ours(q, k, v, bias):
-    return jnp.sum(transformer.causal_attention(q, k, v, bias, scale, window)
-                   * weights)
-
-  def library(q, k, v, bias):
-    t = lambda a: jnp.swapaxes(a, 1, 2)
-    y = jax.nn.dot_product_attention(
-        t(q), t(k), t(v), bias=bias, scale=scale, is_causal=True,
-        local_window_size=(window - 1, 0) if window else None)
-    return jnp.sum(t(y) * weights)
-
-  np.testing.assert_allclose(ours(q, k, v, bias), library(q, k, v, bias), rtol=1e-5)
-  for a, b in zip(jax.grad(ours, argnums=(0, 1, 2, 3))(q, k, v, bias),
-                  jax.grad(library, argnums=(0, 1, 2, 3))(q, k, v, bias)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-  # Without a bias too.
-  no_bias = jax.grad(lambda q: jnp.sum(transformer.causal_attention(
-      q, k, v, None, scale, window) * weights))(q)
-  np.testing.assert_allclose(
-      no_bias, jax.grad(lambda q: library(q, k, v, jnp.zeros_like(bias)))(q),
-      rtol=1e-4, atol=1e-5)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("attention", ["absolute", "relative"])
 def test_einsum_and_fused_attention_train_the_same(attention):

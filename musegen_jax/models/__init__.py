@@ -32,9 +32,9 @@ def matmul_dtype_name(model_config: config_dict.ConfigDict) -> str:
 
 def matmul_dtype(model_config: config_dict.ConfigDict):
   """The models' `matmul_dtype` attribute: the operand dtype when their
-  matmuls go through `layers.matmul` and the recurrences' own low-precision
-  matmuls (bfloat16 products, float32 sums), else None (plain dots in
-  model.dtype)."""
+  matmuls go through `kernels.matmul.matmul` and the recurrences' own
+  low-precision matmuls (bfloat16 products, float32 sums), else None (plain
+  dots in model.dtype)."""
   dtype = _DTYPES[matmul_dtype_name(model_config)]
   return None if dtype == jnp.float32 else dtype
 

@@ -20,150 +20,31 @@ the recurrent part of n, bias included):
     h' = (1 - z) * n + z * h
 
 As for the LSTM, the input projection of all steps is one matmul outside the
-time loop and the recurrence has a hand-written backward pass: the reverse
-loop carries only the recurrent gradient, and the recurrent weight gradient
-is one matmul over every step afterwards. The two directions of a
-bidirectional layer run in one loop (a direction axis: each step is one
-batched matmul).
+time loop, and the recurrence is `kernels.recurrence.gru_recurrence` (a
+hand-written backward pass). The two directions of a bidirectional layer
+run in one loop (a direction axis: each step is one batched matmul).
 
 With `matmul_dtype` (bfloat16) every matmul of a layer takes its operands in
 that dtype and sums in float32: the input projection (through
-`layers.matmul`), the recurrent matmul of each step, and all matmuls of the
-hand-written backward pass, each with row-major operands
-(`layers.swap_last_axes`), the form a CPU's bfloat16 matrix units take. The
-gates, states and parameters stay in `dtype`.
+`kernels.matmul.project`), the recurrent matmul of each step, and all
+matmuls of the hand-written backward pass. The gates, states and parameters
+stay in `dtype`.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from musegen_jax.kernels.matmul import project
+from musegen_jax.kernels.recurrence import gru_recurrence
 from musegen_jax.models import layers
 from musegen_jax.models.layers import Dropout
 
 Array = jax.Array
-
-
-
-def _cell(x_t: Array, h: Array, w_hh: Array, b_hh: Array,
-          matmul_dtype: Any = None):
-  """One GRU step of every direction: returns (h_new, r, z, n, hn).
-
-  x_t [directions, batch, 3 * hidden], h [directions, batch, hidden], w_hh
-  already in matmul_dtype (when set); hn = h W_hn + b_hn.
-  """
-  hidden = h.shape[-1]
-  hp = layers.dot(h, w_hh, matmul_dtype, x_t.dtype,
-                  "dbh,dhg->dbg") + b_hh[:, None]
-  # sigmoid(a) = (1 + tanh(a / 2)) / 2: one tanh for both sigmoid gates.
-  rz = 0.5 * jnp.tanh(0.5 * (x_t[..., :2 * hidden] + hp[..., :2 * hidden])) + 0.5
-  r, z = rz[..., :hidden], rz[..., hidden:]
-  hn = hp[..., 2 * hidden:]
-  n = jnp.tanh(x_t[..., 2 * hidden:] + r * hn)
-  h_new = (n + z * (h - n)).astype(h.dtype)
-  return h_new, r, z, n, hn
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def gru_recurrence(xproj: Array, w_hh: Array, b_hh: Array, h0: Array,
-                   matmul_dtype: Any = None) -> tuple[Array, Array]:
-  """GRU recurrence of one or more directions over time-major projections.
-
-  The directions (independent GRUs with their own weights, e.g. the forward
-  and the already-reversed backward direction) run in one loop, each step
-  one batched matmul.
-
-  Args:
-    xproj: [time, directions, batch, 3 * hidden] input projections with
-      their bias (x W_ih + b_ih), gate order r, z, n.
-    w_hh: [directions, hidden, 3 * hidden] recurrent weights; b_hh:
-      [directions, 3 * hidden].
-    h0: [directions, batch, hidden] initial states.
-    matmul_dtype: None (matmuls in the inputs' dtype) or the dtype of the
-      matmuls' operands, summed in float32 (forward and backward).
-
-  Returns:
-    (hs [time, directions, batch, hidden], h_T [directions, batch, hidden]).
-  """
-  w_low = layers.operand(w_hh, matmul_dtype)
-
-  def step(h, x_t):
-    h_new = _cell(x_t, h, w_low, b_hh, matmul_dtype)[0]
-    return h_new, h_new
-
-  h_t, hs = jax.lax.scan(step, h0, xproj)
-  return hs, h_t
-
-
-def _recurrence_fwd(xproj, w_hh, b_hh, h0, matmul_dtype):
-  w_low = layers.operand(w_hh, matmul_dtype)
-
-  def step(h, x_t):
-    h_new, r, z, n, hn = _cell(x_t, h, w_low, b_hh, matmul_dtype)
-    return h_new, (h_new, r, z, n, hn)
-
-  h_t, (hs, r, z, n, hn) = jax.lax.scan(step, h0, xproj)
-  return (hs, h_t), (w_hh, h0, hs, r, z, n, hn)
-
-
-def _weight_grad(a: Array, b: Array, matmul_dtype: Any) -> Array:
-  """sum over time and batch of a^T b: a [time, dirs, batch, m], b [time,
-  dirs, batch, n] -> [dirs, m, n].
-
-  With matmul_dtype, one row-major matmul per direction (a's rows swapped
-  into a copy first), operands in matmul_dtype, summed in float32.
-  """
-  if matmul_dtype is None:
-    return jnp.einsum("tdbh,tdbg->dhg", a, b, preferred_element_type=a.dtype)
-  return jnp.stack([
-      layers.outer_sum(a[:, d].reshape(-1, a.shape[-1]),
-                       b[:, d].reshape(-1, b.shape[-1]), matmul_dtype)
-      for d in range(a.shape[1])]).astype(a.dtype)
-
-
-def _recurrence_bwd(matmul_dtype, res, grads):
-  """d h' gives dn = dh (1 - z), dz = dh (h - n), and dh z directly to h;
-
-  through n = tanh(a_n + r hn): d a_n = dn (1 - n^2), dr = d a_n hn,
-  d hn = d a_n r; the sigmoid gates' pre-activations get dr r (1 - r) and
-  dz z (1 - z). The input projection's gradient is [d a_r, d a_z, d a_n],
-  the recurrent pre-activation's [d a_r, d a_z, d a_n r], and
-  dh_prev = dh z + d_hp W_hh^T. The loop emits only the former; the latter
-  and the weight gradients are computed over all steps at once afterwards
-  (fewer, larger operations: this halved the backward loop's time on CPU).
-  """
-  w_hh, h0, hs, r, z, n, hn = res
-  d_hs, d_ht = grads
-  hidden = h0.shape[-1]
-  w_t = layers.operand(layers.swap_last_axes(w_hh), matmul_dtype)
-  h_prev = jnp.concatenate([h0[None], hs[:-1]], 0)
-
-  def step(dh_next, inputs):
-    dh_out, h_p, r_t, z_t, n_t, hn_t = inputs
-    dh = dh_out + dh_next
-    d_an = dh * (1.0 - z_t) * (1.0 - n_t * n_t)
-    d_ar = d_an * hn_t * r_t * (1.0 - r_t)
-    d_az = dh * (h_p - n_t) * z_t * (1.0 - z_t)
-    d_hp = jnp.concatenate([d_ar, d_az, d_an * r_t], -1)
-    dh_prev = dh * z_t + layers.dot(d_hp, w_t, matmul_dtype, dh.dtype,
-                                    "dbg,dgh->dbh")
-    return dh_prev, jnp.concatenate([d_ar, d_az, d_an], -1)
-
-  dh0, d_x = jax.lax.scan(
-      step, d_ht.astype(hs.dtype), (d_hs.astype(hs.dtype), h_prev, r, z, n, hn),
-      reverse=True)
-  d_hp = jnp.concatenate([d_x[..., :2 * hidden], d_x[..., 2 * hidden:] * r], -1)
-  d_w = _weight_grad(h_prev, d_hp, matmul_dtype).astype(w_hh.dtype)
-  d_b = jnp.sum(d_hp, (0, 2), dtype=w_hh.dtype)
-  return d_x, d_w, d_b, dh0.astype(h0.dtype)
-
-
-gru_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
 def reverse_within_lengths(x: Array, lengths: Array | None) -> Array:
@@ -236,7 +117,7 @@ class GRULayer(nn.Module):
     # matmul projects for both directions, then the backward direction's
     # projections are reversed.
     kernel = jnp.concatenate([w_ih[d] for d in range(dirs)], -1)
-    proj = layers.project(x, kernel, self.dtype, self.matmul_dtype) + cast(
+    proj = project(x, kernel, self.dtype, self.matmul_dtype) + cast(
         b_ih).reshape(-1)
     parts = jnp.split(proj, dirs, -1)
     if dirs == 2:

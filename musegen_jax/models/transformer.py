@@ -13,9 +13,8 @@ fused attention kernel.
 `attention_window=W` makes the attention local: each position sees itself
 and the W - 1 before it (a mask; the blocked CPU attention still computes
 each block's whole key prefix, and the sampling cache still holds max_len
-positions, so it saves no time or memory): a modelling choice, and
-one of the changes that took the JSB Transformer from 8.56 to 8.12
-nats per frame.
+positions, so it saves no time or memory): a modelling choice, which
+lowers the JSB Transformer's loss per frame.
 
 Sampling state (`carry`) is a fixed-size key/value cache per layer and the
 next position, so one-token steps run inside `lax.scan`:
@@ -43,7 +42,6 @@ fused kernel takes the gradient of the relative-logits bias is untested.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -52,8 +50,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musegen_jax import backend
-from musegen_jax.models.layers import Dropout, project, swap_last_axes
+from musegen_jax.kernels import attention as attention_kernels
+from musegen_jax.kernels.attention import window_mask
+from musegen_jax.kernels.matmul import project
+from musegen_jax.models.layers import Dropout
 
 Array = jax.Array
 # {"layers": ({"k": [batch, heads, max_len, head_dim], "v": same}, ...),
@@ -118,118 +118,6 @@ def sinusoidal_positions(positions: Array, dim: int) -> Array:
   return enc
 
 
-ATTENTION_IMPLS = ("auto", "fused", "einsum")
-
-
-def _use_fused_attention(impl: str) -> bool:
-  """Whether a full causal pass calls `jax.nn.dot_product_attention`.
-
-  "auto": on GPU and TPU (their fused kernels); on CPU `causal_attention`,
-  whose hand-written backward pass measured faster there.
-  """
-  if impl not in ATTENTION_IMPLS:
-    raise ValueError(f"attention_impl={impl!r}; allowed: {ATTENTION_IMPLS}")
-  return impl == "fused" or (impl == "auto" and not backend.on_cpu())
-
-
-def _query_blocks(length: int) -> int:
-  """Query blocks of `causal_attention`: up to 8, each of >= 64 queries."""
-  for blocks in (8, 4, 2):
-    if length % blocks == 0 and length // blocks >= 64:
-      return blocks
-  return 1
-
-
-def window_mask(query_pos: Array, key_pos: Array, window: int) -> Array:
-  """[queries, keys] bool: key <= query, and (window > 0) query - key < window."""
-  mask = key_pos[None, :] <= query_pos[:, None]
-  if window:
-    mask &= key_pos[None, :] > query_pos[:, None] - window
-  return mask
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def causal_attention(q: Array, k: Array, v: Array, bias: Array | None,
-                     scale: float, window: int = 0) -> Array:
-  """Causal softmax attention over head-major [batch, heads, length, dim].
-
-  softmax(q k^T * scale + bias, masked to keys <= query) v, computed in
-  query blocks (`_query_blocks`): block i attends only to the keys up to
-  its last query, so the masked-out upper triangle is mostly never
-  computed (4 blocks: 10/16 of the full square's work). The backward pass
-  keeps only the probabilities: with y the output and dy its gradient, the
-  logits' gradient is p * (dy v^T - rowsum(dy * y)) (the row sum of dp * p
-  equals that of dy * y, so no reduction over the probabilities is
-  needed). `bias` [batch, heads, length, length] (relative logits) or None.
-  `window` > 0: each query sees only its last `window` keys (itself
-  included). On CPU this measured 20-25% faster than a whole-square
-  formulation. q, k and v may be bfloat16: every matmul sums in float32,
-  the key and value gradients accumulate in float32, and the output and
-  gradients come back in the inputs' dtypes (the bias's gradient in the
-  bias's).
-  """
-  return _attention_fwd(q, k, v, bias, scale, window)[0]
-
-
-def _attention_fwd(q, k, v, bias, scale, window):
-  length = q.shape[2]
-  size = length // _query_blocks(length)
-  outputs, probs = [], []
-  for start in range(0, length, size):
-    keys = start + size  # This block's queries see keys [0, keys).
-    logits = jnp.einsum("bhte,bhse->bhts", q[:, :, start:keys], k[:, :, :keys],
-                        preferred_element_type=jnp.float32) * scale
-    if bias is not None:
-      logits = logits + bias[:, :, start:keys, :keys].astype(jnp.float32)
-    mask = window_mask(jnp.arange(start, keys), jnp.arange(keys), window)
-    p = jax.nn.softmax(jnp.where(mask, logits, -jnp.inf), axis=-1)
-    outputs.append(jnp.einsum("bhts,bhse->bhte", p.astype(v.dtype),
-                              v[:, :, :keys],
-                              preferred_element_type=jnp.float32))
-    probs.append(p)
-  y = jnp.concatenate(outputs, 2).astype(q.dtype)
-  # A scalar marker (None is an empty pytree) says whether bias was given.
-  return y, (q, k, v, tuple(probs), y,
-             None if bias is None else jnp.zeros((), bias.dtype))
-
-
-def _attention_bwd(scale, window, res, dy):
-  del window  # The probabilities are zero outside it.
-  q, k, v, probs, y, bias_marker = res
-  length = q.shape[2]
-  size = length // len(probs)
-  delta = jnp.sum(dy.astype(jnp.float32) * y.astype(jnp.float32), -1,
-                  keepdims=True)
-  dq, d_bias = [], []
-  # Sums in float32 whatever the operands' dtype (bfloat16: one rounding,
-  # at the end).
-  dk = jnp.zeros(k.shape, jnp.float32)
-  dv = jnp.zeros(v.shape, jnp.float32)
-  f32 = {"preferred_element_type": jnp.float32}
-  for block, p in enumerate(probs):
-    start, keys = block * size, (block + 1) * size
-    dy_block = dy[:, :, start:keys]
-    # dv and dk contract over the block's queries: p and ds are transposed
-    # first (`swap_last_axes`) so both matmuls are row-major.
-    dv = dv.at[:, :, :keys].add(jnp.einsum(
-        "bhst,bhte->bhse", swap_last_axes(p.astype(dy.dtype)), dy_block, **f32))
-    dp = jnp.einsum("bhte,bhse->bhts", dy_block, v[:, :, :keys], **f32)
-    d_logits = p * (dp - delta[:, :, start:keys])
-    ds = (d_logits * scale).astype(q.dtype)
-    dq.append(jnp.einsum("bhts,bhse->bhte", ds, k[:, :, :keys], **f32))
-    dk = dk.at[:, :, :keys].add(jnp.einsum(
-        "bhst,bhte->bhse", swap_last_axes(ds), q[:, :, start:keys], **f32))
-    if bias_marker is not None:
-      d_bias.append(jnp.pad(d_logits.astype(bias_marker.dtype),
-                            [(0, 0), (0, 0), (0, 0), (0, length - keys)]))
-  d_bias = None if bias_marker is None else jnp.concatenate(d_bias, 2)
-  return (jnp.concatenate(dq, 2).astype(q.dtype), dk.astype(k.dtype),
-          dv.astype(v.dtype), d_bias)
-
-
-causal_attention.defvjp(_attention_fwd, _attention_bwd)
-
-
 class SelfAttention(nn.Module):
   """Multi-head causal self-attention with a fused QKV projection."""
 
@@ -276,7 +164,7 @@ class SelfAttention(nn.Module):
     # Head-major throughout ([batch, heads, length, head_dim]): the layout
     # the attention matmuls batch over, so nothing is transposed per layer.
     # The cache has it too: with a sequence-major cache each sampling step
-    # copied the whole cache (10x slower sampling on CPU).
+    # would copy the whole cache.
     if self.matmul_dtype is None:
       qkv = jnp.einsum("btd,dkhe->kbhte", x, qkv_kernel.astype(dtype))
     else:
@@ -317,17 +205,8 @@ class SelfAttention(nn.Module):
       # products, float32 sums) when it is set.
       low = self.matmul_dtype or dtype
       q_low, k_low, v_low = (t.astype(low) for t in (q, k, v))
-      if _use_fused_attention(self.attention_impl):
-        # [batch, length, heads, head_dim] for the library call (a GPU's
-        # fused kernel); XLA fuses these transposes into its operands.
-        y = jax.nn.dot_product_attention(
-            *(jnp.swapaxes(t, 1, 2) for t in (q_low, k_low, v_low)),
-            bias=None if bias is None else bias.astype(low), scale=scale,
-            is_causal=True,
-            local_window_size=(self.window - 1, 0) if self.window else None)
-        y = jnp.swapaxes(y, 1, 2)
-      else:
-        y = causal_attention(q_low, k_low, v_low, bias, scale, self.window)
+      y = attention_kernels.self_attention(q_low, k_low, v_low, bias, scale,
+                                           self.window, self.attention_impl)
       y = y.astype(dtype)
     else:
       mask = window_mask(pos + jnp.arange(length), jnp.arange(keys),
@@ -423,17 +302,18 @@ class TransformerLanguageModel(nn.Module):
     dtype: compute dtype; parameters stay float32, logits are float32.
     remat: recompute each block's activations in the backward pass
       (less memory, about one more forward pass of compute).
-    attention_impl: the full causal pass's attention: "fused"
+    attention_impl: the full causal pass's attention
+      (`kernels.attention.self_attention`): "fused"
       (`jax.nn.dot_product_attention`, a GPU's fused kernel), "einsum"
-      (`causal_attention`, faster on CPU) or "auto" (einsum on CPU, fused
-      elsewhere).
+      (`kernels.attention.causal_attention`, faster on CPU) or "auto"
+      (einsum on CPU, fused elsewhere).
     attention_window: > 0: local attention, each position attends to itself
       and the window - 1 positions before it (0: the whole past).
     matmul_dtype: None: plain matmuls in `dtype`. bfloat16: the
       projections, MLP, head and training attention take bfloat16
-      operands summed in float32 (`layers.matmul`), while activations,
-      LayerNorm, softmax and GELU stay in `dtype`; on a CPU with AMX, the
-      fast path (BUILD_NOTES.md, "Round 11").
+      operands summed in float32 (`kernels.matmul.matmul`), while
+      activations, LayerNorm, softmax and GELU stay in `dtype`; on a CPU
+      with AMX, the fast path.
   """
 
   vocab_size: int

@@ -52,7 +52,7 @@ class SequenceVAE(nn.Module):
     dtype: activations and states (parameters stay float32).
     matmul_dtype: None, or the dtype every matmul (encoder, latent heads,
       decoder, output head; forward and backward) takes its operands in,
-      summed in float32 (`layers.matmul`).
+      summed in float32 (`kernels.matmul.matmul`).
   """
 
   vocab_size: int
