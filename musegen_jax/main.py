@@ -52,6 +52,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
   del argv  # cli.run refuses extra arguments.
+  import jax  # pylint: disable=import-outside-toplevel
   from musegen_jax import parallel  # After flag parsing: keeps --help fast.
   try:
     # Before any other JAX use: it decides which devices this process sees.
@@ -62,7 +63,7 @@ def main(argv: list[str]) -> None:
         timeout_s=FLAGS.distributed_timeout_s)
   except (ValueError, RuntimeError) as e:
     cli.fail(e)
-  if parallel.jax.process_count() > 1:
+  if jax.process_count() > 1:
     print(parallel.describe_processes(), flush=True)
   from musegen_jax import compile_cache
   compile_cache.enable()

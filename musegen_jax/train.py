@@ -28,6 +28,7 @@ from ml_collections import config_dict
 from musegen_jax import checkpoint
 from musegen_jax import errors
 from musegen_jax import parallel
+from musegen_jax.parallel import pmap
 from musegen_jax import plots
 from musegen_jax import progress as progress_lib
 from musegen_jax import tasks
@@ -193,19 +194,6 @@ def accumulating(sums_fn):
     return add(totals, *args)
 
   return step
-
-
-def pmap_train_step(task):
-  """The task's train step pmapped over local devices (`parallel.PMAP_AXIS`).
-
-  Takes the state replicated (`parallel.replicate`), batches as
-  [devices, per_device, ...] (`parallel.device_batch`) and one rng; returns
-  the replicated state and metrics (equal on every device).
-  """
-  step = lambda state, batch, rng: task.train_step(
-      state, batch, rng, axis_name=parallel.PMAP_AXIS)
-  return jax.pmap(step, axis_name=parallel.PMAP_AXIS, in_axes=(0, 0, None),
-                  donate_argnums=0)
 
 
 _REPEAT_SIGNAL_GRACE_S = 2.0
@@ -442,7 +430,7 @@ def _train(config: config_dict.ConfigDict, workdir: str,
   if use_pmap:
     # Replicated on the local devices while training; `on_mesh` puts one copy
     # back on the mesh for evaluation, samples and checkpoints.
-    train_step, eval_step = pmap_train_step(task), jit_steps(task, mesh, shardings)[1]
+    train_step, eval_step = pmap.train_step(task), jit_steps(task, mesh, shardings)[1]
     state = parallel.replicate(state)
     on_mesh = lambda state: parallel.unreplicate(state, mesh)
     place_batch = parallel.device_batch

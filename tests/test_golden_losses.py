@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from musegen_jax import parallel
+from musegen_jax.parallel import pmap
 from musegen_jax import tasks
 from musegen_jax import train
 
@@ -50,7 +51,7 @@ def first_step_metrics(config, steps: int = STEPS) -> list[dict[str, float]]:
   init_rng, step_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed), 3)
   state = train.create_train_state(task, config, mesh, init_rng)
   if config.parallelism == "pmap":
-    train_step = train.pmap_train_step(task)
+    train_step = pmap.train_step(task)
     state = parallel.replicate(state)
     place = parallel.device_batch
   else:

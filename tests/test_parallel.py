@@ -20,6 +20,7 @@ import pytest
 from musegen_jax import checkpoint
 from musegen_jax import export as export_lib
 from musegen_jax import parallel
+from musegen_jax.parallel import pmap
 from musegen_jax import tasks
 from musegen_jax import train
 
@@ -94,7 +95,7 @@ def _train_pmap(config):
   mesh = train.create_mesh(config)
   state = parallel.replicate(
       train.create_train_state(task, config, mesh, jax.random.PRNGKey(0)))
-  step = train.pmap_train_step(task)
+  step = pmap.train_step(task)
   for batch in _batches(config, task):
     state, metrics = step(state, parallel.device_batch(batch), jax.random.PRNGKey(1))
     assert float(parallel.unreplicate(metrics)["nonfinite"]) == 0

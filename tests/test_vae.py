@@ -19,6 +19,7 @@ from musegen_jax import checkpoint
 from musegen_jax import evaluate as evaluate_lib
 from musegen_jax import export as export_lib
 from musegen_jax import parallel
+from musegen_jax.parallel import pmap
 from musegen_jax import sample as sample_lib
 from musegen_jax import tasks
 from musegen_jax import train
@@ -111,7 +112,7 @@ def test_pmap_with_accumulation_equals_one_jit_step(jsb_data_dir):
                             jax.random.PRNGKey(1))
 
   pmap_config = load_config("vae", grad_accum_steps=2, parallelism="pmap", **settings)
-  pmap_step = train.pmap_train_step(tasks.create_task(pmap_config, task.representation))
+  pmap_step = pmap.train_step(tasks.create_task(pmap_config, task.representation))
   pmapped, pmap_metrics = parallel.unreplicate(pmap_step(
       replicated, parallel.device_batch(batch), jax.random.PRNGKey(1)))
   for key in ("loss", "recon", "kl"):

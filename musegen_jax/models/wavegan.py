@@ -25,8 +25,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from musegen_jax.kernels.conv import conv1d, conv_transpose1d
-# Re-exported: tasks/gan.py checks config.model.conv_impl with it.
-from musegen_jax.kernels.conv import resolve_conv_impl  # pylint: disable=unused-import
 
 Array = jax.Array
 

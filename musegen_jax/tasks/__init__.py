@@ -9,9 +9,11 @@ keys) and a task class built as `Task(config, representation)` with:
   are still boxed with their logical axis names (`nn.Partitioned`): the loop
   derives the fsdp shardings from them, then unboxes
   (`train.create_train_state`);
-- `train_step(state, batch, rng, axis_name=None) -> (state, metrics)`, with
-  a `nonfinite` metric; under pmap `axis_name` names the device axis to
-  sum or average gradients and metrics over. `eval_step(params, batch) ->
+- `train_step(state, batch, rng, reducer=parallel.IDENTITY) -> (state,
+  metrics)`, with a `nonfinite` metric; the step sums or averages gradients
+  and metrics over devices through `reducer` (`parallel.reduce`: the
+  identity under jit, a reduction over the device axis otherwise).
+  `eval_step(params, batch) ->
   sums` (the loop adds them to the running totals in the same compiled
   program: `train.accumulating`), `summarize(totals, eval_data)`;
 - `eval_params(state)`: the parameters evaluation, samples and export use;

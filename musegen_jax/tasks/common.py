@@ -208,53 +208,25 @@ def accumulate(fn: Callable[[Any], Any], micro_inputs: Any, num: int) -> Any:
   return total
 
 
-def fold_in_device(rng: Array, axis_name: str | None) -> Array:
-  """`rng` folded with the device index under pmap (per-device randomness)."""
-  if axis_name is None:
-    return rng
-  return jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-
-
-def device_share(x: Array, axis_name: str | None) -> Array:
-  """This device's rows of `x` under pmap; under jit all of it, split over
-  the mesh's batch axes (`parallel.shard_batch`).
-
-  Randomness drawn for the global batch (latents, mixing weights) and then
-  split this way is the same as with jit, whatever the device count.
-  """
-  if axis_name is None:
-    return parallel.shard_batch(x)
-  n = x.shape[0] // jax.lax.axis_size(axis_name)
-  return jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(axis_name) * n, n)
-
-
-def psum(tree: Any, axis_name: str | None) -> Any:
-  """Sums over the pmap axis, or `tree` itself without one."""
-  return tree if axis_name is None else jax.lax.psum(tree, axis_name)
-
-
-def pmean(tree: Any, axis_name: str | None) -> Any:
-  """Averages over the pmap axis, or `tree` itself without one."""
-  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
-
-
 def summed_loss_gradients(params: Any, batch: Any, rng: Array,
                           sums_fn: Callable[[Any, Any, Array], dict[str, Array]],
                           *, loss_key: str, weight_key: str, num: int,
-                          axis_name: str | None) -> tuple[dict[str, Array], Any, Array]:
+                          reducer: parallel.Reducer = parallel.IDENTITY
+                          ) -> tuple[dict[str, Array], Any, Array]:
   """Gradients of a summed loss over micro-batches and devices, normalized once.
 
   `sums_fn(params, micro_batch, key)` returns sums, among them the loss sum
   `loss_key` and its weight `weight_key` (tokens, frames). The gradients of
   each of the `num` micro-batches' loss sums are added up (and summed over
-  `axis_name` under pmap), then divided by the total weight: the exact
+  the devices by `reducer`), then divided by the total weight: the exact
   weighted mean of the whole global batch, whatever the split. The key is
-  `rng` folded with the micro-batch index and (under pmap) the device.
+  `rng` folded with the micro-batch index and the device
+  (`reducer.device_key`).
 
   Returns:
     (summed sums, normalized gradients, mean loss).
   """
-  rng = fold_in_device(rng, axis_name)
+  rng = reducer.device_key(rng)
 
   def micro(inputs):
     micro_batch, index = inputs
@@ -268,7 +240,7 @@ def summed_loss_gradients(params: Any, batch: Any, rng: Array,
     return sums, grads
 
   inputs = (jax.tree.map(lambda x: micro_batches(x, num), batch), jnp.arange(num))
-  sums, grads = psum(accumulate(micro, inputs, num), axis_name)
+  sums, grads = reducer.sum(accumulate(micro, inputs, num))
   weight = jnp.maximum(sums[weight_key], 1.0)
   return sums, jax.tree.map(lambda g: g / weight, grads), sums[loss_key] / weight
 

@@ -32,9 +32,11 @@ from flax import struct
 from ml_collections import config_dict
 
 from musegen_jax import models
+from musegen_jax import parallel
 from musegen_jax import plots
 from musegen_jax import spectral
 from musegen_jax.data import audio
+from musegen_jax.kernels import conv
 from musegen_jax.models import audio_gan
 from musegen_jax.models import wavegan
 from musegen_jax.tasks import common
@@ -96,14 +98,14 @@ def check_config(config: config_dict.ConfigDict) -> None:
     raise ValueError(f"config.data.slice_len={config.data.slice_len}; allowed: "
                      f"{list(SLICE_LENGTHS)}")
   if config.model.use_batchnorm and (config.grad_accum_steps > 1
-                                     or config.parallelism == "pmap"):
+                                     or config.parallelism != "jit"):
     raise ValueError(
         "config.model.use_batchnorm=True needs the whole batch in one program: "
         f"got grad_accum_steps={config.grad_accum_steps}, parallelism="
         f"{config.parallelism!r} (batch statistics would be per micro-batch "
         "or per device). Use grad_accum_steps=1 and parallelism='jit'.")
   _check_architecture(config)
-  wavegan.resolve_conv_impl(config.model.conv_impl)
+  conv.resolve_conv_impl(config.model.conv_impl)
   models.get_dtype(config.model.dtype)
 
 
@@ -470,21 +472,23 @@ class GANTask:
     return out, batch_stats
 
   def train_step(self, state: GANState, batch: dict[str, Array], rng: Array,
-                 axis_name: str | None = None) -> tuple[GANState, dict[str, Array]]:
+                 reducer: parallel.Reducer = parallel.IDENTITY
+                 ) -> tuple[GANState, dict[str, Array]]:
     """`critic_steps` discriminator updates, then one generator update.
 
     Each update's batch is split into `config.grad_accum_steps` micro-batches
-    whose gradients are averaged (and averaged over `axis_name` under pmap).
-    Latents and gradient-penalty mixing weights are drawn for the global
-    batch and split, so neither accumulation nor pmap changes them; the phase
-    shuffle's key is folded with the micro-batch and (under pmap) the device.
+    whose gradients are averaged (and averaged over the devices by
+    `reducer`). Latents and gradient-penalty mixing weights are drawn for the
+    global batch and split, so neither accumulation nor the parallel mode
+    changes them; the phase shuffle's key is folded with the micro-batch and
+    the device.
 
     Args:
       state: the GAN state.
-      batch: {"audio": [batch, critic_steps, slice_len, 1]} (this device's
-        share under pmap).
+      batch: {"audio": [batch, critic_steps, slice_len, 1]} (the step's
+        share of the batch).
       rng: the run's step key.
-      axis_name: the pmap axis to average gradients and metrics over, or None.
+      reducer: averages over the devices (parallel.reduce; identity under jit).
     """
     kind, gp_weight = self.config.gan.loss, float(self.config.gan.gp_weight)
     r1_weight = float(self.config.gan.r1_weight)
@@ -493,23 +497,23 @@ class GANTask:
     critic_rng, g_rng = jax.random.split(rng)
     real_batches = jnp.swapaxes(batch["audio"], 0, 1)  # [critic_steps, b, len, 1]
     n = real_batches.shape[1]
-    devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
+    devices = reducer.num_devices()
 
     def global_draw(values: Array) -> Array:
       """This device's micro-batches of values drawn for the global batch."""
-      return common.micro_batches(common.device_share(values, axis_name), num)
+      return common.micro_batches(reducer.device_share(values), num)
 
     def micro_key(key: Array, index: Array) -> Array:
       return key if num == 1 else jax.random.fold_in(key, index)
 
     def average(tree):
-      return common.pmean(jax.tree.map(lambda x: x / num, tree), axis_name)
+      return reducer.mean(jax.tree.map(lambda x: x / num, tree))
 
     def critic_update(carry, inputs):
       d_params, d_opt_state, d_stats = carry
       real, key = inputs
       z_key, alpha_key, real_key, fake_key, gp_key = jax.random.split(key, 5)
-      real_key, fake_key, gp_key = (common.fold_in_device(k, axis_name)
+      real_key, fake_key, gp_key = (reducer.device_key(k)
                                     for k in (real_key, fake_key, gp_key))
 
       def micro(inputs):
@@ -559,7 +563,7 @@ class GANTask:
         (real_batches, jax.random.split(critic_rng, self.critic_steps)))
 
     z_key, fake_key = jax.random.split(g_rng)
-    fake_key = common.fold_in_device(fake_key, axis_name)
+    fake_key = reducer.device_key(fake_key)
     ms_weight = float(self.config.gan.mode_seeking_weight)
     fm_weight = float(self.config.gan.feature_matching_weight)
     cov_weight = float(self.config.gan.coverage_weight)

@@ -28,6 +28,7 @@ import optax
 from ml_collections import config_dict
 
 from musegen_jax import models
+from musegen_jax import parallel
 from musegen_jax import plots
 from musegen_jax.data import pipeline
 from musegen_jax.tasks import common
@@ -168,28 +169,28 @@ class LanguageModelTask:
     return self._metric_sums(losses, jnp.argmax(logits, -1), tokens)
 
   def train_step(self, state: common.TrainState, batch: dict[str, Array],
-                 rng: Array, axis_name: str | None = None
+                 rng: Array, reducer: parallel.Reducer = parallel.IDENTITY
                  ) -> tuple[common.TrainState, dict[str, Array]]:
     """One AdamW update over the batch, in `config.grad_accum_steps` micro-batches.
 
     The loss is the token-weighted mean over the whole (global) batch: the
     gradients of each micro-batch's loss sum are added up (and summed over
-    `axis_name` under pmap) and divided by the total target weight, so
+    devices by `reducer`) and divided by the total target weight, so
     accumulation and device count do not change the update. The dropout key
-    is `rng` folded with the step, the micro-batch and (under pmap) the
-    device.
+    is `rng` folded with the step, the micro-batch and the device
+    (`reducer.device_key`).
 
     Args:
       state: the train state.
-      batch: {"tokens": [batch, seq_len + 1]} (this device's share under pmap).
+      batch: {"tokens": [batch, seq_len + 1]} (the step's share of the batch).
       rng: the run's step key.
-      axis_name: the pmap axis to sum gradients and metrics over, or None.
+      reducer: sums over the devices (parallel.reduce; identity under jit).
     """
     sums, grads, loss = common.summed_loss_gradients(
         state.params, batch["tokens"], jax.random.fold_in(rng, state.step),
         lambda params, tokens, key: self._sums(params, tokens, key, train=True),
         loss_key="loss_sum", weight_key="weight_sum",
-        num=self.config.grad_accum_steps, axis_name=axis_name)
+        num=self.config.grad_accum_steps, reducer=reducer)
     weight = jnp.maximum(sums["weight_sum"], 1.0)
     grad_norm = optax.tree.norm(grads)
     state, finite = common.apply_finite_update(state, grads, loss, grad_norm)

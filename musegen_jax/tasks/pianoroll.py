@@ -54,6 +54,7 @@ import optax
 from ml_collections import config_dict
 
 from musegen_jax import models
+from musegen_jax import parallel
 from musegen_jax import plots
 from musegen_jax.data import jsb_quarter
 from musegen_jax.data import pipeline
@@ -550,26 +551,26 @@ class PianorollTask:
                           batch["mask"])
 
   def train_step(self, state: common.TrainState, batch: dict[str, Array],
-                 rng: Array, axis_name: str | None = None
+                 rng: Array, reducer: parallel.Reducer = parallel.IDENTITY
                  ) -> tuple[common.TrainState, dict[str, Array]]:
     """One AdamW update on the frame-averaged NLL of the (global) batch.
 
     Gradients of each micro-batch's NLL sum are added up (and summed over
-    `axis_name` under pmap), then divided by the batch's frame count, so
+    devices by `reducer`), then divided by the batch's frame count, so
     accumulation and device count do not change the update.
 
     Args:
       state: the train state.
-      batch: {"frames", "mask"} or {"tokens"} (this device's share under pmap).
+      batch: {"frames", "mask"} or {"tokens"} (the step's share of the batch).
       rng: the run's step key (folded with step, micro-batch and device).
-      axis_name: the pmap axis to sum gradients and metrics over, or None.
+      reducer: sums over the devices (parallel.reduce; identity under jit).
     """
     _, grads, loss = common.summed_loss_gradients(
         state.params, batch, jax.random.fold_in(rng, state.step),
         lambda params, micro_batch, key: self._sums(params, micro_batch, key,
                                                     train=True),
         loss_key="nll_sum", weight_key="frame_sum",
-        num=self.config.grad_accum_steps, axis_name=axis_name)
+        num=self.config.grad_accum_steps, reducer=reducer)
     grad_norm = optax.tree.norm(grads)
     state, finite = common.apply_finite_update(state, grads, loss, grad_norm)
     return state, {"loss": loss, "grad_norm": grad_norm,

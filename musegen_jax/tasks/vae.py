@@ -45,6 +45,7 @@ import optax
 from ml_collections import config_dict
 
 from musegen_jax import models
+from musegen_jax import parallel
 from musegen_jax import plots
 from musegen_jax.data import pipeline
 from musegen_jax.data import representations
@@ -258,30 +259,29 @@ class VAETask:
     return beta_schedule(step, self.config.vae.beta, self.config.vae.beta_warmup_steps)
 
   def train_step(self, state: common.TrainState, batch: dict[str, Array],
-                 rng: Array, axis_name: str | None = None
+                 rng: Array, reducer: parallel.Reducer = parallel.IDENTITY
                  ) -> tuple[common.TrainState, dict[str, Array]]:
     """One AdamW update on the mean per-sequence loss of the global batch.
 
     The gradients of each micro-batch's loss sum are added up (and summed
-    over `axis_name` under pmap) and divided by the number of sequences
+    over devices by `reducer`) and divided by the number of sequences
     (`common.summed_loss_gradients`). The latent noise is drawn for the
-    global batch and split like it, so neither accumulation nor pmap changes
-    it (nor the update, without dropout); the dropout key is `rng` folded
-    with the step, the micro-batch and (under pmap) the device.
+    global batch and split like it, so neither accumulation nor the parallel
+    mode changes it (nor the update, without dropout); the dropout key is
+    `rng` folded with the step, the micro-batch and the device.
 
     Args:
       state: the train state.
-      batch: {"tokens": [batch, seq_len + 1]} (this device's share under pmap).
+      batch: {"tokens": [batch, seq_len + 1]} (the step's share of the batch).
       rng: the run's step key.
-      axis_name: the pmap axis to sum gradients and metrics over, or None.
+      reducer: sums over the devices (parallel.reduce; identity under jit).
     """
     beta = self.beta(state.step)
     noise_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
     tokens = batch["tokens"]
-    devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
-    noise = common.device_share(jax.random.normal(
-        noise_rng, (tokens.shape[0] * devices, self.latent_dim), jnp.float32),
-        axis_name)
+    devices = reducer.num_devices()
+    noise = reducer.device_share(jax.random.normal(
+        noise_rng, (tokens.shape[0] * devices, self.latent_dim), jnp.float32))
 
     def sums_fn(params, inputs, key):
       tokens, noise = inputs
@@ -290,7 +290,7 @@ class VAETask:
     sums, grads, loss = common.summed_loss_gradients(
         state.params, (tokens, noise), dropout_rng,
         sums_fn, loss_key="loss_sum", weight_key="sequence_sum",
-        num=self.config.grad_accum_steps, axis_name=axis_name)
+        num=self.config.grad_accum_steps, reducer=reducer)
     sequences = jnp.maximum(sums["sequence_sum"], 1.0)
     tokens = jnp.maximum(sums["token_sum"], 1.0)
     grad_norm = optax.tree.norm(grads)
