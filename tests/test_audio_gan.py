@@ -121,7 +121,7 @@ def test_two_time_scales_give_each_network_its_rate():
 @pytest.mark.slow
 def test_cpu_recipe_step_with_r1_and_ema_warmup():
   config = _cpu(gan__r1_weight=1.0, gan__feature_matching_weight=1.0,
-                gan__mode_seeking_weight=1.0)
+                gan__mode_seeking_weight=1.0, gan__moment_weight=1.0)
   task = _task(config)
   mesh = parallel.create_mesh()
   state = train.create_train_state(task, config, mesh, jax.random.PRNGKey(0))
@@ -135,6 +135,12 @@ def test_cpu_recipe_step_with_r1_and_ema_warmup():
   assert float(metrics["nonfinite"]) == 0 and float(metrics["r1"]) > 0
   assert float(metrics["coverage"]) > 0  # The recipe's coverage term.
   assert float(metrics["feature_matching"]) > 0 and float(metrics["mode_seeking"]) > 0
+  # Moment matching: at step 0 the running average is the batch's moments.
+  assert float(metrics["moments"]) > 0
+  expected = gan.mel_moments(jnp.asarray(real[:, 0]), 16000)
+  for key in ("mean", "outer"):
+    np.testing.assert_allclose(after.real_moments[key], expected[key], rtol=1e-4,
+                               atol=1e-4)
   for name in ("g_params", "d_params"):
     changed = [not np.array_equal(a, b) for a, b in zip(
         jax.tree.leaves(getattr(before, name)), jax.tree.leaves(getattr(after, name)))]
@@ -280,20 +286,22 @@ def test_coverage_is_the_symmetric_chamfer_distance_of_spectrogram_frames():
 
 
 def test_moment_matching_by_hand_and_only_the_generated_clips_get_gradients():
+  """The loss against real statistics computed by numpy, zero for the same
+  clips, and gradients for the generated clips only."""
   rng = np.random.default_rng(0)
   real = rng.normal(size=(2, 4096, 1)).astype(np.float32)
   # A tone: its log-mel frames differ from noise's in mean and covariance.
   t = np.arange(4096) / 16000
   fake = np.stack([np.sin(2 * np.pi * f * t) for f in (220, 330, 440)])[..., None]
   fake = (fake + 0.01 * rng.normal(size=fake.shape)).astype(np.float32)
-  loss = lambda r, f: gan.moment_matching_loss(r, f, 16000)
+  loss = lambda r, f: gan.moment_matching_loss(gan.mel_moments(r, 16000), f, 16000)
   assert float(loss(jnp.asarray(real), jnp.asarray(real))) == pytest.approx(0.0, abs=1e-3)
 
   def stats(x):
     mel = np.asarray(spectral.log_mel(jnp.asarray(x[..., 0]), 16000, n_fft=1024,
                                       hop=256, n_mels=64), np.float64)
     mel = mel.reshape(-1, 64)
-    return mel.mean(0), np.cov(mel, rowvar=False)
+    return mel.mean(0), np.cov(mel, rowvar=False, bias=True)
   (mu_r, cov_r), (mu_f, cov_f) = stats(real), stats(fake)
   expected = np.sum((mu_r - mu_f) ** 2) + np.linalg.norm(cov_r - cov_f)
   assert float(loss(jnp.asarray(real), jnp.asarray(fake))) == pytest.approx(

@@ -66,6 +66,10 @@ SLICE_LENGTHS = (16384, 32768, 65536)
 FRECHET_N_FFT = 1024
 FRECHET_HOP = 256
 FRECHET_N_MELS = 64
+# The running average of real audio's log-mel statistics that moment matching
+# compares with: min(MOMENTS_DECAY, t / (t + 1)) at step t, the plain mean of
+# all batches so far until that reaches the cap.
+MOMENTS_DECAY = 0.999
 # `evaluate` compares at least this many clips unless told otherwise: the
 # real-vs-real distance of the chorales falls from 561 at 16 clips to 28 at 512.
 MIN_EVALUATE_CLIPS = 512
@@ -285,29 +289,38 @@ def coverage_loss(real: Array, fake: Array, n_fft: int = 1024) -> Array:
   return jnp.mean(jnp.min(dist, axis=1)) + jnp.mean(jnp.min(dist, axis=0))
 
 
-def moment_matching_loss(real: Array, fake: Array, sample_rate: int) -> Array:
+def mel_moments(clips: Array, sample_rate: int) -> dict[str, Array]:
+  """The mean [64] and mean outer product [64, 64] of the log-mel frames of
+  [batch, slice_len, 1] clips (the Frechet distance's features: 1024 window,
+  hop 256, 64 mels)."""
+  mel = spectral.log_mel(clips[..., 0].astype(jnp.float32), sample_rate,
+                         n_fft=FRECHET_N_FFT, hop=FRECHET_HOP,
+                         n_mels=FRECHET_N_MELS)
+  mel = mel.reshape(-1, mel.shape[-1])
+  return {"mean": jnp.mean(mel, 0), "outer": mel.T @ mel / mel.shape[0]}
+
+
+def moment_matching_loss(real: dict[str, Array], fake: Array,
+                         sample_rate: int) -> Array:
   """Mean and covariance feature matching (Mroueh et al., 2017, McGan) on
-  log-mel frames: |mu_r - mu_g|^2 + ||C_r - C_g||_F, the statistics of the
-  batch's real and generated frames (the Frechet distance's features: 1024
-  window, hop 256, 64 mels). It is of the Frechet distance's size: a few
-  thousand for noise against music, tens for real against real.
+  log-mel frames: |mu_r - mu_g|^2 + ||C_r - C_g||_F between real audio's
+  statistics and those of the generated clips' frames. It is of the Frechet
+  distance's size: a few thousand for noise against music, tens for real
+  against real.
 
   Args:
-    real, fake: [batch, slice_len, 1] clips; only `fake` gets gradients.
+    real: `mel_moments` of real audio: of the batch, or a running average
+      over many batches, which the loop keeps (a batch of 32 clips is too
+      few: two such real batches lie about 180 apart).
+    fake: [batch, slice_len, 1] generated clips.
   """
-  def stats(x):
-    mel = spectral.log_mel(x[..., 0].astype(jnp.float32), sample_rate,
-                           n_fft=FRECHET_N_FFT, hop=FRECHET_HOP,
-                           n_mels=FRECHET_N_MELS)
-    mel = mel.reshape(-1, mel.shape[-1])
-    mean = jnp.mean(mel, 0)
-    centred = mel - mean
-    return mean, centred.T @ centred / (mel.shape[0] - 1)
-  real_mean, real_cov = jax.lax.stop_gradient(stats(real))
-  mean, cov = stats(fake)
+  def covariance(m):
+    return m["outer"] - jnp.outer(m["mean"], m["mean"])
+  real = jax.lax.stop_gradient(real)
+  fake = mel_moments(fake, sample_rate)
   # The small constant keeps the norm's gradient finite where they agree.
-  return (jnp.sum((mean - real_mean) ** 2)
-          + jnp.sqrt(jnp.sum((cov - real_cov) ** 2) + 1e-8))
+  return (jnp.sum((fake["mean"] - real["mean"]) ** 2)
+          + jnp.sqrt(jnp.sum((covariance(fake) - covariance(real)) ** 2) + 1e-8))
 
 
 def r1_penalty(critic: Callable[[Array], Array], real: Array) -> Array:
@@ -320,7 +333,9 @@ def r1_penalty(critic: Callable[[Array], Array], real: Array) -> Array:
 class GANState(struct.PyTreeNode):
   """Both networks, their optimizer states and the generator's EMA: one pytree.
 
-  `*_batch_stats` are empty dicts unless the models use batch norm.
+  `*_batch_stats` are empty dicts unless the models use batch norm;
+  `real_moments` is one unless `gan.moment_weight` > 0, when it holds the
+  running average of real audio's `mel_moments` (MOMENTS_DECAY).
   """
   step: Array
   g_params: Any
@@ -331,6 +346,7 @@ class GANState(struct.PyTreeNode):
   g_batch_stats: Any
   d_batch_stats: Any
   skipped_updates: Array
+  real_moments: Any
   g_tx: optax.GradientTransformation = struct.field(pytree_node=False)
   d_tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
@@ -428,7 +444,11 @@ class GANTask:
         ema_params=g_vars["params"],
         g_batch_stats=g_vars.get("batch_stats", {}),
         d_batch_stats=d_vars.get("batch_stats", {}),
-        skipped_updates=jnp.zeros((), jnp.int32), g_tx=g_tx, d_tx=d_tx)
+        skipped_updates=jnp.zeros((), jnp.int32),
+        real_moments=({"mean": jnp.zeros((FRECHET_N_MELS,), jnp.float32),
+                       "outer": jnp.zeros((FRECHET_N_MELS,) * 2, jnp.float32)}
+                      if self.config.gan.moment_weight > 0 else {}),
+        g_tx=g_tx, d_tx=d_tx)
 
   @staticmethod
   def eval_params(state: GANState) -> dict[str, Any]:
@@ -568,6 +588,13 @@ class GANTask:
     fm_weight = float(self.config.gan.feature_matching_weight)
     cov_weight = float(self.config.gan.coverage_weight)
     mm_weight = float(self.config.gan.moment_weight)
+    real_moments = state.real_moments
+    if mm_weight > 0:  # The running average of real audio's statistics.
+      t = state.step.astype(jnp.float32)
+      decay = jnp.minimum(MOMENTS_DECAY, t / (t + 1.0))
+      batch_moments = reducer.mean(mel_moments(real_batches[-1], self.sample_rate))
+      real_moments = jax.tree.map(lambda avg, new: decay * avg + (1 - decay) * new,
+                                  real_moments, batch_moments)
 
     def g_micro(inputs):
       z, real, index = inputs
@@ -593,7 +620,8 @@ class GANTask:
         if cov_weight > 0:
           extra["coverage"] = coverage_loss(real, fake)
         if mm_weight > 0:
-          extra["moments"] = moment_matching_loss(real, fake, self.sample_rate)
+          extra["moments"] = moment_matching_loss(real_moments, fake,
+                                                  self.sample_rate)
         loss = generator_loss(kind, d_fake)
         total = (loss + ms_weight * extra["mode_seeking"]
                  + fm_weight * extra["feature_matching"]
@@ -628,7 +656,7 @@ class GANTask:
     new_state = state.replace(
         step=state.step + 1, g_params=g_params, d_params=d_params,
         g_opt_state=g_opt_state, d_opt_state=d_opt_state, ema_params=ema_params,
-        g_batch_stats=g_stats, d_batch_stats=d_stats)
+        g_batch_stats=g_stats, d_batch_stats=d_stats, real_moments=real_moments)
     metrics.update(g_grad_norm=g_grad_norm, **g_losses,
                    nonfinite=(~finite).astype(jnp.float32))
     return common.keep_if_finite(new_state, state, finite), metrics
