@@ -2,9 +2,10 @@
 
 `import note_seq` runs `note_seq.notebook_utils`, which imports bokeh and
 pandas at module level for `plot_sequence` and `play_sequence`, helpers
-musegen_jax never calls. The two take about half of note_seq's import time
-(2-3 s of every run's start, and of every grain worker's, on a 2-core
-machine). While that one module executes, `bokeh`, `bokeh.plotting` and
+musegen_jax never calls. The two take about half of note_seq's import time,
+paid by every run's start and every grain worker's. `install()`, called by
+`runtime.setup()` (never at import), adds an import hook: while that one
+module executes, `bokeh`, `bokeh.plotting` and
 `pandas` resolve to placeholder modules that import the real library on
 first attribute access; afterwards the placeholders leave `sys.modules`, so
 any other `import bokeh` or `import pandas` is the ordinary one. A notebook

@@ -47,6 +47,10 @@ from ml_collections import config_flags
 
 from musegen_jax import cli
 from musegen_jax import errors
+from musegen_jax import runtime
+
+# Before note_seq is imported: see runtime.setup_if_run_as_command.
+runtime.setup_if_run_as_command(__name__)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -359,16 +363,21 @@ def compile_programs(config, topology: Topology, programs: list[str],
 
 def use_host_cpu(topology: Topology) -> None:
   """Runs JAX itself on this host's CPU (its own accelerators, if any, are
-  not what is compiled for), with `topology.chips` CPU devices for cpu:N;
-  only if JAX has not started its backends yet."""
+  not what is compiled for), with `topology.chips` CPU devices for cpu:N.
+
+  JAX reads both settings when it starts its backends (at its first use of
+  a device), so the command calls this first; once they are started, JAX
+  refuses a new CPU device count and ignores the platform, and the devices
+  stay as they are.
+  """
   import jax  # pylint: disable=import-outside-toplevel
-  from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
-  if xla_bridge.backends_are_initialized():
-    return
-  jax.config.update("jax_platforms", "cpu")
   forced = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
   if topology.platform == "cpu" and not forced:
-    jax.config.update("jax_num_cpu_devices", topology.chips)
+    try:
+      jax.config.update("jax_num_cpu_devices", topology.chips)
+    except RuntimeError:  # The backends are started.
+      return
+  jax.config.update("jax_platforms", "cpu")
 
 
 def main(argv: list[str]) -> None:
@@ -395,6 +404,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
+  runtime.setup()
   cli.run(main)
 
 

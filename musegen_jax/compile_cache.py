@@ -2,8 +2,8 @@
 
 Compiling a config's train, eval and sampling programs takes from seconds
 (the LSTM) to about a minute (WaveGAN's step with its gradient penalty on a
-2-core CPU), and every resume, `sample` or `evaluate` of the same model
-compiles the same programs again. JAX can keep compiled programs on disk,
+CPU), and every resume, `sample` or `evaluate` of the same model compiles
+the same programs again. JAX can keep compiled programs on disk,
 keyed by the program, its compile options, the devices and the jax/jaxlib
 versions, and load them instead of compiling. `enable()` turns that on in
 `<cache root>/xla`, beside the prepared datasets ($MUSEGEN_JAX_CACHE, else
@@ -14,7 +14,8 @@ are dropped first).
 Left alone: a cache directory the user configured (`$JAX_COMPILATION_CACHE_DIR`
 or `jax.config.update("jax_compilation_cache_dir", ...)`), and
 `MUSEGEN_JAX_COMPILE_CACHE=0`, which leaves JAX's default (no cache).
-`bench` does not call it: its compile_s is the compiler's time. The size
+The commands turn it on through `runtime.setup(compile_cache=True)`;
+`bench` does not: its compile_s is the compiler's time. The size
 limit needs the `filelock` package (a dependency): without it JAX would turn
 the cache off with only a logged warning.
 
@@ -39,8 +40,9 @@ import jax
 OPT_OUT = "MUSEGEN_JAX_COMPILE_CACHE"
 SUBDIR = "xla"
 MAX_BYTES = 2 << 30
-# JAX's on-disk names (jax/_src/lru_cache.py), pinned by
-# tests/test_compile_cache.py against the installed JAX.
+# The names JAX's least-recently-used cache gives an entry's files and the
+# directory's lock, pinned by tests/test_compile_cache.py against the
+# installed JAX.
 ENTRY_SUFFIX, ATIME_SUFFIX, LOCK_NAME = "-cache", "-atime", ".lockfile"
 
 

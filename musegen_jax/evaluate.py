@@ -27,6 +27,10 @@ from absl import flags
 
 from musegen_jax import cli
 from musegen_jax import errors
+from musegen_jax import runtime
+
+# Before note_seq is imported: see runtime.setup_if_run_as_command.
+runtime.setup_if_run_as_command(__name__)
 
 def _load(export_dir: str, split: str, data_dir: str | None,
           num_batches: int | None):
@@ -157,8 +161,7 @@ def evaluate_ensemble(export_dirs: list[str], *, split: str = "valid",
 def main(argv: list[str]) -> None:
   del argv  # cli.run refuses extra arguments.
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
-  from musegen_jax import compile_cache  # pylint: disable=import-outside-toplevel
-  compile_cache.enable()
+  runtime.setup(compile_cache=True)
   print(json.dumps(evaluate(FLAGS.export, split=FLAGS.split,
                             data_dir=FLAGS.data_dir, num_batches=FLAGS.num_batches)))
 
@@ -180,6 +183,7 @@ def run() -> None:
                        "Default: the training config's num_eval_batches (for "
                        "the GAN at least 512 clips).")
   flags.mark_flags_as_required(["export"])
+  runtime.setup()
   cli.run(main)
 
 

@@ -17,6 +17,10 @@ from absl import flags
 
 from musegen_jax import cli
 from musegen_jax import errors
+from musegen_jax import runtime
+
+# Before note_seq is imported: see runtime.setup_if_run_as_command.
+runtime.setup_if_run_as_command(__name__)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The training run's workdir.")
@@ -84,9 +88,7 @@ def export(workdir: str, output: str, which: str = "latest") -> str:
   # One device: the parameters are gathered whole (however the run's mesh
   # split them) and written from the host.
   mesh = parallel.create_mesh(jax.devices()[:1])
-  abstract = jax.eval_shape(
-      lambda: train.create_train_state(task, config, mesh, jax.random.PRNGKey(0)))
-  abstract = checkpoint.with_sharding(abstract, train.state_shardings(task, mesh))
+  abstract = train.abstract_train_state(task, mesh)
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract)))
   manager.close()
@@ -101,6 +103,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
+  runtime.setup()
   cli.run(main)
 
 

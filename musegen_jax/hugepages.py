@@ -2,17 +2,18 @@
 
 XLA on CPU allocates each step's temporary buffer with malloc; glibc serves
 anything over 32 MB with a fresh mmap, so every page of it is faulted in
-again on every step (tens of thousands of faults per step, a sixth of the
-Transformer benchmark's step time on a 2-core CPU). glibc's tunable
+again on every step (tens of thousands of faults per step, a large share
+of a Transformer step's time on CPU). glibc's tunable
 `glibc.malloc.hugetlb=1` (glibc 2.35+) backs those mmaps with transparent
 huge pages: 512 times fewer faults. glibc reads tunables only at process
 start, so the command-line entry points (`main`, `bench`, `bench_torch`)
-call `reexec_with_huge_pages()` first: it re-executes the same command line
-once with the tunable added to $GLIBC_TUNABLES (same pid, same arguments).
+call `runtime.setup(hugepages=True)` first, which calls
+`reexec_with_huge_pages()`: it re-executes the same command line once with
+the tunable added to $GLIBC_TUNABLES (same pid, same arguments).
 
 Set MUSEGEN_JAX_HUGEPAGES=0 to skip it; a $GLIBC_TUNABLES that already says
 anything about glibc.malloc.hugetlb is left alone. Older glibc ignores the
-unknown tunable. Measured figures: BUILD_NOTES.md.
+unknown tunable.
 """
 
 from __future__ import annotations

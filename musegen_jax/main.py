@@ -19,7 +19,10 @@ from absl import flags
 from ml_collections import config_flags
 
 from musegen_jax import cli
-from musegen_jax import hugepages
+from musegen_jax import runtime
+
+# Before note_seq is imported: see runtime.setup_if_run_as_command.
+runtime.setup_if_run_as_command(__name__)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -65,8 +68,7 @@ def main(argv: list[str]) -> None:
     cli.fail(e)
   if jax.process_count() > 1:
     print(parallel.describe_processes(), flush=True)
-  from musegen_jax import compile_cache
-  compile_cache.enable()
+  runtime.setup(compile_cache=True)
   from musegen_jax import train
   from musegen_jax import workdir as workdir_lib
   try:
@@ -94,7 +96,7 @@ def _flag_or_env(name: str, kind: type):
 
 def run() -> None:
   """Console-script entry point."""
-  hugepages.reexec_with_huge_pages()
+  runtime.setup(hugepages=True)
   cli.run(main)
 
 

@@ -21,7 +21,7 @@ def _summary_writer_class():
   """tensorboardX's SummaryWriter, imported without PyTorch.
 
   tensorboardX imports torch when it is installed, only so that it can
-  accept torch tensors; that adds 3-4 s to every start of a JAX run. The
+  accept torch tensors; that adds seconds to every start of a JAX run. The
   writer here only gets floats and numpy arrays, so torch is kept out of
   that import unless the program has already imported it. (Another thread
   importing torch during that import would get ImportError; the writer is

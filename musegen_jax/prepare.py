@@ -35,6 +35,11 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
+from musegen_jax import runtime
+# Before note_seq is imported: see runtime.setup_if_run_as_command.
+runtime.setup_if_run_as_command(__name__)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
 import note_seq
 from absl import flags
 from tqdm import tqdm
@@ -443,6 +448,7 @@ def run() -> None:
   flags.DEFINE_string("write_midi", None,
                       "Also write each sequence as MIDI here (default for jsb: OUTPUT/midi).")
   flags.mark_flags_as_required(["input", "output"])
+  runtime.setup()
   cli.run(main)
 
 

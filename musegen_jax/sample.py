@@ -38,6 +38,10 @@ from absl import flags
 
 from musegen_jax import cli
 from musegen_jax import errors
+from musegen_jax import runtime
+
+# Before note_seq is imported: see runtime.setup_if_run_as_command.
+runtime.setup_if_run_as_command(__name__)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("export", None, "Bundle written by musegen_jax.export.")
@@ -194,8 +198,7 @@ def _render_audio(midi_paths: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> None:
   del argv  # cli.run refuses extra arguments.
-  from musegen_jax import compile_cache  # pylint: disable=import-outside-toplevel
-  compile_cache.enable()
+  runtime.setup(compile_cache=True)
   paths = sample(FLAGS.export, FLAGS.output_dir, num_samples=FLAGS.num_samples,
                  length=FLAGS.length, temperature=FLAGS.temperature,
                  top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed,
@@ -207,6 +210,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
+  runtime.setup()
   cli.run(main)
 
 

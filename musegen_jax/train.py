@@ -149,12 +149,22 @@ def create_train_state(task, config: config_dict.ConfigDict, mesh,
 
   The initializer is jitted with the state's shardings as its outputs, so
   fsdp-split parameters are never whole on one device. It runs once, and is
-  compiled as `common.initializer_compiler_options` says.
+  compiled with `common.initializer_compiler_options()`; jit takes compiler
+  options only at the top level, so call this outside any trace (inside
+  one, `abstract_train_state` gives the state's shapes).
   """
   del config  # The task holds it.
   init = lambda rng: common.unbox(task.init_state(rng))
-  return common.run_initializer(init, rng,
-                                out_shardings=state_shardings(task, mesh))
+  return jax.jit(init, out_shardings=state_shardings(task, mesh),
+                 compiler_options=common.initializer_compiler_options())(rng)
+
+
+def abstract_train_state(task, mesh) -> Any:
+  """`create_train_state`'s result as `jax.ShapeDtypeStruct`s with their
+  shardings on `mesh`, computing nothing: what a restore needs."""
+  init = lambda rng: common.unbox(task.init_state(rng))
+  return checkpoint.with_sharding(jax.eval_shape(init, jax.random.PRNGKey(0)),
+                                  state_shardings(task, mesh))
 
 
 def jit_steps(task, mesh, shardings: Any = None):
