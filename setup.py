@@ -43,7 +43,7 @@ setuptools.setup(
             "musegen-export=musegen_jax.export:run",
             "musegen-sample=musegen_jax.sample:run",
             "musegen-evaluate=musegen_jax.evaluate:run",
-            "musegen-bench=musegen_jax.bench:run",
+            "musegen-bench=musegen_jax.benchmarks.bench:run",
             "musegen-aot=musegen_jax.aot:run",
         ],
     },
