@@ -35,11 +35,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   if unknown or sum(v in variants for v in ("bce", "hinge", "cpu")) > 1:
     raise ValueError(f"Unknown or conflicting config variants {variants!r}; "
                      f"known: {list(VARIANTS)} (at most one of bce, hinge, cpu).")
-  config = config_dict.ConfigDict()
-
-  # Objective (musegen_jax/tasks/<task>.py) and the global RNG seed.
-  config.task = "gan"
-  config.seed = 0
+  # Shared keys (seed, batch, steps, Adam, logging, checkpoints, parallelism):
+  # musegen_jax/config_defaults.py.
+  config = config_defaults.default_config("gan")
 
   config.model = config_dict.ConfigDict()
   config.model.name = "wavegan"  # musegen_jax/models/wavegan.py
@@ -165,35 +163,21 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # "skip" (a warning with the same).
   config.data.bad_records = "error"
 
-  # Global batch size (per critic update and per generator update).
-  config.batch_size = 64
+  config.batch_size = 64  # Per critic update and per generator update.
   config.num_train_steps = 100_000
   config.learning_rate = 1e-4
   config.adam_b1 = 0.5
   config.adam_b2 = 0.9
-  # A NaN/Inf loss or gradient is never applied. "stop": fail naming the step
-  # and the last good checkpoint; "skip": go on and count skipped updates.
-  config.nonfinite = "stop"
-
-  config.log_every_steps = 50
   # Every eval: the Frechet distance between log-mel statistics of the EMA
-  # generator's clips and held-out (valid) real clips.
+  # generator's clips and held-out (valid) real clips, on this many batches
+  # of generated clips and as many real ones. The best checkpoint is the
+  # least distant.
   config.eval_every_steps = 2_000
-  # Batches of generated clips per eval, compared with as many real clips.
   config.num_eval_batches = 8
   config.checkpoint_every_steps = 2_000
-  # Checkpoints kept: the newest `keep_checkpoints` plus the best by Frechet
-  # distance.
-  config.keep_checkpoints = 3
-  # Every sample_every_steps (0: never) write WAV files and spectrogram PNGs
-  # to WORKDIR/samples/STEP/ and both to TensorBoard.
-  config.sample_every_steps = 2_000
+  # Samples: WAV files and spectrogram PNGs.
   config.sample = config_dict.ConfigDict()
   config.sample.num_samples = 4
-
-  # parallelism ("jit" | "pmap"), mesh.fsdp, logical_axis_rules and
-  # grad_accum_steps: see musegen_jax/config_defaults.py.
-  config_defaults.add_parallelism(config)
 
   if "bce" in variants or "hinge" in variants:
     config.gan.loss = "bce" if "bce" in variants else "hinge"

@@ -16,11 +16,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   """Returns the default config; `arg="smoke"` gives a tiny CPU variant."""
   if arg not in (None, "", "smoke"):
     raise ValueError(f"Unknown config variant {arg!r}; known: 'smoke'.")
-  config = config_dict.ConfigDict()
-
-  # Objective (musegen_jax/tasks/<task>.py) and the global RNG seed.
-  config.task = "lm"
-  config.seed = 0
+  # Shared keys (seed, batch, steps, Adam, logging, checkpoints, parallelism)
+  # and the schedule: musegen_jax/config_defaults.py.
+  config = config_defaults.default_config("lm")
+  config_defaults.add_schedule(config)
 
   config.model = config_dict.ConfigDict()
   config.model.name = "lstm"  # musegen_jax/models/<name>.py
@@ -52,44 +51,13 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # "skip" (a warning with the same).
   config.data.bad_records = "error"
 
-  # Global batch size over all devices and hosts.
-  config.batch_size = 32
-  config.num_train_steps = 20_000
-  config.learning_rate = 2e-3
-  config.warmup_steps = 500
-  # Final learning rate of the cosine decay, as a fraction of learning_rate.
-  config.end_learning_rate_factor = 0.05
-  config.weight_decay = 0.01
-  config.adam_b1 = 0.9
-  config.adam_b2 = 0.98
-  config.grad_clip_norm = 1.0
-  # > 0: keep an exponential moving average of the parameters with this
-  # decay and evaluate, sample and export it (0: off, the raw parameters).
-  config.ema_decay = 0.0
-  # A NaN/Inf loss or gradient is never applied. "stop": fail naming the step
-  # and the last good checkpoint; "skip": go on and count skipped updates.
-  config.nonfinite = "stop"
-
-  config.log_every_steps = 50
-  config.eval_every_steps = 1_000
-  # Valid batches per eval; -1 evaluates the whole valid split.
-  config.num_eval_batches = -1
-  config.checkpoint_every_steps = 1_000
-  # Checkpoints kept: the newest `keep_checkpoints` plus the best by valid loss.
-  config.keep_checkpoints = 3
-  # Every sample_every_steps (0: never) write MIDI + piano-roll PNG samples
-  # to WORKDIR/samples/STEP/ and the piano rolls to TensorBoard.
-  config.sample_every_steps = 2_000
+  # Samples: MIDI + piano-roll PNGs every sample_every_steps.
   config.sample = config_dict.ConfigDict()
   config.sample.num_samples = 4
   config.sample.length = 1_024
   config.sample.temperature = 1.0
   config.sample.top_k = 0
   config.sample.top_p = 0.95
-
-  # parallelism ("jit" | "pmap"), mesh.fsdp, logical_axis_rules and
-  # grad_accum_steps: see musegen_jax/config_defaults.py.
-  config_defaults.add_parallelism(config)
 
   if arg == "smoke":
     config.model.embed_dim = 32

@@ -1,4 +1,10 @@
-"""Config sections every job shares, added by the files in configs/."""
+"""The config every job starts from, and the sections jobs share.
+
+Each base file in configs/ (lstm.py, jsb_lstm.py, gan.py) starts from
+`default_config(task)`, adds its model and data sections and sets the values
+it needs; single-network tasks also `add_schedule`. Other files build on a
+base file (`sibling_config`).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,60 @@ DEFAULT_LOGICAL_AXIS_RULES = (
     ("embed", "fsdp"), ("hidden", "fsdp"), ("mlp", "fsdp"), ("conv_out", "fsdp"),
     ("vocab", None), ("heads", None), ("head_dim", None), ("gates", None),
     ("conv_in", None), ("kernel", None), ("latent", None))
+
+
+def default_config(task: str) -> config_dict.ConfigDict:
+  """The keys every task reads, at defaults the files in configs/ override.
+
+  - task: the objective, musegen_jax/tasks/<task>.py; seed: the global RNG
+    seed.
+  - batch_size: the global batch over all devices and hosts (per update);
+    num_train_steps; learning_rate; Adam's adam_b1 and adam_b2.
+  - nonfinite: a NaN/Inf loss or gradient is never applied. "stop": fail
+    naming the step and the last good checkpoint; "skip": go on and count
+    skipped updates.
+  - log_every_steps; eval_every_steps; num_eval_batches (valid batches per
+    eval, -1: the task's whole split or its default);
+    checkpoint_every_steps; keep_checkpoints (the newest this many, plus
+    the best by the task's valid metric); sample_every_steps (0: never):
+    samples to WORKDIR/samples/STEP/ and TensorBoard.
+  - parallelism, mesh, logical_axis_rules, grad_accum_steps:
+    `add_parallelism`.
+  """
+  config = config_dict.ConfigDict()
+  config.task = task
+  config.seed = 0
+  config.batch_size = 32
+  config.num_train_steps = 20_000
+  config.learning_rate = 2e-3
+  config.adam_b1 = 0.9
+  config.adam_b2 = 0.98
+  config.nonfinite = "stop"
+  config.log_every_steps = 50
+  config.eval_every_steps = 1_000
+  config.num_eval_batches = -1
+  config.checkpoint_every_steps = 1_000
+  config.keep_checkpoints = 3
+  config.sample_every_steps = 2_000
+  add_parallelism(config)
+  return config
+
+
+def add_schedule(config: config_dict.ConfigDict) -> None:
+  """The schedule and regularisation of single-network tasks (lm, pianoroll,
+  vae; `tasks.common.create_optimizer`).
+
+  - warmup_steps: linear warmup to learning_rate, then cosine decay to
+    end_learning_rate_factor x learning_rate at num_train_steps.
+  - weight_decay (AdamW, decoupled); grad_clip_norm (global norm).
+  - ema_decay: > 0 keeps an exponential moving average of the parameters
+    with this decay, which evaluation, samples and export use (0: off).
+  """
+  config.warmup_steps = 500
+  config.end_learning_rate_factor = 0.05
+  config.weight_decay = 0.01
+  config.grad_clip_norm = 1.0
+  config.ema_decay = 0.0
 
 
 def add_parallelism(config: config_dict.ConfigDict) -> None:
