@@ -58,7 +58,7 @@ def default_config(task: str) -> config_dict.ConfigDict:
 
 def add_schedule(config: config_dict.ConfigDict) -> None:
   """The schedule and regularisation of single-network tasks (lm, pianoroll,
-  vae; `tasks.common.create_optimizer`).
+  vae; `tasks.optim.create_optimizer`).
 
   - warmup_steps: linear warmup to learning_rate, then cosine decay to
     end_learning_rate_factor x learning_rate at num_train_steps.

@@ -36,9 +36,10 @@ from musegen_jax import workdir as workdir_lib
 from musegen_jax.data import pipeline
 from musegen_jax.data import shards
 from musegen_jax.metrics import MetricWriter
-from musegen_jax.tasks import common
+from musegen_jax.tasks import optim
+from musegen_jax.tasks import state as state_lib
 
-TrainState = common.TrainState
+TrainState = state_lib.TrainState
 # What a NaN/Inf loss or gradient does: stop with an error, or skip the update.
 NONFINITE_MODES = ("stop", "skip")
 # Redrawn in the workdir after every eval of a task with `curve_keys`: those
@@ -47,8 +48,8 @@ LEARNING_CURVE = "learning_curve.png"
 
 
 # The shared optimizer lives with the tasks; these names are kept for callers.
-create_learning_rate_fn = common.create_learning_rate_fn
-create_optimizer = common.create_optimizer
+create_learning_rate_fn = optim.create_learning_rate_fn
+create_optimizer = optim.create_optimizer
 
 
 def check_config(config: config_dict.ConfigDict,
@@ -149,20 +150,20 @@ def create_train_state(task, config: config_dict.ConfigDict, mesh,
 
   The initializer is jitted with the state's shardings as its outputs, so
   fsdp-split parameters are never whole on one device. It runs once, and is
-  compiled with `common.initializer_compiler_options()`; jit takes compiler
+  compiled with `state_lib.initializer_compiler_options()`; jit takes compiler
   options only at the top level, so call this outside any trace (inside
   one, `abstract_train_state` gives the state's shapes).
   """
   del config  # The task holds it.
-  init = lambda rng: common.unbox(task.init_state(rng))
+  init = lambda rng: state_lib.unbox(task.init_state(rng))
   return jax.jit(init, out_shardings=state_shardings(task, mesh),
-                 compiler_options=common.initializer_compiler_options())(rng)
+                 compiler_options=state_lib.initializer_compiler_options())(rng)
 
 
 def abstract_train_state(task, mesh) -> Any:
   """`create_train_state`'s result as `jax.ShapeDtypeStruct`s with their
   shardings on `mesh`, computing nothing: what a restore needs."""
-  init = lambda rng: common.unbox(task.init_state(rng))
+  init = lambda rng: state_lib.unbox(task.init_state(rng))
   return checkpoint.with_sharding(jax.eval_shape(init, jax.random.PRNGKey(0)),
                                   state_shardings(task, mesh))
 

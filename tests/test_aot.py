@@ -55,15 +55,15 @@ def test_cpu_topology_and_bad_names():
 def test_the_target_platform_picks_the_kernels():
   """Compiling for TPU on a CPU host takes the TPU kernels, not the CPU ones."""
   from musegen_jax.kernels import attention, conv
-  from musegen_jax.tasks import common
+  from musegen_jax.tasks import state
   assert backend.platform() == "cpu"
   assert conv.resolve_conv_impl("auto") == "matmul"
-  assert common.initializer_compiler_options() is not None
+  assert state.initializer_compiler_options() is not None
   with backend.compiling_for("tpu"):
     assert backend.platform() == "tpu"
     assert conv.resolve_conv_impl("auto") == "lax"
     assert attention.resolve_attention_impl("auto") == "fused"
-    assert common.initializer_compiler_options() is None
+    assert state.initializer_compiler_options() is None
   assert backend.platform() == "cpu"
 
 

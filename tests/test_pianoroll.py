@@ -17,6 +17,7 @@ from musegen_jax import sample as sample_lib
 from musegen_jax import train
 from musegen_jax.data import jsb_quarter
 from musegen_jax.data.representations import pianoroll as pianoroll_rep
+from musegen_jax.data.representations import serial_frames
 from musegen_jax.tasks import pianoroll
 
 from conftest import load_config, log_rows
@@ -185,27 +186,27 @@ def test_serial_tokens_round_trip_on_the_chorales():
   longest = 0
   for split in jsb_quarter.SPLITS:
     for piece, roll in zip(data[split], jsb_quarter.load_rolls(split)):
-      tokens = pianoroll.roll_to_tokens(roll)
-      assert tokens[0] == pianoroll.START_ID
+      tokens = serial_frames.roll_to_tokens(roll)
+      assert tokens[0] == serial_frames.START_ID
       assert len(tokens) == 1 + sum(len(frame) + 1 for frame in piece)
-      assert int(np.sum(tokens == pianoroll.EOF_ID)) == len(piece)
-      np.testing.assert_array_equal(pianoroll.tokens_to_roll(tokens), roll)
+      assert int(np.sum(tokens == serial_frames.EOF_ID)) == len(piece)
+      np.testing.assert_array_equal(serial_frames.tokens_to_roll(tokens), roll)
       longest = max(longest, len(tokens))
   assert longest == 788  # config.data.max_tokens of the JSB configs.
   # C4 C5 G5 E6 | C5 G5 E6 | ...: keys are pitch - 21.
-  first = pianoroll.roll_to_tokens(jsb_quarter.load_rolls("train")[0])
-  eof = pianoroll.EOF_ID
-  assert first[:10].tolist() == [pianoroll.START_ID, 39, 51, 58, 67, eof,
+  first = serial_frames.roll_to_tokens(jsb_quarter.load_rolls("train")[0])
+  eof = serial_frames.EOF_ID
+  assert first[:10].tolist() == [serial_frames.START_ID, 39, 51, 58, 67, eof,
                                  51, 58, 67, eof]
   # Padding decodes to nothing; a fixed frame count pads or cuts the roll.
-  padded = pianoroll.pad_tokens([first], len(first) + 5)
-  np.testing.assert_array_equal(pianoroll.tokens_to_roll(padded[0]),
+  padded = serial_frames.pad_tokens([first], len(first) + 5)
+  np.testing.assert_array_equal(serial_frames.tokens_to_roll(padded[0]),
                                 jsb_quarter.load_rolls("train")[0])
-  assert pianoroll.tokens_to_roll(first, 2).shape == (2, 88)
+  assert serial_frames.tokens_to_roll(first, 2).shape == (2, 88)
   with pytest.raises(ValueError, match="ascending"):
-    pianoroll.tokens_to_roll([5, 3, eof])
+    serial_frames.tokens_to_roll([5, 3, eof])
   with pytest.raises(ValueError, match="config.data.max_tokens=787"):
-    pianoroll.pad_tokens([np.zeros(788, np.int32)], 787)
+    serial_frames.pad_tokens([np.zeros(788, np.int32)], 787)
 
 
 def test_serial_nll_equals_a_hand_computation():

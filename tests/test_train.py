@@ -168,14 +168,14 @@ def test_export_then_sample_writes_midi_that_note_seq_reads(tmp_path):
 def test_initializers_compiled_for_compile_speed_give_the_default_values(
     jsb_data_dir):
   """The train state and the parameters are compiled at LLVM's level 1 on
-  CPU (`common.initializer_compiler_options`); the values are those of XLA's
+  CPU (`state.initializer_compiler_options`); the values are those of XLA's
   default compile bit for bit, on the 8-device mesh too."""
   from musegen_jax import tasks
-  from musegen_jax.tasks import common
-  assert common.initializer_compiler_options() == {
+  from musegen_jax.tasks import state as state_lib
+  assert state_lib.initializer_compiler_options() == {
       "xla_backend_optimization_level": 1}
-  assert not common.inside_a_trace()
-  assert jax.jit(lambda x: x + common.inside_a_trace())(0) == 1
+  assert not state_lib.inside_a_trace()
+  assert jax.jit(lambda x: x + state_lib.inside_a_trace())(0) == 1
   config = tiny_lstm_config()
   task = tasks.create_task(
       config, pipeline.load_representation("performance", jsb_data_dir))
@@ -183,7 +183,7 @@ def test_initializers_compiled_for_compile_speed_give_the_default_values(
   rng = jax.random.PRNGKey(3)
   state = train.create_train_state(task, config, mesh, rng)
   # The default compile of the same initializer (init_params inlined).
-  default = jax.jit(lambda r: common.unbox(task.init_state(r)),
+  default = jax.jit(lambda r: state_lib.unbox(task.init_state(r)),
                     out_shardings=train.state_shardings(task, mesh))(rng)
   assert jax.tree.structure(state) == jax.tree.structure(default)
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(default)):

@@ -39,8 +39,10 @@ from musegen_jax.data import audio
 from musegen_jax.kernels import conv
 from musegen_jax.models import audio_gan
 from musegen_jax.models import wavegan
-from musegen_jax.tasks import common
-from musegen_jax.tasks.common import slerp
+from musegen_jax.tasks import checks
+from musegen_jax.tasks import state as state_lib
+from musegen_jax.tasks import steps
+from musegen_jax.tasks.samples import slerp
 
 Array = jax.Array
 
@@ -83,8 +85,8 @@ def evaluate_num_batches(config: config_dict.ConfigDict) -> int:
 
 def check_config(config: config_dict.ConfigDict) -> None:
   """Rejects out-of-range values of the GAN's keys."""
-  common.check_model_name(config, ("wavegan",))
-  common.check_optimizer_ranges(config)
+  checks.check_model_name(config, ("wavegan",))
+  checks.check_optimizer_ranges(config)
   positive = {"gan.critic_steps": config.gan.critic_steps,
               "model.dim": config.model.dim,
               "model.latent_dim": config.model.latent_dim,
@@ -94,7 +96,7 @@ def check_config(config: config_dict.ConfigDict) -> None:
   non_negative = {"gan.gp_weight": config.gan.gp_weight,
                   "model.phase_shuffle": config.model.phase_shuffle,
                   "data.silence_threshold": config.data.silence_threshold}
-  common.check_ranges(positive=positive, non_negative=non_negative,
+  checks.check_ranges(positive=positive, non_negative=non_negative,
                       fractions={"gan.ema_decay": config.gan.ema_decay})
   if config.gan.loss not in LOSSES:
     raise ValueError(f"config.gan.loss={config.gan.loss!r}; allowed: {list(LOSSES)}")
@@ -125,7 +127,7 @@ def _check_architecture(config: config_dict.ConfigDict) -> None:
     raise ValueError(f"config.model.discriminators={m.discriminators!r}; allowed: "
                      f"a comma-separated list of {list(DISCRIMINATORS)}, each "
                      "at most once")
-  common.check_ranges(
+  checks.check_ranges(
       positive={"model.stft_dim": m.stft_dim,
                 "model.frame_kernel_size": m.frame_kernel_size,
                 "model.oscillators_per_octave": m.oscillators_per_octave,
@@ -521,7 +523,7 @@ class GANTask:
 
     def global_draw(values: Array) -> Array:
       """This device's micro-batches of values drawn for the global batch."""
-      return common.micro_batches(reducer.device_share(values), num)
+      return steps.micro_batches(reducer.device_share(values), num)
 
     def micro_key(key: Array, index: Array) -> Array:
       return key if num == 1 else jax.random.fold_in(key, index)
@@ -567,8 +569,8 @@ class GANTask:
         # Batch statistics only come with one micro-batch (check_config).
         return grads, {"d_loss": loss, "gp": gp, "r1": r1, "wdist": wdist}, stats
 
-      grads, metrics, d_stats = common.accumulate(
-          micro, (common.micro_batches(real, num),
+      grads, metrics, d_stats = steps.accumulate(
+          micro, (steps.micro_batches(real, num),
                   global_draw(self.latents(z_key, n * devices)),
                   global_draw(jax.random.uniform(alpha_key, (n * devices,))),
                   jnp.arange(num)), num)
@@ -633,9 +635,9 @@ class GANTask:
           g_loss_fn, has_aux=True)(state.g_params)
       return g_grads, losses, g_stats
 
-    g_grads, g_losses, g_stats = common.accumulate(
+    g_grads, g_losses, g_stats = steps.accumulate(
         g_micro, (global_draw(self.latents(z_key, n * devices)),
-                  common.micro_batches(real_batches[-1], num), jnp.arange(num)),
+                  steps.micro_batches(real_batches[-1], num), jnp.arange(num)),
         num)
     g_grads, g_losses = average((g_grads, g_losses))
     g_loss = g_losses["g_loss"]
@@ -659,7 +661,7 @@ class GANTask:
         g_batch_stats=g_stats, d_batch_stats=d_stats, real_moments=real_moments)
     metrics.update(g_grad_norm=g_grad_norm, **g_losses,
                    nonfinite=(~finite).astype(jnp.float32))
-    return common.keep_if_finite(new_state, state, finite), metrics
+    return state_lib.keep_if_finite(new_state, state, finite), metrics
 
   # --- data -------------------------------------------------------------------
 

@@ -16,31 +16,29 @@ of a split is scored exactly once either way.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import note_seq
 import numpy as np
 import optax
 from ml_collections import config_dict
 
 from musegen_jax import models
-from musegen_jax import parallel
-from musegen_jax import plots
 from musegen_jax.data import pipeline
-from musegen_jax.tasks import common
+from musegen_jax.tasks import base
+from musegen_jax.tasks import checks
+from musegen_jax.tasks import samples
 
 Array = jax.Array
 
 
 def check_config(config: config_dict.ConfigDict) -> None:
   """Rejects out-of-range values of the language model's keys."""
-  common.check_model_name(config, models.MODELS)
-  common.check_optimizer_ranges(config)
-  common.check_ranges(
+  checks.check_model_name(config, models.MODELS)
+  checks.check_optimizer_ranges(config)
+  checks.check_ranges(
       positive={"data.seq_len": config.data.seq_len,
                 "sample.num_samples": config.sample.num_samples,
                 "sample.length": config.sample.length,
@@ -67,47 +65,25 @@ def check_config(config: config_dict.ConfigDict) -> None:
             f"{max_len}; raise model.max_len or lower {key}.")
 
 
-class LanguageModelTask:
-  """Loss, steps and sampling of an autoregressive token model."""
+class LanguageModelTask(base.SingleNetworkTask):
+  """Loss, evaluation and sampling of an autoregressive token model.
 
-  # Valid metric that picks the best checkpoint (lower is better), and the
-  # train metrics the progress bar shows.
+  The model, optimizer, state and guarded update are `SingleNetworkTask`'s;
+  token data is encoded on the fly, so the prepared shards serve as they are
+  (`prepare_data`).
+  """
+
   valid_metric = "loss"
   progress_keys = ("loss",)
 
   def __init__(self, config: config_dict.ConfigDict, representation: Any):
-    self.config = config
-    self.representation = representation
     self.pad_id = int(representation.pad_id)
     self.eos_id = int(representation.eos_id)
     self.vocab_size = int(representation.vocab_size)
-    self.model: nn.Module = models.create_model(config.model, self.vocab_size,
-                                                pad_id=self.pad_id)
+    model: nn.Module = models.create_model(config.model, self.vocab_size,
+                                           pad_id=self.pad_id)
+    super().__init__(config, representation, model)
     self.last_only = bool(getattr(self.model, "predicts_last_only", False))
-    self.learning_rate_fn = common.create_learning_rate_fn(config)
-    # Made once: the optimizer is part of the state's tree structure, which
-    # must be the same in every `init_state` (shardings are matched to it).
-    self.tx = common.create_optimizer(config)
-
-  def init_state(self, rng: Array) -> common.TrainState:
-    """Fresh parameters and AdamW state (`common.create_optimizer`).
-
-    Parameters and the optimizer's moments keep their `nn.Partitioned`
-    logical axis names; the loop derives shardings from them and unboxes.
-    """
-    return common.create_train_state(self.config, self.model.apply,
-                                      self.init_params(rng, unbox=False), self.tx)
-
-  @staticmethod
-  def prepare_data(data_dir: str) -> str:
-    """Token data is encoded on the fly: the prepared shards serve as they are."""
-    return data_dir
-
-  @staticmethod
-  def eval_params(state: common.TrainState) -> Any:
-    """What evaluation, samples and export use: the parameters, or their
-    average with `config.ema_decay` > 0."""
-    return common.eval_params(state)
 
   def create_train_dataset(self, data_dir: str):
     """The grain training dataset of this process: {"tokens": [b, seq_len + 1]}."""
@@ -132,10 +108,9 @@ class LanguageModelTask:
     """This process's share of the global eval batches over `windows`."""
     return pipeline.eval_batches(windows, self.config.batch_size, self.pad_id)
 
-  def init_params(self, rng: Array, unbox: bool = True) -> Any:
-    """Fresh parameters; with `unbox=False` still in their `nn.Partitioned` boxes."""
-    tokens = jnp.zeros((1, self.config.data.seq_len), jnp.int32)
-    return common.init_params(self.model, rng, tokens, unbox)
+  def init_inputs(self) -> Array:
+    """One window of input tokens."""
+    return jnp.zeros((1, self.config.data.seq_len), jnp.int32)
 
   def batch_spec(self, split: str = "train") -> dict[str, jax.ShapeDtypeStruct]:
     """Shape and dtype of one global batch of `split` (train or eval)."""
@@ -163,41 +138,20 @@ class LanguageModelTask:
             "weight_sum": jnp.sum(weights)}
 
   def _sums(self, params, tokens: Array, rng: Array | None, train: bool):
+    """Loss, correct and weight sums of windows [batch, seq_len + 1]: the
+    token-weighted cross-entropy the update averages (padding weighs 0)."""
     logits = self._logits(params, tokens, rng, train)
     losses = optax.softmax_cross_entropy_with_integer_labels(
         logits, self._targets(tokens))
     return self._metric_sums(losses, jnp.argmax(logits, -1), tokens)
 
-  def train_step(self, state: common.TrainState, batch: dict[str, Array],
-                 rng: Array, reducer: parallel.Reducer = parallel.IDENTITY
-                 ) -> tuple[common.TrainState, dict[str, Array]]:
-    """One AdamW update over the batch, in `config.grad_accum_steps` micro-batches.
+  def train_inputs(self, batch: dict[str, Array]) -> Array:
+    """The update reads the windows, {"tokens": [batch, seq_len + 1]}."""
+    return batch["tokens"]
 
-    The loss is the token-weighted mean over the whole (global) batch: the
-    gradients of each micro-batch's loss sum are added up (and summed over
-    devices by `reducer`) and divided by the total target weight, so
-    accumulation and device count do not change the update. The dropout key
-    is `rng` folded with the step, the micro-batch and the device
-    (`reducer.device_key`).
-
-    Args:
-      state: the train state.
-      batch: {"tokens": [batch, seq_len + 1]} (the step's share of the batch).
-      rng: the run's step key.
-      reducer: sums over the devices (parallel.reduce; identity under jit).
-    """
-    sums, grads, loss = common.summed_loss_gradients(
-        state.params, batch["tokens"], jax.random.fold_in(rng, state.step),
-        lambda params, tokens, key: self._sums(params, tokens, key, train=True),
-        loss_key="loss_sum", weight_key="weight_sum",
-        num=self.config.grad_accum_steps, reducer=reducer)
-    weight = jnp.maximum(sums["weight_sum"], 1.0)
-    grad_norm = optax.tree.norm(grads)
-    state, finite = common.apply_finite_update(state, grads, loss, grad_norm)
-    return state, {"loss": loss,
-                   "accuracy": sums["correct_sum"] / weight,
-                   "grad_norm": grad_norm,
-                   "nonfinite": (~finite).astype(jnp.float32)}
+  def train_metrics(self, sums: dict[str, Array]) -> dict[str, Array]:
+    """Token accuracy of the batch."""
+    return {"accuracy": sums["correct_sum"] / jnp.maximum(sums["weight_sum"], 1.0)}
 
   def eval_step(self, params: Any, batch: dict[str, Array]) -> dict[str, Array]:
     """Metric sums over a batch; `summarize` turns their totals into means."""
@@ -273,7 +227,7 @@ class LanguageModelTask:
     Returns one {"midi": path, "image": png path} per sample (none when
     `directory` is None).
     """
-    return common.write_token_step_samples(self, params, rng, directory, title)
+    return samples.write_token_step_samples(self, params, rng, directory, title)
 
   def write_samples(self, params: Any, rng: Array, directory: str | None, *,
                     num_samples: int, length: int, temperature: float = 1.0,
@@ -301,15 +255,10 @@ class LanguageModelTask:
         top_k=top_k, top_p=top_p)))
     if directory is None:
       return []
-    os.makedirs(directory, exist_ok=True)
-    paths = []
-    for i, row in enumerate(tokens):
-      ns = self.representation.decode(np.concatenate([prime[i, 1:], row]))
-      path = os.path.join(directory, f"sample_{i:03d}.mid")
-      note_seq.sequence_proto_to_midi_file(ns, path)
-      plots.plot_pianoroll(ns, path[:-4] + ".png", title=f"{title}sample {i}")
-      paths.append(path)
-    return paths
+    sequences = (self.representation.decode(np.concatenate([prime[i, 1:], row]))
+                 for i, row in enumerate(tokens))
+    return samples.write_midi_samples(
+        sequences, directory, (f"{title}sample {i}" for i in range(len(tokens))))
 
 
 def filter_logits(logits: Array, top_k: int, top_p: float) -> Array:

@@ -16,21 +16,20 @@ model is any linen module called as `model(frames, train=..., carry=...) ->
 (logits, carry)` on float multi-hot frames, with `vocab_size = 88`.
 
 "serial": a frame is the token list of its active keys in ascending order,
-then an end-of-frame token; a piece is START followed by its frames' lists.
-Vocabulary (`SERIAL_VOCAB_SIZE` = 90):
-
-    0..87  key k (MIDI pitch 21 + k)
-    88     EOF, end of frame (a frame of no keys is EOF alone)
-    89     START; also padding after a piece, and the blank that input
-           dropout puts in place of a token. Never a target.
+then an end-of-frame token (EOF); a piece is START followed by its frames'
+lists. The codec and its vocabulary (`SERIAL_VOCAB_SIZE` = 90: 88 keys, EOF,
+START) are `data/representations/serial_frames.py`. START is also the padding
+after a piece and the blank that input dropout puts in place of a token; it
+is never a target.
 
 The model is any token LM of the zoo reading the tokens causally; its logits
 at each position give the next token's distribution, restricted to the
 tokens that keep a frame a set: after key k only keys above k or EOF, after
-START or EOF any key or EOF (`allowed_next`). The disallowed logits are -inf
-before the softmax in training, evaluation and sampling alike, so the
-probability of a frame is the product of its tokens' (keys and EOF) and its
-NLL, their sum, is directly comparable with the Bernoulli NLL per frame.
+START or EOF any key or EOF (`serial_frames.allowed_next`). The disallowed
+logits are -inf before the softmax in training, evaluation and sampling
+alike, so the probability of a frame is the product of its tokens' (keys and
+EOF) and its NLL, their sum, is directly comparable with the Bernoulli NLL
+per frame.
 Batches are whole pieces padded to `config.data.max_tokens`:
 {"tokens": [batch, max_tokens] int32}; frames are counted by their EOF
 targets. Samples are drawn token by token in one compiled loop and stop after
@@ -41,35 +40,33 @@ targets. Samples are drawn token by token in one compiled loop and stop after
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Iterator
 
 import flax.linen as nn
 import grain
 import jax
 import jax.numpy as jnp
-import note_seq
 import numpy as np
 import optax
 from ml_collections import config_dict
 
 from musegen_jax import models
-from musegen_jax import parallel
-from musegen_jax import plots
 from musegen_jax.data import jsb_quarter
 from musegen_jax.data import pipeline
 from musegen_jax.data.representations import pianoroll as pianoroll_rep
-from musegen_jax.tasks import common
+from musegen_jax.data.representations import serial_frames
+from musegen_jax.data.representations.serial_frames import EOF_ID
+from musegen_jax.data.representations.serial_frames import PAD_ID
+from musegen_jax.data.representations.serial_frames import SERIAL_VOCAB_SIZE
+from musegen_jax.data.representations.serial_frames import START_ID
+from musegen_jax.tasks import base
+from musegen_jax.tasks import checks
+from musegen_jax.tasks import samples
 
 Array = jax.Array
 NUM_KEYS = jsb_quarter.NUM_KEYS
 SAMPLE_QPM = 80.0  # Tempo of written samples: one frame is a quarter note.
 FRAME_MODELS = ("bernoulli", "serial")
-# The serial vocabulary (module docstring).
-EOF_ID = NUM_KEYS
-START_ID = NUM_KEYS + 1
-PAD_ID = START_ID
-SERIAL_VOCAB_SIZE = NUM_KEYS + 2
 
 
 def frame_model(config: config_dict.ConfigDict) -> str:
@@ -79,7 +76,7 @@ def frame_model(config: config_dict.ConfigDict) -> str:
 
 def check_config(config: config_dict.ConfigDict) -> None:
   """Rejects out-of-range values of the piano-roll task's keys."""
-  common.check_model_name(config, models.MODELS)
+  checks.check_model_name(config, models.MODELS)
   mode = frame_model(config)
   if mode not in FRAME_MODELS:
     raise ValueError(f"config.data.frame_model={mode!r}; allowed: {list(FRAME_MODELS)}")
@@ -90,8 +87,8 @@ def check_config(config: config_dict.ConfigDict) -> None:
               "sample.temperature": config.sample.temperature}
   if serial:
     positive["data.max_tokens"] = config.data.max_tokens
-  common.check_optimizer_ranges(config)
-  common.check_ranges(
+  checks.check_optimizer_ranges(config)
+  checks.check_ranges(
       positive=positive,
       non_negative={"data.transpose": config.data.get("transpose", 0)},
       fractions={"input_dropout_rate": config.input_dropout_rate,
@@ -206,94 +203,15 @@ def shift_right(frames: Array) -> Array:
   return jnp.pad(frames, ((0, 0), (1, 0), (0, 0)))[:, :-1]
 
 
-def roll_to_tokens(roll: np.ndarray) -> np.ndarray:
-  """One piece's [frames, 88] roll -> its serial tokens, START first.
-
-  Returns:
-    [1 + sum over frames of (keys + 1)] int32: START, then per frame its
-    active keys ascending and EOF.
-  """
-  tokens = [START_ID]
-  for frame in np.asarray(roll):
-    tokens.extend(np.flatnonzero(frame).tolist())
-    tokens.append(EOF_ID)
-  return np.asarray(tokens, np.int32)
-
-
-def tokens_to_roll(tokens: np.ndarray, num_frames: int | None = None) -> np.ndarray:
-  """Serial tokens -> [frames, 88] uint8 roll (the inverse of `roll_to_tokens`).
-
-  START and padding are skipped; keys after the last EOF (an unfinished
-  frame) are dropped.
-
-  Args:
-    tokens: [length] int token ids.
-    num_frames: cut or zero-pad the roll to this many frames (default: one
-      per EOF).
-
-  Raises:
-    ValueError: an unknown id, or a key not above the previous key of its frame.
-  """
-  frames, frame = [], []
-  for token in np.asarray(tokens).tolist():
-    if 0 <= token < NUM_KEYS:
-      if frame and token <= frame[-1]:
-        raise ValueError(f"Key {token} follows key {frame[-1]} in one frame: the "
-                         "keys of a frame must be ascending.")
-      frame.append(token)
-    elif token == EOF_ID:
-      frames.append(frame)
-      frame = []
-    elif token != START_ID:
-      raise ValueError(f"Token {token} is outside the serial vocabulary "
-                       f"0..{SERIAL_VOCAB_SIZE - 1}.")
-  num_frames = len(frames) if num_frames is None else num_frames
-  roll = np.zeros((num_frames, NUM_KEYS), np.uint8)
-  for t, keys in enumerate(frames[:num_frames]):
-    roll[t, keys] = 1
-  return roll
-
-
-def pad_tokens(pieces: list[np.ndarray], length: int) -> np.ndarray:
-  """Stacks token sequences padded with PAD to `length`: [pieces, length] int32.
-
-  Raises:
-    ValueError: a piece longer than `length`, naming config.data.max_tokens.
-  """
-  longest = max((len(p) for p in pieces), default=0)
-  if longest > length:
-    raise ValueError(f"A piece has {longest} serial tokens, more than "
-                     f"config.data.max_tokens={length}; raise it to at least "
-                     f"{longest}.")
-  out = np.full((len(pieces), length), PAD_ID, np.int32)
-  for i, piece in enumerate(pieces):
-    out[i, :len(piece)] = piece
-  return out
-
-
-def allowed_next(prev: Array) -> Array:
-  """Which tokens may follow `prev` in the serial encoding.
-
-  Args:
-    prev: [...] int token ids.
-
-  Returns:
-    [..., SERIAL_VOCAB_SIZE] bool: after key k the keys above k and EOF;
-    after START, EOF or padding every key and EOF. START is never allowed.
-  """
-  ids = jnp.arange(SERIAL_VOCAB_SIZE)
-  lowest = jnp.where(prev < NUM_KEYS, prev + 1, 0)[..., None]
-  return ((ids < NUM_KEYS) & (ids >= lowest)) | (ids == EOF_ID)
-
-
 def masked_log_probs(logits: Array, prev: Array) -> Array:
-  """Log-softmax over the tokens `allowed_next(prev)`; -inf elsewhere.
+  """Log-softmax over the tokens `serial_frames.allowed_next(prev)`; -inf elsewhere.
 
   Args:
-    logits: [..., SERIAL_VOCAB_SIZE] float.
+    logits: [..., SERIAL_VOCAB_SIZE] float (`serial_frames`).
     prev: [...] int, the token each row of logits follows.
   """
-  logits = jnp.where(allowed_next(prev), logits.astype(jnp.float32), -jnp.inf)
+  logits = jnp.where(serial_frames.allowed_next(prev), logits.astype(jnp.float32),
+                     -jnp.inf)
   return jax.nn.log_softmax(logits, axis=-1)
 
 
@@ -377,57 +295,40 @@ class RandomTranspose(grain.transforms.RandomMap):
     return {**piece, "tokens": moved.astype(tokens.dtype)}
 
 
-class PianorollTask:
-  """Loss, steps and sampling of a next-frame model on JSB Chorales."""
+class PianorollTask(base.SingleNetworkTask):
+  """Loss, evaluation and sampling of a next-frame model on JSB Chorales.
 
-  # Valid metric that picks the best checkpoint (lower is better), and the
-  # train metrics the progress bar shows.
+  The model, optimizer, state and guarded update are `SingleNetworkTask`'s;
+  the update averages the NLL over the batch's frames. Nothing is prepared:
+  the quarter-note chorales ship with the package (`prepare_data`).
+  """
+
   valid_metric = "nll"
   progress_keys = ("loss",)
+  loss_key = "nll_sum"
+  weight_key = "frame_sum"
 
   def __init__(self, config: config_dict.ConfigDict, representation: Any):
     """`representation` is only recorded with exports: the data is built in."""
-    self.config = config
-    self.representation = representation
     self.serial = frame_model(config) == "serial"
     self.max_frames = int(config.data.max_frames)
     self.max_tokens = int(config.data.max_tokens) if self.serial else None
-    self.model: nn.Module = models.create_model(
+    model: nn.Module = models.create_model(
         config.model, SERIAL_VOCAB_SIZE if self.serial else NUM_KEYS)
-    self.learning_rate_fn = common.create_learning_rate_fn(config)
-    # Made once: the optimizer is part of the state's tree structure.
-    self.tx = common.create_optimizer(config)
+    super().__init__(config, representation, model)
 
-  def init_state(self, rng: Array) -> common.TrainState:
-    """Fresh parameters (still `nn.Partitioned`) and AdamW state."""
-    return common.create_train_state(self.config, self.model.apply,
-                                      self.init_params(rng, unbox=False), self.tx)
-
-  def init_params(self, rng: Array, unbox: bool = True) -> Any:
-    """Fresh parameters; with `unbox=False` still in their `nn.Partitioned` boxes."""
+  def init_inputs(self) -> Array:
+    """One piece: its input tokens (serial) or frames (Bernoulli)."""
     if self.serial:
-      inputs = jnp.zeros((1, self.max_tokens - 1), jnp.int32)
-    else:
-      inputs = jnp.zeros((1, self.max_frames, NUM_KEYS), jnp.float32)
-    return common.init_params(self.model, rng, inputs, unbox)
-
-  @staticmethod
-  def prepare_data(data_dir: str) -> str:
-    """Nothing to prepare: the quarter-note chorales ship with the package."""
-    return data_dir
-
-  @staticmethod
-  def eval_params(state: common.TrainState) -> Any:
-    """What evaluation, samples and export use: the parameters, or their
-    average with `config.ema_decay` > 0."""
-    return common.eval_params(state)
+      return jnp.zeros((1, self.max_tokens - 1), jnp.int32)
+    return jnp.zeros((1, self.max_frames, NUM_KEYS), jnp.float32)
 
   def _pieces(self, split: str) -> dict[str, np.ndarray]:
     """Every piece of `split`, padded: {"frames", "mask"} or {"tokens"}."""
     rolls = jsb_quarter.load_rolls(split)
     if self.serial:
-      return {"tokens": pad_tokens([roll_to_tokens(r) for r in rolls],
-                                   self.max_tokens)}
+      return {"tokens": serial_frames.pad_tokens(
+          [serial_frames.roll_to_tokens(r) for r in rolls], self.max_tokens)}
     frames, mask = jsb_quarter.pad_rolls(rolls, self.max_frames)
     return {"frames": frames, "mask": mask}
 
@@ -541,40 +442,15 @@ class PianorollTask:
         rngs=None if rng is None else {"dropout": rng})
     return logits
 
-  def _sums(self, params: Any, batch: dict[str, Array], rng: Array,
+  def _sums(self, params: Any, batch: dict[str, Array], rng: Array | None,
             train: bool) -> dict[str, Array]:
+    """NLL, frame (and serial: token) sums of a batch of whole pieces."""
     logits = self._logits(params, batch, rng, train)
     if self.serial:
       return serial_nll_sums(logits, batch["tokens"])
     # Distillation's soft targets when the batch has them (training only).
     return frame_nll_sums(logits, batch.get("targets", batch["frames"]),
                           batch["mask"])
-
-  def train_step(self, state: common.TrainState, batch: dict[str, Array],
-                 rng: Array, reducer: parallel.Reducer = parallel.IDENTITY
-                 ) -> tuple[common.TrainState, dict[str, Array]]:
-    """One AdamW update on the frame-averaged NLL of the (global) batch.
-
-    Gradients of each micro-batch's NLL sum are added up (and summed over
-    devices by `reducer`), then divided by the batch's frame count, so
-    accumulation and device count do not change the update.
-
-    Args:
-      state: the train state.
-      batch: {"frames", "mask"} or {"tokens"} (the step's share of the batch).
-      rng: the run's step key (folded with step, micro-batch and device).
-      reducer: sums over the devices (parallel.reduce; identity under jit).
-    """
-    _, grads, loss = common.summed_loss_gradients(
-        state.params, batch, jax.random.fold_in(rng, state.step),
-        lambda params, micro_batch, key: self._sums(params, micro_batch, key,
-                                                    train=True),
-        loss_key="nll_sum", weight_key="frame_sum",
-        num=self.config.grad_accum_steps, reducer=reducer)
-    grad_norm = optax.tree.norm(grads)
-    state, finite = common.apply_finite_update(state, grads, loss, grad_norm)
-    return state, {"loss": loss, "grad_norm": grad_norm,
-                   "nonfinite": (~finite).astype(jnp.float32)}
 
   def eval_step(self, params: Any, batch: dict[str, Array]) -> dict[str, Array]:
     """NLL and frame sums over a batch; `summarize` turns totals into means."""
@@ -641,7 +517,7 @@ class PianorollTask:
     tokens = jax.device_get(sample_serial_tokens(
         self.model, params, rng, num_samples=num_samples, length=length,
         temperature=float(temperature), max_notes_per_frame=max_notes))
-    return np.stack([tokens_to_roll(row, length) for row in tokens])
+    return np.stack([serial_frames.tokens_to_roll(row, length) for row in tokens])
 
   def write_samples(self, params: Any, rng: Array, directory: str | None, *,
                     num_samples: int, length: int, temperature: float = 1.0,
@@ -666,17 +542,12 @@ class PianorollTask:
                         temperature=temperature)
     if directory is None:
       return []
-    os.makedirs(directory, exist_ok=True)
-    paths = []
-    for i, roll in enumerate(rolls):
-      ns = pianoroll_rep.roll_to_sequence(roll, steps_per_quarter=1,
-                                          min_pitch=jsb_quarter.MIN_PITCH,
-                                          qpm=SAMPLE_QPM)
-      path = os.path.join(directory, f"sample_{i:03d}.mid")
-      note_seq.sequence_proto_to_midi_file(ns, path)
-      plots.plot_pianoroll(ns, path[:-4] + ".png", title=f"{title}sample {i}")
-      paths.append(path)
-    return paths
+    sequences = (pianoroll_rep.roll_to_sequence(roll, steps_per_quarter=1,
+                                                min_pitch=jsb_quarter.MIN_PITCH,
+                                                qpm=SAMPLE_QPM)
+                 for roll in rolls)
+    return samples.write_midi_samples(
+        sequences, directory, (f"{title}sample {i}" for i in range(len(rolls))))
 
   def write_step_samples(self, params: Any, rng: Array, directory: str | None,
                          title: str) -> list[dict[str, str]]:
@@ -686,7 +557,7 @@ class PianorollTask:
                                num_samples=sample.num_samples,
                                length=sample.length,
                                temperature=sample.temperature, title=title)
-    return [{"midi": p, "image": p[:-4] + ".png"} for p in paths]
+    return samples.midi_step_samples(paths)
 
 
 @functools.partial(jax.jit, static_argnums=0,
@@ -717,9 +588,10 @@ def sample_serial_tokens(model: nn.Module, params: Any, rng: Array, *,
                          max_notes_per_frame: int) -> Array:
   """One compiled loop over serial tokens from START, fed back with the carry.
 
-  Each token is drawn from the masked distribution (`allowed_next`, and EOF
-  alone once the frame has `max_notes_per_frame` keys). A sample that has
-  ended `length` frames emits PAD from then on.
+  Each token is drawn from the masked distribution
+  (`serial_frames.allowed_next`, and EOF alone once the frame has
+  `max_notes_per_frame` keys). A sample that has ended `length` frames emits
+  PAD from then on.
 
   Returns:
     [num_samples, sample_steps(length, max_notes_per_frame)] int32, without
@@ -731,7 +603,8 @@ def sample_serial_tokens(model: nn.Module, params: Any, rng: Array, *,
 
   def step(state, step_rng):
     logits, carry, prev, notes, frames = state
-    allowed = allowed_next(prev) & ((notes < max_notes_per_frame)[:, None] | is_eof)
+    allowed = (serial_frames.allowed_next(prev)
+               & ((notes < max_notes_per_frame)[:, None] | is_eof))
     scaled = jnp.where(allowed, logits / temperature, -jnp.inf)
     token = jax.random.categorical(step_rng, scaled).astype(jnp.int32)
     token = jnp.where(frames >= length, PAD_ID, token)

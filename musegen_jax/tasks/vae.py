@@ -33,7 +33,6 @@ with the same sampling noise, so neighbouring points differ only through z.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,11 +45,13 @@ from ml_collections import config_dict
 
 from musegen_jax import models
 from musegen_jax import parallel
-from musegen_jax import plots
 from musegen_jax.data import pipeline
 from musegen_jax.data import representations
 from musegen_jax.models import vae as vae_model
-from musegen_jax.tasks import common
+from musegen_jax.tasks import base
+from musegen_jax.tasks import checks
+from musegen_jax.tasks import samples
+from musegen_jax.tasks import state as state_lib
 from musegen_jax.tasks.lm import filter_logits
 
 Array = jax.Array
@@ -70,7 +71,7 @@ def check_config(config: config_dict.ConfigDict) -> None:
     raise ValueError(f"config.data.representation={config.data.representation!r}; "
                      f"the vae task reads tokens: {names}")
   m = config.model
-  common.check_optimizer_ranges(config)
+  checks.check_optimizer_ranges(config)
   positive = {"data.seq_len": config.data.seq_len,
               "model.embed_dim": m.embed_dim,
               "model.encoder_hidden_size": m.encoder_hidden_size,
@@ -85,7 +86,7 @@ def check_config(config: config_dict.ConfigDict) -> None:
                   "vae.beta": config.vae.beta,
                   "vae.beta_warmup_steps": config.vae.beta_warmup_steps,
                   "vae.free_bits": config.vae.free_bits}
-  common.check_ranges(positive=positive, non_negative=non_negative,
+  checks.check_ranges(positive=positive, non_negative=non_negative,
                       fractions={"model.dropout_rate": m.dropout_rate,
                                  "model.word_dropout": m.word_dropout})
   if not 0 < config.sample.top_p <= 1:
@@ -122,51 +123,35 @@ def free_bits_kl(kl: Array, free_bits: float) -> Array:
   return jnp.maximum(kl - free_bits, 0.0)
 
 
-class VAETask:
-  """ELBO training, evaluation, prior samples and interpolations of the VAE."""
+class VAETask(base.SingleNetworkTask):
+  """ELBO training, evaluation, prior samples and interpolations of the VAE.
+
+  The model, optimizer, state and guarded update are `SingleNetworkTask`'s;
+  the update averages the loss over the batch's sequences. Token data is
+  encoded on the fly, so the prepared shards serve as they are
+  (`prepare_data`).
+  """
 
   valid_metric = "nelbo"
   progress_keys = ("loss", "recon", "kl")
+  loss_key = "loss_sum"
+  weight_key = "sequence_sum"
 
   def __init__(self, config: config_dict.ConfigDict, representation: Any):
-    self.config = config
-    self.representation = representation
     self.pad_id = int(representation.pad_id)
     self.eos_id = int(representation.eos_id)
     self.vocab_size = int(representation.vocab_size)
     self.seq_len = int(config.data.seq_len)
     self.latent_dim = int(config.model.latent_dim)
-    self.model = create_model(config.model, self.vocab_size, pad_id=self.pad_id,
-                              start_id=self.eos_id)
-    self.learning_rate_fn = common.create_learning_rate_fn(config)
-    # Made once: the optimizer is part of the state's tree structure, which
-    # must be the same in every `init_state` (shardings are matched to it).
-    self.tx = common.create_optimizer(config)
+    super().__init__(config, representation,
+                     create_model(config.model, self.vocab_size, pad_id=self.pad_id,
+                                  start_id=self.eos_id))
 
-  # --- state -----------------------------------------------------------------
-
-  def init_params(self, rng: Array, unbox: bool = True) -> Any:
-    """Fresh parameters; with `unbox=False` still in their `nn.Partitioned` boxes."""
-    tokens = jnp.zeros((1, self.seq_len), jnp.int32)
-    return common.init_params(self.model, rng, tokens, unbox)
-
-  def init_state(self, rng: Array) -> common.TrainState:
-    """Fresh parameters and AdamW state (`common.create_optimizer`), boxed."""
-    return common.create_train_state(self.config, self.model.apply,
-                                      self.init_params(rng, unbox=False), self.tx)
-
-  @staticmethod
-  def eval_params(state: common.TrainState) -> Any:
-    """What evaluation, samples and export use: the parameters, or their
-    average with `config.ema_decay` > 0."""
-    return common.eval_params(state)
+  def init_inputs(self) -> Array:
+    """One sequence of tokens."""
+    return jnp.zeros((1, self.seq_len), jnp.int32)
 
   # --- data ------------------------------------------------------------------
-
-  @staticmethod
-  def prepare_data(data_dir: str) -> str:
-    """Token data is encoded on the fly: the prepared shards serve as they are."""
-    return data_dir
 
   def create_train_dataset(self, data_dir: str):
     """The grain training dataset of this process: {"tokens": [b, seq_len + 1]}."""
@@ -258,14 +243,14 @@ class VAETask:
     """The KL weight of the update at `step` (0-based)."""
     return beta_schedule(step, self.config.vae.beta, self.config.vae.beta_warmup_steps)
 
-  def train_step(self, state: common.TrainState, batch: dict[str, Array],
+  def train_step(self, state: state_lib.TrainState, batch: dict[str, Array],
                  rng: Array, reducer: parallel.Reducer = parallel.IDENTITY
-                 ) -> tuple[common.TrainState, dict[str, Array]]:
+                 ) -> tuple[state_lib.TrainState, dict[str, Array]]:
     """One AdamW update on the mean per-sequence loss of the global batch.
 
     The gradients of each micro-batch's loss sum are added up (and summed
     over devices by `reducer`) and divided by the number of sequences
-    (`common.summed_loss_gradients`). The latent noise is drawn for the
+    (`guarded_update`). The latent noise is drawn for the
     global batch and split like it, so neither accumulation nor the parallel
     mode changes it (nor the update, without dropout); the dropout key is
     `rng` folded with the step, the micro-batch and the device.
@@ -287,22 +272,17 @@ class VAETask:
       tokens, noise = inputs
       return self._sums(params, tokens, noise, key, beta, train=True)
 
-    sums, grads, loss = common.summed_loss_gradients(
-        state.params, (tokens, noise), dropout_rng,
-        sums_fn, loss_key="loss_sum", weight_key="sequence_sum",
-        num=self.config.grad_accum_steps, reducer=reducer)
+    state, update = self.guarded_update(state, (tokens, noise), dropout_rng,
+                                        sums_fn, reducer)
+    sums = update.sums
     sequences = jnp.maximum(sums["sequence_sum"], 1.0)
     tokens = jnp.maximum(sums["token_sum"], 1.0)
-    grad_norm = optax.tree.norm(grads)
-    state, finite = common.apply_finite_update(state, grads, loss, grad_norm)
-    return state, {"loss": loss,
-                   "recon": sums["recon_sum"] / sequences,
-                   "recon_per_token": sums["recon_sum"] / tokens,
-                   "kl": sums["kl_sum"] / sequences,
-                   "beta": beta,
-                   "accuracy": sums["correct_sum"] / tokens,
-                   "grad_norm": grad_norm,
-                   "nonfinite": (~finite).astype(jnp.float32)}
+    return state, self.step_metrics(update, {
+        "recon": sums["recon_sum"] / sequences,
+        "recon_per_token": sums["recon_sum"] / tokens,
+        "kl": sums["kl_sum"] / sequences,
+        "beta": beta,
+        "accuracy": sums["correct_sum"] / tokens})
 
   def eval_step(self, params: Any, batch: dict[str, Array]) -> dict[str, Array]:
     """Sums of the ELBO's terms over a batch (z drawn with a fixed key)."""
@@ -352,7 +332,7 @@ class VAETask:
         raise ValueError(f"Interpolation needs exactly two endpoints, got "
                          f"{len(endpoints)}.")
       ends, _ = self.encode(params, self.encode_pieces(endpoints))
-    return common.slerp(ends[0], ends[1], steps)
+    return samples.slerp(ends[0], ends[1], steps)
 
   def generate(self, params: Any, rng: Array, z: np.ndarray, *, length: int,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -371,7 +351,7 @@ class VAETask:
   def write_step_samples(self, params: Any, rng: Array, directory: str | None,
                          title: str) -> list[dict[str, str]]:
     """The training loop's periodic prior samples (MIDI + piano-roll PNG)."""
-    return common.write_token_step_samples(self, params, rng, directory, title)
+    return samples.write_token_step_samples(self, params, rng, directory, title)
 
   def write_samples(self, params: Any, rng: Array, directory: str | None, *,
                     num_samples: int, length: int, temperature: float = 1.0,
@@ -412,17 +392,11 @@ class VAETask:
                            shared_noise=interpolate_steps > 0)
     if directory is None:
       return []
-    os.makedirs(directory, exist_ok=True)
-    paths = []
-    for i, row in enumerate(tokens):
-      ns = self.representation.decode(row)
-      path = os.path.join(directory, f"sample_{i:03d}.mid")
-      note_seq.sequence_proto_to_midi_file(ns, path)
-      label = (f"interpolation {i}/{len(tokens) - 1}" if interpolate_steps
-               else f"sample {i}")
-      plots.plot_pianoroll(ns, path[:-4] + ".png", title=f"{title}{label}")
-      paths.append(path)
-    return paths
+    labels = (f"interpolation {i}/{len(tokens) - 1}" if interpolate_steps
+              else f"sample {i}" for i in range(len(tokens)))
+    return samples.write_midi_samples(
+        (self.representation.decode(row) for row in tokens), directory,
+        (f"{title}{label}" for label in labels))
 
 
 @functools.partial(jax.jit, static_argnums=0)
