@@ -1,47 +1,11 @@
-"""Training objectives, one file each.
+"""Training objectives, one file each, looked up by `config.task`.
 
-A task module has `check_config(config)` (out-of-range values of its own
-keys) and a task class built as `Task(config, representation)` with:
-
-- `init_state(rng)`: the whole train state, one pytree with `step` and
-  `skipped_updates` (TrainState for one network; the GAN's holds both
-  networks, both optimizer states and the EMA generator). Its parameters
-  are still boxed with their logical axis names (`nn.Partitioned`): the loop
-  derives the fsdp shardings from them, then unboxes
-  (`train.create_train_state`);
-- `train_step(state, batch, rng, reducer=parallel.IDENTITY) -> (state,
-  metrics)`, with a `nonfinite` metric; the step sums or averages gradients
-  and metrics over devices through `reducer` (`parallel.reduce`: the
-  identity under jit, a reduction over the device axis otherwise).
-  `eval_step(params, batch) ->
-  sums` (the loop adds them to the running totals in the same compiled
-  program: `train.accumulating`), `summarize(totals, eval_data)`;
-- `eval_params(state)`: the parameters evaluation, samples and export use;
-- `prepare_data(data_dir)`, `create_train_dataset(data_dir)` (batches may
-  carry "bad_records", which the loop counts and never sends to devices),
-  `eval_data(data_dir, split)`, `eval_batches(eval_data)`;
-- `write_step_samples(params, rng, directory, title)`: the loop's periodic
-  samples, as [{"image": png, "wav" | "midi": path}];
-- `batch_spec(split)`: shapes and dtypes of one global batch of "train" or
-  "eval" (`jax.ShapeDtypeStruct`s), and `sample_program(n)`: the sampling
-  loop of `config.sample` for n samples as `(fn, inputs)`, called
-  `fn(params, rng, *inputs)`. With them `aot.py` compiles every program from
-  shapes alone;
-- `valid_metric` (picks the best checkpoint; lower is better),
-  `progress_keys` (shown on the progress bar) and `learning_rate_fn` (or
-  None); optionally `progress_valid_keys` (the last eval's figures shown
-  beside them) and `curve_keys` (valid figures the loop plots against step
-  and wall time in WORKDIR/learning_curve.png after every eval).
-
-The module may also give `evaluate_num_batches(config)`: the eval batches
-`python -m musegen_jax.evaluate` uses when not told (the GAN's default
-reaches 512 clips).
-
-The loop (`train.py`) uses only these. A task whose eval scores predictive
-distributions may also give `eval_log_probs(params, batch)` and
-`log_prob_sums(log_probs, batch) -> sums` (with `eval_step` their
-composition): `evaluate` then scores ensembles, the members' probabilities
-averaged (the token and piano-roll tasks).
+What a task module and its task class give, and what the loop uses of them,
+is `tasks/base.py`: the `Task` protocol, the optional members beside it, and
+`SingleNetworkTask`, the base of the one-network tasks (lm, pianoroll, vae).
+What the tasks share lives by concern: `state` (train state, EMA, guarded
+update), `optim` (schedule and AdamW), `steps` (micro-batches and summed
+gradients), `checks` (config ranges) and `samples` (writing MIDI, WAV, PNG).
 """
 
 from __future__ import annotations
