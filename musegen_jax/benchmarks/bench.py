@@ -607,9 +607,10 @@ def _set(config, dotted: str, value: Any) -> None:
 
 def accelerator_configs(dry_run: bool) -> list[tuple[str, Any]]:
   """[(job, config)] of `ACCELERATOR_JOBS` from the configs/ beside the package."""
+  import musegen_jax  # pylint: disable=import-outside-toplevel
   from musegen_jax import config_defaults  # pylint: disable=import-outside-toplevel
-  here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "configs", "_.py")
+  package = os.path.dirname(os.path.abspath(musegen_jax.__file__))
+  here = os.path.join(os.path.dirname(package), "configs", "_.py")
   out = []
   for job, file, overrides in ACCELERATOR_JOBS:
     config = config_defaults.sibling_config(here, file[:-3], "smoke" if dry_run else None)
