@@ -25,7 +25,7 @@ def detect_cluster() -> tuple[str, int] | None:
   """The multi-process cluster this process runs in, from its environment.
 
   Mirrors what `jax.distributed.initialize()` detects without arguments
-  (jax/_src/clusters): a SLURM job step (`srun`), or the TPU worker list that
+  (JAX's cluster detection): a SLURM job step (`srun`), or the TPU worker list that
   GKE and queued resources set. A GCE TPU VM pod is known to JAX only through
   its metadata server; `launch/tpu_pod.sh` passes `--distributed=on` there.
 
