@@ -9,7 +9,7 @@ WGAN-GP with 5 critic updates per generator update, Adam 1e-4, betas 0.5/0.9),
 "hinge" (hinge loss, otherwise as bce), "cpu" (the recipe that learns tonal
 audio on a 2-core CPU in 30 minutes: four voices of harmonic oscillators,
 STFT discriminators on patches of packed clips, hinge loss, the coverage
-term), and "smoke" (a tiny model that
+term, moment matching), and "smoke" (a tiny model that
 trains on a CPU in about a minute); "smoke" combines with the others, e.g.
 "smoke,bce" or "smoke,cpu".
 
@@ -189,7 +189,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # Learns tonal audio on a 2-core CPU in 30 minutes (BUILD_NOTES.md,
     # issue 25): four voices of harmonic oscillators on the semitone grid,
     # multi-resolution STFT discriminators scoring patches of packed clips,
-    # hinge loss with 1:1 updates, and the coverage term against mode collapse.
+    # hinge loss with 1:1 updates, the coverage term against mode collapse and
+    # moment matching against a running average of real audio's log-mel
+    # statistics.
     config.model.generator = "oscillators"
     config.model.harmonics = 6
     config.model.oscillators_per_octave = 12
@@ -205,12 +207,13 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.gan.gp_weight = 0.0
     config.gan.critic_steps = 1
     config.gan.coverage_weight = 30.0
+    config.gan.moment_weight = 1.0
     config.learning_rate = 4e-4
     config.gan.d_learning_rate = 4e-4
     config.gan.ema_warmup = True
     config.adam_b2 = 0.9
     config.batch_size = 32
-    config.num_train_steps = 5_000
+    config.num_train_steps = 4_000
     config.log_every_steps = 50
     # Scored often on 512 clips: the best checkpoint is the least distant.
     config.eval_every_steps = 250
