@@ -247,13 +247,13 @@ def build_programs(config, topology: Topology, devices: list[Any],
   from musegen_jax import parallel  # pylint: disable=import-outside-toplevel
   from musegen_jax import tasks  # pylint: disable=import-outside-toplevel
   from musegen_jax import train  # pylint: disable=import-outside-toplevel
-  from musegen_jax.tasks import common  # pylint: disable=import-outside-toplevel
+  from musegen_jax.tasks import state as state_lib  # pylint: disable=import-outside-toplevel
 
   representation = train.load_representation(config, train.resolve_data_dir(config))
   task = tasks.create_task(config, representation)
   mesh = train.create_mesh(config, devices)
   shardings = train.state_shardings(task, mesh)
-  init = lambda rng: common.unbox(task.init_state(rng))
+  init = lambda rng: state_lib.unbox(task.init_state(rng))
   state = abstract(jax.eval_shape(init, jax.random.PRNGKey(0)), shardings)
   replicated = parallel.replicated(mesh)
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
@@ -266,7 +266,7 @@ def build_programs(config, topology: Topology, devices: list[Any],
 
   out = []
   if "init" in programs:
-    options = (common.initializer_compiler_options()
+    options = (state_lib.initializer_compiler_options()
                if topology.platform == "cpu" else None)
     initializer = jax.jit(init, out_shardings=shardings, compiler_options=options)
     out.append(("init", functools.partial(initializer.lower, rng), dict(base)))

@@ -423,10 +423,13 @@ def bench_sample(config) -> dict[str, Any]:
   jax = _import_jax()
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from musegen_jax import tasks  # pylint: disable=import-outside-toplevel
+  from musegen_jax.tasks import state as state_lib  # pylint: disable=import-outside-toplevel
 
   representation = _representation(config)
   task = tasks.create_task(config, representation)
-  params = task.init_params(jax.random.PRNGKey(config.seed))
+  params = task.init_params(
+      jax.random.PRNGKey(config.seed),
+      compiler_options=state_lib.initializer_compiler_options())
   batch, length = FLAGS.sample_batch, FLAGS.sample_length
   primer = jnp.full((batch, 1), task.eos_id, jnp.int32)
   rng = jax.random.PRNGKey(1)

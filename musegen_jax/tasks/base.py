@@ -194,9 +194,12 @@ class SingleNetworkTask(abc.ABC):
     """A batch of one the model is initialized on (its shapes fix the
     parameters')."""
 
-  def init_params(self, rng: Array, unbox: bool = True) -> Any:
-    """Fresh parameters; with `unbox=False` still in their `nn.Partitioned` boxes."""
-    return state_lib.init_params(self.model, rng, self.init_inputs(), unbox)
+  def init_params(self, rng: Array, unbox: bool = True,
+                  compiler_options: dict[str, Any] | None = None) -> Any:
+    """Fresh parameters; with `unbox=False` still in their `nn.Partitioned`
+    boxes. `compiler_options`: see `state.init_params` (top-level calls only)."""
+    return state_lib.init_params(self.model, rng, self.init_inputs(), unbox,
+                                 compiler_options)
 
   def init_state(self, rng: Array) -> state_lib.TrainState:
     """Fresh parameters and AdamW state (`optim.create_optimizer`).

@@ -21,7 +21,6 @@ best checkpoint (lower is better).
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import jax
@@ -33,13 +32,13 @@ from ml_collections import config_dict
 
 from musegen_jax import models
 from musegen_jax import parallel
-from musegen_jax import plots
 from musegen_jax import spectral
 from musegen_jax.data import audio
 from musegen_jax.kernels import conv
 from musegen_jax.models import audio_gan
 from musegen_jax.models import wavegan
 from musegen_jax.tasks import checks
+from musegen_jax.tasks import samples
 from musegen_jax.tasks import state as state_lib
 from musegen_jax.tasks import steps
 from musegen_jax.tasks.samples import slerp
@@ -842,14 +841,5 @@ class GANTask:
     clips = self.generate(params, z)
     if directory is None:
       return []
-    os.makedirs(directory, exist_ok=True)
-    written = []
-    for i, clip in enumerate(clips):
-      path = os.path.join(directory, f"sample_{i:03d}.wav")
-      audio.write_wav(path, clip, self.sample_rate)
-      image = path[:-4] + ".png"
-      plots.plot_spectrogram(clip, self.sample_rate, image,
-                             title=f"{title}sample {i}")
-      written.append({"wav": path, "image": image})
-    return written
+    return samples.write_audio_samples(clips, self.sample_rate, directory, title)
 

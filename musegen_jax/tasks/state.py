@@ -62,42 +62,21 @@ def initializer_compiler_options() -> dict[str, Any] | None:
   return {"xla_backend_optimization_level": 1}
 
 
-def inside_a_trace() -> bool:
-  """Whether a jit, eval_shape or other transformation is being traced.
-
-  JAX has no public call for this; `jax._src.core.trace_state_clean` is
-  read, and when it is missing the answer is True (the caller then takes
-  the path that is always valid). tests/test_train.py checks it both ways.
-  """
-  try:
-    from jax._src import core  # pylint: disable=import-outside-toplevel
-    return not core.trace_state_clean()
-  except (ImportError, AttributeError):
-    return True
-
-
-def run_initializer(init: Callable[..., Any], rng: Array, *args,
-                    **jit_kwargs) -> Any:
-  """`init(rng, *args)` jitted (`jit_kwargs`) with
-  `initializer_compiler_options`. Inside an enclosing trace (a jit, or
-  export's `eval_shape`) it is a plain nested jit, inlined there: jit takes
-  compiler options only at the top level."""
-  options = None if inside_a_trace() else initializer_compiler_options()
-  return jax.jit(init, compiler_options=options, **jit_kwargs)(rng, *args)
-
-
 def init_params(model: nn.Module, rng: Array, inputs: Array,
-                unbox_params: bool = True) -> Any:
+                unbox_params: bool = True,
+                compiler_options: dict[str, Any] | None = None) -> Any:
   """`model.init(..., train=False)["params"]`, compiled as one program.
 
   Run eagerly, init dispatches every operation of the model on its own,
   which on a CPU takes far longer than compiling the whole initializer once.
-  Inside a jit (the train state's creation) it is inlined as before, and
-  gives the same values either way.
+  Inside a jit (the train state's creation) it is inlined, and gives the
+  same values either way. `compiler_options` (for example
+  `initializer_compiler_options()`) apply only to a call at the top level:
+  jit takes them there alone.
   """
-  params = run_initializer(
-      lambda r, x: model.init({"params": r}, x, train=False)["params"], rng,
-      inputs)
+  params = jax.jit(
+      lambda r, x: model.init({"params": r}, x, train=False)["params"],
+      compiler_options=compiler_options)(rng, inputs)
   return unbox(params) if unbox_params else params
 
 
