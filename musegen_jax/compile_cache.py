@@ -84,8 +84,8 @@ def enable(cache_root: str | None = None) -> str | None:
   if configured:
     return configured
   if cache_root is None:
-    from musegen_jax.prepare import default_cache_dir  # pylint: disable=import-outside-toplevel
-    cache_root = default_cache_dir()
+    from musegen_jax.data import cache  # pylint: disable=import-outside-toplevel
+    cache_root = cache.default_cache_dir()
   path = os.path.join(cache_root, SUBDIR)
   os.makedirs(path, exist_ok=True)
   drop_incomplete(path)

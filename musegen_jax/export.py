@@ -48,24 +48,24 @@ def export(workdir: str, output: str, which: str = "latest") -> str:
 
   from musegen_jax import checkpoint
   from musegen_jax import parallel
+  from musegen_jax import workdir as workdir_lib
   from musegen_jax import tasks
   from musegen_jax import train
   from musegen_jax.data import pipeline
 
   checkpoint.check_bundle_output(output)
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
+  layout = workdir_lib.Layout(workdir)
+  if not os.path.exists(layout.config):
     raise errors.MissingInputError(
         f"--workdir={workdir} is not a training workdir (no config.json).")
-  with open(config_path, encoding="utf-8") as f:
+  with open(layout.config, encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f))
-  with open(os.path.join(workdir, "representation.json"), encoding="utf-8") as f:
+  with open(layout.representation, encoding="utf-8") as f:
     spec = json.load(f)
   task = tasks.create_task(config, pipeline.representation_from_spec(spec))
 
-  checkpoints = os.path.join(workdir, "checkpoints")
-  if not (os.path.isdir(checkpoints)
-          and any(name.isdigit() for name in os.listdir(checkpoints))):
+  checkpoints = layout.checkpoints
+  if not layout.has_checkpoint():
     raise errors.MissingInputError(
         f"--workdir={workdir}: its checkpoints/ holds no checkpoint yet.")
   manager = checkpoint.create_manager(checkpoints,

@@ -16,6 +16,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 from absl import logging
 
+from musegen_jax import workdir as workdir_lib
+
 
 def _summary_writer_class():
   """tensorboardX's SummaryWriter, imported without PyTorch.
@@ -75,9 +77,10 @@ class MetricWriter:
     self._log = None
     if enabled:
       SummaryWriter = _summary_writer_class()  # pylint: disable=invalid-name
-      log_path = os.path.join(workdir, "train_log.jsonl")
+      layout = workdir_lib.Layout(workdir)
+      log_path = layout.train_log
       _truncate_log(log_path, resume_step)
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+      self._tb = SummaryWriter(layout.tensorboard,
                                purge_step=resume_step or None)
       self._log = open(log_path, "a", encoding="utf-8")
 

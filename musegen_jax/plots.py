@@ -61,7 +61,9 @@ def read_eval_rows(workdir: str, split: str = "valid") -> list[dict]:
   import json
   import os
 
-  path = os.path.join(workdir, "train_log.jsonl")
+  from musegen_jax import workdir as workdir_lib
+
+  path = workdir_lib.Layout(workdir).train_log
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: no train_log.jsonl (is {workdir} a workdir?)")
   rows = []

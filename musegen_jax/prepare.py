@@ -27,12 +27,11 @@ again).
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from musegen_jax import runtime
@@ -46,9 +45,11 @@ from tqdm import tqdm
 
 from musegen_jax import cli
 from musegen_jax import errors
+from musegen_jax.data import cache
 from musegen_jax.data import convert
 from musegen_jax.data import jsb
 from musegen_jax.data import shards
+from musegen_jax.data import workers
 
 JSB_INPUT = "jsb"
 DEFAULT_DATASET_NAME = "jsb_chorales_v1"
@@ -183,18 +184,6 @@ def _into_every_split(results: Iterable[_FileResult]) -> Iterator[_FileResult]:
   for result in results:
     for i, split in enumerate(shards.SPLITS):
       yield result._replace(split=split, problems=result.problems if i == 0 else [])
-
-
-def _map(fn: Callable[[Any], Any], items: Sequence[Any], num_workers: int) -> Iterator[Any]:
-  """fn over items in order; in worker processes when num_workers > 1."""
-  if num_workers <= 1 or len(items) <= 1:
-    yield from map(fn, items)
-    return
-  # spawn, not fork: forking a process that has imported JAX can deadlock.
-  context = multiprocessing.get_context("spawn")
-  chunksize = max(1, min(32, len(items) // (4 * num_workers)))
-  with context.Pool(min(num_workers, len(items))) as pool:
-    yield from pool.imap(fn, items, chunksize=chunksize)
 
 
 def _jsb_results() -> Iterator[_FileResult]:
@@ -339,7 +328,7 @@ def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
           _convert_file, root=input_path, collection=collection,
           valid_fraction=valid_fraction, test_fraction=test_fraction, midi_dir=write_midi)
     report.sort(key=lambda entry: entry["file"])
-    results, total = _map(convert_fn, files, num_workers), len(files)
+    results, total = workers.map_in_workers(convert_fn, files, num_workers), len(files)
     if one_file:
       results, total = _into_every_split(results), total * len(shards.SPLITS)
   for entry in report:
@@ -370,14 +359,6 @@ def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
   return metadata
 
 
-def default_cache_dir() -> str:
-  """$MUSEGEN_JAX_CACHE, else $XDG_CACHE_HOME/musegen_jax, else ~/.cache/musegen_jax."""
-  if os.environ.get("MUSEGEN_JAX_CACHE"):
-    return os.environ["MUSEGEN_JAX_CACHE"]
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "musegen_jax")
-
-
 def ensure_default_dataset(cache_dir: str | None = None) -> str:
   """Prepares the bundled JSB Chorales once and returns the dataset folder.
 
@@ -385,12 +366,12 @@ def ensure_default_dataset(cache_dir: str | None = None) -> str:
   temporary folder and renames it into place; the first rename wins.
 
   Args:
-    cache_dir: the cache root; None for `default_cache_dir()`.
+    cache_dir: the cache root; None for `cache.default_cache_dir()`.
 
   Returns:
     `{cache_dir}/jsb_chorales_v1`, holding shards and metadata.json.
   """
-  cache_dir = cache_dir or default_cache_dir()
+  cache_dir = cache_dir or cache.default_cache_dir()
   target = os.path.join(cache_dir, DEFAULT_DATASET_NAME)
   marker = os.path.join(target, shards.METADATA_FILE)
   if os.path.isfile(marker):

@@ -42,9 +42,6 @@ from musegen_jax.tasks import state as state_lib
 TrainState = state_lib.TrainState
 # What a NaN/Inf loss or gradient does: stop with an error, or skip the update.
 NONFINITE_MODES = ("stop", "skip")
-# Redrawn in the workdir after every eval of a task with `curve_keys`: those
-# valid figures against step and wall time.
-LEARNING_CURVE = "learning_curve.png"
 
 
 # The shared optimizer lives with the tasks; these names are kept for callers.
@@ -265,15 +262,16 @@ def evaluate(eval_step, task, params, eval_data, mesh,
 def _write_run_files(workdir: str, config: config_dict.ConfigDict,
                      representation_spec: dict[str, Any]) -> None:
   """Records the config and representation that export needs."""
-  for name, obj in (("config.json", config.to_dict()),
-                    ("representation.json", representation_spec)):
-    shards.write_json_atomic(os.path.join(workdir, name), obj)
+  layout = workdir_lib.Layout(workdir)
+  for path, obj in ((layout.config, config.to_dict()),
+                    (layout.representation, representation_spec)):
+    shards.write_json_atomic(path, obj)
 
 
 def _write_samples(task, params, rng, workdir: str, step: int,
                    writer: MetricWriter, is_chief: bool) -> None:
   """Writes samples to WORKDIR/samples/STEP and their media to TensorBoard."""
-  directory = os.path.join(workdir, "samples", str(step)) if is_chief else None
+  directory = workdir_lib.Layout(workdir).samples(step) if is_chief else None
   samples = task.write_step_samples(params, rng, directory, title=f"step {step}: ")
   for i, sample in enumerate(samples):
     # One tag per kind, so TensorBoard's audio and image tabs both list them.
@@ -354,13 +352,9 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
   hold = (workdir_lib.hold(workdir) if jax.process_index() == 0
           else contextlib.nullcontext())
   with hold:
-    if any(name.isdigit() for name in _list(os.path.join(workdir, "checkpoints"))):
+    if workdir_lib.Layout(workdir).has_checkpoint():
       workdir_lib.check_config(workdir, config, allow_change=allow_config_change)
     return _train(config, workdir, stop_at_step, config_file)
-
-
-def _list(directory: str) -> list[str]:
-  return os.listdir(directory) if os.path.isdir(directory) else []
 
 
 class _DispatchBound:
@@ -423,7 +417,7 @@ def _train(config: config_dict.ConfigDict, workdir: str,
   state = create_train_state(task, config, mesh, init_rng)
   train_iter = iter(task.create_train_dataset(data_dir))
 
-  manager = checkpoint.create_manager(os.path.join(workdir, "checkpoints"),
+  manager = checkpoint.create_manager(workdir_lib.Layout(workdir).checkpoints,
                                       keep=config.keep_checkpoints)
   restored = checkpoint.restore_latest(
       manager, checkpoint.with_sharding(jax.eval_shape(lambda: state), shardings),
@@ -535,7 +529,7 @@ def _train(config: config_dict.ConfigDict, workdir: str,
             # Rows of earlier launches that lack a key (older code) are left out.
             rows = [r for r in plots.read_eval_rows(workdir)
                     if all(k in r for k in keys)]
-            plots.plot_learning_curve(rows, keys, os.path.join(workdir, LEARNING_CURVE),
+            plots.plot_learning_curve(rows, keys, workdir_lib.Layout(workdir).learning_curve,
                                       title=f"{config.task} valid")
           progress.write(f"step {step}: valid " + _format(valid))
 
@@ -576,6 +570,7 @@ def _summary(workdir: str, config: config_dict.ConfigDict, task, manager, *,
              step: int, stopped: bool, seconds: float,
              last_samples: int | None) -> str:
   """Where a finished (or stopped) run left everything, and what to run next."""
+  layout = workdir_lib.Layout(workdir)
   best = checkpoint.best_step(manager)
   lines = [f"Stopped at step {step} of {config.num_train_steps}; the same "
            "command resumes." if stopped else
@@ -588,9 +583,9 @@ def _summary(workdir: str, config: config_dict.ConfigDict, task, manager, *,
     lines.append(f"  best checkpoint: step {best}, valid "
                  f"{task.valid_metric} {metric:.5g}")
   if last_samples is not None:
-    lines.append(f"  samples: {os.path.join(workdir, 'samples', str(last_samples))}")
-  lines += [f"  log: {os.path.join(workdir, 'train_log.jsonl')}; "
-            f"TensorBoard: tensorboard --logdir {os.path.join(workdir, 'tensorboard')}",
+    lines.append(f"  samples: {layout.samples(last_samples)}")
+  lines += [f"  log: {layout.train_log}; "
+            f"TensorBoard: tensorboard --logdir {layout.tensorboard}",
             f"  export: python -m musegen_jax.export --workdir={workdir} "
             f"--output=EXPORT_DIR --checkpoint={'best' if best is not None else 'latest'}"]
   return "\n".join(lines)

@@ -1,4 +1,7 @@
-"""Guards on a training workdir: one live run at a time, compatible configs.
+"""A training workdir: its layout, one live run at a time, compatible configs.
+
+- `Layout(workdir)` names every file and folder a run writes there; train,
+  export, the metric writer and the plots all find them through it.
 
 - `hold(workdir)` takes an exclusive lock (`WORKDIR/.lock`, `flock`, released
   by the OS even when the process is killed) for the whole run; a second run
@@ -27,6 +30,61 @@ from musegen_jax import errors
 
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
+REPRESENTATION_FILE = "representation.json"
+
+
+class Layout:
+  """Where a run keeps what it writes under its workdir."""
+
+  def __init__(self, root: str):
+    self.root = root
+
+  def _path(self, *names: str) -> str:
+    return os.path.join(self.root, *names)
+
+  @property
+  def config(self) -> str:
+    """The run's config, as JSON (export and resume read it)."""
+    return self._path(CONFIG_FILE)
+
+  @property
+  def representation(self) -> str:
+    """The data representation's spec, as JSON (export reads it)."""
+    return self._path(REPRESENTATION_FILE)
+
+  @property
+  def checkpoints(self) -> str:
+    """orbax's checkpoint folder: one subfolder per saved step."""
+    return self._path("checkpoints")
+
+  def samples(self, step: int) -> str:
+    """The samples written at `step`."""
+    return self._path("samples", str(step))
+
+  @property
+  def train_log(self) -> str:
+    """One JSON line per training step and per eval."""
+    return self._path("train_log.jsonl")
+
+  @property
+  def tensorboard(self) -> str:
+    return self._path("tensorboard")
+
+  @property
+  def learning_curve(self) -> str:
+    """The task's valid figures against step and wall time, redrawn per eval."""
+    return self._path("learning_curve.png")
+
+  @property
+  def lock(self) -> str:
+    return self._path(LOCK_FILE)
+
+  def has_checkpoint(self) -> bool:
+    """Whether any step has been saved."""
+    try:
+      return any(name.isdigit() for name in os.listdir(self.checkpoints))
+    except (FileNotFoundError, NotADirectoryError):
+      return False
 # Keys (dotted, prefixes) whose change makes existing checkpoints incompatible.
 # (ema_decay: turning the parameter average on or off changes the state.)
 INCOMPATIBLE_KEYS = ("task", "model", "data.dir", "data.representation",
@@ -47,7 +105,7 @@ def hold(workdir: str) -> Iterator[None]:
   run leaves the file behind, unlocked and harmless.
   """
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, LOCK_FILE)
+  path = Layout(workdir).lock
   while True:
     f = open(path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
     try:
@@ -117,7 +175,7 @@ def check_config(workdir: str, config: config_dict.ConfigDict, *,
   Raises:
     ValueError: an incompatible change, naming each key with both values.
   """
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = Layout(workdir).config
   if not os.path.exists(path):
     return
   with open(path, encoding="utf-8") as f:

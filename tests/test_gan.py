@@ -22,6 +22,7 @@ from musegen_jax import sample as sample_lib
 from musegen_jax import spectral
 from musegen_jax import tasks
 from musegen_jax import train
+from musegen_jax import workdir as workdir_lib
 from musegen_jax.data import audio
 from musegen_jax.tasks import gan
 
@@ -192,7 +193,7 @@ def test_smoke_trains_resumes_exactly_exports_and_samples_wavs(tmp_path, audio_d
   assert [r["step"] for r in log_rows(full, "valid")] == [4]
   assert log_rows(full, "valid")[0]["valid/frechet"] > 0
   # And the learning curve of the task's curve keys, a PNG in the workdir.
-  curve = plt_image.imread(os.path.join(full, train.LEARNING_CURVE))
+  curve = plt_image.imread(workdir_lib.Layout(str(full)).learning_curve)
   assert curve.ndim == 3 and curve.shape[0] > 200
   # TensorBoard's own reader lists the audio under its audio tab and the
   # spectrograms under its image tab: one tag per kind and sample.

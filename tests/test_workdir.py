@@ -44,7 +44,15 @@ def test_second_run_on_a_held_workdir_is_refused_naming_the_holder(tmp_path):
 @pytest.mark.slow
 def test_resume_with_another_model_is_refused_unless_allowed(tmp_path):
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(tiny_lstm_config(), workdir)
+  layout = workdir_lib.Layout(workdir)
+  assert not layout.has_checkpoint()
+  train.train_and_evaluate(tiny_lstm_config(sample_every_steps=10), workdir)
+  # Everything the run wrote is where its layout says.
+  assert layout.has_checkpoint() and os.listdir(layout.checkpoints) == ["10"]
+  for path in (layout.config, layout.representation, layout.train_log):
+    assert os.path.isfile(path), path
+  assert os.listdir(layout.tensorboard) and os.listdir(layout.samples(10))
+  assert not os.path.exists(layout.lock)  # Released when the run ended.
   with pytest.raises(ValueError, match=r"model.hidden_size: 32 -> 64.*allow_config_change"):
     train.train_and_evaluate(tiny_lstm_config(model__hidden_size=64, num_train_steps=20), workdir)
   # A longer schedule is no structural change: it resumes.

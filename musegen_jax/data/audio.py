@@ -49,6 +49,7 @@ from tqdm import tqdm
 from musegen_jax.data import pipeline
 from musegen_jax.data import representations
 from musegen_jax.data import shards
+from musegen_jax.data import workers
 
 AUDIO_KIND = "audio"
 NOTE_SEQUENCE_KIND = "note_sequence"
@@ -237,9 +238,6 @@ def _is_current(audio_dir: str, fingerprint: str) -> bool:
 def _render_dataset(data_dir: str, output_dir: str, representation, num_workers: int,
                     progress: bool, on_bad_record: str) -> dict[str, dict[str, Any]]:
   """Renders every split of a NoteSequence dataset into output_dir; returns split stats."""
-  # prepare's pool of spawned workers; prepare imports this module in turn.
-  # pylint: disable-next=import-outside-toplevel,protected-access
-  from musegen_jax.prepare import _map as map_fn
   split_paths = {}
   for split in shards.SPLITS:
     try:
@@ -257,7 +255,7 @@ def _render_dataset(data_dir: str, output_dir: str, representation, num_workers:
       items = list(enumerate(shards.read_records(paths)))
       num_clips, seconds, skipped = 0, 0.0, 0
       with shards.SplitWriter(output_dir, split, max(1, len(paths))) as writer:
-        for record, duration in map_fn(render_fn, items, num_workers):
+        for record, duration in workers.map_in_workers(render_fn, items, num_workers):
           bar.update()
           if record is None:
             skipped += 1

@@ -86,7 +86,8 @@ class Task(Protocol):
 
     The step sums or averages gradients and metrics over devices through
     `reducer` (`parallel.reduce`: the identity under jit, a reduction over
-    the device axis under pmap), so it is written once for both."""
+    the device axis in the replicated mode), so it is written once for
+    every parallel mode."""
 
   def eval_step(self, params: Any, batch: dict[str, Array]) -> dict[str, Array]:
     """Sums over one eval batch; the loop adds them to running totals in the
