@@ -7,10 +7,10 @@ Variants: "" (the WaveGAN setup: d = 64, batch 64, 16,384 samples at 16 kHz,
 WGAN-GP with 5 critic updates per generator update, Adam 1e-4, betas 0.5/0.9),
 "bce" (non-saturating loss, Adam 2e-4, betas 0.5/0.999, one critic update),
 "hinge" (hinge loss, otherwise as bce), "cpu" (the recipe that learns tonal
-audio on a 2-core CPU in 30 minutes: four voices of harmonic oscillators,
-STFT discriminators on patches of packed clips, hinge loss, the coverage
-term, moment matching), and "smoke" (a tiny model that
-trains on a CPU in about a minute); "smoke" combines with the others, e.g.
+audio on a 2-core CPU in about 20 minutes: four voices of harmonic
+oscillators, STFT discriminators on patches of packed clips, hinge loss, the
+coverage term, moment matching), and "smoke" (a tiny model that trains on a
+CPU in about a minute); "smoke" combines with the others, e.g.
 "smoke,bce" or "smoke,cpu".
 
 The chorales are rendered once by the additive synthesizer (`data/synth.py`)
@@ -186,7 +186,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.learning_rate = 2e-4
     config.adam_b2 = 0.999
   if "cpu" in variants:
-    # Learns tonal audio on a 2-core CPU in 30 minutes (BUILD_NOTES.md,
+    # Learns tonal audio on a 2-core CPU in about 20 minutes (BUILD_NOTES.md,
     # issue 25): four voices of harmonic oscillators on the semitone grid,
     # multi-resolution STFT discriminators scoring patches of packed clips,
     # hinge loss with 1:1 updates, the coverage term against mode collapse and
