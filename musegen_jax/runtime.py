@@ -31,6 +31,7 @@ those import the command's module again, but not its `run()`.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
@@ -63,7 +64,9 @@ def setup(*, hugepages: bool = False, compile_cache: bool = False) -> str | None
 
 def setup_if_run_as_command(module_name: str) -> None:
   """`setup()` when the calling module (`module_name`: its `__name__`) runs
-  as the command, or in a process spawned by one; elsewhere nothing.
+  as the command (`python -m`, or an installed `musegen-*` console script,
+  which imports the module before calling its `run`), or in a process
+  spawned by one; elsewhere nothing.
 
   multiprocessing's spawn start method runs the parent's main module again
   (as `__mp_main__`) in each worker before the worker unpickles its work,
@@ -72,7 +75,8 @@ def setup_if_run_as_command(module_name: str) -> None:
   neither, and sets nothing up.
   """
   spawned = "--multiprocessing-fork" in getattr(sys, "orig_argv", ())
-  if module_name == "__main__" or spawned:
+  script = os.path.basename(sys.argv[0] if sys.argv else "")
+  if module_name == "__main__" or spawned or script.startswith("musegen-"):
     setup()
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from musegen_jax import flops as flops_lib
 from musegen_jax import export as export_lib
 from musegen_jax import models
 from musegen_jax import sample as sample_lib
@@ -21,32 +22,10 @@ from musegen_jax.data import pipeline
 from musegen_jax.models import gru
 
 from conftest import load_config
+from gru_reference import H, gru_weights, reference_gru
 
 # A few steps at tiny shapes each: compile time dominates.
 pytestmark = pytest.mark.usefixtures("fewer_optimizations")
-
-H = 5
-
-
-def _reference_gru(x, w_ih, b_ih, w_hh, b_hh, h0):
-  """torch.nn.GRU's equations, one step at a time in Python."""
-  sigmoid = lambda a: 1.0 / (1.0 + np.exp(-a))
-  h, outputs = h0, []
-  for x_t in x:
-    xp, hp = x_t @ w_ih + b_ih, h @ w_hh + b_hh
-    r = sigmoid(xp[:, :H] + hp[:, :H])
-    z = sigmoid(xp[:, H:2 * H] + hp[:, H:2 * H])
-    n = np.tanh(xp[:, 2 * H:] + r * hp[:, 2 * H:])
-    h = (1 - z) * n + z * h
-    outputs.append(h)
-  return np.stack(outputs), h
-
-
-def _weights(rng, features, directions=1):
-  return {"w_ih": rng.normal(size=(directions, features, 3 * H)) * 0.5,
-          "b_ih": rng.normal(size=(directions, 3 * H)) * 0.1,
-          "w_hh": rng.normal(size=(directions, H, 3 * H)) * 0.5,
-          "b_hh": rng.normal(size=(directions, 3 * H)) * 0.1}
 
 
 def _direction(weights, d):
@@ -61,12 +40,12 @@ def _layer_params(w):
 def test_backward_direction_reads_the_sequence_in_reverse():
   rng = np.random.default_rng(1)
   x = rng.normal(size=(6, 2, 3))
-  w = _weights(rng, 3, directions=2)
+  w = gru_weights(rng, 3, directions=2)
   layer = gru.GRULayer(H, bidirectional=True)
   outputs, finals = layer.apply(_layer_params(w), jnp.asarray(x, jnp.float32))
   zeros = np.zeros((2, H))
-  fwd_hs, fwd_ht = _reference_gru(x, *_direction(w, 0), zeros)
-  bwd_hs, bwd_ht = _reference_gru(x[::-1], *_direction(w, 1), zeros)
+  fwd_hs, fwd_ht = reference_gru(x, *_direction(w, 0), zeros)
+  bwd_hs, bwd_ht = reference_gru(x[::-1], *_direction(w, 1), zeros)
   np.testing.assert_allclose(outputs[..., :H], fwd_hs, atol=1e-5)
   # Put back in input order: output t of the backward direction has read
   # steps T-1 .. t.
@@ -84,17 +63,17 @@ def test_padded_sequences_reverse_within_their_length():
   x = rng.normal(size=(6, 2, 3))
   lengths = np.array([4, 6])
   x[4:, 0] = 99.0  # Padding after the first sequence's 4 steps.
-  w = _weights(rng, 3, directions=2)
+  w = gru_weights(rng, 3, directions=2)
   outputs, _ = gru.GRULayer(H, bidirectional=True).apply(
       _layer_params(w), jnp.asarray(x, jnp.float32), lengths=jnp.asarray(lengths))
-  bwd_hs, _ = _reference_gru(x[:4, :1][::-1], *_direction(w, 1), np.zeros((1, H)))
+  bwd_hs, _ = reference_gru(x[:4, :1][::-1], *_direction(w, 1), np.zeros((1, H)))
   np.testing.assert_allclose(outputs[:4, 0, H:], bwd_hs[::-1, 0], atol=1e-5)
   # The encoder's forward final state is the one at each sequence's end.
   encoder = gru.BiGRUEncoder(H, num_layers=1)
   params = {"params": {"bigru_0": _layer_params(w)["params"]}}
   _, final = encoder.apply(params, jnp.asarray(x, jnp.float32),
                            lengths=jnp.asarray(lengths))
-  fwd_hs, _ = _reference_gru(x[:4, :1], *_direction(w, 0), np.zeros((1, H)))
+  fwd_hs, _ = reference_gru(x[:4, :1], *_direction(w, 0), np.zeros((1, H)))
   np.testing.assert_allclose(final[0, :H], fwd_hs[-1, 0], atol=1e-5)
   np.testing.assert_allclose(final[0, H:], bwd_hs[-1, 0], atol=1e-5)
 
@@ -209,7 +188,7 @@ def test_create_model_and_flops():
   assert isinstance(model, gru.BiGRUWindowModel)
   assert (model.window, model.hidden_size, model.dense_dim) == (50, 128, 256)
   # Per example: 3 layers x 2 directions x 50 steps x 2 (in + hidden) x 3 gates.
-  flops = gru.train_matmul_flops(vocab_size=201, embed_dim=100, hidden_size=128,
+  flops = flops_lib.gru_train_flops(vocab_size=201, embed_dim=100, hidden_size=128,
                                  num_layers=3, batch_size=64, seq_len=50,
                                  bidirectional=True, dense_dim=256, last_only=True)
   layers = 2 * 2 * 64 * 50 * 3 * 128 * ((100 + 128) + 2 * (256 + 128))

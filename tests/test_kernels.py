@@ -18,6 +18,8 @@ from musegen_jax.kernels import dropout
 from musegen_jax.kernels import matmul
 from musegen_jax.kernels import recurrence
 
+from gru_reference import H, gru_weights, reference_gru
+
 BF16 = jnp.bfloat16
 # Tiny shapes: compile time dominates (not for the tests that read the
 # optimized HLO or compare bfloat16 with float32 sums).
@@ -158,35 +160,11 @@ def test_lstm_layer_matches_reference_and_autodiff():
     np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=1e-5)
 
 
-H = 5
-
-
-def _reference_gru(x, w_ih, b_ih, w_hh, b_hh, h0):
-  """torch.nn.GRU's equations, one step at a time in Python."""
-  sigmoid = lambda a: 1.0 / (1.0 + np.exp(-a))
-  h, outputs = h0, []
-  for x_t in x:
-    xp, hp = x_t @ w_ih + b_ih, h @ w_hh + b_hh
-    r = sigmoid(xp[:, :H] + hp[:, :H])
-    z = sigmoid(xp[:, H:2 * H] + hp[:, H:2 * H])
-    n = np.tanh(xp[:, 2 * H:] + r * hp[:, 2 * H:])
-    h = (1 - z) * n + z * h
-    outputs.append(h)
-  return np.stack(outputs), h
-
-
-def _gru_weights(rng, features, directions=1):
-  return {"w_ih": rng.normal(size=(directions, features, 3 * H)) * 0.5,
-          "b_ih": rng.normal(size=(directions, 3 * H)) * 0.1,
-          "w_hh": rng.normal(size=(directions, H, 3 * H)) * 0.5,
-          "b_hh": rng.normal(size=(directions, 3 * H)) * 0.1}
-
-
 @fewer_optimizations
 def test_gru_recurrence_and_its_gradients_equal_the_reference():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(7, 3, 4))
-  w = _gru_weights(rng, 4)
+  w = gru_weights(rng, 4)
   h0 = rng.normal(size=(3, H))
   w_ih, b_ih, w_hh, b_hh = [np.asarray(w[k][0], np.float64)
                             for k in ("w_ih", "b_ih", "w_hh", "b_hh")]
@@ -194,13 +172,13 @@ def test_gru_recurrence_and_its_gradients_equal_the_reference():
   hs, h_t = recurrence.gru_recurrence(
       jnp.asarray(x @ w_ih + b_ih, jnp.float32)[:, None],
       *(jnp.asarray(a, jnp.float32)[None] for a in (w_hh, b_hh, h0)))
-  ref_hs, ref_ht = _reference_gru(x, w_ih, b_ih, w_hh, b_hh, h0)
+  ref_hs, ref_ht = reference_gru(x, w_ih, b_ih, w_hh, b_hh, h0)
   np.testing.assert_allclose(hs[:, 0], ref_hs, atol=1e-5)
   np.testing.assert_allclose(h_t[0], ref_ht, atol=1e-5)
 
   # The hand-written backward pass equals autodiff of a plain scan, here for
   # two directions with their own weights.
-  w2 = _gru_weights(rng, 4, directions=2)
+  w2 = gru_weights(rng, 4, directions=2)
   weights = jnp.asarray(rng.normal(size=(7, 2, 3, H)), jnp.float32)
 
   def loss(fn):

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from musegen_jax import flops as flops_lib
 from musegen_jax.kernels import recurrence
 from musegen_jax.models import lstm
 
@@ -119,8 +120,8 @@ def test_dropout_only_in_training(params):
   np.testing.assert_array_equal(train_logits, again)
 
 
-def test_train_matmul_flops():
-  flops = lstm.train_matmul_flops(vocab_size=390, embed_dim=256, hidden_size=512,
+def test_lstm_train_flops():
+  flops = flops_lib.lstm_train_flops(vocab_size=390, embed_dim=256, hidden_size=512,
                                   num_layers=3, batch_size=32, seq_len=128)
   tokens, gates = 32 * 128, 2048
   forward = 2 * tokens * ((256 + 512) * gates + 2 * (512 + 512) * gates + 512 * 390)

@@ -13,6 +13,7 @@ import note_seq
 import numpy as np
 import pytest
 
+from musegen_jax import flops as flops_lib
 from musegen_jax import export as export_lib
 from musegen_jax import models
 from musegen_jax import sample as sample_lib
@@ -270,13 +271,13 @@ def test_create_model_and_flops():
       config.model.d_model, config.model.num_heads, config.model.attention)
   kwargs = dict(vocab_size=390, d_model=256, num_layers=4, mlp_dim=1024,
                 batch_size=8, seq_len=256)
-  absolute = transformer.train_matmul_flops(**kwargs)
+  absolute = flops_lib.transformer_train_flops(**kwargs)
   # Per token and layer: QKV + out + MLP = 2 * 256 * (4 * 256 + 2 * 1024);
   # attention 2 * 2 * 256 * 256; head 2 * 256 * 390; fwd + bwd = 3x.
   tokens = 8 * 256
   expected = 3 * tokens * (4 * (2 * 256 * 3072 + 4 * 256 * 256) + 2 * 256 * 390)
   assert absolute == expected
-  assert transformer.train_matmul_flops(**kwargs, attention="relative") == (
+  assert flops_lib.transformer_train_flops(**kwargs, attention="relative") == (
       expected + 3 * 4 * 2 * tokens * 256 * 256)
 
 

@@ -15,7 +15,7 @@ is the figure).
   with embedding 256, 3 layers of 512, dropout 0.1, batch 32, sequence 128,
   float32) on random tokens, so figures compare across commits and with
   `musegen_jax.bench_torch`. FLOPs come from the analytic matmul count
-  (`models.lstm.train_matmul_flops`); XLA's `cost_analysis()` of the compiled
+  (`flops.lstm_train_flops`); XLA's `cost_analysis()` of the compiled
   step is reported beside it, but it counts each while-loop body once and so
   misses most recurrent matmuls. `init_s` is the train state's creation
   (compile and run), `compile_s` the step's compile. `mfu` divides the

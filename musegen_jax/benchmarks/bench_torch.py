@@ -28,14 +28,11 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from musegen_jax import flops as flops_lib
 from musegen_jax import runtime
 from musegen_jax.benchmarks.common import (BIGRU_TRAIN_SHAPE, TRAIN_SHAPE,
                                            TRANSFORMER_TRAIN_SHAPE)
 from musegen_jax.benchmarks.common import cpu_model, peak_rss_mb
-from musegen_jax.models import gru as gru_model
-from musegen_jax.models import lstm as lstm_model
-from musegen_jax.models import transformer as transformer_model
-from musegen_jax.models import wavegan as wavegan_model
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("bench", "lstm", ["lstm", "wavegan", "transformer", "bigru"],
@@ -107,7 +104,7 @@ def bench_lstm(torch) -> dict:
   step_s, first_step_s, times = _time_lm_steps(
       torch, Model(), lr=2e-3, vocab=vocab, batch=batch, length=seq_len + 1,
       last_only=False)
-  flops = lstm_model.train_matmul_flops(**{k: shape[k] for k in (
+  flops = flops_lib.lstm_train_flops(**{k: shape[k] for k in (
       "vocab_size", "embed_dim", "hidden_size", "num_layers", "batch_size",
       "seq_len")})
   return _record(
@@ -205,13 +202,13 @@ def bench_wavegan(torch) -> dict:
     return d_loss.item(), g_loss.item()
 
   step_s, first_step_s, times = _time_steps(lambda _: step(), [None])
-  flops = wavegan_model.train_flops(dim, slice_len, batch, shape["critic_steps"],
+  flops = flops_lib.wavegan_train_flops(dim, slice_len, batch, shape["critic_steps"],
                                     latent_dim=latent, kernel_size=k)
   return _record(
       torch, "torch_wavegan_train", shape, step_s, first_step_s, times,
       # examples: clips the generator is trained on, one batch per step.
       batch=batch, tokens=None, flops=flops,
-      flops_source="analytic (wavegan.train_flops: conv/dense MACs, "
+      flops_source="analytic (flops_lib.wavegan_train_flops: conv/dense MACs, "
                    "fwd+bwd = 3x fwd, GP double backward = 1 more D fwd+bwd)")
 
 
@@ -272,14 +269,14 @@ def bench_transformer(torch) -> dict:
   step_s, first_step_s, times = _time_lm_steps(
       torch, Model(), lr=5e-4, vocab=vocab, batch=batch, length=seq_len + 1,
       last_only=False)
-  flops = transformer_model.train_matmul_flops(
+  flops = flops_lib.transformer_train_flops(
       attention="absolute", **{k: shape[k] for k in (
           "vocab_size", "d_model", "num_layers", "mlp_dim", "batch_size",
           "seq_len")})
   return _record(
       torch, "torch_transformer_train", shape, step_s, first_step_s, times,
       batch=batch, tokens=batch * seq_len, flops=flops,
-      flops_source="analytic (transformer.train_matmul_flops: projections, "
+      flops_source="analytic (flops_lib.transformer_train_flops: projections, "
                    "MLP, head and full-square attention matmuls, 3x forward)",
       extra={"attention": "absolute", "position_encoding": "learned"})
 
@@ -317,14 +314,14 @@ def bench_bigru(torch) -> dict:
   step_s, first_step_s, times = _time_lm_steps(
       torch, Model(), lr=2e-3, vocab=vocab, batch=batch, length=window + 1,
       last_only=True)
-  flops = gru_model.train_matmul_flops(
+  flops = flops_lib.gru_train_flops(
       vocab_size=vocab, embed_dim=embed, hidden_size=hidden, num_layers=layers,
       batch_size=batch, seq_len=window, bidirectional=True, dense_dim=dense,
       last_only=True)
   return _record(
       torch, "torch_bigru_train", shape, step_s, first_step_s, times,
       batch=batch, tokens=None, flops=flops,
-      flops_source="analytic (gru.train_matmul_flops, 3x forward)")
+      flops_source="analytic (flops_lib.gru_train_flops, 3x forward)")
 
 
 def _record(torch, name: str, shape: dict, step_s: float, first_step_s: float,

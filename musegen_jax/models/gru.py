@@ -259,29 +259,3 @@ class BiGRUWindowModel(nn.Module):
     y = nn.leaky_relu(y, 0.01)
     logits = layers.dense(self.vocab_size, "mlp", "vocab", self.dtype, "head")(y)
     return logits[:, None].astype(jnp.float32), window
-
-
-def train_matmul_flops(*, vocab_size: int, embed_dim: int, hidden_size: int,
-                       num_layers: int, batch_size: int, seq_len: int,
-                       bidirectional: bool, dense_dim: int = 0,
-                       last_only: bool = False) -> int:
-  """Matmul FLOPs of one training step (forward + backward = 3x forward).
-
-  Input projections and recurrent matmuls of every layer and direction, and
-  the head (at every position, or only after the window with `last_only`,
-  through a dense layer of `dense_dim` when > 0).
-  """
-  tokens = batch_size * seq_len
-  dirs = 2 if bidirectional else 1
-  gates = 3 * hidden_size
-  forward = 0
-  for layer in range(num_layers):
-    features = embed_dim if layer == 0 else dirs * hidden_size
-    forward += 2 * dirs * tokens * (features + hidden_size) * gates
-  head_rows = batch_size if last_only else tokens
-  out = dirs * hidden_size
-  if dense_dim:
-    forward += 2 * head_rows * out * dense_dim
-    out = dense_dim
-  forward += 2 * head_rows * out * vocab_size
-  return 3 * forward

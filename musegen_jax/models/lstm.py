@@ -93,24 +93,6 @@ def _forget_bias_init(rng, shape, dtype=jnp.float32):
   return jnp.zeros(shape, dtype).at[hidden:2 * hidden].set(1.0)
 
 
-def train_matmul_flops(*, vocab_size: int, embed_dim: int, hidden_size: int,
-                       num_layers: int, batch_size: int, seq_len: int) -> int:
-  """Matmul FLOPs of one training step (forward + backward = 3x forward).
-
-  Counts the input projections, the recurrent matmuls and the output head
-  (2 FLOPs per multiply-add); element-wise work, the embedding gather and the
-  optimizer are left out.
-  """
-  tokens = batch_size * seq_len
-  gates = 4 * hidden_size
-  forward = 0
-  for layer in range(num_layers):
-    features = embed_dim if layer == 0 else hidden_size
-    forward += 2 * tokens * (features + hidden_size) * gates
-  forward += 2 * tokens * hidden_size * vocab_size
-  return 3 * forward
-
-
 class LSTMLanguageModel(nn.Module):
   """Embedding -> stacked LSTM, dropout between layers -> vocabulary logits.
 

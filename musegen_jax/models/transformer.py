@@ -440,22 +440,3 @@ class TransformerLanguageModel(nn.Module):
     layer = {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)}
     return {"layers": tuple(dict(layer) for _ in range(self.num_layers)),
             "pos": jnp.zeros((), jnp.int32)}
-
-
-def train_matmul_flops(*, vocab_size: int, d_model: int, num_layers: int,
-                       mlp_dim: int, batch_size: int, seq_len: int,
-                       attention: str = "absolute") -> int:
-  """Matmul FLOPs of one training step (forward + backward = 3x forward).
-
-  Counts the QKV, output, MLP and head projections and the attention matmuls
-  (Q K^T and P V over the whole [seq_len, seq_len] square, as dense kernels
-  compute it, plus Q E_r^T for relative attention); 2 FLOPs per
-  multiply-add. Element-wise work, softmax, the embedding gather and the
-  optimizer are left out.
-  """
-  tokens = batch_size * seq_len
-  per_layer = 2 * tokens * d_model * (3 * d_model + d_model + 2 * mlp_dim)
-  attention_pairs = 2 if attention == "absolute" else 3
-  per_layer += attention_pairs * 2 * tokens * seq_len * d_model
-  forward = num_layers * per_layer + 2 * tokens * d_model * vocab_size
-  return 3 * forward

@@ -101,7 +101,7 @@ class Conv1D(nn.Module):
     return y + bias.astype(self.dtype)
 
 
-def _check_slice_len(slice_len: int) -> tuple[int, ...]:
+def check_slice_len(slice_len: int) -> tuple[int, ...]:
   if slice_len not in SLICE_STRIDES:
     raise ValueError(f"slice_len={slice_len}; allowed: {sorted(SLICE_STRIDES)}")
   return SLICE_STRIDES[slice_len]
@@ -142,7 +142,7 @@ class WaveGANGenerator(nn.Module):
     Returns:
       [batch, slice_len, num_channels] float32 in [-1, 1].
     """
-    strides = _check_slice_len(self.slice_len)
+    strides = check_slice_len(self.slice_len)
     dim_mul = 16 if self.slice_len == 16384 else 32
     x = nn.Dense(16 * dim_mul * self.dim, dtype=self.dtype,
                  kernel_init=_logical(nn.initializers.glorot_uniform(),
@@ -193,7 +193,7 @@ class WaveGANDiscriminator(nn.Module):
     Returns:
       [batch] float32 logits.
     """
-    strides = _check_slice_len(self.slice_len)
+    strides = check_slice_len(self.slice_len)
     if x.shape[1] != self.slice_len:
       raise ValueError(f"input length {x.shape[1]} != slice_len={self.slice_len}")
     x = x.astype(self.dtype)
@@ -213,55 +213,3 @@ class WaveGANDiscriminator(nn.Module):
                       bias_init=_logical(nn.initializers.zeros_init(), None),
                       name="output")(x)
     return logits[:, 0].astype(jnp.float32)
-
-
-def _conv_layer_flops(dim: int, slice_len: int, batch: int, kernel_size: int
-                      ) -> tuple[list[int], list[int]]:
-  """Per-layer forward matmul FLOPs of (generator, discriminator) convs."""
-  strides = _check_slice_len(slice_len)
-  dim_mul = 16 if slice_len == 16384 else 32
-  gen, length, cin = [], 16, dim_mul * dim
-  for i, stride in enumerate(strides):
-    cout = 1 if i == len(strides) - 1 else dim * max(dim_mul >> (i + 1), 1)
-    # Every input position meets every tap: length * K * cin * cout MACs.
-    gen.append(2 * batch * length * kernel_size * cin * cout)
-    length, cin = length * stride, cout
-  disc, length, cin = [], slice_len, 1
-  for i, stride in enumerate(strides):
-    length, cout = length // stride, dim << i
-    # Every output position reads K taps.
-    disc.append(2 * batch * length * kernel_size * cin * cout)
-    cin = cout
-  return gen, disc
-
-
-def train_flops(dim: int, slice_len: int, batch: int, critic_steps: int, *,
-                latent_dim: int = 100, kernel_size: int = 25) -> int:
-  """Estimated matmul FLOPs of one WGAN-GP step, for MFU reporting.
-
-  Counts convolution and dense MACs as 2 FLOPs (the true arithmetic, not
-  padded taps); element-wise work and the optimizer are left out. With Gf
-  and Df the forward FLOPs of G and D on `batch` examples, and forward +
-  backward counted as 3x forward:
-  - each critic step: G forward (no G gradient) + D forward and backward on
-    the real and the fake batch (2 x 3 Df) + the gradient penalty on the
-    interpolates, counted as one D forward and backward (3 Df) plus one more
-    for its double backward (3 Df): Gf + 12 Df;
-  - the generator step: G and D forward and backward: 3 Gf + 3 Df.
-
-  Args:
-    dim: model width (`dim` of both networks).
-    slice_len: samples per example.
-    batch: examples per batch.
-    critic_steps: discriminator updates per generator update.
-    latent_dim: generator input size.
-    kernel_size: convolution kernel size.
-
-  Returns:
-    FLOPs of `critic_steps` D updates and one G update.
-  """
-  gen, disc = _conv_layer_flops(dim, slice_len, batch, kernel_size)
-  dim_mul = 16 if slice_len == 16384 else 32
-  g_fwd = sum(gen) + 2 * batch * latent_dim * 16 * dim_mul * dim
-  d_fwd = sum(disc) + 2 * batch * 16 * dim_mul * dim
-  return critic_steps * (g_fwd + 12 * d_fwd) + 3 * g_fwd + 3 * d_fwd
