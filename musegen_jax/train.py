@@ -36,17 +36,10 @@ from musegen_jax import workdir as workdir_lib
 from musegen_jax.data import pipeline
 from musegen_jax.data import shards
 from musegen_jax.metrics import MetricWriter
-from musegen_jax.tasks import optim
 from musegen_jax.tasks import state as state_lib
 
-TrainState = state_lib.TrainState
 # What a NaN/Inf loss or gradient does: stop with an error, or skip the update.
 NONFINITE_MODES = ("stop", "skip")
-
-
-# The shared optimizer lives with the tasks; these names are kept for callers.
-create_learning_rate_fn = optim.create_learning_rate_fn
-create_optimizer = optim.create_optimizer
 
 
 def check_config(config: config_dict.ConfigDict,
@@ -324,7 +317,7 @@ def _format(values: dict[str, float]) -> str:
 def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
                        stop_at_step: int | None = None,
                        allow_config_change: bool = False,
-                       config_file: str | None = None) -> TrainState:
+                       config_file: str | None = None) -> Any:
   """Trains `config` in `workdir`, resuming from its newest checkpoint.
 
   Args:
@@ -398,7 +391,7 @@ class _DispatchBound:
 
 
 def _train(config: config_dict.ConfigDict, workdir: str,
-           stop_at_step: int | None, config_file: str | None) -> TrainState:
+           stop_at_step: int | None, config_file: str | None) -> Any:
   """The loop of `train_and_evaluate`, once the workdir is checked and held."""
   mesh = create_mesh(config)
   use_pmap = config.parallelism == "pmap"

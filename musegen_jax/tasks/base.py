@@ -263,11 +263,11 @@ class SingleNetworkTask(abc.ABC):
     del sums
     return {}
 
+  @abc.abstractmethod
   def _sums(self, params: Any, inputs: Any, rng: Array | None, train: bool
             ) -> dict[str, Array]:
-    """The loss sums of `inputs` (`train_inputs` of a batch); the key drives
-    dropout when `train`."""
-    raise NotImplementedError(f"{type(self).__name__} gives no _sums")
+    """The loss sums of `inputs` (`train_inputs` of a batch), among them
+    `loss_key` and `weight_key`; the key drives dropout when `train`."""
 
   def train_step(self, state: state_lib.TrainState, batch: dict[str, Array],
                  rng: Array, reducer: parallel.Reducer = parallel.IDENTITY

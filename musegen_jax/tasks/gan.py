@@ -290,15 +290,18 @@ def coverage_loss(real: Array, fake: Array, n_fft: int = 1024) -> Array:
   return jnp.mean(jnp.min(dist, axis=1)) + jnp.mean(jnp.min(dist, axis=0))
 
 
+def frechet_features(audio: Array, sample_rate: int) -> Array:
+  """The log-mel frames the Frechet distance compares, of [batch, length]
+  audio: [batch, frames, FRECHET_N_MELS]."""
+  return spectral.log_mel(audio, sample_rate, n_fft=FRECHET_N_FFT,
+                          hop=FRECHET_HOP, n_mels=FRECHET_N_MELS)
+
+
 def mel_moments(clips: Array, sample_rate: int) -> dict[str, Array]:
-  """The mean [64] and mean outer product [64, 64] of the log-mel frames of
-  [batch, slice_len, 1] clips (the Frechet distance's features: 1024 window,
-  hop 256, 64 mels)."""
-  mel = spectral.log_mel(clips[..., 0].astype(jnp.float32), sample_rate,
-                         n_fft=FRECHET_N_FFT, hop=FRECHET_HOP,
-                         n_mels=FRECHET_N_MELS)
-  mel = mel.reshape(-1, mel.shape[-1])
-  return {"mean": jnp.mean(mel, 0), "outer": mel.T @ mel / mel.shape[0]}
+  """The mean [64] and mean outer product [64, 64] of the Frechet distance's
+  log-mel frames of [batch, slice_len, 1] clips."""
+  sums = spectral.feature_sums(frechet_features(clips[..., 0], sample_rate))
+  return {"mean": sums["sum"] / sums["count"], "outer": sums["outer"] / sums["count"]}
 
 
 def moment_matching_loss(real: dict[str, Array], fake: Array,
@@ -310,9 +313,9 @@ def moment_matching_loss(real: dict[str, Array], fake: Array,
   against real.
 
   Args:
-    real: `mel_moments` of real audio: of the batch, or a running average
-      over many batches, which the loop keeps (a batch of 32 clips is too
-      few: two such real batches lie about 180 apart).
+    real: `mel_moments` of real audio: of the batch, or the running average
+      over every batch so far that the train step keeps (one batch of real
+      clips is too noisy a target; BUILD_NOTES.md, issue 25).
     fake: [batch, slice_len, 1] generated clips.
   """
   def covariance(m):
@@ -757,9 +760,7 @@ class GANTask:
     """Log-mel and pitch sums of [batch, slice_len, 1] clips; clips with a
     NaN or Inf are scored as silence and counted."""
     clips, nonfinite = spectral.finite_clips(clips[..., 0])
-    mel = spectral.log_mel(clips, self.sample_rate, n_fft=FRECHET_N_FFT,
-                           hop=FRECHET_HOP, n_mels=FRECHET_N_MELS)
-    return {"mel": spectral.feature_sums(mel),
+    return {"mel": spectral.feature_sums(frechet_features(clips, self.sample_rate)),
             "pitch": spectral.pitch_sums(clips, self.sample_rate),
             "nonfinite": nonfinite}
 
