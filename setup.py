@@ -29,12 +29,16 @@ setuptools.setup(
         "soundfile>=0.12",
         "scipy>=1.10",
         "filelock>=3.12",  # JAX's compilation cache: eviction (compile_cache.py)
+        "safetensors>=0.4",  # export --format=safetensors (Hub layout)
+        "miditok>=3.0",  # data.representation="miditok"
     ],
     extras_require={
         # tensorboard: the tests read the event files with its EventAccumulator.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "tensorboard>=2.15"],
         # libtpu: `musegen_jax.aot` compiles for TPU topologies on any host.
         "tpu": ["libtpu>=0.0.52"],
+        # wandb: --config.log_to=tensorboard,wandb.
+        "wandb": ["wandb>=0.16"],
     },
     entry_points={
         "console_scripts": [

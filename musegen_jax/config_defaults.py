@@ -34,6 +34,14 @@ def default_config(task: str) -> config_dict.ConfigDict:
     checkpoint_every_steps; keep_checkpoints (the newest this many, plus
     the best by the task's valid metric); sample_every_steps (0: never):
     samples to WORKDIR/samples/STEP/ and TensorBoard.
+  - checkpoint_every_minutes: > 0 also saves when this many minutes have
+    passed since the last save (long pod runs; 0: steps only).
+  - log_to: comma-separated metric sinks, "tensorboard" and/or "wandb"
+    (wandb is an optional install; offline unless configured).
+  - init_from: an export bundle whose parameters start the run (fine-tuning;
+    "" = from scratch); init_from_keys: a regex over parameter paths
+    restricting what is copied (""= all that match in shape); freeze: a
+    regex over parameter paths kept fixed during training ("" = none).
   - parallelism, mesh, logical_axis_rules, grad_accum_steps:
     `add_parallelism`.
   """
@@ -52,6 +60,11 @@ def default_config(task: str) -> config_dict.ConfigDict:
   config.checkpoint_every_steps = 1_000
   config.keep_checkpoints = 3
   config.sample_every_steps = 2_000
+  config.checkpoint_every_minutes = 0.0
+  config.log_to = "tensorboard"
+  config.init_from = ""
+  config.init_from_keys = ""
+  config.freeze = ""
   add_parallelism(config)
   return config
 
