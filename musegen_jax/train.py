@@ -35,6 +35,7 @@ from musegen_jax import tasks
 from musegen_jax import workdir as workdir_lib
 from musegen_jax.data import pipeline
 from musegen_jax.data import shards
+from musegen_jax import metrics
 from musegen_jax.metrics import MetricWriter
 from musegen_jax.tasks import state as state_lib
 
@@ -73,6 +74,7 @@ def _check_config(config: config_dict.ConfigDict, num_devices: int | None) -> No
   if config.data.bad_records not in pipeline.BAD_RECORD_MODES:
     raise ValueError(f"config.data.bad_records={config.data.bad_records!r}; "
                      f"allowed: {list(pipeline.BAD_RECORD_MODES)}")
+  metrics.parse_log_to(config.log_to)
   if config.nonfinite not in NONFINITE_MODES:
     raise ValueError(f"config.nonfinite={config.nonfinite!r}; allowed: "
                      f"{list(NONFINITE_MODES)}")
@@ -439,7 +441,8 @@ def _train(config: config_dict.ConfigDict, workdir: str,
   learning_rate_fn = getattr(task, "learning_rate_fn", None)
   eval_data = task.eval_data(data_dir)
 
-  writer = MetricWriter(workdir, enabled=is_chief, resume_step=start_step)
+  writer = MetricWriter(workdir, enabled=is_chief, resume_step=start_step,
+                        log_to=config.log_to, run_config=config.to_dict())
   last_step = config.num_train_steps if stop_at_step is None else min(
       stop_at_step, config.num_train_steps)
   pending: list[tuple[int, dict[str, jax.Array]]] = []

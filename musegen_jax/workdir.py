@@ -71,6 +71,16 @@ class Layout:
     return self._path("tensorboard")
 
   @property
+  def wandb(self) -> str:
+    """wandb's own folder (offline runs, media), with log_to=...,wandb."""
+    return self._path("wandb")
+
+  @property
+  def wandb_run_id(self) -> str:
+    """The wandb run id, kept so that a resumed run continues the same run."""
+    return self._path("wandb_run_id")
+
+  @property
   def learning_curve(self) -> str:
     """The task's valid figures against step and wall time, redrawn per eval."""
     return self._path("learning_curve.png")
