@@ -3,6 +3,7 @@
   python -m musegen_jax.prepare --input=jsb --output=/tmp/jsb
   python -m musegen_jax.prepare --input=~/midi --output=/tmp/midi_ds --num_workers=8
   python -m musegen_jax.prepare --input=~/wavs --output=/tmp/wav_ds --sample_rate=16000
+  python -m musegen_jax.prepare --input=Nottingham.pickle --output=/tmp/nott
 
 A folder is walked for music files (.mid/.midi/.xml/.mxl/.musicxml/.abc), which
 become NoteSequence shards, or audio files (.wav/.flac/.ogg/.opus/.mp3/.aiff/
@@ -22,6 +23,18 @@ then not a held-out figure). `--input=jsb` keeps the chorales' own split and als
 `OUTPUT/midi/`; training on audio renders them with the synthesizer and caches
 the result beside the shards (`OUTPUT/cache/`, removed when OUTPUT is prepared
 again).
+
+`--input=FILE.pickle` (or `.pkl`, `.mat`) converts a polyphonic benchmark
+file (JSB Chorales, Nottingham, MuseData, Piano-midi.de as distributed:
+`data/poly_corpus.py`) into NoteSequences, keeping its train/valid/test
+split: frame t of a piece lasts from step t to t + 1 at
+`--steps_per_quarter` steps per quarter note (100 quarter notes per minute),
+a pitch on in consecutive frames is one held note. The piano-roll task reads
+them back as the same frames with `config.data.steps_per_quarter` equal to
+it. A file not in the layout (a pitch outside the 88 keys, an empty piece,
+a frame that is not 0/1, a missing split, anything but lists of ints) stops
+with an error naming the file, split, piece and frame, before OUTPUT is
+touched.
 """
 
 from __future__ import annotations
@@ -48,6 +61,7 @@ from musegen_jax import errors
 from musegen_jax.data import cache
 from musegen_jax.data import convert
 from musegen_jax.data import jsb
+from musegen_jax.data import poly_corpus
 from musegen_jax.data import shards
 from musegen_jax.data import workers
 
@@ -131,12 +145,13 @@ def _check_arguments(input_path: str, output_dir: str, *, num_shards: int,
     raise errors.MissingInputError(
         f"--input={input_path}: no such file or folder; give a folder of music "
         f"or audio files, one such file, or {JSB_INPUT!r} (the bundled chorales).")
-  if os.path.isfile(input_path):
+  if os.path.isfile(input_path) and not poly_corpus.is_frames_file(input_path):
     music, sounds, _ = _sort_files([os.path.basename(input_path)])
     if not music and not sounds:
       raise errors.UserError(
           f"--input={input_path}: not a music file "
-          f"({', '.join(convert.SUPPORTED_EXTENSIONS)}) nor an audio file.")
+          f"({', '.join(convert.SUPPORTED_EXTENSIONS)}), a frames file "
+          f"(.pickle, .pkl, .mat) nor an audio file.")
   if os.path.exists(output_dir) and not os.path.isdir(output_dir):
     raise errors.ExistingOutputError(f"--output={output_dir} is a file; name a folder.")
   if num_shards < 1:
@@ -189,6 +204,17 @@ def _into_every_split(results: Iterable[_FileResult]) -> Iterator[_FileResult]:
 def _jsb_results() -> Iterator[_FileResult]:
   for split, sequences in jsb.load_jsb().items():
     for ns in sequences:
+      yield _FileResult(ns.id, split, [_to_record(ns)], [])
+
+
+def _frames_file_results(path: str, collection: str, steps_per_quarter: int
+                         ) -> Iterator[_FileResult]:
+  """One result per piece of a benchmark file, in its own split."""
+  for split, ns in poly_corpus.split_note_sequences(path, collection, steps_per_quarter):
+    if not ns.notes:
+      # A piece of rests only: a NoteSequence record needs a pitch range.
+      yield _FileResult(ns.id, split, [], ["no notes (every frame silent)"])
+    else:
       yield _FileResult(ns.id, split, [_to_record(ns)], [])
 
 
@@ -245,12 +271,14 @@ def _write_shards(results: Iterable[_FileResult], total: int, output_dir: str, n
 def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
             num_shards: int = 4, valid_fraction: float = 0.1, test_fraction: float = 0.1,
             write_midi: str | None = None, progress: bool = True,
-            sample_rate: int = 16000, kind: str = "auto") -> dict[str, Any]:
+            sample_rate: int = 16000, kind: str = "auto",
+            steps_per_quarter: int = 1) -> dict[str, Any]:
   """Converts a corpus into shards, prepare_report.json and (last) metadata.json.
 
   Args:
     input_path: a folder of music or audio files, one such file (written to
-      every split), or "jsb" for the bundled chorales.
+      every split), a benchmark frames file (.pickle, .pkl, .mat: its own
+      split), or "jsb" for the bundled chorales.
     output_dir: the dataset folder; created if needed. Shards, metadata and
       caches (`cache/`) of an earlier run there are replaced.
     num_workers: conversion processes; None for min(cpu count, 8), 0 or 1 to
@@ -265,6 +293,7 @@ def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
     kind: "note_sequence" (music files), "audio" (audio files), or "auto":
       music if the folder holds any music file, else audio. Files of the
       other kind are skipped and reported.
+    steps_per_quarter: frames per quarter note of a frames file's sequences.
 
   Returns:
     The metadata written to metadata.json; for audio it has "kind": "audio"
@@ -281,7 +310,12 @@ def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
     _check_arguments(input_path, output_dir, num_shards=num_shards, kind=kind,
                      sample_rate=sample_rate, valid_fraction=valid_fraction,
                      test_fraction=test_fraction)
-  one_file = input_path != JSB_INPUT and os.path.isfile(input_path)
+    if steps_per_quarter < 1:
+      raise ValueError(f"--steps_per_quarter={steps_per_quarter}: must be >= 1")
+  frames_file = os.path.isfile(input_path) and poly_corpus.is_frames_file(input_path)
+  if frames_file:
+    poly_corpus.read_file(input_path)  # Its errors come before OUTPUT changes.
+  one_file = not frames_file and input_path != JSB_INPUT and os.path.isfile(input_path)
   if one_file:
     input_path, only = os.path.split(os.path.abspath(input_path))
   os.makedirs(output_dir, exist_ok=True)
@@ -297,6 +331,14 @@ def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
     total = sum(len(pieces) for pieces in jsb.load_jsb_frames().values())
     if write_midi:
       jsb.write_jsb_midi(write_midi)
+  elif frames_file:
+    kind = NOTE_SEQUENCE_KIND
+    source = os.path.abspath(input_path)
+    collection = os.path.splitext(os.path.basename(source))[0]
+    settings = {"num_shards": num_shards, "steps_per_quarter": int(steps_per_quarter),
+                "qpm": poly_corpus.FRAME_QPM, "velocity": poly_corpus.FRAME_VELOCITY}
+    results = _frames_file_results(input_path, collection, int(steps_per_quarter))
+    total = sum(len(r) for r in poly_corpus.read_file(input_path).values())
   else:
     source = os.path.abspath(input_path)
     collection = os.path.basename(source)
@@ -399,7 +441,8 @@ def main(argv: Sequence[str]) -> None:
   metadata = prepare(os.path.expanduser(flag.input), flag.output,
                      num_workers=flag.num_workers, num_shards=flag.num_shards,
                      valid_fraction=flag.valid_fraction, test_fraction=flag.test_fraction,
-                     write_midi=write_midi, sample_rate=flag.sample_rate, kind=flag.kind)
+                     write_midi=write_midi, sample_rate=flag.sample_rate, kind=flag.kind,
+                     steps_per_quarter=flag.steps_per_quarter)
   for split, s in metadata["splits"].items():
     if metadata["kind"] == AUDIO_KIND:
       counts = f"{s['num_clips']} clips at {metadata['sample_rate']} Hz"
@@ -413,7 +456,8 @@ def run() -> None:
   """Console entry point. Flags are defined here, so importing this module defines none."""
   flags.DEFINE_string("input", None, "Folder of .mid/.midi/.xml/.mxl/.musicxml/.abc files "
                       "or of audio files (.wav/.flac/.ogg/.mp3/.aiff...), one such file "
-                      "(into every split), or 'jsb' for the bundled JSB Chorales (a "
+                      "(into every split), a polyphonic benchmark file (.pickle, .pkl, "
+                      ".mat: its own split), or 'jsb' for the bundled JSB Chorales (a "
                       "folder named jsb: ./jsb).")
   flags.DEFINE_string("output", None, "Dataset folder to write.")
   flags.DEFINE_integer("num_workers", None,
@@ -426,6 +470,9 @@ def run() -> None:
   flags.DEFINE_enum("kind", "auto", list(KINDS),
                     "What a folder is prepared as: note_sequence (music files), audio, or "
                     "auto: music if there is any music file, else audio.")
+  flags.DEFINE_integer("steps_per_quarter", 1,
+                       "Frames files: steps (frames) per quarter note of the written "
+                       "sequences; train with the same config.data.steps_per_quarter.")
   flags.DEFINE_string("write_midi", None,
                       "Also write each sequence as MIDI here (default for jsb: OUTPUT/midi).")
   flags.mark_flags_as_required(["input", "output"])
