@@ -33,8 +33,10 @@ setuptools.setup(
         "miditok>=3.0",  # data.representation="miditok"
     ],
     extras_require={
-        # tensorboard: the tests read the event files with its EventAccumulator.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "tensorboard>=2.15"],
+        # tensorboard: the tests read the event files with its EventAccumulator;
+        # wandb: the tests run the wandb sink offline.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "tensorboard>=2.15",
+                 "wandb>=0.16"],
         # libtpu: `musegen_jax.aot` compiles for TPU topologies on any host.
         "tpu": ["libtpu>=0.0.52"],
         # wandb: --config.log_to=tensorboard,wandb.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 from typing import Any, Iterable, Mapping
 
@@ -133,7 +134,7 @@ class _Wandb:
       with open(layout.wandb_run_id, encoding="utf-8") as f:
         run_id = f.read().strip()
     else:
-      run_id = wandb.util.generate_id()
+      run_id = secrets.token_hex(6)  # wandb ids: lowercase alphanumerics.
       with open(layout.wandb_run_id, "w", encoding="utf-8") as f:
         f.write(run_id + "\n")
     os.makedirs(layout.wandb, exist_ok=True)
