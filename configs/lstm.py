@@ -50,6 +50,13 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # A shard record that does not parse: "error" (names shard and record) or
   # "skip" (a warning with the same).
   config.data.bad_records = "error"
+  # data.representation="miditok": MidiTok tokens, read by
+  # musegen_jax/data/representations/miditok_tokens.py (REMI, TSD, MIDILike
+  # or Structured; pitches inclusive; steps per beat up to max_beats; BPE
+  # vocabulary size, 0 = none, learned on the train split and cached).
+  config.data.miditok = config_dict.ConfigDict(dict(
+      tokenizer="REMI", pitch_low=21, pitch_high=108, beat_resolution=8,
+      max_beats=8, num_velocities=32, use_tempos=True, bpe_vocab_size=0))
 
   # Samples: MIDI + piano-roll PNGs every sample_every_steps.
   config.sample = config_dict.ConfigDict()

@@ -43,8 +43,10 @@ def load_representation(name: str, data_dir: str,
                         settings: dict[str, Any] | None = None):
   """Builds the representation `name` for a prepared dataset.
 
-  Token vocabularies learnt from data (chord_token) are built on the train
-  split once and cached beside the shards (`cache/chord_token_vocab.json`).
+  Token vocabularies learnt from data (chord_token; miditok with BPE) are
+  built on the train split once and cached beside the shards
+  (`cache/chord_token_vocab.json`; miditok's file name holds a digest of its
+  settings: `MidiTokRepresentation.cache_file`).
 
   Args:
     name: a representation name (`representations.REPRESENTATIONS`).
@@ -52,6 +54,8 @@ def load_representation(name: str, data_dir: str,
     settings: constructor settings, e.g. the audio representation's sample
       rate and synthesizer (a config's `data.<name>` section).
   """
+  if name == "miditok":
+    return _load_miditok(data_dir, settings or {})
   if name != "chord_token":
     return representations.get_representation(name, **(settings or {}))
   cache = os.path.join(data_dir, "cache", "chord_token_vocab.json")
@@ -60,6 +64,26 @@ def load_representation(name: str, data_dir: str,
       return representations.get_representation(name, **json.load(f))
   sequences = shards.read_note_sequences(shards.split_paths(data_dir, "train"))
   rep = representations.get_representation(name).build(sequences)
+  os.makedirs(os.path.dirname(cache), exist_ok=True)
+  shards.write_json_atomic(cache, rep.settings())
+  return rep
+
+
+def _load_miditok(data_dir: str, settings: dict[str, Any]):
+  """The MidiTok representation of `settings`; with BPE, its tokenizer read
+  from the dataset's cache, or learned on the train split and cached."""
+  cls = representations.MidiTokRepresentation
+  name = cls.cache_file(settings)
+  if name is None:
+    return cls(**settings)
+  cache = os.path.join(data_dir, "cache", name)
+  if os.path.exists(cache):
+    with open(cache, encoding="utf-8") as f:
+      return cls(**json.load(f))
+  logging.info("Learning the MidiTok BPE vocabulary on %s's train split.",
+               data_dir)
+  sequences = shards.read_note_sequences(shards.split_paths(data_dir, "train"))
+  rep = cls.build(sequences, **settings)
   os.makedirs(os.path.dirname(cache), exist_ok=True)
   shards.write_json_atomic(cache, rep.settings())
   return rep

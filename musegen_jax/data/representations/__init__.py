@@ -12,16 +12,19 @@ from musegen_jax.data.representations.audio import AudioRepresentation
 from musegen_jax.data.representations.base import Representation
 from musegen_jax.data.representations.base import TokenRepresentation
 from musegen_jax.data.representations.chord_token import ChordTokenRepresentation
+from musegen_jax.data.representations.miditok_tokens import MidiTokRepresentation
 from musegen_jax.data.representations.performance import PerformanceRepresentation
 from musegen_jax.data.representations.pianoroll import PianorollRepresentation
 
-__all__ = ["AudioRepresentation", "ChordTokenRepresentation", "PerformanceRepresentation",
+__all__ = ["AudioRepresentation", "ChordTokenRepresentation",
+           "MidiTokRepresentation", "PerformanceRepresentation",
            "PianorollRepresentation", "Representation", "TokenRepresentation",
            "REPRESENTATIONS", "get_representation"]
 
 REPRESENTATIONS: dict[str, type[Representation]] = {
     cls.name: cls for cls in (PerformanceRepresentation, PianorollRepresentation,
-                              ChordTokenRepresentation, AudioRepresentation)
+                              ChordTokenRepresentation, AudioRepresentation,
+                              MidiTokRepresentation)
 }
 
 
@@ -30,7 +33,7 @@ def get_representation(name: str, **settings: Any) -> Representation:
 
   Args:
     name: one of REPRESENTATIONS: "performance", "pianoroll", "chord_token",
-      "audio".
+      "audio", "miditok".
     **settings: constructor arguments, e.g. those `settings()` returned.
 
   Returns:
