@@ -6,8 +6,9 @@ written asynchronously; orbax writes each into a temporary directory and
 renames it when complete, so a half-written one is never restored.
 
 An export bundle is what sampling needs and nothing else: parameters (orbax
-arrays), the config as JSON and the representation's settings as JSON. No
-pickle anywhere.
+arrays under params/, a Hub-layout model.safetensors, or both), the config
+as JSON, the representation's settings as JSON and a model card (README.md;
+`hub.py`). No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -31,8 +32,14 @@ from jax.experimental import multihost_utils
 from musegen_jax import errors
 from musegen_jax.data import shards
 
-BUNDLE_FORMAT_VERSION = 1
+# 2: the parameters as orbax arrays and/or model.safetensors, listed under
+# "formats", and README.md. Version 1 (orbax only) bundles still load.
+BUNDLE_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 BUNDLE_FILE = "bundle.json"
+# The parameter formats of a bundle; `export --format` takes these or "both".
+PARAM_FORMATS = ("orbax", "safetensors")
+EXPORT_FORMATS = ("orbax", "safetensors", "both")
 
 
 def create_manager(directory: str, *, keep: int, async_save: bool = True
@@ -227,9 +234,23 @@ class Bundle:
   step: int
 
 
+def export_formats(export_format: str) -> tuple[str, ...]:
+  """The parameter formats `--format=export_format` writes.
+
+  Raises:
+    errors.UserError: not one of EXPORT_FORMATS (one line naming the flag).
+  """
+  if export_format not in EXPORT_FORMATS:
+    raise errors.UserError(f"--format={export_format!r}: use one of "
+                           f"{', '.join(EXPORT_FORMATS)}.")
+  return PARAM_FORMATS if export_format == "both" else (export_format,)
+
+
 def export_bundle(output_dir: str, *, params: Any,
                   config: ml_collections.ConfigDict,
-                  representation: dict[str, Any], step: int) -> str:
+                  representation: dict[str, Any], step: int,
+                  export_format: str = "both",
+                  model_card: str | None = None) -> str:
   """Writes a self-contained sampling bundle and returns its directory.
 
   Args:
@@ -238,23 +259,49 @@ def export_bundle(output_dir: str, *, params: Any,
     config: the training config (stored as JSON).
     representation: {"name": ..., "settings": {...}} of the data encoding.
     step: the training step the parameters come from.
+    export_format: "orbax" (params/), "safetensors" (model.safetensors,
+      keys the parameter paths joined with ".") or "both".
+    model_card: README.md's text; None writes `hub.model_card` from the
+      config alone (export.py adds the run's evaluations).
   """
+  from musegen_jax import hub  # pylint: disable=import-outside-toplevel
+
+  formats = export_formats(export_format)
   output_dir = os.path.abspath(output_dir)
   check_bundle_output(output_dir)
   os.makedirs(output_dir, exist_ok=True)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(output_dir, "params"),
-                    jax.device_get(params))
-  checkpointer.wait_until_finished()
+  params = jax.device_get(params)
+  if "orbax" in formats:
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(output_dir, "params"), params)
+    checkpointer.wait_until_finished()
+  if "safetensors" in formats:
+    hub.write_safetensors(
+        os.path.join(output_dir, hub.SAFETENSORS_FILE), params,
+        {"format": "flax", "library": "musegen_jax",
+         "bundle_format_version": BUNDLE_FORMAT_VERSION, "step": int(step),
+         "task": config.task, "model": config.model.name})
   shards.write_json_atomic(os.path.join(output_dir, "config.json"), config.to_dict())
   shards.write_json_atomic(os.path.join(output_dir, "representation.json"), representation)
+  if model_card is None:
+    model_card = hub.model_card(config, representation, step=int(step),
+                                params=params, formats=formats)
+  _write_text_atomic(os.path.join(output_dir, hub.MODEL_CARD_FILE), model_card)
   # Written last: its presence marks a complete bundle. The checksums let
   # load_bundle refuse a file changed or cut after export.
   shards.write_json_atomic(os.path.join(output_dir, BUNDLE_FILE),
               {"format_version": BUNDLE_FORMAT_VERSION, "step": int(step),
                "task": config.task, "model": config.model.name,
-               "sha256": _checksums(output_dir)})
+               "formats": list(formats), "sha256": _checksums(output_dir)})
   return output_dir
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+  """Writes `text` to a temporary file beside `path`, then renames it."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)
 
 
 def check_bundle_output(output_dir: str) -> None:
@@ -282,8 +329,27 @@ def _checksums(directory: str) -> dict[str, str]:
   return dict(sorted(sums.items()))
 
 
-def load_bundle(export_dir: str) -> Bundle:
-  """Loads a bundle written by `export_bundle`, with clear errors."""
+def load_bundle(export_dir: str, param_format: str | None = None) -> Bundle:
+  """Loads a bundle written by `export_bundle`, with clear errors.
+
+  Args:
+    export_dir: the bundle's directory.
+    param_format: which parameters to read, "orbax" or "safetensors"; None
+      reads orbax when the bundle has it (the arrays and tree exactly as
+      saved, without building the model), else model.safetensors, whose
+      flat keys are put back into the tree of the config's model
+      (`hub.expected_params`) and checked against its shapes.
+
+  Returns:
+    A Bundle whose params are the nested dict of arrays either way.
+
+  Raises:
+    errors.UserError: not a bundle, a format version this code does not read,
+      a file changed since export, the format asked for is absent, or
+      safetensors tensors that do not fit the config's model.
+  """
+  from musegen_jax import hub  # pylint: disable=import-outside-toplevel
+
   export_dir = os.path.abspath(export_dir)
   info_path = os.path.join(export_dir, BUNDLE_FILE)
   if not os.path.exists(info_path):
@@ -296,11 +362,11 @@ def load_bundle(export_dir: str) -> Bundle:
     raise errors.UserError(f"--export={export_dir}: {BUNDLE_FILE} is not valid "
                            f"JSON ({e}): the bundle is damaged; export it "
                            "again.") from None
-  if not isinstance(info, dict) or info.get("format_version") != BUNDLE_FORMAT_VERSION:
-    version = info.get("format_version") if isinstance(info, dict) else None
+  version = info.get("format_version") if isinstance(info, dict) else None
+  if version not in READABLE_FORMAT_VERSIONS:
     raise errors.UserError(
         f"--export={export_dir}: bundle format_version {version!r}, this "
-        f"musegen_jax reads {BUNDLE_FORMAT_VERSION}.")
+        f"musegen_jax reads {', '.join(map(str, READABLE_FORMAT_VERSIONS))}.")
   expected, found = info.get("sha256", {}), _checksums(export_dir)
   changed = sorted(p for p in set(expected) | set(found)
                    if expected.get(p) != found.get(p))
@@ -308,10 +374,23 @@ def load_bundle(export_dir: str) -> Bundle:
     raise errors.UserError(
         f"--export={export_dir}: files changed, added or missing since export "
         f"({', '.join(changed)}); refusing to load it. Export it again.")
+  formats = info.get("formats", ["orbax"])  # Version 1: orbax only.
+  if param_format is None:
+    param_format = "orbax" if "orbax" in formats else "safetensors"
+  if param_format not in formats:
+    raise errors.UserError(
+        f"--export={export_dir} holds no {param_format!r} parameters (it has "
+        f"{', '.join(formats)}).")
   config = ml_collections.ConfigDict(
       _read_json(os.path.join(export_dir, "config.json")))
   representation = _read_json(os.path.join(export_dir, "representation.json"))
-  params = ocp.StandardCheckpointer().restore(os.path.join(export_dir, "params"))
+  if param_format == "orbax":
+    params = ocp.StandardCheckpointer().restore(os.path.join(export_dir, "params"))
+  else:
+    path = os.path.join(export_dir, hub.SAFETENSORS_FILE)
+    tensors, _ = hub.read_safetensors(path)
+    params = hub.unflatten_params(hub.expected_params(config, representation),
+                                  tensors, source=path)
   return Bundle(params=params, config=config, representation=representation,
                 step=int(info["step"]))
 

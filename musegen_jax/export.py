@@ -4,8 +4,15 @@ r"""Exports a training run's parameters into a self-contained sampling bundle.
     python -m musegen_jax.export --workdir=runs/lstm --output=exports/lstm_best \
         --checkpoint=best
 
-The bundle (params as orbax arrays, config.json, representation.json,
-bundle.json) is all `musegen_jax.sample` needs; the run can be deleted.
+    python -m musegen_jax.export --workdir=runs/lstm --output=exports/lstm_hub \
+        --format=safetensors
+
+The bundle is all `musegen_jax.sample` needs; the run can be deleted. It
+holds the parameters (`--format`: "orbax" arrays under params/,
+"safetensors": model.safetensors with one tensor per parameter path, or
+"both", the default), config.json, representation.json, a model card
+(README.md: the Hugging Face Hub folder layout, with the run's evaluations)
+and bundle.json (formats, sha256 of every file).
 """
 
 from __future__ import annotations
@@ -28,16 +35,26 @@ flags.DEFINE_string("output", None, "Directory for the bundle.")
 flags.DEFINE_string("checkpoint", "latest",
                     "Which checkpoint: 'latest', 'best' (lowest valid loss) "
                     "or a step number.")
+flags.DEFINE_string("format", "both",
+                    "Parameter format: 'orbax', 'safetensors' (Hub layout: "
+                    "model.safetensors + README.md model card) or 'both'.")
 flags.mark_flags_as_required(["workdir", "output"])
 
 
-def export(workdir: str, output: str, which: str = "latest") -> str:
+def export(workdir: str, output: str, which: str = "latest",
+           export_format: str = "both") -> str:
   """Writes the bundle of checkpoint `which` of `workdir` into `output`.
 
+  `export_format`: "orbax", "safetensors" or "both" (`--format`).
+
   Raises:
-    errors.UserError: `workdir` is not a run with a checkpoint, `which` names
-      none of its checkpoints, or `output` already holds a bundle or is a file.
+    errors.UserError: a wrong `export_format`, `workdir` is not a run with a
+      checkpoint, `which` names none of its checkpoints, or `output` already
+      holds a bundle or is a file.
   """
+  from musegen_jax import checkpoint
+
+  checkpoint.export_formats(export_format)  # Checked before anything is read.
   which = str(which)
   if which not in ("latest", "best") and not which.isdigit():
     raise errors.UserError(f"--checkpoint={which!r}: use 'latest', 'best' or a "
@@ -46,7 +63,7 @@ def export(workdir: str, output: str, which: str = "latest") -> str:
   import ml_collections
   import orbax.checkpoint as ocp
 
-  from musegen_jax import checkpoint
+  from musegen_jax import hub
   from musegen_jax import parallel
   from musegen_jax import workdir as workdir_lib
   from musegen_jax import tasks
@@ -91,14 +108,24 @@ def export(workdir: str, output: str, which: str = "latest") -> str:
   abstract = train.abstract_train_state(task, mesh)
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract)))
+  metrics = manager.metrics(step) or {}
   manager.close()
-  return checkpoint.export_bundle(output, params=task.eval_params(restored["state"]),
-                                  config=config, representation=spec, step=step)
+  params = task.eval_params(restored["state"])
+  command = (f"python -m musegen_jax.export --workdir={workdir} "
+             f"--output={output} --checkpoint={which} --format={export_format}")
+  card = hub.model_card(
+      config, spec, step=step, params=params,
+      formats=checkpoint.export_formats(export_format),
+      evaluations=hub.read_evaluations(layout.train_log, up_to_step=step),
+      checkpoint_metrics=metrics, export_command=command)
+  return checkpoint.export_bundle(output, params=params, config=config,
+                                  representation=spec, step=step,
+                                  export_format=export_format, model_card=card)
 
 
 def main(argv: list[str]) -> None:
   del argv  # cli.run refuses extra arguments.
-  path = export(FLAGS.workdir, FLAGS.output, FLAGS.checkpoint)
+  path = export(FLAGS.workdir, FLAGS.output, FLAGS.checkpoint, FLAGS.format)
   print(f"Exported {FLAGS.workdir} to {path}")
 
 
