@@ -245,11 +245,15 @@ _LOADER_KEYS = ("bad_records", "num_workers", "prefetch_buffer_size",
 
 def _settings(node: Mapping[str, Any], indent: str = "",
               skip: Iterable[str] = ()) -> list[str]:
-  """'- key: `value`' lines of a section's plain values (nested sections
-  and `skip` left out)."""
-  return [f"{indent}- {key}: `{json.dumps(value)}`"
-          for key, value in sorted(node.items())
-          if not isinstance(value, Mapping) and key not in skip]
+  """'- key: `value`' lines of a section's plain values (nested sections,
+  `skip` and values of over 80 characters, e.g. a tokenizer's whole
+  vocabulary, left out)."""
+  lines = []
+  for key, value in sorted(node.items()):
+    text = json.dumps(value)
+    if not isinstance(value, Mapping) and key not in skip and len(text) <= 80:
+      lines.append(f"{indent}- {key}: `{text}`")
+  return lines
 
 
 def model_card(config: ml_collections.ConfigDict,
