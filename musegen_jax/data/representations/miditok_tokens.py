@@ -39,6 +39,10 @@ from musegen_jax.data.representations import base
 
 TOKENIZERS = ("REMI", "TSD", "MIDILike", "Structured")
 SPECIAL_TOKENS = ("PAD", "EOS")
+# Resolution of the MIDI files handed to MidiTok: fine, and a multiple of
+# every usual beat resolution (2, 3, 4, 6, 8, 12, 16, 24, 32), so that times
+# on the tokenizer's grid round to it exactly.
+MIDI_TICKS_PER_QUARTER = 960
 
 
 def _config_error(key: str, value: Any, allowed: str) -> errors.UserError:
@@ -184,8 +188,7 @@ class MidiTokRepresentation(base.TokenRepresentation):
         paths.append(path)
       if not paths:
         raise ValueError("No sequences to learn the BPE vocabulary from.")
-      tokenizer.train(vocab_size=size, model="BPE", files_paths=paths,
-                      show_progress=False)
+      tokenizer.train(vocab_size=size, model="BPE", files_paths=paths)
     return cls(**settings, params=tokenizer.to_dict())
 
   def _new_tokenizer(self):
@@ -229,7 +232,7 @@ class MidiTokRepresentation(base.TokenRepresentation):
     track, with its tempos and time signatures."""
     import note_seq  # pylint: disable=import-outside-toplevel
     merged = base.NoteSequence()
-    merged.ticks_per_quarter = ns.ticks_per_quarter or base.TICKS_PER_QUARTER
+    merged.ticks_per_quarter = MIDI_TICKS_PER_QUARTER
     merged.tempos.extend(ns.tempos)
     merged.time_signatures.extend(ns.time_signatures)
     for note in ns.notes:
