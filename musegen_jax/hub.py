@@ -132,10 +132,9 @@ def unflatten_params(expected: Any, tensors: Mapping[str, Any], *,
   Checked first with `check_params_match` (same arguments).
   """
   check_params_match(expected, tensors, source=source)
-  leaves, treedef = jax.tree_util.tree_flatten(expected)
-  del leaves
   return jax.tree_util.tree_unflatten(
-      treedef, [tensors[key] for key, _ in flat_items(expected)])
+      jax.tree_util.tree_structure(expected),
+      [tensors[key] for key, _ in flat_items(expected)])
 
 
 def expected_params(config: ml_collections.ConfigDict,
