@@ -32,6 +32,7 @@ from musegen_jax.parallel import pmap
 from musegen_jax import plots
 from musegen_jax import progress as progress_lib
 from musegen_jax import tasks
+from musegen_jax import warm_start
 from musegen_jax import workdir as workdir_lib
 from musegen_jax.data import pipeline
 from musegen_jax.data import shards
@@ -67,7 +68,9 @@ def _check_config(config: config_dict.ConfigDict, num_devices: int | None) -> No
     if not value > 0:
       raise ValueError(f"config.{key}={value!r} must be > 0")
   non_negative = {"data.num_workers": config.data.num_workers,
-                  "sample_every_steps": config.sample_every_steps}
+                  "sample_every_steps": config.sample_every_steps,
+                  "checkpoint_every_minutes": config.get(
+                      "checkpoint_every_minutes", 0.0)}
   for key, value in non_negative.items():
     if value < 0:
       raise ValueError(f"config.{key}={value!r} must be >= 0")
@@ -78,6 +81,7 @@ def _check_config(config: config_dict.ConfigDict, num_devices: int | None) -> No
   if config.nonfinite not in NONFINITE_MODES:
     raise ValueError(f"config.nonfinite={config.nonfinite!r}; allowed: "
                      f"{list(NONFINITE_MODES)}")
+  warm_start.check_config(config)
   tasks.check_config(config)
   parallel.check_parallelism(config.parallelism, config.batch_size,
                              num_devices, fsdp=config.mesh.fsdp,
@@ -92,6 +96,12 @@ def resolve_data_dir(config: config_dict.ConfigDict) -> str:
     errors.MissingInputError: `config.data.dir` is not a prepared dataset.
   """
   if config.data.dir:
+    from musegen_jax.data import poly_corpus  # pylint: disable=import-outside-toplevel
+    if config.task == "pianoroll" and poly_corpus.is_frames_file(config.data.dir):
+      # A polyphonic benchmark file as distributed (.pickle, .mat), read as is.
+      if not os.path.isfile(config.data.dir):
+        raise errors.MissingInputError(f"config.data.dir={config.data.dir}: no such file")
+      return config.data.dir
     if not os.path.isfile(os.path.join(config.data.dir, shards.METADATA_FILE)):
       raise errors.MissingInputError(
           f"config.data.dir={config.data.dir}: not a prepared dataset (no "
@@ -279,17 +289,27 @@ def _write_samples(task, params, rng, workdir: str, step: int,
       writer.write_audio(step, f"samples/audio/{i}", sample["wav"])
 
 
-def _agree_to_stop(stop: threading.Event, manager, step: int) -> bool:
-  """Whether every process stops (and saves) after `step`.
+def _now() -> float:
+  """The host clock of time-based checkpoints (seconds; tests replace it)."""
+  return time.monotonic()
+
+
+def _agree(stop: threading.Event, save_due: bool, manager,
+           step: int) -> tuple[bool, bool]:
+  """Whether every process stops (and saves) after `step`, and whether they
+  all save because `checkpoint_every_minutes` passed.
 
   A signal may reach only some hosts of a pod, so with several processes the
   flags are gathered (one tiny collective per step) and any one stops all;
   JAX's preemption notice (`jax.distributed`) is honoured through orbax.
+  The time to save is process 0's clock's, sent in the same gather: hosts'
+  clocks and start times differ, and a save is a collective.
   """
   if jax.process_count() == 1:
-    return stop.is_set()
-  flags = multihost_utils.process_allgather(np.asarray(stop.is_set()))
-  return bool(np.any(flags)) or manager.reached_preemption(step)
+    return stop.is_set(), save_due
+  flags = multihost_utils.process_allgather(np.asarray([stop.is_set(), save_due]))
+  stopping = bool(np.any(flags[:, 0])) or manager.reached_preemption(step)
+  return stopping, bool(flags[0, 1])
 
 
 def _sum_over_processes(values: np.ndarray) -> np.ndarray:
@@ -339,6 +359,11 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
   check_config(config)
   resolve_data_dir(config)  # A wrong data dir is told before the workdir is made.
   workdir = os.path.abspath(workdir)
+  # Fine-tuning starts from the bundle only while the run has no checkpoint
+  # of its own; once it has saved, it resumes from those.
+  bundle = None
+  if config.get("init_from", "") and not workdir_lib.Layout(workdir).has_checkpoint():
+    bundle = warm_start.load_source(config)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise errors.ExistingOutputError(
         f"--workdir={workdir} is a file; name a directory (a new one, or a "
@@ -349,7 +374,7 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
   with hold:
     if workdir_lib.Layout(workdir).has_checkpoint():
       workdir_lib.check_config(workdir, config, allow_change=allow_config_change)
-    return _train(config, workdir, stop_at_step, config_file)
+    return _train(config, workdir, stop_at_step, config_file, bundle)
 
 
 class _DispatchBound:
@@ -393,8 +418,13 @@ class _DispatchBound:
 
 
 def _train(config: config_dict.ConfigDict, workdir: str,
-           stop_at_step: int | None, config_file: str | None) -> Any:
-  """The loop of `train_and_evaluate`, once the workdir is checked and held."""
+           stop_at_step: int | None, config_file: str | None,
+           bundle: checkpoint.Bundle | None = None) -> Any:
+  """The loop of `train_and_evaluate`, once the workdir is checked and held.
+
+  `bundle` (`warm_start.load_source`) starts the parameters when the
+  workdir has no checkpoint to restore.
+  """
   mesh = create_mesh(config)
   use_pmap = config.parallelism == "pmap"
 
@@ -426,6 +456,9 @@ def _train(config: config_dict.ConfigDict, workdir: str,
   if restored is not None:
     state, start_step = restored
     say(f"Resumed from step {start_step} in {workdir}", flush=True)
+  elif bundle is not None:
+    state, report = warm_start.apply(state, bundle, config)
+    say(report.summary(config.init_from), flush=True)
 
   if use_pmap:
     # Replicated on the local devices while training; `on_mesh` puts one copy
@@ -457,6 +490,8 @@ def _train(config: config_dict.ConfigDict, workdir: str,
       total=config.num_train_steps, initial=start_step, enabled=is_chief,
       device=device, config_file=config_file)
   dispatch = _DispatchBound(progress)
+  save_seconds = 60.0 * config.get("checkpoint_every_minutes", 0.0)
+  last_save = _now()
   try:
     with _stop_on_signals() as stop:
       t_log = time.perf_counter()
@@ -476,10 +511,11 @@ def _train(config: config_dict.ConfigDict, workdir: str,
         # Every process acts on the agreed decision, never on its own flag:
         # a signal landing between the agreement and the save would
         # otherwise make one process save (a collective) alone.
-        stopping = _agree_to_stop(stop, manager, step)
+        save_due = save_seconds > 0 and _now() - last_save >= save_seconds
+        stopping, time_to_save = _agree(stop, save_due, manager, step)
         do_eval = step % config.eval_every_steps == 0 or step == config.num_train_steps
         do_save = (step % config.checkpoint_every_steps == 0 or step == last_step
-                   or stopping or do_eval)
+                   or stopping or do_eval or time_to_save)
         # Metrics are fetched (a host sync) only at log, eval and save steps;
         # a checkpoint is only written after its steps were checked finite.
         if step % config.log_every_steps == 0 or do_save:
@@ -539,6 +575,7 @@ def _train(config: config_dict.ConfigDict, workdir: str,
           checkpoint.save(manager, step, on_mesh(state), train_iter,
                           valid_loss=valid_loss,
                           force=True)
+          last_save = _now()
         if stopping:
           stopped = True
           break
