@@ -34,11 +34,14 @@ setuptools.setup(
     ],
     extras_require={
         # tensorboard: the tests read the event files with its EventAccumulator;
-        # wandb: the tests run the wandb sink offline.
+        # wandb: the tests run the wandb sink offline; music21: they prepare
+        # a few pieces of its corpus.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "tensorboard>=2.15",
-                 "wandb>=0.16"],
+                 "wandb>=0.16", "music21>=9"],
         # libtpu: `musegen_jax.aot` compiles for TPU topologies on any host.
         "tpu": ["libtpu>=0.0.52"],
+        # corpora: prepare --input=music21:bach,palestrina,... (its bundled corpus).
+        "corpora": ["music21>=9"],
         # wandb: --config.log_to=tensorboard,wandb.
         "wandb": ["wandb>=0.16"],
     },

@@ -24,6 +24,15 @@ then not a held-out figure). `--input=jsb` keeps the chorales' own split and als
 the result beside the shards (`OUTPUT/cache/`, removed when OUTPUT is prepared
 again).
 
+`--labels=folder|composer|FILE.csv` records a style label per piece (see
+data/labels.py: `input/<style>/...` with split folders above or below, the
+composer metadata, or a path,label manifest); `--input=music21:bach,palestrina,
+monteverdi,ryansMammoth,trecento` reads music21's bundled corpus (`pip install
+-e ".[corpora]"`), labelled by collection (`--max_per_label=N` keeps N pieces
+of each, chosen by a hash of their path). Labels go into the records and
+`metadata.json` ("labels": names and counts per split); a style with no piece
+in some split stops the run before metadata.json is written.
+
 `--input=FILE.pickle` (or `.pkl`, `.mat`) converts a polyphonic benchmark
 file (JSB Chorales, Nottingham, MuseData, Piano-midi.de as distributed:
 `data/poly_corpus.py`) into NoteSequences, keeping its train/valid/test
@@ -40,6 +49,7 @@ touched.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
 import sys
@@ -60,7 +70,9 @@ from musegen_jax import cli
 from musegen_jax import errors
 from musegen_jax.data import cache
 from musegen_jax.data import convert
+from musegen_jax.data import corpora
 from musegen_jax.data import jsb
+from musegen_jax.data import labels as labels_lib
 from musegen_jax.data import poly_corpus
 from musegen_jax.data import shards
 from musegen_jax.data import workers
@@ -82,6 +94,7 @@ class _Record(NamedTuple):
   num_notes: int = 0
   min_pitch: int = 128
   max_pitch: int = -1
+  label: str | None = None  # The piece's style (labels.get_label).
 
 
 class _FileResult(NamedTuple):
@@ -94,7 +107,7 @@ class _FileResult(NamedTuple):
 def _to_record(ns: convert.NoteSequence) -> _Record:
   pitches = [n.pitch for n in ns.notes]
   return _Record(ns.SerializeToString(), ns.total_time, len(ns.notes), min(pitches),
-                 max(pitches))
+                 max(pitches), labels_lib.get_label(ns))
 
 
 def _midi_path(midi_dir: str, split: str, sequence_id: str) -> str:
@@ -104,7 +117,8 @@ def _midi_path(midi_dir: str, split: str, sequence_id: str) -> str:
 
 
 def _convert_file(relpath: str, root: str, collection: str, valid_fraction: float,
-                  test_fraction: float, midi_dir: str | None) -> _FileResult:
+                  test_fraction: float, midi_dir: str | None,
+                  labeler: labels_lib.Labeler | None = None) -> _FileResult:
   """Converts one file (runs in a worker process)."""
   split = shards.split_for_path(relpath, valid_fraction, test_fraction)
   problems: list[str] = []
@@ -112,6 +126,49 @@ def _convert_file(relpath: str, root: str, collection: str, valid_fraction: floa
     sequences = convert.file_to_note_sequences(os.path.join(root, relpath), root, problems)
   except convert.ConversionError as e:
     return _FileResult(relpath, split, [], problems + [e.reason])
+  if labeler is not None:
+    sequences = _labelled(sequences, lambda ns: labeler.label(relpath, ns), problems,
+                          f"--labels={labeler.source}")
+  return _finish_sequences(relpath, split, sequences, problems, collection, midi_dir)
+
+
+def _labelled(sequences: list[convert.NoteSequence], label_fn, problems: list[str],
+              source: str) -> list[convert.NoteSequence]:
+  """The sequences that get a label (stored in them); the others reported."""
+  kept = []
+  for ns in sequences:
+    label = label_fn(ns)
+    if label is None:
+      problems.append(f"{ns.id}: no label ({source} gives none: no composer metadata)")
+    else:
+      labels_lib.set_label(ns, label)
+      kept.append(ns)
+  return kept
+
+
+def _convert_music21_piece(item: tuple[str, str], valid_fraction: float,
+                           test_fraction: float, midi_dir: str | None) -> _FileResult:
+  """Converts one file of music21's corpus, labelled by its collection (runs in
+  a worker process)."""
+  name, path = item
+  relpath = corpora.relpath(name, path)
+  split = shards.split_for_path(relpath, valid_fraction, test_fraction)
+  try:
+    sequences = corpora.note_sequences(name, path)
+  except Exception as e:  # pylint: disable=broad-except
+    return _FileResult(relpath, split, [], [f"music21 could not read it: "
+                                            f"{type(e).__name__}: {e}"])
+  if not sequences:
+    return _FileResult(relpath, split, [], ["no notes"])
+  for ns in sequences:
+    labels_lib.set_label(ns, name)
+  return _finish_sequences(relpath, split, sequences, [], name, midi_dir)
+
+
+def _finish_sequences(relpath: str, split: str, sequences: list[convert.NoteSequence],
+                      problems: list[str], collection: str,
+                      midi_dir: str | None) -> _FileResult:
+  """Sets the collection, writes the MIDI copies, makes the records."""
   for ns in sequences:
     ns.collection_name = collection
     if midi_dir:
@@ -141,10 +198,12 @@ def _check_arguments(input_path: str, output_dir: str, *, num_shards: int,
                      kind: str, sample_rate: int, valid_fraction: float,
                      test_fraction: float) -> None:
   """One-line errors for the flags, before anything is written."""
-  if input_path != JSB_INPUT and not os.path.exists(input_path):
+  if (input_path != JSB_INPUT and not corpora.is_music21_input(input_path)
+      and not os.path.exists(input_path)):
     raise errors.MissingInputError(
         f"--input={input_path}: no such file or folder; give a folder of music "
-        f"or audio files, one such file, or {JSB_INPUT!r} (the bundled chorales).")
+        f"or audio files, one such file, {JSB_INPUT!r} (the bundled chorales) or "
+        f"{corpora.PREFIX}NAME,... (music21's corpus).")
   if os.path.isfile(input_path) and not poly_corpus.is_frames_file(input_path):
     music, sounds, _ = _sort_files([os.path.basename(input_path)])
     if not music and not sounds:
@@ -158,8 +217,8 @@ def _check_arguments(input_path: str, output_dir: str, *, num_shards: int,
     raise ValueError(f"--num_shards={num_shards}: must be >= 1")
   if kind not in KINDS:
     raise ValueError(f"--kind={kind!r}: allowed: {', '.join(KINDS)}")
-  if input_path == JSB_INPUT and kind == AUDIO_KIND:
-    raise ValueError(f"--input={JSB_INPUT} gives NoteSequences; train with the audio "
+  if (input_path == JSB_INPUT or corpora.is_music21_input(input_path)) and kind == AUDIO_KIND:
+    raise ValueError(f"--input={input_path} gives NoteSequences; train with the audio "
                      "representation to render them (cached beside the shards)")
   if int(sample_rate) != sample_rate or sample_rate <= 0:
     raise ValueError(f"--sample_rate={sample_rate!r}: must be a positive integer (Hz)")
@@ -218,6 +277,14 @@ def _frames_file_results(path: str, collection: str, steps_per_quarter: int
       yield _FileResult(ns.id, split, [_to_record(ns)], [])
 
 
+def _first_by_hash(paths: Sequence[str], limit: int) -> list[str]:
+  """`limit` of `paths` (all for 0), the same ones on every machine."""
+  if not limit or limit >= len(paths):
+    return list(paths)
+  key = lambda p: hashlib.sha256(os.path.basename(p).encode("utf-8")).hexdigest()
+  return sorted(sorted(paths, key=key)[:limit])
+
+
 def _count_key(kind: str) -> str:
   return "num_clips" if kind == AUDIO_KIND else "num_sequences"
 
@@ -225,12 +292,13 @@ def _count_key(kind: str) -> str:
 def _write_shards(results: Iterable[_FileResult], total: int, output_dir: str, num_shards: int,
                   report: list[dict[str, str]], progress: bool,
                   kind: str = NOTE_SEQUENCE_KIND,
-                  ) -> tuple[dict[str, dict[str, Any]], list[int]]:
+                  ) -> tuple[dict[str, dict[str, Any]], list[int], dict[str, dict[str, int]]]:
   """Writes the records of all results; appends their problems to report.
 
   Returns:
     Per-split statistics for metadata.json (num_sequences and num_notes, or
-    num_clips for audio; total_seconds; shards), and [lowest, highest] pitch.
+    num_clips for audio; total_seconds; shards), [lowest, highest] pitch,
+    and {split: {label: records}} of the labelled records.
   """
   writers = {split: shards.SplitWriter(output_dir, split, num_shards) for split in shards.SPLITS}
   count_key = _count_key(kind)
@@ -240,6 +308,7 @@ def _write_shards(results: Iterable[_FileResult], total: int, output_dir: str, n
     for split_stats in stats.values():
       split_stats["num_notes"] = 0
   pitch_range = [128, -1]
+  label_counts: dict[str, dict[str, int]] = {split: {} for split in shards.SPLITS}
   try:
     for result in tqdm(results, total=total, desc="prepare", unit="file", file=sys.stderr,
                        disable=not progress):
@@ -255,6 +324,9 @@ def _write_shards(results: Iterable[_FileResult], total: int, output_dir: str, n
           split_stats["num_notes"] += record.num_notes
         pitch_range = [min(pitch_range[0], record.min_pitch),
                        max(pitch_range[1], record.max_pitch)]
+        if record.label is not None:
+          counts = label_counts[result.split]
+          counts[record.label] = counts.get(record.label, 0) + 1
   except BaseException:
     for writer in writers.values():
       writer.abort()
@@ -265,14 +337,15 @@ def _write_shards(results: Iterable[_FileResult], total: int, output_dir: str, n
     stats[split]["total_seconds"] = round(stats[split]["total_seconds"], 3)
     if not paths:
       print(f"warning: split {split!r} is empty", file=sys.stderr)
-  return stats, pitch_range
+  return stats, pitch_range, label_counts
 
 
 def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
             num_shards: int = 4, valid_fraction: float = 0.1, test_fraction: float = 0.1,
             write_midi: str | None = None, progress: bool = True,
             sample_rate: int = 16000, kind: str = "auto",
-            steps_per_quarter: int = 1) -> dict[str, Any]:
+            steps_per_quarter: int = 1, labels: str = "",
+            max_per_label: int = 0) -> dict[str, Any]:
   """Converts a corpus into shards, prepare_report.json and (last) metadata.json.
 
   Args:
@@ -294,6 +367,11 @@ def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
       music if the folder holds any music file, else audio. Files of the
       other kind are skipped and reported.
     steps_per_quarter: frames per quarter note of a frames file's sequences.
+    labels: "" (no labels), "folder", "composer" or a CSV manifest: where a
+      folder of music files finds each piece's style (data/labels.py).
+      "music21:..." inputs are labelled by collection.
+    max_per_label: music21 inputs: at most this many files per collection
+      (0: all), chosen by a hash of their path.
 
   Returns:
     The metadata written to metadata.json; for audio it has "kind": "audio"
@@ -312,7 +390,25 @@ def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
                      test_fraction=test_fraction)
     if steps_per_quarter < 1:
       raise ValueError(f"--steps_per_quarter={steps_per_quarter}: must be >= 1")
-  frames_file = os.path.isfile(input_path) and poly_corpus.is_frames_file(input_path)
+    if max_per_label < 0:
+      raise ValueError(f"--max_per_label={max_per_label}: must be >= 0 (0: all)")
+  music21_input = corpora.is_music21_input(input_path)
+  if music21_input:
+    if labels:
+      raise errors.UserError(f"--labels={labels}: music21 inputs are labelled by "
+                             "collection; leave --labels empty.")
+    names = corpora.collection_names(input_path)
+    pieces = [(name, path) for name in names
+              for path in _first_by_hash(corpora.corpus_paths(name), max_per_label)]
+  labeler = labels_lib.Labeler(labels) if labels else None
+  if labeler is not None and (input_path == JSB_INPUT or not os.path.isdir(input_path)):
+    raise errors.UserError(f"--labels={labels}: labels need --input to be a folder "
+                           f"of music files or {corpora.PREFIX}..., not {input_path}.")
+  if labeler is not None:
+    labeler.check_files(_find_files(input_path, [output_dir, write_midi or output_dir])[0],
+                        input_path)
+  frames_file = (not music21_input and os.path.isfile(input_path)
+                 and poly_corpus.is_frames_file(input_path))
   if frames_file:
     poly_corpus.read_file(input_path)  # Its errors come before OUTPUT changes.
   one_file = not frames_file and input_path != JSB_INPUT and os.path.isfile(input_path)
@@ -323,7 +419,16 @@ def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
   # Caches (rendered audio, vocabularies) belong to the shards just removed.
   shutil.rmtree(os.path.join(output_dir, "cache"), ignore_errors=True)
   report: list[dict[str, str]] = []
-  if input_path == JSB_INPUT:
+  if music21_input:
+    kind = NOTE_SEQUENCE_KIND
+    source, collection = input_path, "music21"
+    settings = {"num_shards": num_shards, "valid_fraction": valid_fraction,
+                "test_fraction": test_fraction, "max_per_label": int(max_per_label)}
+    convert_fn = functools.partial(
+        _convert_music21_piece, valid_fraction=valid_fraction,
+        test_fraction=test_fraction, midi_dir=write_midi)
+    results, total = workers.map_in_workers(convert_fn, pieces, num_workers), len(pieces)
+  elif input_path == JSB_INPUT:
     kind = NOTE_SEQUENCE_KIND
     source, collection = JSB_INPUT, jsb.JSB_COLLECTION
     settings = {"num_shards": num_shards, "qpm": jsb.JSB_QPM, "velocity": jsb.JSB_VELOCITY}
@@ -366,9 +471,12 @@ def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
       report += [{"file": f, "reason": "audio file; this run prepares music files "
                                        "(--kind=audio prepares the audio)"} for f in sounds]
       files = music
+      if labeler is not None:
+        settings["labels"] = labels
       convert_fn = functools.partial(
           _convert_file, root=input_path, collection=collection,
-          valid_fraction=valid_fraction, test_fraction=test_fraction, midi_dir=write_midi)
+          valid_fraction=valid_fraction, test_fraction=test_fraction, midi_dir=write_midi,
+          labeler=labeler)
     report.sort(key=lambda entry: entry["file"])
     results, total = workers.map_in_workers(convert_fn, files, num_workers), len(files)
     if one_file:
@@ -376,8 +484,8 @@ def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
   for entry in report:
     print(f"skipped {entry['file']}: {entry['reason']}", file=sys.stderr)
 
-  stats, pitch_range = _write_shards(results, total, output_dir, num_shards, report, progress,
-                                     kind)
+  stats, pitch_range, label_counts = _write_shards(
+      results, total, output_dir, num_shards, report, progress, kind)
   shards.write_json_atomic(os.path.join(output_dir, REPORT_FILE), report)
   if not any(s[_count_key(kind)] for s in stats.values()):
     raise errors.UserError(
@@ -397,6 +505,10 @@ def prepare(input_path: str, output_dir: str, num_workers: int | None = None,
     metadata["sample_rate"] = int(sample_rate)
   else:
     metadata["pitch_range"] = pitch_range
+  if music21_input or labeler is not None:
+    # Before metadata.json: without it the folder is no dataset to train on.
+    labels_lib.check_counts(label_counts, labels or input_path)
+    metadata["labels"] = labels_lib.metadata_entry(label_counts, labels or input_path)
   shards.write_metadata(output_dir, metadata)
   return metadata
 
@@ -442,13 +554,17 @@ def main(argv: Sequence[str]) -> None:
                      num_workers=flag.num_workers, num_shards=flag.num_shards,
                      valid_fraction=flag.valid_fraction, test_fraction=flag.test_fraction,
                      write_midi=write_midi, sample_rate=flag.sample_rate, kind=flag.kind,
-                     steps_per_quarter=flag.steps_per_quarter)
+                     steps_per_quarter=flag.steps_per_quarter, labels=flag.labels,
+                     max_per_label=flag.max_per_label)
   for split, s in metadata["splits"].items():
     if metadata["kind"] == AUDIO_KIND:
       counts = f"{s['num_clips']} clips at {metadata['sample_rate']} Hz"
     else:
       counts = f"{s['num_sequences']} sequences, {s['num_notes']} notes"
     print(f"{split}: {counts}, {s['total_seconds']:.0f} s in {len(s['shards'])} shards")
+  if "labels" in metadata:
+    for split, counts in metadata["labels"]["counts"].items():
+      print(f"{split} styles: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
   print(f"skipped {metadata['skipped']}; wrote {flag.output}")
 
 
@@ -460,6 +576,12 @@ def run() -> None:
                       ".mat: its own split), or 'jsb' for the bundled JSB Chorales (a "
                       "folder named jsb: ./jsb).")
   flags.DEFINE_string("output", None, "Dataset folder to write.")
+  flags.DEFINE_string("labels", "", "Style label per piece: 'folder' "
+                      "(INPUT/<style>/...), 'composer' (the files' composer "
+                      "metadata) or a CSV of path,label rows; empty: none. "
+                      "music21:... inputs are labelled by collection.")
+  flags.DEFINE_integer("max_per_label", 0, "music21:... inputs: at most this many "
+                       "files per collection (0: all).")
   flags.DEFINE_integer("num_workers", None,
                        "Conversion processes; default min(cpus, 8); 0 or 1: in-process.")
   flags.DEFINE_integer("num_shards", 4, "Most shards per split.")

@@ -30,6 +30,8 @@ SPLITS = ("train", "valid", "test")
 WRITER_OPTIONS = "group_size:1"
 _SPLIT_DIRS = {"train": "train", "valid": "valid", "validation": "valid",
                "val": "valid", "test": "test"}
+# Folder names (lower case) that put the files below them into a split.
+SPLIT_FOLDER_NAMES = frozenset(_SPLIT_DIRS)
 _SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.array_record$")
 
 
