@@ -1,26 +1,46 @@
-"""Polyphonic piano-roll modelling of JSB Chorales: Bernoulli or serial frames.
+"""Polyphonic piano-roll modelling: Bernoulli or serial frames, any corpus.
 
-The JSB Chorales benchmark of the polyphonic-music literature
-(Boulanger-Lewandowski et al. 2012; Bai et al. 2018): the bundled quarter-note
-chorales (`data/jsb_quarter.py`) as 88-key frames, with the file's own
-train/valid/test split. The metric is the negative log-likelihood in nats per
-frame, averaged over every frame of every piece of the split.
+The polyphonic-music benchmarks (Boulanger-Lewandowski et al. 2012; Bai et
+al. 2018) as 88-key frames, with their own train/valid/test split.
+`config.data.dir` names the pieces (`data/poly_corpus.py`): "" for the
+bundled quarter-note JSB Chorales (`data/jsb_quarter.py`), a benchmark file
+as distributed (`.pickle` or `.mat`: JSB, Nottingham, MuseData,
+Piano-midi.de), or a corpus from `python -m musegen_jax.prepare`, quantised
+to `config.data.steps_per_quarter` frames per quarter note. The metric is
+the negative log-likelihood in nats per frame, averaged over every frame of
+every piece of the split.
+
+Pieces of any length. Training reads windows of `config.data.max_frames`
+frames (serial: `config.data.max_tokens` tokens): a piece that fits is read
+whole, as it always was; a longer one appears once per `max_frames` of its
+length in each epoch, each time as a window at a random (seeded) start
+(`RandomPieceWindow`). Evaluation scores every frame of every whole piece
+once, in fixed-size windows (`eval_windows`) so that memory does not grow
+with the longest piece: the LSTM and GRU run a piece's windows in order
+and carry their state from one to the next (the full history, exactly);
+other models (the Transformer) read each window with the `context` frames
+before it and score only the frames after them: exact when the context
+covers the model's receptive field (local attention:
+num_layers * (attention_window - 1) frames), else half a window of history.
+A piece that fits one window is scored in one pass, as before.
+
 `config.data.frame_model` chooses how a frame given the history is modelled:
 
 "bernoulli": the model reads frames 0..t-1 (multi-hot) and predicts frame t
 as 88 independent Bernoullis (sigmoid cross-entropy over 88 logits); frame 0
-is predicted from an all-zero start frame. Batches are whole pieces,
-zero-padded to `config.data.max_frames`: {"frames": [batch, max_frames, 88]
-uint8, "mask": [batch, max_frames] uint8} (mask 1 on a piece's frames). The
-model is any linen module called as `model(frames, train=..., carry=...) ->
-(logits, carry)` on float multi-hot frames, with `vocab_size = 88`.
+is predicted from an all-zero start frame. Batches are pieces (or windows),
+zero-padded: {"frames": [batch, time, 88] uint8, "mask": [batch, time]
+uint8} (mask 1 on a piece's frames). The model is any linen module called as
+`model(frames, train=..., carry=...) -> (logits, carry)` on float multi-hot
+frames, with `vocab_size = 88`.
 
 "serial": a frame is the token list of its active keys in ascending order,
 then an end-of-frame token (EOF); a piece is START followed by its frames'
 lists. The codec and its vocabulary (`SERIAL_VOCAB_SIZE` = 90: 88 keys, EOF,
 START) are `data/representations/serial_frames.py`. START is also the padding
 after a piece and the blank that input dropout puts in place of a token; it
-is never a target.
+is never a target. A training window of a long piece starts at a frame
+boundary (its first token is START or an EOF).
 
 The model is any token LM of the zoo reading the tokens causally; its logits
 at each position give the next token's distribution, restricted to the
@@ -30,11 +50,10 @@ logits are -inf before the softmax in training, evaluation and sampling
 alike, so the probability of a frame is the product of its tokens' (keys and
 EOF) and its NLL, their sum, is directly comparable with the Bernoulli NLL
 per frame.
-Batches are whole pieces padded to `config.data.max_tokens`:
-{"tokens": [batch, max_tokens] int32}; frames are counted by their EOF
-targets. Samples are drawn token by token in one compiled loop and stop after
-`config.sample.length` frames; a frame's EOF is forced after
-`config.sample.max_notes_per_frame` keys.
+Batches are pieces (or windows) padded: {"tokens": [batch, length] int32};
+frames are counted by their EOF targets. Samples are drawn token by token in
+one compiled loop and stop after `config.sample.length` frames; a frame's
+EOF is forced after `config.sample.max_notes_per_frame` keys.
 """
 
 from __future__ import annotations
@@ -50,9 +69,11 @@ import numpy as np
 import optax
 from ml_collections import config_dict
 
+from musegen_jax import errors
 from musegen_jax import models
 from musegen_jax.data import jsb_quarter
 from musegen_jax.data import pipeline
+from musegen_jax.data import poly_corpus
 from musegen_jax.data.representations import pianoroll as pianoroll_rep
 from musegen_jax.data.representations import serial_frames
 from musegen_jax.data.representations.serial_frames import EOF_ID
@@ -65,8 +86,12 @@ from musegen_jax.tasks import samples
 
 Array = jax.Array
 NUM_KEYS = jsb_quarter.NUM_KEYS
-SAMPLE_QPM = 80.0  # Tempo of written samples: one frame is a quarter note.
+SAMPLE_QPM = 80.0  # Tempo of written samples, data.steps_per_quarter frames a quarter.
 FRAME_MODELS = ("bernoulli", "serial")
+# Models whose state carries a piece's whole history from window to window.
+RECURRENT_MODELS = ("lstm", "gru")
+# Keys added after bundles were exported (`tasks.fill_defaults`).
+CONFIG_DEFAULTS = {"data.steps_per_quarter": 1}
 
 
 def frame_model(config: config_dict.ConfigDict) -> str:
@@ -84,7 +109,8 @@ def check_config(config: config_dict.ConfigDict) -> None:
   positive = {"data.max_frames": config.data.max_frames,
               "sample.num_samples": config.sample.num_samples,
               "sample.length": config.sample.length,
-              "sample.temperature": config.sample.temperature}
+              "sample.temperature": config.sample.temperature,
+              "data.steps_per_quarter": config.data.get("steps_per_quarter", 1)}
   if serial:
     positive["data.max_tokens"] = config.data.max_tokens
   checks.check_optimizer_ranges(config)
@@ -120,6 +146,84 @@ def check_config(config: config_dict.ConfigDict) -> None:
       if config.model.max_len < needed:
         raise ValueError(f"config.model.max_len={config.model.max_len} is shorter "
                          f"than the {needed} positions config.{key} needs.")
+
+
+def eval_windows(config: config_dict.ConfigDict) -> tuple[int, int]:
+  """(window, context) of evaluation, in model input positions.
+
+  A piece is read in windows of `window` positions (Bernoulli:
+  `data.max_frames` frames; serial: `data.max_tokens` - 1 tokens), each
+  starting `window - context` after the one before; the first window's
+  positions are all scored, the others' after their first `context`.
+
+  Recurrent models (LSTM, GRU) carry their state from window to window:
+  context 0. A Transformer with local attention sees
+  num_layers * (attention_window - 1) positions back (capped at the window
+  less one); any other model half a window.
+  """
+  window = (int(config.data.max_tokens) - 1 if frame_model(config) == "serial"
+            else int(config.data.max_frames))
+  model = config.model
+  if model.name in RECURRENT_MODELS:
+    return window, 0
+  attention_window = int(model.get("attention_window", 0) or 0)
+  if model.name == "transformer" and attention_window > 0:
+    return window, min(int(model.num_layers) * (attention_window - 1), window - 1)
+  return window, window // 2
+
+
+def num_windows(length: int, window: int, context: int) -> int:
+  """Windows that cover `length` input positions (a power of two, so that
+  few padded lengths, and compiled programs, serve a corpus)."""
+  stride = window - context
+  needed = 1 + max(0, -(-(length - window) // stride))
+  return 1 << (needed - 1).bit_length()
+
+
+def padded_length(windows: int, window: int, context: int) -> int:
+  """Input positions that `windows` windows cover."""
+  return window + (windows - 1) * (window - context)
+
+
+def windowed_scores(apply: Any, inputs: Array, score: Any, *, window: int,
+                    context: int, recurrent: bool) -> tuple[Any, Any]:
+  """Scores every input position once, reading `window` positions at a time.
+
+  Args:
+    apply: `apply(inputs, carry) -> (logits, carry)`, the model at eval.
+    inputs: [batch, length, ...] the model inputs; `length` is `window` or
+      less, or `padded_length(n, window, context)` for some n.
+    score: `score(logits, start, size)`: a pytree for the logits of positions
+      start .. start + size - 1 (start may be traced).
+    window: positions per model call.
+    context: positions of each later window that are read but not scored
+      (0 with `recurrent`).
+    recurrent: carry the state from each window to the next.
+
+  Returns:
+    (the first window's score, the later windows' scores stacked on a
+    leading axis, or None when there is one window).
+  """
+  length = inputs.shape[1]
+  first = min(window, length)
+  logits, carry = apply(inputs[:, :first], None)
+  head = score(logits, 0, first)
+  stride = window - context
+  if length <= window:
+    return head, None
+  if (length - window) % stride:
+    raise ValueError(f"{length} positions are not windows of {window} "
+                     f"every {stride}.")
+
+  def step(carry, start):
+    part = jax.lax.dynamic_slice_in_dim(inputs, start, window, axis=1)
+    logits, new_carry = apply(part, carry if recurrent else None)
+    out = score(logits[:, context:], start + context, stride)
+    return (new_carry if recurrent else carry), out
+
+  starts = jnp.arange(1, 1 + (length - window) // stride, dtype=jnp.int32) * stride
+  _, tail = jax.lax.scan(step, carry if recurrent else None, starts)
+  return head, tail
 
 
 def frame_nll_sums(logits: Array, frames: Array, mask: Array) -> dict[str, Array]:
@@ -264,6 +368,44 @@ class _PieceAt(grain.transforms.Map):
     return {k: v[index] for k, v in self.arrays.items()}
 
 
+class RandomPieceWindow(grain.transforms.RandomMap):
+  """Entry index -> a window of its piece at a random start, padded.
+
+  A piece of n frames (or tokens) is `ceil(n / length)` entries, so that an
+  epoch reads about every frame once. Bernoulli: {"frames": [length, 88],
+  "mask": [length]}, the window starting anywhere; serial: {"tokens":
+  [length]}, starting at a frame boundary (a START or EOF token), the last
+  frames reached by the first boundary past n - length.
+  """
+
+  def __init__(self, sequences: list[np.ndarray], length: int, serial: bool):
+    self.sequences = sequences
+    self.length = int(length)
+    self.serial = serial
+    self.entries = np.repeat(np.arange(len(sequences)),
+                             [-(-len(x) // self.length) for x in sequences])
+
+  def _starts(self, x: np.ndarray) -> np.ndarray:
+    last = max(len(x) - self.length, 0)
+    if not self.serial or not last:
+      return np.arange(last + 1)
+    bounds = np.flatnonzero((x == START_ID) | (x == EOF_ID))
+    bounds = bounds[bounds < len(x) - 1]  # At least one target after it.
+    return bounds[:np.searchsorted(bounds, last, side="right") + 1]
+
+  def random_map(self, index: int, rng: np.random.Generator
+                 ) -> dict[str, np.ndarray]:
+    x = self.sequences[int(self.entries[index])]
+    starts = self._starts(x)
+    start = int(starts[rng.integers(len(starts))])
+    part = x[start:start + self.length]
+    if self.serial:
+      return {"tokens": pipeline.pad_to(part, self.length, PAD_ID)}
+    mask = np.zeros((self.length,), np.uint8)
+    mask[:len(part)] = 1
+    return {"frames": pipeline.pad_to(part, self.length, 0), "mask": mask}
+
+
 class RandomTranspose(grain.transforms.RandomMap):
   """Shifts a whole training piece by a random number of semitones.
 
@@ -296,11 +438,12 @@ class RandomTranspose(grain.transforms.RandomMap):
 
 
 class PianorollTask(base.SingleNetworkTask):
-  """Loss, evaluation and sampling of a next-frame model on JSB Chorales.
+  """Loss, evaluation and sampling of a next-frame model of 88-key frames.
 
   The model, optimizer, state and guarded update are `SingleNetworkTask`'s;
-  the update averages the NLL over the batch's frames. Nothing is prepared:
-  the quarter-note chorales ship with the package (`prepare_data`).
+  the update averages the NLL over the batch's frames. Nothing is prepared
+  (`prepare_data`): the pieces are read from `config.data.dir` by
+  `data/poly_corpus.py` (the bundled quarter-note chorales by default).
   """
 
   valid_metric = "nll"
@@ -323,41 +466,80 @@ class PianorollTask(base.SingleNetworkTask):
       return jnp.zeros((1, self.max_tokens - 1), jnp.int32)
     return jnp.zeros((1, self.max_frames, NUM_KEYS), jnp.float32)
 
-  def _pieces(self, split: str) -> dict[str, np.ndarray]:
-    """Every piece of `split`, padded: {"frames", "mask"} or {"tokens"}."""
-    rolls = jsb_quarter.load_rolls(split)
+  def _rolls(self, split: str) -> list[np.ndarray]:
+    """The pieces of `split` from `config.data.dir` as [frames, 88] rolls."""
+    return poly_corpus.load_rolls(self.config.data.dir, split,
+                                  int(self.config.data.get("steps_per_quarter", 1)))
+
+  def _sequences(self, split: str) -> list[np.ndarray]:
+    """The pieces of `split` as rolls (Bernoulli) or serial tokens."""
+    rolls = self._rolls(split)
     if self.serial:
-      return {"tokens": serial_frames.pad_tokens(
-          [serial_frames.roll_to_tokens(r) for r in rolls], self.max_tokens)}
-    frames, mask = jsb_quarter.pad_rolls(rolls, self.max_frames)
+      return [serial_frames.roll_to_tokens(r) for r in rolls]
+    return rolls
+
+  def _pad(self, sequences: list[np.ndarray], length: int) -> dict[str, np.ndarray]:
+    """Pieces padded to `length` frames (or tokens): {"frames", "mask"} or {"tokens"}."""
+    if self.serial:
+      return {"tokens": serial_frames.pad_tokens(sequences, length)}
+    frames, mask = jsb_quarter.pad_rolls(sequences, length)
     return {"frames": frames, "mask": mask}
 
+  def _pieces(self, split: str) -> dict[str, np.ndarray]:
+    """Every piece of `split`, padded to one training window (all must fit)."""
+    return self._pad(self._sequences(split),
+                     self.max_tokens if self.serial else self.max_frames)
+
   def create_train_dataset(self, data_dir: str) -> grain.IterDataset:
-    """Shuffled whole training pieces, this process's share of each batch.
+    """Shuffled training pieces (or windows of them), this process's share of
+    each batch.
+
+    When every piece fits a window (`data.max_frames` frames, serial:
+    `data.max_tokens` tokens) the pieces are read whole, padded. Otherwise
+    each piece appears once per window's length of it in an epoch, each
+    time as a window at a random start (`RandomPieceWindow`, seeded by
+    `config.seed` and the position in the stream).
 
     With `config.data.transpose` = k > 0 each piece is shifted by a random
     number of semitones in [-k, k] (`RandomTranspose`); evaluation never is.
     With `config.distill_teachers`, pieces also carry "targets": the frames
     mixed with the teachers' key probabilities (`teacher_probs`), which
-    training fits instead of the frames.
+    training fits instead of the frames (pieces that fit a window only).
 
-    `data_dir` is not read (the chorales are bundled). The iterator's state
-    (position and shuffle) goes into checkpoints.
+    `data_dir` is not read: the pieces come from `config.data.dir`
+    (`data/poly_corpus.py`). The iterator's state (position and shuffle)
+    goes into checkpoints.
     """
     del data_dir
     config = self.config
-    pieces = self._pieces("train")
+    sequences = self._sequences("train")
+    length = self.max_tokens if self.serial else self.max_frames
+    fits = all(len(x) <= length for x in sequences)
     teachers = [d for d in config.get("distill_teachers", "").split(",") if d]
-    if teachers:
-      weight = float(config.distill_weight)
-      soft = teacher_probs(teachers, pieces["frames"])
-      pieces["targets"] = (weight * soft + (1.0 - weight) *
-                           pieces["frames"].astype(np.float32))
-    ds = (grain.MapDataset.range(len(next(iter(pieces.values()))))
-          .seed(config.seed)
-          .shuffle()
-          .repeat()
-          .map(_PieceAt(pieces)))
+    if fits:
+      pieces = self._pad(sequences, length)
+      if teachers:
+        weight = float(config.distill_weight)
+        soft = teacher_probs(teachers, pieces["frames"])
+        pieces["targets"] = (weight * soft + (1.0 - weight) *
+                             pieces["frames"].astype(np.float32))
+      ds = (grain.MapDataset.range(len(next(iter(pieces.values()))))
+            .seed(config.seed)
+            .shuffle()
+            .repeat()
+            .map(_PieceAt(pieces)))
+    else:
+      if teachers:
+        raise errors.UserError(
+            f"config.distill_teachers needs every training piece to fit "
+            f"config.data.max_frames={self.max_frames}; {config.data.dir} has "
+            f"one of {max(map(len, sequences))} frames.")
+      window = RandomPieceWindow(sequences, length, self.serial)
+      ds = (grain.MapDataset.range(len(window.entries))
+            .seed(config.seed)
+            .shuffle()
+            .repeat()
+            .random_map(window))
     if config.data.get("transpose", 0):
       ds = ds.random_map(RandomTranspose(config.data.transpose))
     ds = ds[jax.process_index()::jax.process_count()]
@@ -366,28 +548,54 @@ class PianorollTask(base.SingleNetworkTask):
         prefetch_buffer_size=config.data.prefetch_buffer_size)
 
   def eval_data(self, data_dir: str, split: str = "valid") -> dict[str, np.ndarray]:
-    """Every piece of `split`, whole and padded: {"frames", "mask"} or {"tokens"}.
+    """Every piece of `split`, whole, in file order: {"frames", "mask"} or
+    {"tokens"}, padded to the windows that cover the longest
+    (`eval_windows`; one window, `data.max_frames` frames or
+    `data.max_tokens` tokens, when every piece fits).
 
     With `config.num_eval_batches` >= 0 only as many pieces as those batches
     hold (the loop stops there anyway).
     """
     del data_dir
-    pieces = self._pieces(split)
+    sequences = self._sequences(split)
     if self.config.num_eval_batches >= 0:
-      keep = self.config.num_eval_batches * self.config.batch_size
-      pieces = {k: v[:keep] for k, v in pieces.items()}
-    return pieces
+      sequences = sequences[:self.config.num_eval_batches * self.config.batch_size]
+    window, context = eval_windows(self.config)
+    # Input positions: a roll's frames; serial, the tokens but the last.
+    longest = max((len(x) - self.serial for x in sequences), default=1)
+    length = padded_length(num_windows(longest, window, context), window, context)
+    return self._pad(sequences, length + self.serial)
 
   def eval_batches(self, eval_data: dict[str, np.ndarray]
                    ) -> Iterator[dict[str, np.ndarray]]:
-    """This process's share of fixed-size batches; the last padded with empty pieces."""
+    """This process's share of fixed-size batches; the last padded with empty pieces.
+
+    When the pieces span several windows, they are batched longest first and
+    each batch is cut to the windows that cover its longest piece.
+    """
     size = self.config.batch_size
     per_process = size // jax.process_count()
     lo = jax.process_index() * per_process
     # An empty piece: mask 0 (Bernoulli) or nothing but padding (serial).
     pad = PAD_ID if self.serial else 0
-    for start in range(0, len(next(iter(eval_data.values()))), size):
-      batch = {k: pipeline.pad_to(v[start:start + size], size, pad)
+    window, context = eval_windows(self.config)
+    if self.serial:
+      tokens = eval_data["tokens"]
+      # Input positions up to the last token of each piece.
+      lengths = tokens.shape[1] - np.argmax((tokens != PAD_ID)[:, ::-1], axis=1) - 1
+    else:
+      lengths = eval_data["mask"].sum(axis=1)
+    total = next(iter(eval_data.values())).shape[1] - self.serial
+    order = np.arange(len(lengths))
+    if total > window:
+      order = np.argsort(-lengths, kind="stable")
+    for start in range(0, len(order), size):
+      rows = order[start:start + size]
+      length = total
+      if total > window:
+        length = padded_length(num_windows(int(lengths[rows].max()), window, context),
+                               window, context)
+      batch = {k: pipeline.pad_to(v[rows, :length + self.serial], size, pad)
                for k, v in eval_data.items()}
       yield {k: v[lo:lo + per_process] for k, v in batch.items()}
 
@@ -452,25 +660,66 @@ class PianorollTask(base.SingleNetworkTask):
     return frame_nll_sums(logits, batch.get("targets", batch["frames"]),
                           batch["mask"])
 
+  def _eval_apply(self, params: Any):
+    """`apply(inputs, carry) -> (logits, carry)`: the model at evaluation."""
+    return lambda inputs, carry: self.model.apply(
+        {"params": params}, inputs if self.serial else inputs.astype(jnp.float32),
+        train=False, carry=carry)
+
+  def _windowed(self, params: Any, batch: dict[str, Array], score: Any):
+    """`windowed_scores` over a batch's model inputs; `score(logits, start,
+    size, targets)` gets the batch's arrays cut to the scored positions
+    (serial: "tokens" from the token before the first target)."""
+    window, context = eval_windows(self.config)
+    cut = lambda x, start, size: jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
+    if self.serial:
+      tokens = batch["tokens"]
+      inputs = tokens[:, :-1]
+      targets = lambda start, size: {"tokens": cut(tokens, start, size + 1)}
+    else:
+      inputs = shift_right(batch["frames"])
+      # eval_log_probs needs no mask (`teacher_probs` gives none).
+      targets = lambda start, size: {k: cut(batch[k], start, size)
+                                     for k in ("frames", "mask") if k in batch}
+    return windowed_scores(
+        self._eval_apply(params), inputs,
+        lambda logits, start, size: score(logits, targets(start, size)),
+        window=window, context=context,
+        recurrent=self.config.model.name in RECURRENT_MODELS)
+
+  def _window_log_probs(self, logits: Array, targets: dict[str, Array]) -> Array:
+    if self.serial:
+      return masked_log_probs(logits, targets["tokens"][:, :-1])
+    return key_log_probs(logits)
+
   def eval_step(self, params: Any, batch: dict[str, Array]) -> dict[str, Array]:
-    """NLL and frame sums over a batch; `summarize` turns totals into means."""
-    return self.log_prob_sums(self.eval_log_probs(params, batch), batch)
+    """NLL and frame sums over a batch of whole pieces, window by window
+    (`eval_windows`: memory bounded by one window); `summarize` turns
+    totals into means."""
+    head, tail = self._windowed(params, batch, lambda logits, targets: (
+        self.log_prob_sums(self._window_log_probs(logits, targets), targets)))
+    if tail is None:
+      return head
+    return jax.tree.map(lambda h, t: h + jnp.sum(t, axis=0), head, tail)
 
   def eval_log_probs(self, params: Any, batch: dict[str, Array]) -> Array:
     """The model's log-probabilities of every target's possible values.
 
     What an ensemble averages (as probabilities; `evaluate --export=A,B`),
-    then scores with `log_prob_sums`.
+    then scores with `log_prob_sums`. Computed window by window as
+    `eval_step` is; the result holds every position of the batch.
 
     Returns:
       Bernoulli: [batch, time, 88, 2], each key off and on; serial:
       [batch, length - 1, SERIAL_VOCAB_SIZE], each next token (-inf where
       the encoding forbids it).
     """
-    logits = self._logits(params, batch, None, train=False)
-    if self.serial:
-      return masked_log_probs(logits, batch["tokens"][:, :-1])
-    return key_log_probs(logits)
+    head, tail = self._windowed(params, batch, self._window_log_probs)
+    if tail is None:
+      return head
+    tail = jnp.moveaxis(tail, 0, 1)
+    tail = tail.reshape((tail.shape[0], -1) + tail.shape[3:])
+    return jnp.concatenate([head, tail], axis=1)
 
   def log_prob_sums(self, log_probs: Array, batch: dict[str, Array]
                     ) -> dict[str, Array]:
@@ -542,7 +791,8 @@ class PianorollTask(base.SingleNetworkTask):
                         temperature=temperature)
     if directory is None:
       return []
-    sequences = (pianoroll_rep.roll_to_sequence(roll, steps_per_quarter=1,
+    steps_per_quarter = int(self.config.data.get("steps_per_quarter", 1))
+    sequences = (pianoroll_rep.roll_to_sequence(roll, steps_per_quarter=steps_per_quarter,
                                                 min_pitch=jsb_quarter.MIN_PITCH,
                                                 qpm=SAMPLE_QPM)
                  for roll in rolls)
