@@ -35,13 +35,16 @@ def default_config(task: str) -> config_dict.ConfigDict:
     the best by the task's valid metric); sample_every_steps (0: never):
     samples to WORKDIR/samples/STEP/ and TensorBoard.
   - checkpoint_every_minutes: > 0 also saves when this many minutes have
-    passed since the last save (long pod runs; 0: steps only).
+    passed since the last save, by process 0's clock (long pod runs; 0:
+    steps only).
   - log_to: comma-separated metric sinks, "tensorboard" and/or "wandb"
     (wandb is an optional install; offline unless configured).
-  - init_from: an export bundle whose parameters start the run (fine-tuning;
-    "" = from scratch); init_from_keys: a regex over parameter paths
-    restricting what is copied (""= all that match in shape); freeze: a
-    regex over parameter paths kept fixed during training ("" = none).
+  - init_from: an export bundle of the same task and model whose parameters
+    start the run (fine-tuning; read only while the workdir has no
+    checkpoint; "" = from scratch); init_from_keys: a regex searched in the
+    "/"-joined parameter paths ("lstm_0/w_ih") restricting what is copied
+    ("" = all that match in shape); freeze: such a regex of parameters kept
+    fixed during training ("" = none; not the GAN). See `warm_start`.
   - parallelism, mesh, logical_axis_rules, grad_accum_steps:
     `add_parallelism`.
   """

@@ -357,7 +357,10 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
     The final train state.
   """
   check_config(config)
-  resolve_data_dir(config)  # A wrong data dir is told before the workdir is made.
+  # A wrong data dir is told before the workdir is made; keys that follow
+  # from the data (the classifier's styles) are filled in before the config
+  # is compared with the workdir's and written.
+  tasks.configure_from_data(config, resolve_data_dir(config))
   workdir = os.path.abspath(workdir)
   # Fine-tuning starts from the bundle only while the run has no checkpoint
   # of its own; once it has saved, it resumes from those.
@@ -374,6 +377,7 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
   with hold:
     if workdir_lib.Layout(workdir).has_checkpoint():
       workdir_lib.check_config(workdir, config, allow_change=allow_config_change)
+      warm_start.check_resume(workdir_lib.Layout(workdir).config, config)
     return _train(config, workdir, stop_at_step, config_file, bundle)
 
 

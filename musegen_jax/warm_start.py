@@ -23,6 +23,7 @@ included).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from typing import Any, Callable
@@ -131,6 +132,28 @@ def freeze_labels(config: config_dict.ConfigDict
   return labels
 
 
+def check_resume(old_config_path: str, config: config_dict.ConfigDict) -> None:
+  """Refuses to resume a run under a different `config.freeze`.
+
+  The optimizer state holds moments for the trained parameters only, so the
+  checkpoints of one `freeze` do not restore under another (and would be
+  taken for damaged ones). `old_config_path`: the run's config.json.
+
+  Raises:
+    errors.UserError: `freeze` changed, naming both values.
+  """
+  if not os.path.exists(old_config_path):
+    return
+  with open(old_config_path, encoding="utf-8") as f:
+    old = json.load(f).get("freeze", "")
+  new = config.get("freeze", "")
+  if old != new:
+    raise errors.UserError(
+        f"config.freeze={new!r}, but the checkpoints in this workdir were "
+        f"trained with freeze={old!r} (their optimizer state differs): resume "
+        "with the same freeze, or fine-tune into another --workdir.")
+
+
 # --- the bundle --------------------------------------------------------------
 
 
@@ -151,7 +174,11 @@ def load_source(config: config_dict.ConfigDict) -> Any:
   try:
     bundle = checkpoint.load_bundle(path)
   except errors.UserError as e:
-    raise type(e)(f"--config.init_from={path}: {e}") from None
+    # load_bundle names its --export flag; this run's flag is init_from.
+    message, flag = str(e), f"--export={os.path.abspath(path)}"
+    message = (f"--config.init_from={path}{message[len(flag):]}"
+               if message.startswith(flag) else f"--config.init_from={path}: {message}")
+    raise type(e)(message) from None
   theirs = (bundle.config.get("task"), bundle.config.get("model", {}).get("name"))
   ours = (config.task, config.model.get("name"))
   if theirs != ours:

@@ -212,6 +212,13 @@ def test_a_resumed_fine_tune_ignores_init_from_and_repeats_the_losses(
   assert "Resumed from step 5" in out and "init_from=" not in out
   losses = lambda w: {r["step"]: r["train/loss"] for r in log_rows(w)}
   assert losses(cut) == losses(full)  # Bit for bit, every step.
+  # Its checkpoints hold no moments for the frozen parameters: another
+  # freeze is refused before they are read (or taken for damaged ones).
+  with pytest.raises(errors.UserError,
+                     match=r"config.freeze='', but the checkpoints in this "
+                           r"workdir were trained with freeze='\^embed/'"):
+    train.train_and_evaluate(_config(num_train_steps=14), cut)
+  assert sorted(os.listdir(os.path.join(cut, "checkpoints"))) == ["12", "5"]
 
 
 # --- refusals ------------------------------------------------------------------
@@ -231,6 +238,12 @@ def test_a_missing_bundle_is_named_before_the_workdir_is_made(tmp_path):
                      f"--config.init_from={missing}: no such bundle",
                      errors.MissingInputError)
   assert not os.path.exists(workdir)
+
+
+def test_a_folder_that_is_no_bundle_is_named_by_the_key(tmp_path):
+  _refused(tmp_path, _config(init_from=str(tmp_path)),
+           f"--config.init_from={tmp_path} is not an export bundle",
+           errors.MissingInputError)
 
 
 def test_a_bundle_of_another_model_is_refused_naming_both(tmp_path, bundle):
