@@ -13,6 +13,8 @@ after export:
     python -m musegen_jax.export --workdir=runs/jsb_gru --output=exports/jsb_gru \
         --checkpoint=best
     python -m musegen_jax.evaluate --export=exports/jsb_gru --split=test
+
+This is configs/poly_gru.py (any corpus) with the bundled data.
 """
 
 from ml_collections import config_dict
@@ -21,9 +23,8 @@ from musegen_jax import config_defaults
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
-  """configs/jsb_lstm.py's config (and its `smoke` variant) with a GRU."""
-  config = config_defaults.sibling_config(__file__, "jsb_lstm", arg)
-  config.model.name = "gru"  # musegen_jax/models/gru.py
-  if arg != "smoke":
-    config.model.hidden_size = 384
+  """configs/poly_gru.py's config (and its `smoke` variant) on the bundled
+  quarter-note chorales."""
+  config = config_defaults.sibling_config(__file__, "poly_gru", arg)
+  config.data.dir = ""  # The bundled JSB Chorales.
   return config
