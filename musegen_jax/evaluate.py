@@ -7,7 +7,10 @@ What is measured is the task's own evaluation, the one training runs every
 eval period: the GAN's Frechet distance between log-mel statistics of
 generated and real clips of the split; a token model's loss, accuracy and
 perplexity over the split; the VAE's negative ELBO, reconstruction and KL
-(nats per sequence), reconstruction per token and accuracy. Choose models on valid, never on test.
+(nats per sequence), reconstruction per token and accuracy; the style
+classifier's loss and accuracy per window, its accuracy per piece and the
+pieces' confusion matrix ({"confusion": {TRUE: {PREDICTED: count}}}).
+Choose models on valid, never on test.
 
 Several bundles, comma-separated, are evaluated as an ensemble: the average
 of their predictive distributions (probabilities, not logits), scored like
@@ -81,7 +84,20 @@ def evaluate(export_dir: str, *, split: str = "valid", data_dir: str | None = No
   metrics = train.evaluate(eval_step, task, bundle.params, eval_data, mesh,
                            config.num_eval_batches)
   return {"export": export_dir, "step": bundle.step, "split": split,
-          "task": config.task, "model": config.model.name, **metrics}
+          "task": config.task, "model": config.model.name, **_nested(metrics)}
+
+
+def _nested(metrics: dict[str, float]) -> dict[str, Any]:
+  """Flat "a/b/c" figures (the classifier's "confusion/TRUE/PREDICTED"
+  counts, flat for TensorBoard) as {"a": {"b": {"c": value}}}."""
+  out: dict[str, Any] = {}
+  for key, value in metrics.items():
+    *parents, leaf = key.split("/")
+    node = out
+    for name in parents:
+      node = node.setdefault(name, {})
+    node[leaf] = int(value) if parents and float(value).is_integer() else value
+  return out
 
 
 def evaluate_ensemble(export_dirs: list[str], *, split: str = "valid",

@@ -357,7 +357,10 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
     The final train state.
   """
   check_config(config)
-  resolve_data_dir(config)  # A wrong data dir is told before the workdir is made.
+  # A wrong data dir is told before the workdir is made; keys that follow
+  # from the data (the classifier's styles) are filled in before the config
+  # is compared with the workdir's and written.
+  tasks.configure_from_data(config, resolve_data_dir(config))
   workdir = os.path.abspath(workdir)
   # Fine-tuning starts from the bundle only while the run has no checkpoint
   # of its own; once it has saved, it resumes from those.

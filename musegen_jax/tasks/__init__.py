@@ -19,7 +19,8 @@ from ml_collections import config_dict
 TASKS = {"lm": ("musegen_jax.tasks.lm", "LanguageModelTask"),
          "pianoroll": ("musegen_jax.tasks.pianoroll", "PianorollTask"),
          "gan": ("musegen_jax.tasks.gan", "GANTask"),
-         "vae": ("musegen_jax.tasks.vae", "VAETask")}
+         "vae": ("musegen_jax.tasks.vae", "VAETask"),
+         "classify": ("musegen_jax.tasks.classify", "ClassifyTask")}
 
 
 def _lookup(name: str) -> tuple[Any, str]:
@@ -48,6 +49,15 @@ def check_config(config: config_dict.ConfigDict) -> None:
   module, _ = _lookup(config.task)
   fill_defaults(config)
   module.check_config(config)
+
+
+def configure_from_data(config: config_dict.ConfigDict, data_dir: str) -> None:
+  """The task module's `configure_from_data(config, data_dir)`, where it has
+  one: config keys that follow from the dataset (the classifier's styles)."""
+  module, _ = _lookup(config.task)
+  configure = getattr(module, "configure_from_data", None)
+  if configure is not None:
+    configure(config, data_dir)
 
 
 def create_task(config: config_dict.ConfigDict, representation: Any):

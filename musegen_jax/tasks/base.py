@@ -11,6 +11,10 @@ gives:
 - optionally `CONFIG_DEFAULTS`: {"dotted.key": value} for keys added after
   bundles were exported, filled in where a config lacks them so older
   bundles load (`tasks.fill_defaults`);
+- optionally `configure_from_data(config, data_dir)`: fills config keys that
+  follow from the dataset (the classifier's styles) when a run starts, so
+  the run's config.json and its bundles record them
+  (`tasks.configure_from_data`);
 - optionally `evaluate_num_batches(config)`: the eval batches
   `python -m musegen_jax.evaluate` uses when not told (the GAN's default
   reaches 512 clips; without it, `config.num_eval_batches`).
