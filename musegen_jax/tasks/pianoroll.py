@@ -677,7 +677,8 @@ class PianorollTask(base.SingleNetworkTask):
       inputs = tokens[:, :-1]
       targets = lambda start, size: {"tokens": cut(tokens, start, size + 1)}
     else:
-      inputs = shift_right(batch["frames"])
+      # shift_right, kept in uint8: each window becomes float32 on its own.
+      inputs = jnp.pad(batch["frames"], ((0, 0), (1, 0), (0, 0)))[:, :-1]
       # eval_log_probs needs no mask (`teacher_probs` gives none).
       targets = lambda start, size: {k: cut(batch[k], start, size)
                                      for k in ("frames", "mask") if k in batch}
