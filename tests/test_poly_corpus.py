@@ -326,3 +326,20 @@ def test_train_export_evaluate_on_a_benchmark_pickle(tmp_path, pickle_file):
   result = evaluate.evaluate(str(tmp_path / "bundle"), split="test")
   assert result["frames"] == 12 + 3
   assert 0 < result["nll"] < 88 * np.log(2) + 1
+
+
+# --- Dataset-neutral configs ----------------------------------------------
+
+@pytest.mark.parametrize("jsb,poly", [("jsb_lstm", "poly_lstm"), ("jsb_gru", "poly_gru"),
+                                      ("jsb_transformer", "poly_transformer"),
+                                      ("jsb_lstm_serial", "poly_lstm_serial")])
+def test_jsb_configs_are_the_poly_configs_on_the_bundled_data(jsb, poly):
+  for variant in (None, "smoke"):
+    assert load_config(jsb, variant).to_dict() == load_config(poly, variant).to_dict()
+  config = load_config(jsb, None)
+  assert config.data.dir == ""
+  # One evaluation window holds any JSB piece (160 frames, 788 tokens);
+  # the Transformer's 8 layers of window 2 read 8 frames of context.
+  assert pianoroll.eval_windows(config) == {
+      "jsb_lstm": (160, 0), "jsb_gru": (160, 0), "jsb_transformer": (160, 8),
+      "jsb_lstm_serial": (787, 0)}[jsb]
