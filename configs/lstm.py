@@ -58,6 +58,14 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       tokenizer="REMI", pitch_low=21, pitch_high=108, beat_resolution=8,
       max_beats=8, num_velocities=32, use_tempos=True, bpe_vocab_size=0))
 
+  # Style conditioning (tasks/lm.py): with enabled=True, on a labelled
+  # config.data.dir (prepare --labels=... or --input=music21:...), each window
+  # starts with its piece's style token, replaced by "no style" with
+  # probability dropout, so the model is also unconditional; sample with
+  # --style=NAME [--guidance=W]. styles: filled from the data's labels.
+  config.condition = config_dict.ConfigDict(dict(enabled=False, dropout=0.1))
+  config.styles = ()
+
   # Samples: MIDI + piano-roll PNGs every sample_every_steps.
   config.sample = config_dict.ConfigDict()
   config.sample.num_samples = 4

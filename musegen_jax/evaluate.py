@@ -12,6 +12,15 @@ classifier's loss and accuracy per window, its accuracy per piece and the
 pieces' confusion matrix ({"confusion": {TRUE: {PREDICTED: count}}}).
 Choose models on valid, never on test.
 
+With `--classifier=CLS` (a bundle of the classify task) the bundle is a
+style-conditioned token model, and what is measured is its samples: for
+`--style=NAME` (default: each of its styles) it draws `--num_samples`
+pieces at `--guidance`, decodes them, and reports the share the classifier
+assigns to the requested style (`style_share`) and what it predicted:
+
+    python -m musegen_jax.evaluate --export=exports/styles_lstm \
+        --classifier=exports/style_classifier --num_samples=64 --guidance=2
+
 Several bundles, comma-separated, are evaluated as an ensemble: the average
 of their predictive distributions (probabilities, not logits), scored like
 one model, beside each member's own figure. The members may differ in
@@ -174,10 +183,91 @@ def evaluate_ensemble(export_dirs: list[str], *, split: str = "valid",
                           export_dirs, members, summaries)]}
 
 
+def evaluate_styles(export_dir: str, classifier_dir: str, *,
+                    style: str | None = None, num_samples: int = 64,
+                    guidance: float = 1.0, length: int | None = None,
+                    temperature: float = 1.0, top_p: float = 1.0,
+                    seed: int = 0) -> dict[str, Any]:
+  """How often a style classifier finds the requested style in samples of a
+  style-conditioned token model.
+
+  For each style (`style`, or every style of the model) `num_samples` pieces
+  of `length` tokens (default: the model's `sample.length`) are drawn in one
+  batch at `guidance` and scored whole by the classifier
+  (`ClassifyTask.classify_rolls`).
+
+  Returns:
+    {"style_share": {style: share classified as it}, "mean_style_share",
+    "predicted": {style: {classifier style: count}}, and the settings}.
+
+  Raises:
+    errors.UserError: the bundles are not a conditioned token model and a
+      classifier, a style unknown to either, or a bad count.
+  """
+  import jax
+  import numpy as np
+
+  from musegen_jax import checkpoint
+  from musegen_jax import tasks
+  from musegen_jax.data import pipeline
+
+  if num_samples < 1:
+    raise errors.UserError(f"--num_samples={num_samples}: must be >= 1.")
+  generator, judge = checkpoint.load_bundle(export_dir), checkpoint.load_bundle(classifier_dir)
+  if judge.config.task != "classify":
+    raise errors.UserError(f"--classifier={classifier_dir} holds a "
+                           f"{judge.config.task!r} model, not a style classifier "
+                           "(config.task='classify').")
+  if generator.config.task != "lm":
+    raise errors.UserError(f"--export={export_dir} holds a {generator.config.task!r} "
+                           "model; --classifier scores a style-conditioned token "
+                           "model (lm).")
+  gen_task = tasks.create_task(generator.config,
+                               pipeline.representation_from_spec(generator.representation))
+  cls_task = tasks.create_task(judge.config,
+                               pipeline.representation_from_spec(judge.representation))
+  if not gen_task.styles:
+    raise errors.UserError(f"--export={export_dir}: the model is not style-"
+                           "conditioned (config.condition.enabled).")
+  wanted = [style] if style else list(gen_task.styles)
+  for name in wanted:
+    gen_task.style_token(name)  # Unknown to the model: the known ones listed.
+    if name not in cls_task.styles:
+      raise errors.UserError(f"--style={name!r}: the classifier knows "
+                             f"{', '.join(cls_task.styles)}.")
+  length = int(generator.config.sample.length if length is None else length)
+  shares, predicted = {}, {}
+  for i, name in enumerate(wanted):
+    rng = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+    tokens, prime = gen_task.sample_pieces(
+        generator.params, rng, num_samples=num_samples, length=length,
+        temperature=temperature, top_p=top_p, style=name, guidance=guidance)
+    rolls = [cls_task.representation.encode(gen_task.representation.decode(
+        np.concatenate([prime[j], row]))) for j, row in enumerate(tokens)]
+    # A sample with no notes is no piece of any style: counted as a miss.
+    scored = [r for r in rolls if len(r)]
+    probs = cls_task.classify_rolls(judge.params, scored) if scored else np.zeros((0, 1))
+    picks = np.argmax(probs, axis=-1) if scored else np.zeros((0,), int)
+    counts = {c: int(np.sum(picks == k)) for k, c in enumerate(cls_task.styles)}
+    counts["no notes"] = len(rolls) - len(scored)
+    predicted[name] = counts
+    shares[name] = counts[name] / len(rolls)
+  return {"export": export_dir, "classifier": classifier_dir, "num_samples": num_samples,
+          "length": length, "guidance": guidance, "temperature": temperature,
+          "style_share": shares, "mean_style_share": float(np.mean(list(shares.values()))),
+          "predicted": predicted}
+
+
 def main(argv: list[str]) -> None:
   del argv  # cli.run refuses extra arguments.
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   runtime.setup(compile_cache=True)
+  if FLAGS.classifier:
+    print(json.dumps(evaluate_styles(
+        FLAGS.export, FLAGS.classifier, style=FLAGS.style,
+        num_samples=FLAGS.num_samples, guidance=FLAGS.guidance, length=FLAGS.length,
+        temperature=FLAGS.temperature, top_p=FLAGS.top_p, seed=FLAGS.seed)))
+    return
   print(json.dumps(evaluate(FLAGS.export, split=FLAGS.split,
                             data_dir=FLAGS.data_dir, num_batches=FLAGS.num_batches)))
 
@@ -198,6 +288,19 @@ def run() -> None:
                        "many batches of generated clips with as many real ones). "
                        "Default: the training config's num_eval_batches (for "
                        "the GAN at least 512 clips).")
+  flags.DEFINE_string("classifier", None,
+                      "A style classifier's bundle: score samples of --export "
+                      "(a style-conditioned token model) by style instead.")
+  flags.DEFINE_string("style", None, "With --classifier: the style to sample "
+                      "(default: each of the model's styles).")
+  flags.DEFINE_integer("num_samples", 64, "With --classifier: samples per style.")
+  flags.DEFINE_float("guidance", 1.0, "With --classifier: classifier-free guidance "
+                     "scale (1: off).")
+  flags.DEFINE_integer("length", None, "With --classifier: tokens per sample "
+                       "(default: the model's sample.length).")
+  flags.DEFINE_float("temperature", 1.0, "With --classifier: sampling temperature.")
+  flags.DEFINE_float("top_p", 1.0, "With --classifier: nucleus mass (1: off).")
+  flags.DEFINE_integer("seed", 0, "With --classifier: sampling seed.")
   flags.mark_flags_as_required(["export"])
   runtime.setup()
   cli.run(main)

@@ -8,6 +8,8 @@ r"""Samples from an export bundle: MIDI + piano rolls, or WAV + spectrograms.
         --num_samples=16 --seed=3
     python -m musegen_jax.sample --export=exports/gan --output_dir=walk \
         --interpolate_steps=8 --seed=3
+    python -m musegen_jax.sample --export=exports/styles_lstm --output_dir=bach \
+        --style=bach --guidance=2
     python -m musegen_jax.sample --export=exports/vae --output_dir=vae_samples
     python -m musegen_jax.sample --export=exports/vae --output_dir=vae_walk \
         --endpoints=A.mid,B.mid --interpolate_steps=8 --temperature=0.5
@@ -23,6 +25,12 @@ or, with `--endpoints=A.mid,B.mid`, between the posterior means of the two
 pieces' first windows (ends included: the first and last files decode A's
 and B's latents). Every point of an interpolation is sampled at
 `--temperature` with the same noise, so neighbours differ only through z.
+
+A style-conditioned token model (`config.condition.enabled`) samples
+`--style=NAME` (one of the styles in its bundle; none: unconditioned), with
+classifier-free guidance `--guidance=W` (1: the conditioned model alone; >1
+mixes in the unconditioned pass, l_u + W (l_c - l_u), in the same compiled
+loop).
 
 `--render_audio` writes a WAV beside each MIDI file through the project's
 own additive synthesizer (`data/synth.py`), so the samples can be heard
@@ -63,6 +71,10 @@ flags.DEFINE_integer("interpolate_steps", 0,
 flags.DEFINE_list("endpoints", None,
                   "VAE: two MIDI files A,B; --interpolate_steps points are "
                   "decoded from A's latent to B's.")
+flags.DEFINE_string("style", None, "A style-conditioned model's style (one of "
+                    "those in its bundle); none: unconditioned.")
+flags.DEFINE_float("guidance", 1.0, "Classifier-free guidance scale with --style "
+                   "(1: off; 0: unconditioned).")
 flags.DEFINE_bool("render_audio", False,
                   "Also write a WAV beside each MIDI sample, rendered by the "
                   "project's synthesizer.")
@@ -74,10 +86,12 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
            top_p: float = 1.0, seed: int = 0, primer: str | None = None,
            interpolate_steps: int = 0,
            endpoints: str | Sequence[str] | None = None,
-           render_audio: bool = False) -> list[str]:
+           render_audio: bool = False, style: str | None = None,
+           guidance: float = 1.0) -> list[str]:
   """Writes samples and their PNGs; returns the MIDI (or WAV) paths.
 
-  `length` None means 1024 tokens (a VAE: its `data.seq_len`). `endpoints`
+  `length` None means 1024 tokens (a VAE: its `data.seq_len`). `style`,
+  `guidance`: a style-conditioned token model's (see the module docstring). `endpoints`
   (a VAE only): two MIDI paths, or one string "A.mid,B.mid". `render_audio`:
   a WAV beside each MIDI file (`sample_000.wav`).
 
@@ -138,6 +152,15 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
     raise errors.UserError(
         f"--interpolate_steps={interpolate_steps} needs a latent model (GAN, "
         f"VAE); {export_dir} holds a {kind!r} model.")
+  styled = {}
+  if style is not None or guidance != 1.0:
+    if kind != "lm":
+      raise errors.UserError(f"--style/--guidance need a style-conditioned token "
+                             f"model; {export_dir} holds a {kind!r} model.")
+    if style is None:
+      raise errors.UserError(f"--guidance={guidance}: name the --style to guide towards.")
+    task.style_token(style)  # An unknown style is told before anything is written.
+    styled = {"style": style, "guidance": guidance}
   prime = None
   if primer_ns is not None:
     prime = pipeline.encode_with_boundary(representation, primer_ns)[:-1]
@@ -145,7 +168,7 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
       bundle.params, rng, output_dir,
       num_samples=num_samples, length=1024 if length is None else length,
       temperature=temperature, top_k=top_k, top_p=top_p, primer=prime,
-      title=title)
+      title=title, **styled)
   return _render_audio(paths) if render_audio else paths
 
 
@@ -203,7 +226,8 @@ def main(argv: list[str]) -> None:
                  length=FLAGS.length, temperature=FLAGS.temperature,
                  top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed,
                  primer=FLAGS.primer, interpolate_steps=FLAGS.interpolate_steps,
-                 endpoints=FLAGS.endpoints, render_audio=FLAGS.render_audio)
+                 endpoints=FLAGS.endpoints, render_audio=FLAGS.render_audio,
+                 style=FLAGS.style, guidance=FLAGS.guidance)
   rendered = (" (and a WAV beside each MIDI file)"
               if FLAGS.render_audio and not paths[0].endswith(".wav") else "")
   print(f"Wrote {len(paths)} samples to {FLAGS.output_dir}{rendered}")

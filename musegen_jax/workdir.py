@@ -98,7 +98,8 @@ class Layout:
 # Keys (dotted, prefixes) whose change makes existing checkpoints incompatible.
 # (ema_decay: turning the parameter average on or off changes the state.)
 INCOMPATIBLE_KEYS = ("task", "model", "data.dir", "data.representation",
-                     "data.frame_model", "ema_decay")
+                     "data.frame_model", "data.miditok", "ema_decay", "styles",
+                     "condition.enabled")
 
 
 class WorkdirInUseError(RuntimeError):

@@ -79,6 +79,52 @@ def jsb_data_dir() -> str:
   return ensure_default_dataset()
 
 
+# The styles of `styles_data_dir`: name -> (lowest pitch, note length in
+# quarters, notes per chord).
+_STYLE_CORPUS = {"chorale": (79, 1.0, 3), "drone": (36, 4.0, 1), "runs": (62, 0.25, 1)}
+STYLE_CORPUS_STYLES = tuple(sorted(_STYLE_CORPUS))
+
+
+def _style_piece(style: str, seed: int):
+  """48 quarter notes of `style` at 120 qpm, roots drawn from `seed`."""
+  import note_seq
+  import numpy as np
+  low, length, chord = _STYLE_CORPUS[style]
+  rng = np.random.default_rng(seed)
+  ns = note_seq.NoteSequence(ticks_per_quarter=220)
+  ns.tempos.add(qpm=120.0)
+  t = 0.0
+  while t < 24.0:
+    root = low + int(rng.integers(0, 8))
+    for k in range(chord):
+      ns.notes.add(pitch=root + 4 * k, velocity=80, start_time=t,
+                   end_time=t + length * 0.5)
+    t += length * 0.5
+  ns.total_time = t
+  return ns
+
+
+@pytest.fixture(scope="session")
+def styles_data_dir(tmp_path_factory) -> str:
+  """A labelled corpus: three styles (register and rhythm tell them apart) x
+  (6 train, 2 valid, 2 test) MIDI pieces, prepared with --labels=folder."""
+  import note_seq
+  from musegen_jax import prepare as prepare_lib
+  root = tmp_path_factory.mktemp("styles")
+  seed = 0
+  for style in STYLE_CORPUS_STYLES:
+    for split, count in (("train", 6), ("valid", 2), ("test", 2)):
+      for i in range(count):
+        path = root / "midi" / style / split / f"{style}_{i}.mid"
+        os.makedirs(path.parent, exist_ok=True)
+        note_seq.sequence_proto_to_midi_file(_style_piece(style, seed), str(path))
+        seed += 1
+  out = str(root / "data")
+  prepare_lib.prepare(str(root / "midi"), out, num_workers=0, labels="folder",
+                      progress=False)
+  return out
+
+
 def load_config(name: str, variant: str | None = "smoke", **overrides):
   """`get_config(variant)` of configs/<name>.py, locked as the command line does.
 

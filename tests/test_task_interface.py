@@ -29,8 +29,8 @@ CASES = [("lstm", "LanguageModelTask", True, True),
          ("gan", "GANTask", False, False)]
 
 
-def _task(name: str):
-  config = load_config(name)
+def _task(name: str, **overrides):
+  config = load_config(name, **overrides)
   return tasks.create_task(
       config, train.load_representation(config, train.resolve_data_dir(config)))
 
@@ -49,12 +49,23 @@ def test_every_task_satisfies_the_protocol(name, cls, single, scores):
   assert isinstance(task, base.ScoresDistributions) == scores
 
 
+def test_the_classifier_satisfies_the_protocol():
+  # Its classes come from a labelled dataset; given here, on the chorales.
+  task = _task("style_classifier", styles=("a", "b"))
+  assert type(task).__name__ == "ClassifyTask"
+  for member in [m for m in dir(base.Task) if not m.startswith("_")]:
+    assert hasattr(task, member), f"ClassifyTask lacks {member}"
+  assert isinstance(task, base.Task) and isinstance(task, base.SingleNetworkTask)
+  assert not isinstance(task, base.ScoresDistributions)
+
+
 def test_the_registry_names_the_single_network_subclasses():
-  from musegen_jax.tasks import gan, lm, pianoroll, vae
-  for cls in (lm.LanguageModelTask, pianoroll.PianorollTask, vae.VAETask):
+  from musegen_jax.tasks import classify, gan, lm, pianoroll, vae
+  for cls in (lm.LanguageModelTask, pianoroll.PianorollTask, vae.VAETask,
+              classify.ClassifyTask):
     assert issubclass(cls, base.SingleNetworkTask)
   assert not issubclass(gan.GANTask, base.SingleNetworkTask)
-  assert set(tasks.TASKS) == {"lm", "pianoroll", "gan", "vae"}
+  assert set(tasks.TASKS) == {"lm", "pianoroll", "gan", "vae", "classify"}
 
 
 def test_a_single_network_task_needs_its_data_and_decoding():

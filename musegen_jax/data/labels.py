@@ -159,3 +159,32 @@ def metadata_entry(counts: Mapping[str, Mapping[str, int]], source: str
   return {"source": source, "names": names,
           "counts": {split: {n: int(counts.get(split, {}).get(n, 0)) for n in names}
                      for split in shards.SPLITS}}
+
+
+def dataset_styles(data_dir: str) -> list[str]:
+  """The style names of a prepared dataset (metadata.json), sorted.
+
+  Raises:
+    errors.UserError: the dataset has no labels.
+  """
+  entry = shards.read_metadata(data_dir).get("labels")
+  if not entry or not entry.get("names"):
+    raise errors.UserError(
+        f"config.data.dir={data_dir}: the dataset has no style labels; prepare it "
+        "with --labels=folder|composer|FILE.csv or --input=music21:NAMES.")
+  return list(entry["names"])
+
+
+def fill_styles(config, data_dir: str) -> None:
+  """Sets `config.styles` (the class names, in id order) to the dataset's.
+
+  Raises:
+    errors.UserError: the dataset has no labels, or `config.styles` was given
+      (or comes from an earlier run) and differs from them.
+  """
+  names = dataset_styles(data_dir)
+  if list(config.styles) and list(config.styles) != names:
+    raise errors.UserError(
+        f"config.styles={list(config.styles)} but config.data.dir={data_dir} "
+        f"has the styles {names}; leave config.styles empty to take the data's.")
+  config.styles = tuple(names)

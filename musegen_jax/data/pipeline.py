@@ -29,6 +29,7 @@ from absl import flags
 from absl import logging
 from google.protobuf.message import DecodeError
 
+from musegen_jax.data import labels
 from musegen_jax.data import representations
 from musegen_jax.data import shards
 
@@ -163,6 +164,39 @@ class EncodeNoteSequence:
     return encode_with_boundary(self.representation, parse_note_sequence(record))
 
 
+@dataclasses.dataclass(frozen=True)
+class EncodeStyledNoteSequence:
+  """Serialized NoteSequence -> {"tokens": [EOS, tokens..., EOS], "style": id}.
+
+  `id` is the index of the piece's label (`labels.get_label`) in `styles`; a
+  piece without one of them is a bad record (see `DecodeRecord`).
+  """
+  representation: Any
+  styles: tuple[str, ...]
+
+  def __call__(self, record: bytes) -> dict[str, Any]:
+    ns = parse_note_sequence(record)
+    label = labels.get_label(ns)
+    if label not in self.styles:
+      raise ValueError(f"piece {ns.id!r} has the style {label!r}, not one of "
+                       f"config.styles {list(self.styles)}")
+    return {"tokens": encode_with_boundary(self.representation, ns),
+            "style": np.int32(self.styles.index(label))}
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleFirst(grain.transforms.Map):
+  """{"tokens": [n], "style": s} -> {"tokens": [first_id + s, tokens...]}:
+  a conditioned model reads the style as the first token of every window."""
+  first_id: int
+
+  def map(self, item: dict[str, Any]) -> dict[str, Any]:
+    item = dict(item)
+    style = np.asarray([self.first_id + item.pop("style")], item["tokens"].dtype)
+    item["tokens"] = np.concatenate([style, item["tokens"]])
+    return item
+
+
 def encode_with_boundary(representation, ns) -> np.ndarray:
   """Encodes `ns` as [EOS, tokens..., EOS].
 
@@ -178,7 +212,8 @@ class RandomWindow(grain.transforms.RandomMap):
   """Random crop of `length` steps along axis 0, padded with `pad_value`.
 
   Takes `DecodeRecord`'s {"value", "bad_records"}; gives {"tokens",
-  "bad_records"}.
+  "bad_records"}. A value that is a dict ({"tokens", "style"}) has its
+  tokens cropped and its other entries passed on.
 
   With `left_pad`, a window may also start before the sequence (left-padded
   with `pad_value`, at least its first two tokens inside), so that the last
@@ -191,7 +226,10 @@ class RandomWindow(grain.transforms.RandomMap):
   left_pad: bool = False
 
   def random_map(self, item: dict[str, Any], rng: np.random.Generator) -> dict:
-    x = item["value"]
+    x, extra = item["value"], {}
+    if isinstance(x, dict):
+      extra = {k: v for k, v in x.items() if k != "tokens"}
+      x = x["tokens"]
     low = -(self.length - 2) if self.left_pad else 0
     start = int(rng.integers(low, max(0, len(x) - self.length) + 1))
     window = x[max(start, 0):start + self.length]
@@ -199,7 +237,7 @@ class RandomWindow(grain.transforms.RandomMap):
       window = np.concatenate([np.full((-start,) + x.shape[1:], self.pad_value,
                                        x.dtype), window])
     return {"tokens": pad_to(window, self.length, self.pad_value),
-            "bad_records": item["bad_records"]}
+            "bad_records": item["bad_records"], **extra}
 
 
 def pad_to(x: np.ndarray, length: int, pad_value: int) -> np.ndarray:
@@ -214,7 +252,8 @@ def create_train_dataset(data_dir: str, representation, *, seq_len: int,
                          global_batch_size: int, seed: int, num_workers: int,
                          prefetch_buffer_size: int = 32,
                          on_bad_record: str = "error",
-                         left_pad: bool = False) -> grain.IterDataset:
+                         left_pad: bool = False, styles: tuple[str, ...] = (),
+                         style_first_id: int = 0) -> grain.IterDataset:
   """The training dataset of this process: dicts of [batch, seq_len + 1].
 
   Args:
@@ -231,22 +270,32 @@ def create_train_dataset(data_dir: str, representation, *, seq_len: int,
       its place and count it in the batch's "bad_records").
     left_pad: windows may start before a sequence (`RandomWindow`), for
       models scored on the last token of a window only.
+    styles: a style-conditioned model's styles: each window is then the
+      piece's style token (`style_first_id` + its index in `styles`)
+      followed by `seq_len` tokens of the piece (`StyleFirst`).
+    style_first_id: the token id of the first style.
   """
   if on_bad_record not in BAD_RECORD_MODES:
     raise ValueError(f"on_bad_record={on_bad_record!r}; allowed: {BAD_RECORD_MODES}")
   paths = shards.split_paths(data_dir, "train")
   source = grain.sources.ArrayRecordDataSource(paths)
+  encode = (EncodeStyledNoteSequence(representation, tuple(styles)) if styles
+            else EncodeNoteSequence(representation))
   ds = (grain.MapDataset.range(len(source))
         .seed(seed)
         .shuffle()
         .repeat()
-        .map(DecodeRecord(source, EncodeNoteSequence(representation), tuple(paths),
-                          shard_starts(paths), on_bad_record))
-        .random_map(RandomWindow(seq_len + 1, representation.pad_id, left_pad))
-        # Sliced after the crop, so that an element's random crop depends on
-        # its global index only: every process count sees the same global
-        # batches. The dataset is lazy: a process reads only its own records.
-        [jax.process_index()::jax.process_count()])
+        .map(DecodeRecord(source, encode, tuple(paths), shard_starts(paths),
+                          on_bad_record))
+        # Styled: seq_len tokens after the style token.
+        .random_map(RandomWindow(seq_len + (0 if styles else 1),
+                                 representation.pad_id, left_pad)))
+  if styles:
+    ds = ds.map(StyleFirst(style_first_id))
+  # Sliced after the crop, so that an element's random crop depends on its
+  # global index only: every process count sees the same global batches.
+  # The dataset is lazy: a process reads only its own records.
+  ds = ds[jax.process_index()::jax.process_count()]
   return batch_and_prefetch(ds, global_batch_size=global_batch_size,
                             num_workers=num_workers,
                             prefetch_buffer_size=prefetch_buffer_size)
@@ -307,19 +356,34 @@ def _exit_with_parent(parent_sentinel: int) -> None:
 
 def eval_windows(data_dir: str, representation, *, seq_len: int,
                  split: str = "valid", max_windows: int | None = None,
-                 sliding: bool = False) -> np.ndarray:
+                 sliding: bool = False, styles: tuple[str, ...] = (),
+                 style_first_id: int = 0) -> np.ndarray:
   """Every sequence of `split` cut into windows of `seq_len + 1` tokens.
 
   Consecutive windows overlap by one token so every token of a sequence is a
   target exactly once. With `sliding`, one window ends at every token after
   the first (left-padded near the start): every token is the last token of
-  exactly one window, for models scored on that token only. Returns
-  [num_windows, seq_len + 1], padded.
+  exactly one window, for models scored on that token only. With `styles`
+  (a style-conditioned model), each window is the piece's style token and
+  the next `seq_len` tokens of the piece, back to back, so again every token
+  is a target once. Returns [num_windows, seq_len + 1], padded.
   """
   windows = []
   pad = representation.pad_id
-  for ns in shards.read_note_sequences(shards.split_paths(data_dir, split)):
-    tokens = encode_with_boundary(representation, ns)
+  encode = EncodeStyledNoteSequence(representation, tuple(styles)) if styles else None
+  for record in shards.read_records(shards.split_paths(data_dir, split)):
+    if encode is not None:
+      item = encode(record)
+      tokens, style = item["tokens"], item["style"]
+      cuts = [np.concatenate([np.asarray([style_first_id + style], tokens.dtype),
+                              pad_to(tokens[start:start + seq_len], seq_len, pad)])
+              for start in range(0, len(tokens), seq_len)]
+      for window in cuts:
+        windows.append(window)
+        if max_windows is not None and len(windows) >= max_windows:
+          return np.stack(windows)
+      continue
+    tokens = encode_with_boundary(representation, parse_note_sequence(record))
     if sliding:
       padded = np.concatenate([np.full(seq_len - 1, pad, tokens.dtype), tokens])
       cuts = [padded[end - seq_len - 1:end]

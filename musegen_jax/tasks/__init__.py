@@ -38,6 +38,9 @@ def fill_defaults(config: config_dict.ConfigDict) -> None:
     *parents, leaf = key.split(".")
     node = config
     for name in parents:
+      if name not in node:
+        with node.unlocked():
+          node[name] = config_dict.ConfigDict()
       node = node[name]
     if leaf not in node:
       with node.unlocked():

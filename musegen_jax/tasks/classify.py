@@ -66,23 +66,9 @@ def check_config(config: config_dict.ConfigDict) -> None:
 
 
 def configure_from_data(config: config_dict.ConfigDict, data_dir: str) -> None:
-  """Fills `config.styles` with the dataset's label names (metadata.json).
-
-  Raises:
-    errors.UserError: the dataset has no labels, or `config.styles` was
-      given (or comes from an earlier run) and differs from them.
-  """
-  entry = shards.read_metadata(data_dir).get("labels")
-  if not entry or not entry.get("names"):
-    raise errors.UserError(
-        f"config.data.dir={data_dir}: the dataset has no style labels; prepare it "
-        "with --labels=folder|composer|FILE.csv or --input=music21:NAMES.")
-  names = list(entry["names"])
-  if list(config.styles) and list(config.styles) != names:
-    raise errors.UserError(
-        f"config.styles={list(config.styles)} but config.data.dir={data_dir} "
-        f"has the styles {names}; leave config.styles empty to take the data's.")
-  config.styles = tuple(names)
+  """Fills `config.styles` with the dataset's label names (metadata.json;
+  `labels.fill_styles`)."""
+  labels_lib.fill_styles(config, data_dir)
 
 
 def read_labelled_rolls(data_dir: str, split: str, representation: Any,
