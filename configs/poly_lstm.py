@@ -78,6 +78,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # Frames per quarter note when data.dir is a prepared corpus (the frames
   # of .pickle/.mat files and of the bundled chorales are read as they are).
   config.data.steps_per_quarter = 1
+  # > 0: frames of a prepared corpus are this fixed fraction of a second
+  # instead (unquantised performances, e.g. Piano-midi.de as MIDI files).
+  config.data.frames_per_second = 0.0
   # Recorded with exports (a roll decodes like the pianoroll representation).
   config.data.representation = "pianoroll"
   # How a frame is modelled given the history: "bernoulli" (88 independent

@@ -198,6 +198,13 @@ def test_midi_files_through_prepare_become_frames(tmp_path):
   for split in poly_corpus.SPLITS:
     [roll] = poly_corpus.load_rolls(str(tmp_path / "data"), split, steps_per_quarter=2)
     np.testing.assert_array_equal(roll, expected[split])
+    # A fixed frame rate (performances): 4 frames a second are 0.25 s steps,
+    # here the same as 2 steps a quarter at 120 qpm; 8 a second split each.
+    [roll] = poly_corpus.load_rolls(str(tmp_path / "data"), split, frames_per_second=4)
+    np.testing.assert_array_equal(roll, expected[split])
+    [roll] = poly_corpus.load_rolls(str(tmp_path / "data"), split, steps_per_quarter=2,
+                                    frames_per_second=8)
+    np.testing.assert_array_equal(roll, np.repeat(expected[split], 2, axis=0))
 
 
 # --- Pieces of any length -------------------------------------------------

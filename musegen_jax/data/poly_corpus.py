@@ -16,7 +16,8 @@ The piano-roll task (`tasks/pianoroll.py`) reads its pieces through
   pitch 21 + k), read with `scipy.io.loadmat`;
 - a prepared corpus (`python -m musegen_jax.prepare`): NoteSequence shards,
   quantised to `steps_per_quarter` frames per quarter note through the
-  sequence's tempo map; a frame is the set of pitches sounding during it.
+  sequence's tempo map, or, for unquantised performances, to a fixed
+  `frames_per_second`; a frame is the set of pitches sounding during it.
 
 A roll is a [frames, 88] uint8 multi-hot array, column k MIDI pitch
 `MIN_PITCH + k`. Every mistake in a file is an `errors.UserError` naming the
@@ -192,17 +193,23 @@ def _quarter_times(times: np.ndarray, tempos: list[tuple[float, float]]) -> np.n
   return at_change[k] + (times - starts[k]) * qpms[k] / 60.0
 
 
-def note_sequence_to_roll(ns: Any, steps_per_quarter: int) -> np.ndarray:
+def note_sequence_to_roll(ns: Any, steps_per_quarter: int,
+                          frames_per_second: float = 0.0) -> np.ndarray:
   """One NoteSequence's sounding pitches per step: [steps, 88] uint8.
 
   A step is 1 / steps_per_quarter quarter note under the sequence's tempo
-  map (120 qpm without one); a note sounds on the steps from its rounded
-  start to its rounded end (at least one). Drums and pitches outside the 88
-  keys are left out.
+  map (120 qpm without one), or with `frames_per_second` > 0 that fraction
+  of a second whatever the tempo (performances); a note sounds on the steps
+  from its rounded start to its rounded end (at least one). Drums and
+  pitches outside the 88 keys are left out.
   """
-  tempos = sorted((max(t.time, 0.0), t.qpm) for t in ns.tempos if t.qpm > 0)
-  if not tempos or tempos[0][0] > 0:
-    tempos.insert(0, (0.0, tempos[0][1] if tempos else 120.0))
+  if frames_per_second > 0:
+    # A quarter note of 1 s is steps_per_quarter frames.
+    tempos, steps_per_quarter = [(0.0, 60.0)], frames_per_second
+  else:
+    tempos = sorted((max(t.time, 0.0), t.qpm) for t in ns.tempos if t.qpm > 0)
+    if not tempos or tempos[0][0] > 0:
+      tempos.insert(0, (0.0, tempos[0][1] if tempos else 120.0))
   notes = [n for n in ns.notes if not n.is_drum and MIN_PITCH <= n.pitch <= MAX_PITCH]
   starts = np.asarray([n.start_time for n in notes], np.float64)
   ends = np.asarray([n.end_time for n in notes], np.float64)
@@ -217,15 +224,15 @@ def note_sequence_to_roll(ns: Any, steps_per_quarter: int) -> np.ndarray:
   return roll
 
 
-def read_prepared(data_dir: str, split: str, steps_per_quarter: int
-                  ) -> list[np.ndarray]:
+def read_prepared(data_dir: str, split: str, steps_per_quarter: int,
+                  frames_per_second: float = 0.0) -> list[np.ndarray]:
   """The NoteSequences of a prepared corpus's split as rolls (empty ones left out)."""
   from musegen_jax.data import shards  # pylint: disable=import-outside-toplevel
   try:
     paths = shards.split_paths(data_dir, split)
   except (FileNotFoundError, ValueError) as e:
     raise _error(data_dir, split, reason=str(e)) from e
-  rolls = [note_sequence_to_roll(ns, steps_per_quarter)
+  rolls = [note_sequence_to_roll(ns, steps_per_quarter, frames_per_second)
            for ns in shards.read_note_sequences(paths)]
   return [r for r in rolls if len(r)]
 
@@ -245,8 +252,8 @@ def read_file(path: str) -> dict[str, list[np.ndarray]]:
   return _read_file(os.path.abspath(path), os.path.getmtime(path))
 
 
-def load_rolls(source: str, split: str, steps_per_quarter: int = 1
-               ) -> list[np.ndarray]:
+def load_rolls(source: str, split: str, steps_per_quarter: int = 1,
+               frames_per_second: float = 0.0) -> list[np.ndarray]:
   """The pieces of `split` from any source (see the module docstring).
 
   Args:
@@ -254,6 +261,8 @@ def load_rolls(source: str, split: str, steps_per_quarter: int = 1
       prepared corpus folder.
     split: "train", "valid" or "test".
     steps_per_quarter: frames per quarter note (prepared corpora only).
+    frames_per_second: > 0: frames of this fixed rate instead (prepared
+      corpora only: unquantised performances).
 
   Returns:
     The split's [frames, 88] uint8 rolls, in the source's order.
@@ -264,7 +273,7 @@ def load_rolls(source: str, split: str, steps_per_quarter: int = 1
     return jsb_quarter.load_rolls(split)
   if is_frames_file(source):
     return read_file(source)[split]
-  rolls = read_prepared(source, split, steps_per_quarter)
+  rolls = read_prepared(source, split, steps_per_quarter, frames_per_second)
   if not rolls:
     raise _error(source, split, reason="no piece with a note")
   return rolls

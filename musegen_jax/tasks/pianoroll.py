@@ -6,9 +6,10 @@ al. 2018) as 88-key frames, with their own train/valid/test split.
 bundled quarter-note JSB Chorales (`data/jsb_quarter.py`), a benchmark file
 as distributed (`.pickle` or `.mat`: JSB, Nottingham, MuseData,
 Piano-midi.de), or a corpus from `python -m musegen_jax.prepare`, quantised
-to `config.data.steps_per_quarter` frames per quarter note. The metric is
-the negative log-likelihood in nats per frame, averaged over every frame of
-every piece of the split.
+to `config.data.steps_per_quarter` frames per quarter note (or, with
+`config.data.frames_per_second` > 0, to that fixed rate: performances). The
+metric is the negative log-likelihood in nats per frame, averaged over every
+frame of every piece of the split.
 
 Pieces of any length. Training reads windows of `config.data.max_frames`
 frames (serial: `config.data.max_tokens` tokens): a piece that fits is read
@@ -91,7 +92,7 @@ FRAME_MODELS = ("bernoulli", "serial")
 # Models whose state carries a piece's whole history from window to window.
 RECURRENT_MODELS = ("lstm", "gru")
 # Keys added after bundles were exported (`tasks.fill_defaults`).
-CONFIG_DEFAULTS = {"data.steps_per_quarter": 1}
+CONFIG_DEFAULTS = {"data.steps_per_quarter": 1, "data.frames_per_second": 0.0}
 
 
 def frame_model(config: config_dict.ConfigDict) -> str:
@@ -116,7 +117,8 @@ def check_config(config: config_dict.ConfigDict) -> None:
   checks.check_optimizer_ranges(config)
   checks.check_ranges(
       positive=positive,
-      non_negative={"data.transpose": config.data.get("transpose", 0)},
+      non_negative={"data.transpose": config.data.get("transpose", 0),
+                    "data.frames_per_second": config.data.get("frames_per_second", 0.0)},
       fractions={"input_dropout_rate": config.input_dropout_rate,
                  "model.dropout_rate": config.model.dropout_rate})
   if config.get("distill_teachers", ""):
@@ -468,8 +470,9 @@ class PianorollTask(base.SingleNetworkTask):
 
   def _rolls(self, split: str) -> list[np.ndarray]:
     """The pieces of `split` from `config.data.dir` as [frames, 88] rolls."""
-    return poly_corpus.load_rolls(self.config.data.dir, split,
-                                  int(self.config.data.get("steps_per_quarter", 1)))
+    data = self.config.data
+    return poly_corpus.load_rolls(data.dir, split, int(data.get("steps_per_quarter", 1)),
+                                  float(data.get("frames_per_second", 0.0)))
 
   def _sequences(self, split: str) -> list[np.ndarray]:
     """The pieces of `split` as rolls (Bernoulli) or serial tokens."""
@@ -792,10 +795,13 @@ class PianorollTask(base.SingleNetworkTask):
                         temperature=temperature)
     if directory is None:
       return []
-    steps_per_quarter = int(self.config.data.get("steps_per_quarter", 1))
+    # A frame lasts 1 / steps_per_quarter of a quarter note at SAMPLE_QPM, or
+    # 1 / frames_per_second s.
+    fps = float(self.config.data.get("frames_per_second", 0.0))
+    steps_per_quarter = 1 if fps else int(self.config.data.get("steps_per_quarter", 1))
     sequences = (pianoroll_rep.roll_to_sequence(roll, steps_per_quarter=steps_per_quarter,
                                                 min_pitch=jsb_quarter.MIN_PITCH,
-                                                qpm=SAMPLE_QPM)
+                                                qpm=60.0 * fps if fps else SAMPLE_QPM)
                  for roll in rolls)
     return samples.write_midi_samples(
         sequences, directory, (f"{title}sample {i}" for i in range(len(rolls))))
