@@ -278,7 +278,7 @@ def teacher_probs(export_dirs: list[str], frames: np.ndarray,
 
   Args:
     export_dirs: export bundles of Bernoulli piano-roll models.
-    frames: [pieces, time, 88] padded pieces, as `_pieces` gives them.
+    frames: [pieces, time, 88] padded pieces, as `_pad` gives them.
     chunk: pieces per compiled call.
   """
   from musegen_jax import checkpoint  # pylint: disable=import-outside-toplevel
@@ -487,11 +487,6 @@ class PianorollTask(base.SingleNetworkTask):
       return {"tokens": serial_frames.pad_tokens(sequences, length)}
     frames, mask = jsb_quarter.pad_rolls(sequences, length)
     return {"frames": frames, "mask": mask}
-
-  def _pieces(self, split: str) -> dict[str, np.ndarray]:
-    """Every piece of `split`, padded to one training window (all must fit)."""
-    return self._pad(self._sequences(split),
-                     self.max_tokens if self.serial else self.max_frames)
 
   def create_train_dataset(self, data_dir: str) -> grain.IterDataset:
     """Shuffled training pieces (or windows of them), this process's share of
