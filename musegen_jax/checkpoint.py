@@ -37,6 +37,7 @@ from musegen_jax.data import shards
 BUNDLE_FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS = (1, 2)
 BUNDLE_FILE = "bundle.json"
+EXTRAS_FILE = "extras.json"
 # The parameter formats of a bundle; `export --format` takes these or "both".
 PARAM_FORMATS = ("orbax", "safetensors")
 EXPORT_FORMATS = ("orbax", "safetensors", "both")
@@ -232,6 +233,9 @@ class Bundle:
   config: ml_collections.ConfigDict
   representation: dict[str, Any]
   step: int
+  # What the task computed from the data at export (`bundle_extras`; the
+  # VAE's per-style mean latents), from extras.json; {} when none.
+  extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def export_formats(export_format: str) -> tuple[str, ...]:
@@ -250,7 +254,8 @@ def export_bundle(output_dir: str, *, params: Any,
                   config: ml_collections.ConfigDict,
                   representation: dict[str, Any], step: int,
                   export_format: str = "both",
-                  model_card: str | None = None) -> str:
+                  model_card: str | None = None,
+                  extras: dict[str, Any] | None = None) -> str:
   """Writes a self-contained sampling bundle and returns its directory.
 
   Args:
@@ -263,6 +268,8 @@ def export_bundle(output_dir: str, *, params: Any,
       keys the parameter paths joined with ".") or "both".
     model_card: README.md's text; None writes `hub.model_card` from the
       config alone (export.py adds the run's evaluations).
+    extras: JSON the task computed from the data for sampling (its
+      `bundle_extras`), written as extras.json when not empty.
   """
   from musegen_jax import hub  # pylint: disable=import-outside-toplevel
 
@@ -283,6 +290,8 @@ def export_bundle(output_dir: str, *, params: Any,
          "task": config.task, "model": config.model.name})
   shards.write_json_atomic(os.path.join(output_dir, "config.json"), config.to_dict())
   shards.write_json_atomic(os.path.join(output_dir, "representation.json"), representation)
+  if extras:
+    shards.write_json_atomic(os.path.join(output_dir, EXTRAS_FILE), extras)
   if model_card is None:
     model_card = hub.model_card(config, representation, step=int(step),
                                 params=params, formats=formats)
@@ -391,8 +400,10 @@ def load_bundle(export_dir: str, param_format: str | None = None) -> Bundle:
     tensors, _ = hub.read_safetensors(path)
     params = hub.unflatten_params(hub.expected_params(config, representation),
                                   tensors, source=path)
+  extras_path = os.path.join(export_dir, EXTRAS_FILE)
+  extras = _read_json(extras_path) if os.path.exists(extras_path) else {}
   return Bundle(params=params, config=config, representation=representation,
-                step=int(info["step"]))
+                step=int(info["step"]), extras=extras)
 
 
 def _read_json(path: str) -> Any:

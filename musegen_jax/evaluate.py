@@ -21,6 +21,18 @@ assigns to the requested style (`style_share`) and what it predicted:
     python -m musegen_jax.evaluate --export=exports/styles_lstm \
         --classifier=exports/style_classifier --num_samples=64 --guidance=2
 
+A VAE bundle with `--classifier` is measured on style transfer instead: up
+to `--num_samples` pieces of the split that are not of the target style
+(`--to_style`, default each style) are moved to it at `--strength`; reported
+are the share the classifier gives the target style, and how much of the
+source survives (cosine similarity of pitch-class and onset-position
+histograms, `data/features.py`) beside the same similarity between the
+source and a real piece of the target style (the baseline a transfer that
+kept nothing would reach):
+
+    python -m musegen_jax.evaluate --export=exports/styles_vae \
+        --classifier=exports/style_classifier --split=test --strength=1
+
 Several bundles, comma-separated, are evaluated as an ensemble: the average
 of their predictive distributions (probabilities, not logits), scored like
 one model, beside each member's own figure. The members may differ in
@@ -258,10 +270,113 @@ def evaluate_styles(export_dir: str, classifier_dir: str, *,
           "predicted": predicted}
 
 
+def _bundle_task(export_dir: str) -> str:
+  from musegen_jax import checkpoint
+  return checkpoint.load_bundle(export_dir).config.task
+
+
+def evaluate_transfer(export_dir: str, classifier_dir: str, *,
+                      to_style: str | None = None, strength: float = 1.0,
+                      split: str = "test", num_samples: int = 64,
+                      data_dir: str | None = None, temperature: float = 1.0,
+                      seed: int = 0) -> dict[str, Any]:
+  """Style transfer of a VAE bundle measured by a style classifier.
+
+  For each target style, up to `num_samples` pieces of `split` of other
+  styles (their first window) are moved to it (`VAETask.transfer_latents`,
+  from their own labelled style) and decoded once at `temperature`.
+
+  Returns:
+    {"transfer": {target: {"target_share", "source_share", "pitch_class",
+    "rhythm", "baseline_pitch_class", "baseline_rhythm", "pieces"}},
+    "mean_target_share", and the settings}. "source_share": the share still
+    classified as the source style; the baselines compare each source with
+    a real piece of the target style instead.
+  """
+  import jax
+  import numpy as np
+
+  from musegen_jax import checkpoint
+  from musegen_jax import tasks
+  from musegen_jax import train
+  from musegen_jax.data import features
+  from musegen_jax.data import labels
+  from musegen_jax.data import pipeline
+  from musegen_jax.data import shards
+
+  if num_samples < 1:
+    raise errors.UserError(f"--num_samples={num_samples}: must be >= 1.")
+  vae, judge = checkpoint.load_bundle(export_dir), checkpoint.load_bundle(classifier_dir)
+  if judge.config.task != "classify":
+    raise errors.UserError(f"--classifier={classifier_dir} holds a "
+                           f"{judge.config.task!r} model, not a style classifier.")
+  config = vae.config.copy_and_resolve_references()
+  if data_dir:
+    config.data.dir = data_dir
+  vae_task = tasks.create_task(config, pipeline.representation_from_spec(vae.representation))
+  cls_task = tasks.create_task(judge.config,
+                               pipeline.representation_from_spec(judge.representation))
+  names = list(vae.extras.get("style_latents", {}).get("styles", []))
+  if not names:
+    raise errors.UserError(f"--export={export_dir}: the VAE has no style latents "
+                           "(train it on a labelled dataset).")
+  targets = [to_style] if to_style else names
+  for name in targets:
+    if name not in names or name not in cls_task.styles:
+      raise errors.UserError(f"--to_style={name!r}: the VAE knows {', '.join(names)}; "
+                             f"the classifier {', '.join(cls_task.styles)}.")
+  pieces = [(labels.get_label(ns), ns) for ns in shards.read_note_sequences(
+      shards.split_paths(train.resolve_data_dir(config), split))]
+  results = {}
+  for t, target in enumerate(targets):
+    sources = [(style, ns) for style, ns in pieces if style != target][:num_samples]
+    references = [ns for style, ns in pieces if style == target]
+    if not sources or not references:
+      raise errors.UserError(f"split {split!r} needs pieces of {target!r} and of "
+                             "other styles to measure a transfer to it.")
+    rng = jax.random.fold_in(jax.random.PRNGKey(seed), t)
+    z = np.concatenate([vae_task.transfer_latents(
+        vae.params, [ns], target, vae.extras, from_style=style, strength=strength)[0]
+                        for style, ns in sources])
+    tokens = vae_task.generate(vae.params, rng, z, length=vae_task.seq_len,
+                               temperature=temperature)
+    windows = [vae_task.representation.decode(w)
+               for w in vae_task.encode_pieces([ns for _, ns in sources])]
+    results_ns = [vae_task.representation.decode(row) for row in tokens]
+    rolls = [cls_task.representation.encode(ns) for ns in results_ns]
+    scored = [i for i, r in enumerate(rolls) if len(r)]
+    picks = np.full((len(rolls),), -1)
+    if scored:
+      probs = cls_task.classify_rolls(judge.params, [rolls[i] for i in scored])
+      picks[scored] = np.argmax(probs, axis=-1)
+    picked = [cls_task.styles[p] if p >= 0 else None for p in picks]
+    kept = [features.similarity(w, r) for w, r in zip(windows, results_ns)]
+    reference = [vae_task.representation.decode(w) for w in vae_task.encode_pieces(
+        [references[i % len(references)] for i in range(len(windows))])]
+    baseline = [features.similarity(w, r) for w, r in zip(windows, reference)]
+    results[target] = {
+        "target_share": float(np.mean([p == target for p in picked])),
+        "source_share": float(np.mean([p == s for p, (s, _) in zip(picked, sources)])),
+        "pitch_class": float(np.mean([k["pitch_class"] for k in kept])),
+        "rhythm": float(np.mean([k["rhythm"] for k in kept])),
+        "baseline_pitch_class": float(np.mean([b["pitch_class"] for b in baseline])),
+        "baseline_rhythm": float(np.mean([b["rhythm"] for b in baseline])),
+        "pieces": len(sources)}
+  return {"export": export_dir, "classifier": classifier_dir, "split": split,
+          "strength": strength, "temperature": temperature, "transfer": results,
+          "mean_target_share": float(np.mean([r["target_share"] for r in results.values()]))}
+
+
 def main(argv: list[str]) -> None:
   del argv  # cli.run refuses extra arguments.
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   runtime.setup(compile_cache=True)
+  if FLAGS.classifier and _bundle_task(FLAGS.export) == "vae":
+    print(json.dumps(evaluate_transfer(
+        FLAGS.export, FLAGS.classifier, to_style=FLAGS.to_style,
+        strength=FLAGS.strength, split=FLAGS.split, num_samples=FLAGS.num_samples,
+        data_dir=FLAGS.data_dir, temperature=FLAGS.temperature, seed=FLAGS.seed)))
+    return
   if FLAGS.classifier:
     print(json.dumps(evaluate_styles(
         FLAGS.export, FLAGS.classifier, style=FLAGS.style,
@@ -293,7 +408,8 @@ def run() -> None:
                       "(a style-conditioned token model) by style instead.")
   flags.DEFINE_string("style", None, "With --classifier: the style to sample "
                       "(default: each of the model's styles).")
-  flags.DEFINE_integer("num_samples", 64, "With --classifier: samples per style.")
+  flags.DEFINE_integer("num_samples", 64, "With --classifier: samples per style (a "
+                       "VAE: source pieces per target style).")
   flags.DEFINE_float("guidance", 1.0, "With --classifier: classifier-free guidance "
                      "scale (1: off).")
   flags.DEFINE_integer("length", None, "With --classifier: tokens per sample "
@@ -301,6 +417,10 @@ def run() -> None:
   flags.DEFINE_float("temperature", 1.0, "With --classifier: sampling temperature.")
   flags.DEFINE_float("top_p", 1.0, "With --classifier: nucleus mass (1: off).")
   flags.DEFINE_integer("seed", 0, "With --classifier: sampling seed.")
+  flags.DEFINE_string("to_style", None, "With --classifier and a VAE: the target "
+                      "style of the transfers (default: each style).")
+  flags.DEFINE_float("strength", 1.0, "With --classifier and a VAE: how far the "
+                     "transfers move (0..1).")
   flags.mark_flags_as_required(["export"])
   runtime.setup()
   cli.run(main)

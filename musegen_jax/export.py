@@ -118,9 +118,15 @@ def export(workdir: str, output: str, which: str = "latest",
       formats=checkpoint.export_formats(export_format),
       evaluations=hub.read_evaluations(layout.train_log, up_to_step=step),
       checkpoint_metrics=metrics, export_command=command)
+  # What sampling needs from the data (the VAE's style latents), computed
+  # now: the bundle must not need the dataset.
+  bundle_extras = getattr(task, "bundle_extras", None)
+  extras = (bundle_extras(params, train.resolve_data_dir(config))
+            if bundle_extras is not None else None)
   return checkpoint.export_bundle(output, params=params, config=config,
                                   representation=spec, step=step,
-                                  export_format=export_format, model_card=card)
+                                  export_format=export_format, model_card=card,
+                                  extras=extras)
 
 
 def main(argv: list[str]) -> None:

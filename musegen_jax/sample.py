@@ -26,6 +26,13 @@ pieces' first windows (ends included: the first and last files decode A's
 and B's latents). Every point of an interpolation is sampled at
 `--temperature` with the same noise, so neighbours differ only through z.
 
+A VAE trained on a labelled dataset transfers a piece to another style:
+`--transfer=A.mid --to_style=NAME` encodes A's first window, moves its latent
+by `--strength` (default 1) times the target style's mean latent minus its
+own style's (`--from_style`, or the style whose mean lies nearest; the means
+are in the bundle), and writes `source.mid`/`.png` (the window the VAE read)
+beside `--num_samples` decodings of the moved latent.
+
 A style-conditioned token model (`config.condition.enabled`) samples
 `--style=NAME` (one of the styles in its bundle; none: unconditioned), with
 classifier-free guidance `--guidance=W` (1: the conditioned model alone; >1
@@ -75,6 +82,12 @@ flags.DEFINE_string("style", None, "A style-conditioned model's style (one of "
                     "those in its bundle); none: unconditioned.")
 flags.DEFINE_float("guidance", 1.0, "Classifier-free guidance scale with --style "
                    "(1: off; 0: unconditioned).")
+flags.DEFINE_string("transfer", None, "A VAE: the MIDI file to move to --to_style.")
+flags.DEFINE_string("to_style", None, "With --transfer: the target style.")
+flags.DEFINE_string("from_style", None, "With --transfer: the piece's own style "
+                    "(default: the style whose mean latent lies nearest).")
+flags.DEFINE_float("strength", 1.0, "With --transfer: how far to move, 0..1 "
+                   "(0: reconstruct the piece).")
 flags.DEFINE_bool("render_audio", False,
                   "Also write a WAV beside each MIDI sample, rendered by the "
                   "project's synthesizer.")
@@ -87,11 +100,14 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
            interpolate_steps: int = 0,
            endpoints: str | Sequence[str] | None = None,
            render_audio: bool = False, style: str | None = None,
-           guidance: float = 1.0) -> list[str]:
+           guidance: float = 1.0, transfer: str | None = None,
+           to_style: str | None = None, from_style: str | None = None,
+           strength: float = 1.0) -> list[str]:
   """Writes samples and their PNGs; returns the MIDI (or WAV) paths.
 
   `length` None means 1024 tokens (a VAE: its `data.seq_len`). `style`,
-  `guidance`: a style-conditioned token model's (see the module docstring). `endpoints`
+  `guidance`: a style-conditioned token model's; `transfer`, `to_style`,
+  `from_style`, `strength`: a VAE's style transfer (see the module docstring). `endpoints`
   (a VAE only): two MIDI paths, or one string "A.mid,B.mid". `render_audio`:
   a WAV beside each MIDI file (`sample_000.wav`).
 
@@ -120,11 +136,21 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
 
   # Read before the bundle (and before anything is written), so a wrong
   # file is told at once.
+  if transfer is not None and not to_style:
+    raise errors.UserError(f"--transfer={transfer}: name the target --to_style.")
+  if transfer is None and (to_style or from_style):
+    raise errors.UserError("--to_style/--from_style need --transfer=PIECE.mid.")
+  if not 0.0 <= strength <= 1.0:
+    raise errors.UserError(f"--strength={strength}: must be in [0, 1].")
   primer_ns = _read_piece("primer", primer) if primer else None
+  transfer_ns = _read_piece("transfer", transfer) if transfer else None
   pieces = (None if endpoints is None else
             [_read_piece("endpoints", path) for path in endpoints])
   bundle = checkpoint.load_bundle(export_dir)
   kind = bundle.config.task
+  if transfer is not None and kind != "vae":
+    raise errors.UserError(f"--transfer needs a VAE bundle; {export_dir} holds a "
+                           f"{kind!r} model.")
   if endpoints is not None and kind != "vae":
     raise errors.UserError(f"--endpoints needs a VAE bundle; {export_dir} holds a "
                      f"{kind!r} model.")
@@ -137,6 +163,17 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
         bundle.params, rng, output_dir,
         num_samples=num_samples, interpolate_steps=interpolate_steps, title=title)
     return [w["wav"] for w in written]
+  if kind == "vae" and transfer_ns is not None:
+    # Its style names are checked before anything is written.
+    task.transfer_latents(bundle.params, [transfer_ns], to_style, bundle.extras,
+                          from_style, strength)
+    paths, source_style = task.write_transfer(
+        bundle.params, rng, output_dir, piece=transfer_ns, to_style=to_style,
+        extras=bundle.extras, from_style=from_style, strength=strength,
+        num_samples=num_samples, length=length, temperature=temperature,
+        top_k=top_k, top_p=top_p, title=title)
+    print(f"{transfer}: {source_style} -> {to_style} (strength {strength:g})")
+    return _render_audio(paths) if render_audio else paths
   if kind == "vae":
     if primer:
       raise errors.UserError(
@@ -227,7 +264,9 @@ def main(argv: list[str]) -> None:
                  top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed,
                  primer=FLAGS.primer, interpolate_steps=FLAGS.interpolate_steps,
                  endpoints=FLAGS.endpoints, render_audio=FLAGS.render_audio,
-                 style=FLAGS.style, guidance=FLAGS.guidance)
+                 style=FLAGS.style, guidance=FLAGS.guidance,
+                 transfer=FLAGS.transfer, to_style=FLAGS.to_style,
+                 from_style=FLAGS.from_style, strength=FLAGS.strength)
   rendered = (" (and a WAV beside each MIDI file)"
               if FLAGS.render_audio and not paths[0].endswith(".wav") else "")
   print(f"Wrote {len(paths)} samples to {FLAGS.output_dir}{rendered}")

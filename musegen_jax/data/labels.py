@@ -175,13 +175,18 @@ def dataset_styles(data_dir: str) -> list[str]:
   return list(entry["names"])
 
 
-def fill_styles(config, data_dir: str) -> None:
+def fill_styles(config, data_dir: str, required: bool = True) -> None:
   """Sets `config.styles` (the class names, in id order) to the dataset's.
 
+  With `required=False` a dataset without labels leaves them empty.
+
   Raises:
-    errors.UserError: the dataset has no labels, or `config.styles` was given
-      (or comes from an earlier run) and differs from them.
+    errors.UserError: the dataset has no labels (when `required`), or
+      `config.styles` was given (or comes from an earlier run) and differs
+      from them.
   """
+  if not required and not shards.read_metadata(data_dir).get("labels"):
+    return
   names = dataset_styles(data_dir)
   if list(config.styles) and list(config.styles) != names:
     raise errors.UserError(

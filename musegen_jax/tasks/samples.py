@@ -28,10 +28,10 @@ def sample_path(directory: str, index: int, extension: str) -> str:
 
 
 def write_midi_samples(sequences: Iterable[Any], directory: str,
-                       titles: Iterable[str]) -> list[str]:
+                       titles: Iterable[str], stem: str | None = None) -> list[str]:
   """Writes each NoteSequence as `sample_NNN.mid` and its piano roll as
   `sample_NNN.png` titled from `titles`, into `directory` (created if
-  missing).
+  missing). With `stem`, one sequence is written as `<stem>.mid` + `.png`.
 
   Returns:
     The MIDI paths, in order.
@@ -39,7 +39,8 @@ def write_midi_samples(sequences: Iterable[Any], directory: str,
   os.makedirs(directory, exist_ok=True)
   paths = []
   for i, (ns, title) in enumerate(zip(sequences, titles)):
-    path = sample_path(directory, i, "mid")
+    path = (os.path.join(directory, f"{stem}.mid") if stem
+            else sample_path(directory, i, "mid"))
     note_seq.sequence_proto_to_midi_file(ns, path)
     plots.plot_pianoroll(ns, path[:-4] + ".png", title=title)
     paths.append(path)

@@ -28,6 +28,13 @@ Samples decode z drawn from the prior, or the spherical interpolation
 between two latents: two prior draws, or the posterior means of two pieces
 (`write_samples(endpoints=...)`). Every point of an interpolation decodes
 with the same sampling noise, so neighbouring points differ only through z.
+
+Style transfer by attribute vectors (MusicVAE): on a labelled dataset
+(`config.styles`, filled from its labels when the run starts) the export
+stores each style's mean posterior latent over the train split's windows
+(`bundle_extras`). A piece's first window is encoded, moved by `strength`
+times the target style's mean minus its own style's (given, or the nearest
+mean), and decoded (`transfer_latents`, `write_transfer`).
 """
 
 from __future__ import annotations
@@ -45,8 +52,11 @@ from ml_collections import config_dict
 
 from musegen_jax import models
 from musegen_jax import parallel
+from musegen_jax import errors
+from musegen_jax.data import labels
 from musegen_jax.data import pipeline
 from musegen_jax.data import representations
+from musegen_jax.data import shards
 from musegen_jax.models import vae as vae_model
 from musegen_jax.tasks import base
 from musegen_jax.tasks import checks
@@ -59,8 +69,19 @@ Array = jax.Array
 EVAL_NOISE_SEED = 0
 
 
+# Keys added after bundles were exported (see tasks.fill_defaults).
+CONFIG_DEFAULTS = {"styles": ()}
+# Train windows per piece that the style latents average (the first ones).
+STYLE_WINDOWS_PER_PIECE = 8
+STYLE_LATENTS = "style_latents"
+
+
 def check_config(config: config_dict.ConfigDict) -> None:
   """Rejects out-of-range values of the VAE's keys."""
+  if config.get("condition", {}).get("enabled", False):
+    raise ValueError("config.condition.enabled=True: the VAE is not conditioned; "
+                     "it moves latents between styles by attribute vectors "
+                     "(sample --transfer) on a labelled dataset as it is")
   if config.model.name != "vae":
     raise ValueError(f"config.model.name={config.model.name!r}; the vae task "
                      "trains model 'vae' (musegen_jax/models/vae.py)")
@@ -93,6 +114,11 @@ def check_config(config: config_dict.ConfigDict) -> None:
     raise ValueError(f"config.sample.top_p={config.sample.top_p} must be in (0, 1]")
   models.get_dtype(m.dtype)
   models.matmul_dtype_name(m)
+
+
+def configure_from_data(config: config_dict.ConfigDict, data_dir: str) -> None:
+  """On a labelled dataset, its styles (for the style latents of exports)."""
+  labels.fill_styles(config, data_dir, required=False)
 
 
 def create_model(model_config: config_dict.ConfigDict, vocab_size: int, *,
@@ -347,6 +373,111 @@ class VAETask(base.SingleNetworkTask):
         eos_id=self.eos_id, pad_id=self.pad_id, shared_noise=shared_noise)))
 
   # --- samples ----------------------------------------------------------------
+
+  # --- style transfer ---------------------------------------------------------
+
+  def bundle_extras(self, params: Any, data_dir: str) -> dict[str, Any] | None:
+    """With styles: {"style_latents": {"styles", "means" [styles][latent],
+    "windows" per style}}, the mean posterior latent of each style's train
+    windows (the first `STYLE_WINDOWS_PER_PIECE` of each piece)."""
+    styles = [str(s) for s in self.config.styles]
+    if not styles:
+      return None
+    sums = np.zeros((len(styles), self.latent_dim), np.float64)
+    counts = np.zeros((len(styles),), np.int64)
+    rows, ids = [], []
+
+    def flush():
+      if rows:
+        mu, _ = self.encode(params, np.stack(rows))
+        np.add.at(sums, np.asarray(ids), mu)
+        np.add.at(counts, np.asarray(ids), 1)
+        rows.clear()
+        ids.clear()
+
+    for ns in shards.read_note_sequences(shards.split_paths(data_dir, "train")):
+      label = labels.get_label(ns)
+      if label not in styles:
+        continue
+      tokens = pipeline.encode_with_boundary(self.representation, ns)[1:]
+      for start in range(0, min(len(tokens), STYLE_WINDOWS_PER_PIECE * self.seq_len),
+                         self.seq_len):
+        rows.append(pipeline.pad_to(tokens[start:start + self.seq_len],
+                                    self.seq_len, self.pad_id).astype(np.int32))
+        ids.append(styles.index(label))
+        if len(rows) == self.config.batch_size:
+          flush()
+    flush()
+    missing = [s for s, n in zip(styles, counts) if not n]
+    if missing:
+      raise errors.UserError(f"{data_dir}: no train window of style(s) {missing} "
+                             "to average for the style latents.")
+    return {STYLE_LATENTS: {"styles": styles,
+                            "means": (sums / counts[:, None]).tolist(),
+                            "windows": counts.tolist()}}
+
+  def transfer_latents(self, params: Any, pieces: Sequence[Any], to_style: str,
+                       extras: dict[str, Any], from_style: str | None = None,
+                       strength: float = 1.0) -> tuple[np.ndarray, list[str]]:
+    """The latents of `pieces` moved towards `to_style`.
+
+    Each piece's posterior mean (its first window, `encode_pieces`) moves by
+    `strength` x (mean latent of `to_style` - mean latent of its own style):
+    `from_style`, or else the style whose mean lies nearest.
+
+    Args:
+      extras: the bundle's extras ("style_latents", from `bundle_extras`).
+
+    Returns:
+      ([len(pieces), latent_dim] latents, the source style of each piece).
+
+    Raises:
+      errors.UserError: the bundle has no style latents, or a style is not
+        one of them (the message lists them).
+    """
+    table = extras.get(STYLE_LATENTS)
+    if not table:
+      raise errors.UserError("--transfer needs a VAE trained on a labelled dataset "
+                             "(its bundle stores the style latents); this one "
+                             "has none.")
+    names = list(table["styles"])
+    means = np.asarray(table["means"], np.float32)
+    for flag, name in (("to_style", to_style), ("from_style", from_style)):
+      if name is not None and name not in names:
+        raise errors.UserError(f"--{flag}={name!r}: unknown; this VAE knows "
+                               f"{', '.join(names)}.")
+    mu, _ = self.encode(params, self.encode_pieces(pieces))
+    if from_style is None:
+      nearest = np.argmin(((mu[:, None] - means[None]) ** 2).sum(-1), axis=1)
+      sources = [names[int(i)] for i in nearest]
+    else:
+      sources = [from_style] * len(mu)
+    moves = np.stack([means[names.index(to_style)] - means[names.index(src)]
+                      for src in sources])
+    return (mu + float(strength) * moves).astype(np.float32), sources
+
+  def write_transfer(self, params: Any, rng: Array, directory: str, *, piece: Any,
+                     to_style: str, extras: dict[str, Any],
+                     from_style: str | None = None, strength: float = 1.0,
+                     num_samples: int = 1, length: int | None = None,
+                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                     title: str = "") -> tuple[list[str], str]:
+    """Writes the source window (`source.mid` + `.png`, what the VAE read)
+    and `num_samples` decodings of its moved latent (`sample_NNN.mid` +
+    `.png`). Returns (the sample MIDI paths, the source style)."""
+    z, (source_style,) = self.transfer_latents(params, [piece], to_style, extras,
+                                               from_style, strength)
+    tokens = self.generate(params, rng, np.repeat(z, num_samples, axis=0),
+                           length=length or self.seq_len, temperature=temperature,
+                           top_k=top_k, top_p=top_p)
+    source = self.representation.decode(self.encode_pieces([piece])[0])
+    samples.write_midi_samples([source], directory,
+                               [f"{title}source ({source_style})"], stem="source")
+    paths = samples.write_midi_samples(
+        (self.representation.decode(row) for row in tokens), directory,
+        (f"{title}{source_style} -> {to_style}, strength {strength:g}, sample {i}"
+         for i in range(len(tokens))))
+    return paths, source_style
 
   def write_step_samples(self, params: Any, rng: Array, directory: str | None,
                          title: str) -> list[dict[str, str]]:
