@@ -34,7 +34,7 @@ from musegen_jax.data import shards
 from musegen_jax.models import classifier
 from musegen_jax.tasks import base
 from musegen_jax.tasks import checks
-from musegen_jax.tasks.pianoroll import RandomTranspose
+from musegen_jax.tasks import pianoroll
 
 Array = jax.Array
 NUM_KEYS = 88
@@ -177,12 +177,7 @@ class ClassifyTask(base.SingleNetworkTask):
           .shuffle()
           .repeat()
           .random_map(windows))
-    if config.data.transpose:
-      ds = ds.random_map(RandomTranspose(config.data.transpose))
-    ds = ds[jax.process_index()::jax.process_count()]
-    return pipeline.batch_and_prefetch(
-        ds, global_batch_size=config.batch_size, num_workers=config.data.num_workers,
-        prefetch_buffer_size=config.data.prefetch_buffer_size)
+    return pianoroll.transposed_batches(ds, config)
 
   def eval_data(self, data_dir: str, split: str = "valid") -> dict[str, np.ndarray]:
     """The scoring windows of every piece of `split` (`eval_starts`):

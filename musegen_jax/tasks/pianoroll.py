@@ -439,6 +439,20 @@ class RandomTranspose(grain.transforms.RandomMap):
     return {**piece, "tokens": moved.astype(tokens.dtype)}
 
 
+def transposed_batches(ds: grain.MapDataset, config: config_dict.ConfigDict
+                       ) -> grain.IterDataset:
+  """The end of the piano-roll training pipelines (this task's, the style
+  classifier's): each element shifted by up to `config.data.transpose`
+  semitones (`RandomTranspose`; 0 or absent: not at all), then this
+  process's share of each batch."""
+  if config.data.get("transpose", 0):
+    ds = ds.random_map(RandomTranspose(config.data.transpose))
+  ds = ds[jax.process_index()::jax.process_count()]
+  return pipeline.batch_and_prefetch(
+      ds, global_batch_size=config.batch_size, num_workers=config.data.num_workers,
+      prefetch_buffer_size=config.data.prefetch_buffer_size)
+
+
 class PianorollTask(base.SingleNetworkTask):
   """Loss, evaluation and sampling of a next-frame model of 88-key frames.
 
@@ -538,12 +552,7 @@ class PianorollTask(base.SingleNetworkTask):
             .shuffle()
             .repeat()
             .random_map(window))
-    if config.data.get("transpose", 0):
-      ds = ds.random_map(RandomTranspose(config.data.transpose))
-    ds = ds[jax.process_index()::jax.process_count()]
-    return pipeline.batch_and_prefetch(
-        ds, global_batch_size=config.batch_size, num_workers=config.data.num_workers,
-        prefetch_buffer_size=config.data.prefetch_buffer_size)
+    return transposed_batches(ds, config)
 
   def eval_data(self, data_dir: str, split: str = "valid") -> dict[str, np.ndarray]:
     """Every piece of `split`, whole, in file order: {"frames", "mask"} or
