@@ -187,6 +187,7 @@ class MetricWriter:
     if enabled:
       layout = workdir_lib.Layout(workdir)
       log_path = layout.train_log
+      os.makedirs(os.path.dirname(log_path), exist_ok=True)
       _truncate_log(log_path, resume_step)
       self._log = open(log_path, "a", encoding="utf-8")
       if "tensorboard" in names:
