@@ -198,15 +198,15 @@ def evaluate_ensemble(export_dirs: list[str], *, split: str = "valid",
 def evaluate_styles(export_dir: str, classifier_dir: str, *,
                     style: str | None = None, num_samples: int = 64,
                     guidance: float = 1.0, length: int | None = None,
-                    temperature: float = 1.0, top_p: float = 1.0,
+                    temperature: float | None = None, top_p: float | None = None,
                     seed: int = 0) -> dict[str, Any]:
   """How often a style classifier finds the requested style in samples of a
   style-conditioned token model.
 
   For each style (`style`, or every style of the model) `num_samples` pieces
-  of `length` tokens (default: the model's `sample.length`) are drawn in one
-  batch at `guidance` and scored whole by the classifier
-  (`ClassifyTask.classify_rolls`).
+  of `length` tokens are drawn in one batch at `guidance` and scored whole
+  by the classifier (`ClassifyTask.classify_rolls`). `length`, `temperature`
+  and `top_p` default to the model's `config.sample` (what `sample` draws).
 
   Returns:
     {"style_share": {style: share classified as it}, "mean_style_share",
@@ -247,14 +247,17 @@ def evaluate_styles(export_dir: str, classifier_dir: str, *,
     if name not in cls_task.styles:
       raise errors.UserError(f"--style={name!r}: the classifier knows "
                              f"{', '.join(cls_task.styles)}.")
-  length = int(generator.config.sample.length if length is None else length)
+  settings = generator.config.sample
+  length = int(settings.length if length is None else length)
+  temperature = float(settings.temperature if temperature is None else temperature)
+  top_p = float(settings.top_p if top_p is None else top_p)
   shares, predicted = {}, {}
   for i, name in enumerate(wanted):
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), i)
     tokens, prime = gen_task.sample_pieces(
         generator.params, rng, num_samples=num_samples, length=length,
         temperature=temperature, top_p=top_p, style=name, guidance=guidance)
-    rolls = [cls_task.representation.encode(gen_task.representation.decode(
+    rolls = [cls_task.representation.encode(gen_task.representation.decode_sample(
         np.concatenate([prime[j], row]))) for j, row in enumerate(tokens)]
     # A sample with no notes is no piece of any style: counted as a miss.
     scored = [r for r in rolls if len(r)]
@@ -266,7 +269,7 @@ def evaluate_styles(export_dir: str, classifier_dir: str, *,
     shares[name] = counts[name] / len(rolls)
   return {"export": export_dir, "classifier": classifier_dir, "num_samples": num_samples,
           "length": length, "guidance": guidance, "temperature": temperature,
-          "style_share": shares, "mean_style_share": float(np.mean(list(shares.values()))),
+          "top_p": top_p, "style_share": shares, "mean_style_share": float(np.mean(list(shares.values()))),
           "predicted": predicted}
 
 
@@ -375,7 +378,9 @@ def main(argv: list[str]) -> None:
     print(json.dumps(evaluate_transfer(
         FLAGS.export, FLAGS.classifier, to_style=FLAGS.to_style,
         strength=FLAGS.strength, split=FLAGS.split, num_samples=FLAGS.num_samples,
-        data_dir=FLAGS.data_dir, temperature=FLAGS.temperature, seed=FLAGS.seed)))
+        data_dir=FLAGS.data_dir,
+        temperature=1.0 if FLAGS.temperature is None else FLAGS.temperature,
+        seed=FLAGS.seed)))
     return
   if FLAGS.classifier:
     print(json.dumps(evaluate_styles(
@@ -414,8 +419,10 @@ def run() -> None:
                      "scale (1: off).")
   flags.DEFINE_integer("length", None, "With --classifier: tokens per sample "
                        "(default: the model's sample.length).")
-  flags.DEFINE_float("temperature", 1.0, "With --classifier: sampling temperature.")
-  flags.DEFINE_float("top_p", 1.0, "With --classifier: nucleus mass (1: off).")
+  flags.DEFINE_float("temperature", None, "With --classifier: sampling temperature "
+                     "(default: the model's sample.temperature; a VAE: 1).")
+  flags.DEFINE_float("top_p", None, "With --classifier: nucleus mass, 1: off "
+                     "(default: the model's sample.top_p).")
   flags.DEFINE_integer("seed", 0, "With --classifier: sampling seed.")
   flags.DEFINE_string("to_style", None, "With --classifier and a VAE: the target "
                       "style of the transfers (default: each style).")

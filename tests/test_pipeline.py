@@ -217,3 +217,37 @@ def test_the_loop_counts_skipped_bad_records(jsb_data_dir, tmp_path):
   counts = [r["train/bad_records"] for r in log_rows(tmp_path / "run")]
   # 40 elements = 4 epochs of 10 records, each with the bad one once.
   assert len(counts) == 5 and sum(counts) == 4
+
+
+class _CountingDecode:
+  def __init__(self):
+    self.calls = 0
+
+  def __call__(self, record: bytes) -> np.ndarray:
+    self.calls += 1
+    return np.frombuffer(record, np.uint8).astype(np.int32)
+
+
+def test_decode_record_cache_decodes_each_record_once(monkeypatch):
+  records = [bytes([i, i + 1, i + 2]) for i in range(4)]
+  decode = _CountingDecode()
+  cached = pipeline.DecodeRecord(records, decode, cache=True)
+  first = [cached.map(i)["value"] for i in range(4)]
+  again = [cached.map(i)["value"] for i in (3, 2, 1, 0)]
+  assert decode.calls == 4
+  for i in range(4):
+    np.testing.assert_array_equal(again[3 - i], [i, i + 1, i + 2])
+    assert again[3 - i] is first[i] and not first[i].flags.writeable
+  # Another transform (another dataset) has its own entries.
+  other = pipeline.DecodeRecord(records, decode, cache=True)
+  other.map(0)
+  assert decode.calls == 5
+  # Uncached, and a full cache, decode every time.
+  plain = pipeline.DecodeRecord(records, decode)
+  plain.map(0), plain.map(0)
+  assert decode.calls == 7
+  monkeypatch.setattr(pipeline, "CACHE_BYTES", 0)
+  full = pipeline.DecodeRecord(records, decode, cache=True)
+  full.map(1), full.map(1)
+  assert decode.calls == 9
+  assert full.map(1)["value"].flags.writeable

@@ -175,6 +175,26 @@ def test_performance_decode_is_lenient():
     rep.decode(np.zeros((2, 2), np.int32))
 
 
+def test_performance_samples_cap_notes_whose_note_off_never_comes():
+  rep = PerformanceRepresentation()
+  on, off, shift = rep.note_on_offset, rep.note_off_offset, rep.time_shift_offset
+  second = [shift + 99]  # 100 steps of 10 ms.
+  tokens = ([on + 60, on + 62] + second * 2 + [off + 62] + second * 5 + [on + 64]
+            + second * 7)  # 60 and 64 never end; 62 lasts 2 s.
+  assert note_tuples(rep.decode(np.asarray(tokens))) == [
+      (60, 0.0, 14.0, 64), (62, 0.0, 2.0, 64), (64, 7.0, 14.0, 64)]
+  cap = representations.performance.SAMPLE_MAX_NOTE_SECONDS
+  assert cap == 5.0
+  assert note_tuples(rep.decode_sample(np.asarray(tokens))) == [
+      (60, 0.0, cap, 64), (62, 0.0, 2.0, 64), (64, 7.0, 7.0 + cap, 64)]
+  # Encoded pieces decode as they are; other representations' samples too.
+  long_note = make_sequence([(60, 0.0, 9.0)])
+  assert note_tuples(rep.decode(rep.encode(long_note)))[0][:3] == (60, 0.0, 9.0)
+  roll = PianorollRepresentation()
+  frames = roll.encode(long_note)
+  assert note_tuples(roll.decode_sample(frames)) == note_tuples(roll.decode(frames))
+
+
 def test_performance_round_trip_on_jsb(chorales):
   rep = PerformanceRepresentation()
   bin_width = 127 / rep.num_velocity_bins

@@ -137,13 +137,19 @@ class DecodeRecord(grain.transforms.Map):
   shard_paths: tuple[str, ...] = ()
   shard_starts: tuple[int, ...] = ()
   on_bad_record: str = "error"
+  # Keep decoded values in this process (up to `CACHE_BYTES` in all), for a
+  # decode that costs more than reading the record (tokenizing a piece).
+  cache: bool = False
+  # Names this transform's entries in the process's cache; travels with it
+  # to grain's workers.
+  cache_key: str = dataclasses.field(default_factory=lambda: os.urandom(8).hex())
 
   def map(self, index: int) -> dict[str, Any]:
     count = len(self.source)
     for skipped in range(count):
       i = (index + skipped) % count
       try:
-        return {"value": self.decode(self.source[i]), "bad_records": skipped}
+        return {"value": self._decode(i), "bad_records": skipped}
       except (DecodeError, ValueError) as e:
         where = locate_record(i, self.shard_paths, self.shard_starts)
         if self.on_bad_record == "error":
@@ -153,6 +159,36 @@ class DecodeRecord(grain.transforms.Map):
         logging.warning("Skipping bad record %s: %s: %s", where,
                         type(e).__name__, e)
     raise BadRecordError(f"No record of {list(self.shard_paths)} decodes.")
+
+  def _decode(self, i: int) -> Any:
+    if not self.cache:
+      return self.decode(self.source[i])
+    key = (self.cache_key, i)
+    value = _DECODED.get(key)
+    if value is None:
+      value = self.decode(self.source[i])
+      _remember(key, value)
+    return value
+
+
+# Decoded records of `DecodeRecord(cache=True)`, per process: each worker
+# decodes a record once, then serves it from memory. Values are read-only.
+CACHE_BYTES = 512 << 20
+_DECODED: dict[tuple[str, int], Any] = {}
+_decoded_bytes = 0
+
+
+def _remember(key: tuple[str, int], value: Any) -> None:
+  global _decoded_bytes
+  arrays = list(value.values()) if isinstance(value, dict) else [value]
+  size = sum(np.asarray(a).nbytes for a in arrays)
+  if _decoded_bytes + size > CACHE_BYTES:
+    return  # Full: decoded again each time, as without a cache.
+  for a in arrays:
+    if isinstance(a, np.ndarray):
+      a.setflags(write=False)
+  _DECODED[key] = value
+  _decoded_bytes += size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,7 +322,7 @@ def create_train_dataset(data_dir: str, representation, *, seq_len: int,
         .shuffle()
         .repeat()
         .map(DecodeRecord(source, encode, tuple(paths), shard_starts(paths),
-                          on_bad_record))
+                          on_bad_record, cache=True))
         # Styled: seq_len tokens after the style token.
         .random_map(RandomWindow(seq_len + (0 if styles else 1),
                                  representation.pad_id, left_pad)))

@@ -332,7 +332,7 @@ class LanguageModelTask(base.SingleNetworkTask):
         style=style, guidance=guidance)
     if directory is None:
       return []
-    sequences = (self.representation.decode(np.concatenate([prime[i], row]))
+    sequences = (self.representation.decode_sample(np.concatenate([prime[i], row]))
                  for i, row in enumerate(tokens))
     return samples.write_midi_samples(
         sequences, directory, (f"{title}sample {i}" for i in range(len(tokens))))

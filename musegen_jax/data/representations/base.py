@@ -43,6 +43,11 @@ class Representation(abc.ABC):
   def decode(self, x: np.ndarray) -> NoteSequence:
     """The model's array -> NoteSequence."""
 
+  def decode_sample(self, x: np.ndarray) -> NoteSequence:
+    """A model's sample -> NoteSequence: `decode`, plus whatever repair a
+    representation applies to generated (not encoded) arrays."""
+    return self.decode(x)
+
   def __eq__(self, other: object) -> bool:
     return (type(self) is type(other) and
             self.settings() == other.settings())  # pytype: disable=attribute-error

@@ -24,6 +24,10 @@ import numpy as np
 from musegen_jax.data.representations import base
 
 NUM_PITCHES = 128
+# A sampled note-on whose note-off never comes would otherwise sound to the
+# end of the piece; samples cap notes at this length (Magenta's Performance
+# RNN generator does the same, at 5 s).
+SAMPLE_MAX_NOTE_SECONDS = 5.0
 
 
 class PerformanceRepresentation(base.TokenRepresentation):
@@ -171,7 +175,12 @@ class PerformanceRepresentation(base.TokenRepresentation):
       tokens.append(self.eos_id)
     return np.asarray(tokens, dtype=np.int32)
 
-  def decode(self, x: np.ndarray) -> base.NoteSequence:
+  def decode_sample(self, x: np.ndarray) -> base.NoteSequence:
+    """`decode` with notes capped at `SAMPLE_MAX_NOTE_SECONDS`."""
+    return self.decode(x, max_note_seconds=SAMPLE_MAX_NOTE_SECONDS)
+
+  def decode(self, x: np.ndarray, max_note_seconds: float | None = None
+             ) -> base.NoteSequence:
     """Decodes event tokens into a NoteSequence.
 
     PAD is skipped and EOS ends the sequence. A note-off without a sounding
@@ -180,6 +189,8 @@ class PerformanceRepresentation(base.TokenRepresentation):
 
     Args:
       x: [length] integer token ids.
+      max_note_seconds: if set, no note lasts longer (it ends that long
+        after its start however late its note-off comes).
 
     Returns:
       a NoteSequence at 120 qpm with times in seconds.
@@ -194,12 +205,14 @@ class PerformanceRepresentation(base.TokenRepresentation):
     velocity = 64
     step = 0
     sounding: dict[int, tuple[int, int]] = {}  # pitch -> (start step, velocity)
+    longest = None if max_note_seconds is None else max(1, round(max_note_seconds * sps))
 
     def close(pitch: int) -> None:
       start, note_velocity = sounding.pop(pitch)
-      if step > start:
+      end = step if longest is None else min(step, start + longest)
+      if end > start:
         ns.notes.add(pitch=pitch, velocity=note_velocity, start_time=start / sps,
-                     end_time=step / sps)
+                     end_time=end / sps)
 
     for token in tokens.tolist():
       if token == self.eos_id:
