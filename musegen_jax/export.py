@@ -117,7 +117,8 @@ def export(workdir: str, output: str, which: str = "latest",
       config, spec, step=step, params=params,
       formats=checkpoint.export_formats(export_format),
       evaluations=hub.read_evaluations(layout.train_log, up_to_step=step),
-      checkpoint_metrics=metrics, export_command=command)
+      checkpoint_metrics=metrics, export_command=command,
+      train_commands=_train_commands(layout.commands))
   # What sampling needs from the data (the VAE's style latents), computed
   # now: the bundle must not need the dataset.
   bundle_extras = getattr(task, "bundle_extras", None)
@@ -127,6 +128,15 @@ def export(workdir: str, output: str, which: str = "latest",
                                   representation=spec, step=step,
                                   export_format=export_format, model_card=card,
                                   extras=extras)
+
+
+def _train_commands(path: str) -> list[str]:
+  """The run's recorded launch commands (none for runs made before they
+  were recorded, or through the Python API)."""
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    return [line.rstrip("\n") for line in f if line.strip()]
 
 
 def main(argv: list[str]) -> None:

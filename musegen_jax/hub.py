@@ -259,7 +259,8 @@ def model_card(config: ml_collections.ConfigDict,
                representation: Mapping[str, Any], *, step: int, params: Any,
                formats: Iterable[str], evaluations: Sequence[Mapping[str, Any]] = (),
                checkpoint_metrics: Mapping[str, Any] | None = None,
-               export_command: str | None = None) -> str:
+               export_command: str | None = None,
+               train_commands: Sequence[str] = ()) -> str:
   """The README.md of a bundle: Hub YAML front matter, then what the model
   is, what it was trained on and for how long, the evaluations the run
   recorded (`read_evaluations`), how the bundle was made and how to sample.
@@ -273,6 +274,8 @@ def model_card(config: ml_collections.ConfigDict,
     evaluations: the run's valid rows (train_log.jsonl), oldest first.
     checkpoint_metrics: the exported checkpoint's own metrics (orbax's).
     export_command: the command that wrote the bundle, when known.
+    train_commands: the commands that launched the run (WORKDIR/commands.txt:
+      the first, then each resume), when recorded.
   """
   task, model = config.task, config.model.name
   rep_name = representation.get("name", "")
@@ -326,6 +329,10 @@ def model_card(config: ml_collections.ConfigDict,
     lines.append("The run recorded no evaluation up to this step.")
 
   lines += ["", "## How it was made", ""]
+  if train_commands:
+    lines += ["Trained with" + (" (the first launch, then each resume)"
+                                if len(train_commands) > 1 else ""),
+              "", "```", *train_commands, "```", ""]
   if export_command:
     lines += ["Exported with", "", "```", export_command, "```", ""]
   lines += ["The training config is `config.json` (train again with "

@@ -14,6 +14,8 @@ and $MUSEGEN_PROCESS_ID; under `srun` or on a TPU pod JAX finds them itself.
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 
 from absl import flags
 from ml_collections import config_flags
@@ -74,9 +76,15 @@ def main(argv: list[str]) -> None:
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
                              allow_config_change=FLAGS.allow_config_change,
-                             config_file=FLAGS["config"].config_filename)
+                             config_file=FLAGS["config"].config_filename,
+                             command=launch_command())
   except workdir_lib.WorkdirInUseError as e:
     cli.fail(e)
+
+
+def launch_command() -> str:
+  """This process's command line, as a user would type it again."""
+  return shlex.join(["python", "-m", "musegen_jax.main", *sys.argv[1:]])
 
 
 def _flag_or_env(name: str, kind: type):

@@ -339,7 +339,8 @@ def _format(values: dict[str, float]) -> str:
 def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
                        stop_at_step: int | None = None,
                        allow_config_change: bool = False,
-                       config_file: str | None = None) -> Any:
+                       config_file: str | None = None,
+                       command: str | None = None) -> Any:
   """Trains `config` in `workdir`, resuming from its newest checkpoint.
 
   Args:
@@ -352,6 +353,9 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
       representation differ from the workdir's earlier run.
     config_file: the --config the user gave (with its variant), named in the
       hint a run longer than a day prints.
+    command: the command line that launched this, appended to
+      WORKDIR/commands.txt once the workdir is checked (export's model card
+      shows each launch).
 
   Returns:
     The final train state.
@@ -378,6 +382,9 @@ def train_and_evaluate(config: config_dict.ConfigDict, workdir: str, *,
     if workdir_lib.Layout(workdir).has_checkpoint():
       workdir_lib.check_config(workdir, config, allow_change=allow_config_change)
       warm_start.check_resume(workdir_lib.Layout(workdir).config, config)
+    if command and jax.process_index() == 0:
+      with open(workdir_lib.Layout(workdir).commands, "a", encoding="utf-8") as f:
+        f.write(command.replace("\n", " ") + "\n")
     return _train(config, workdir, stop_at_step, config_file, bundle)
 
 

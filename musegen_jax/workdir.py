@@ -62,6 +62,12 @@ class Layout:
     return self._path("samples", str(step))
 
   @property
+  def commands(self) -> str:
+    """The command line of each launch of the run, one per line (the model
+    card's "Trained with")."""
+    return self._path("commands.txt")
+
+  @property
   def train_log(self) -> str:
     """One JSON line per training step and per eval."""
     return self._path("train_log.jsonl")

@@ -31,6 +31,9 @@ from conftest import load_config, log_rows, tiny_lstm_config
 pytestmark = pytest.mark.usefixtures("fewer_optimizations")
 
 
+TRAIN_COMMAND = "python -m musegen_jax.main --config=configs/lstm.py:smoke --workdir=RUN"
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   """A 4-step LSTM run with evaluations at steps 2 and 4: (workdir, config)."""
@@ -39,7 +42,7 @@ def run(tmp_path_factory):
   config = tiny_lstm_config(num_train_steps=4, warmup_steps=1, log_every_steps=2,
                             eval_every_steps=2, checkpoint_every_steps=4)
   with fewer_xla_optimizations():
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, command=TRAIN_COMMAND)
   return workdir, config
 
 
@@ -108,6 +111,7 @@ def test_model_card_tells_task_model_steps_evaluations_and_commands(run, tmp_pat
   for row in valid:
     assert f"| {row['step']} | {row['valid/loss']:.4g} |" in body
   assert f"valid_loss {valid[-1]['valid/loss']:.4g}" in body  # The checkpoint's.
+  assert f"Trained with\n\n```\n{TRAIN_COMMAND}\n```\n" in body
   assert (f"python -m musegen_jax.export --workdir={workdir} --output="
           f"{tmp_path / 'hub'} --checkpoint=latest --format=safetensors") in body
   assert "python -m musegen_jax.sample --export=THIS_FOLDER" in body

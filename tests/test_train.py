@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -107,6 +108,9 @@ def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path):
   assert rerun.returncode == 0, rerun.stdout + rerun.stderr
   assert f"Resumed from step {stopped}" in rerun.stdout
   assert "leaked shared_memory" not in rerun.stderr, rerun.stderr
+  # Each launch is recorded as typed (the model card's "Trained with").
+  typed = shlex.join(["python", "-m", "musegen_jax.main", *command[3:]])
+  assert open(os.path.join(workdir, "commands.txt")).read() == 2 * (typed + "\n")
   reference = str(tmp_path / "reference")
   train.train_and_evaluate(load_config("lstm", **{
       k.replace(".", "__"): v for k, v in overrides.items()}), reference)
