@@ -257,20 +257,30 @@ def evaluate_styles(export_dir: str, classifier_dir: str, *,
     tokens, prime = gen_task.sample_pieces(
         generator.params, rng, num_samples=num_samples, length=length,
         temperature=temperature, top_p=top_p, style=name, guidance=guidance)
-    rolls = [cls_task.representation.encode(gen_task.representation.decode_sample(
-        np.concatenate([prime[j], row]))) for j, row in enumerate(tokens)]
+    picked = _classify(cls_task, judge.params, [
+        gen_task.representation.decode_sample(np.concatenate([prime[j], row]))
+        for j, row in enumerate(tokens)])
     # A sample with no notes is no piece of any style: counted as a miss.
-    scored = [r for r in rolls if len(r)]
-    probs = cls_task.classify_rolls(judge.params, scored) if scored else np.zeros((0, 1))
-    picks = np.argmax(probs, axis=-1) if scored else np.zeros((0,), int)
-    counts = {c: int(np.sum(picks == k)) for k, c in enumerate(cls_task.styles)}
-    counts["no notes"] = len(rolls) - len(scored)
+    counts = {c: picked.count(c) for c in cls_task.styles}
+    counts["no notes"] = picked.count(None)
     predicted[name] = counts
-    shares[name] = counts[name] / len(rolls)
+    shares[name] = counts[name] / len(picked)
   return {"export": export_dir, "classifier": classifier_dir, "num_samples": num_samples,
           "length": length, "guidance": guidance, "temperature": temperature,
           "top_p": top_p, "style_share": shares, "mean_style_share": float(np.mean(list(shares.values()))),
           "predicted": predicted}
+
+
+def _classify(cls_task, params: Any, sequences: list) -> list[str | None]:
+  """The style the classifier picks for each NoteSequence (None: no notes)."""
+  import numpy as np
+  rolls = [cls_task.representation.encode(ns) for ns in sequences]
+  scored = [i for i, r in enumerate(rolls) if len(r)]
+  picks = np.full((len(rolls),), -1)
+  if scored:
+    probs = cls_task.classify_rolls(params, [rolls[i] for i in scored])
+    picks[scored] = np.argmax(probs, axis=-1)
+  return [cls_task.styles[p] if p >= 0 else None for p in picks]
 
 
 def _bundle_task(export_dir: str) -> str:
@@ -290,11 +300,14 @@ def evaluate_transfer(export_dir: str, classifier_dir: str, *,
   from their own labelled style) and decoded once at `temperature`.
 
   Returns:
-    {"transfer": {target: {"target_share", "source_share", "pitch_class",
-    "rhythm", "baseline_pitch_class", "baseline_rhythm", "pieces"}},
-    "mean_target_share", and the settings}. "source_share": the share still
-    classified as the source style; the baselines compare each source with
-    a real piece of the target style instead.
+    {"transfer": {target: {"target_share", "source_share",
+    "source_window_share", "pitch_class", "rhythm", "baseline_pitch_class",
+    "baseline_rhythm", "pieces"}}, "mean_target_share", and the settings}.
+    "source_share": the share still classified as the source style;
+    "source_window_share": the share of the source windows themselves
+    classified as their style (the classifier's ceiling at this length); the
+    baselines compare each source with a real piece of the target style
+    instead.
   """
   import jax
   import numpy as np
@@ -346,13 +359,8 @@ def evaluate_transfer(export_dir: str, classifier_dir: str, *,
     windows = [vae_task.representation.decode(w)
                for w in vae_task.encode_pieces([ns for _, ns in sources])]
     results_ns = [vae_task.representation.decode(row) for row in tokens]
-    rolls = [cls_task.representation.encode(ns) for ns in results_ns]
-    scored = [i for i, r in enumerate(rolls) if len(r)]
-    picks = np.full((len(rolls),), -1)
-    if scored:
-      probs = cls_task.classify_rolls(judge.params, [rolls[i] for i in scored])
-      picks[scored] = np.argmax(probs, axis=-1)
-    picked = [cls_task.styles[p] if p >= 0 else None for p in picks]
+    picked = _classify(cls_task, judge.params, results_ns)
+    own = _classify(cls_task, judge.params, windows)
     kept = [features.similarity(w, r) for w, r in zip(windows, results_ns)]
     reference = [vae_task.representation.decode(w) for w in vae_task.encode_pieces(
         [references[i % len(references)] for i in range(len(windows))])]
@@ -360,6 +368,9 @@ def evaluate_transfer(export_dir: str, classifier_dir: str, *,
     results[target] = {
         "target_share": float(np.mean([p == target for p in picked])),
         "source_share": float(np.mean([p == s for p, (s, _) in zip(picked, sources)])),
+        # The same classifier on the source windows themselves: how well it
+        # tells styles apart at this length (a ceiling for the shares).
+        "source_window_share": float(np.mean([p == s for p, (s, _) in zip(own, sources)])),
         "pitch_class": float(np.mean([k["pitch_class"] for k in kept])),
         "rhythm": float(np.mean([k["rhythm"] for k in kept])),
         "baseline_pitch_class": float(np.mean([b["pitch_class"] for b in baseline])),
