@@ -125,6 +125,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # this times the distance between the mean and covariance of the batch's
   # real and generated log-mel frames (tasks/gan.py moment_matching_loss).
   config.gan.moment_weight = 0.0
+  # Both learning rates decay on a cosine over num_train_steps to this
+  # fraction of themselves (1: constant).
+  config.gan.lr_end_factor = 1.0
   config.gan.critic_steps = 5  # Discriminator updates per generator update.
   config.gan.ema_decay = 0.999  # EMA of the generator: evaluated and exported.
   # Decay min(ema_decay, (1 + step) / (10 + step)): the EMA follows the

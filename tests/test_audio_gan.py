@@ -118,6 +118,28 @@ def test_two_time_scales_give_each_network_its_rate():
   np.testing.assert_allclose(updates["w"], -1e-4, rtol=1e-3)
 
 
+def test_lr_end_factor_decays_both_rates_on_a_cosine():
+  task = _task(_cpu(num_train_steps=100, learning_rate=1e-4,
+                    gan__d_learning_rate=4e-4, gan__lr_end_factor=0.1))
+  params, grads = {"w": jnp.ones(3)}, {"w": jnp.ones(3)}
+  for tx, rate in ((task.g_tx, 1e-4), (task.d_tx, 4e-4)):
+    state = tx.init(params)
+    steps = {}
+    for step in range(101):
+      updates, state = tx.update(grads, state, params)
+      steps[step] = float(updates["w"][0])
+    # Adam's unit steps times the schedule: full rate, half way, 0.1 at the end.
+    np.testing.assert_allclose(-steps[0], rate, rtol=1e-3)
+    np.testing.assert_allclose(-steps[50], rate * (0.1 + 0.9 * 0.5), rtol=1e-3)
+    np.testing.assert_allclose(-steps[100], rate * 0.1, rtol=1e-3)
+  assert float(task.learning_rate_fn(100)) == pytest.approx(1e-5)
+  # The default stays constant, with Adam's state as before (no schedule count).
+  constant = _task(_cpu(learning_rate=1e-4))
+  assert float(constant.learning_rate_fn(100)) == pytest.approx(1e-4)
+  assert (jax.tree.structure(constant.g_tx.init(params))
+          != jax.tree.structure(task.g_tx.init(params)))
+
+
 @pytest.mark.slow
 def test_cpu_recipe_step_with_r1_and_ema_warmup():
   config = _cpu(gan__r1_weight=1.0, gan__feature_matching_weight=1.0,
@@ -257,6 +279,8 @@ def test_voice_and_loss_option_mistakes_name_the_key():
                          (dict(gan__mode_seeking_weight=-1.0),
                           "gan.mode_seeking_weight"),
                          (dict(gan__moment_weight=-0.5), "gan.moment_weight"),
+                         (dict(gan__lr_end_factor=0.0), "gan.lr_end_factor"),
+                         (dict(gan__lr_end_factor=1.5), "gan.lr_end_factor"),
                          (dict(model__stft_pack=3), "model.stft_pack"),
                          (dict(model__discriminators="waveform,stft"),
                           "model.stft_pack")):

@@ -61,7 +61,7 @@ CONFIG_DEFAULTS = {
     "model.stft_patches": False, "model.stft_pack": 1,
     "gan.r1_weight": 0.0, "gan.d_learning_rate": 0.0, "gan.ema_warmup": False,
     "gan.mode_seeking_weight": 0.0, "gan.feature_matching_weight": 0.0,
-    "gan.coverage_weight": 0.0, "gan.moment_weight": 0.0}
+    "gan.coverage_weight": 0.0, "gan.moment_weight": 0.0, "gan.lr_end_factor": 1.0}
 SLICE_LENGTHS = (16384, 32768, 65536)
 # Log-mel features of the Frechet distance.
 FRECHET_N_FFT = 1024
@@ -139,6 +139,9 @@ def _check_architecture(config: config_dict.ConfigDict) -> None:
                     "gan.coverage_weight": config.gan.coverage_weight,
                     "gan.moment_weight": config.gan.moment_weight,
                     "model.d_dim": m.d_dim})
+  if not 0.0 < config.gan.lr_end_factor <= 1.0:
+    raise ValueError(f"config.gan.lr_end_factor={config.gan.lr_end_factor}; allowed: "
+                     "(0, 1] (1: constant learning rates)")
   slice_len = config.data.slice_len
   if "stft" in names:
     sizes = list(m.stft_sizes)
@@ -412,7 +415,7 @@ class GANTask:
     self.generator = build_generator(config)
     self.discriminator = build_discriminator(config)
     self.model = self.generator
-    self.learning_rate_fn = optax.constant_schedule(config.learning_rate)
+    self.learning_rate_fn = self._schedule(config.learning_rate)
     # Made once: the optimizers are part of the state's tree structure, which
     # must be the same in every `init_state` (shardings are matched to it).
     # Two time-scale updates (Heusel et al., 2017): gan.d_learning_rate > 0
@@ -423,9 +426,21 @@ class GANTask:
 
   # --- state -----------------------------------------------------------------
 
+  def _schedule(self, learning_rate: float) -> optax.Schedule:
+    """Constant, or (gan.lr_end_factor < 1) a cosine decay over the run to
+    that fraction of `learning_rate`."""
+    factor = float(self.config.gan.lr_end_factor)
+    if factor == 1.0:
+      return optax.constant_schedule(learning_rate)
+    return optax.cosine_decay_schedule(learning_rate, int(self.config.num_train_steps),
+                                       alpha=factor)
+
   def _optimizer(self, learning_rate: float) -> optax.GradientTransformation:
-    return optax.adam(learning_rate, b1=self.config.adam_b1,
-                      b2=self.config.adam_b2)
+    # A constant rate is passed as a number, so the Adam state holds no
+    # schedule count and older checkpoints keep their tree structure.
+    rate = (learning_rate if self.config.gan.lr_end_factor == 1.0
+            else self._schedule(learning_rate))
+    return optax.adam(rate, b1=self.config.adam_b1, b2=self.config.adam_b2)
 
   def init_state(self, rng: Array) -> GANState:
     """Fresh generator, discriminator, Adam states and EMA (= the generator).
