@@ -267,7 +267,8 @@ def evaluate_styles(export_dir: str, classifier_dir: str, *,
     shares[name] = counts[name] / len(picked)
   return {"export": export_dir, "classifier": classifier_dir, "num_samples": num_samples,
           "length": length, "guidance": guidance, "temperature": temperature,
-          "top_p": top_p, "style_share": shares, "mean_style_share": float(np.mean(list(shares.values()))),
+          "top_p": top_p, "style_share": shares,
+          "mean_style_share": float(np.mean(list(shares.values()))),
           "predicted": predicted}
 
 
