@@ -359,7 +359,7 @@ def evaluate_transfer(export_dir: str, classifier_dir: str, *,
                                temperature=temperature)
     windows = [vae_task.representation.decode(w)
                for w in vae_task.encode_pieces([ns for _, ns in sources])]
-    results_ns = [vae_task.representation.decode(row) for row in tokens]
+    results_ns = [vae_task.representation.decode_sample(row) for row in tokens]
     picked = _classify(cls_task, judge.params, results_ns)
     own = _classify(cls_task, judge.params, windows)
     kept = [features.similarity(w, r) for w, r in zip(windows, results_ns)]

@@ -137,12 +137,12 @@ class DecodeRecord(grain.transforms.Map):
   shard_paths: tuple[str, ...] = ()
   shard_starts: tuple[int, ...] = ()
   on_bad_record: str = "error"
-  # Keep decoded values in this process (up to `CACHE_BYTES` in all), for a
-  # decode that costs more than reading the record (tokenizing a piece).
+  # Keep decoded values (up to `CACHE_BYTES`, read-only) for as long as this
+  # transform lives, in each process that runs it: for a decode that costs
+  # more than reading the record (tokenizing a piece).
   cache: bool = False
-  # Names this transform's entries in the process's cache; travels with it
-  # to grain's workers.
-  cache_key: str = dataclasses.field(default_factory=lambda: os.urandom(8).hex())
+  _decoded: "_DecodedCache" = dataclasses.field(
+      default_factory=lambda: _DecodedCache(), repr=False, compare=False)
 
   def map(self, index: int) -> dict[str, Any]:
     count = len(self.source)
@@ -163,32 +163,34 @@ class DecodeRecord(grain.transforms.Map):
   def _decode(self, i: int) -> Any:
     if not self.cache:
       return self.decode(self.source[i])
-    key = (self.cache_key, i)
-    value = _DECODED.get(key)
+    value = self._decoded.values.get(i)
     if value is None:
       value = self.decode(self.source[i])
-      _remember(key, value)
+      self._decoded.remember(i, value)
     return value
 
 
-# Decoded records of `DecodeRecord(cache=True)`, per process: each worker
-# decodes a record once, then serves it from memory. Values are read-only.
+# The most one `DecodeRecord(cache=True)` keeps per process.
 CACHE_BYTES = 512 << 20
-_DECODED: dict[tuple[str, int], Any] = {}
-_decoded_bytes = 0
 
 
-def _remember(key: tuple[str, int], value: Any) -> None:
-  global _decoded_bytes
-  arrays = list(value.values()) if isinstance(value, dict) else [value]
-  size = sum(np.asarray(a).nbytes for a in arrays)
-  if _decoded_bytes + size > CACHE_BYTES:
-    return  # Full: decoded again each time, as without a cache.
-  for a in arrays:
-    if isinstance(a, np.ndarray):
-      a.setflags(write=False)
-  _DECODED[key] = value
-  _decoded_bytes += size
+class _DecodedCache:
+  """Record index -> decoded value, up to `CACHE_BYTES`; values read-only."""
+
+  def __init__(self):
+    self.values: dict[int, Any] = {}
+    self.bytes = 0
+
+  def remember(self, i: int, value: Any) -> None:
+    arrays = list(value.values()) if isinstance(value, dict) else [value]
+    size = sum(np.asarray(a).nbytes for a in arrays)
+    if self.bytes + size > CACHE_BYTES:
+      return  # Full: decoded again each time, as without a cache.
+    for a in arrays:
+      if isinstance(a, np.ndarray):
+        a.setflags(write=False)
+    self.values[i] = value
+    self.bytes += size
 
 
 @dataclasses.dataclass(frozen=True)

@@ -474,7 +474,7 @@ class VAETask(base.SingleNetworkTask):
     samples.write_midi_samples([source], directory,
                                [f"{title}source ({source_style})"], stem="source")
     paths = samples.write_midi_samples(
-        (self.representation.decode(row) for row in tokens), directory,
+        (self.representation.decode_sample(row) for row in tokens), directory,
         (f"{title}{source_style} -> {to_style}, strength {strength:g}, sample {i}"
          for i in range(len(tokens))))
     return paths, source_style
@@ -526,7 +526,7 @@ class VAETask(base.SingleNetworkTask):
     labels = (f"interpolation {i}/{len(tokens) - 1}" if interpolate_steps
               else f"sample {i}" for i in range(len(tokens)))
     return samples.write_midi_samples(
-        (self.representation.decode(row) for row in tokens), directory,
+        (self.representation.decode_sample(row) for row in tokens), directory,
         (f"{title}{label}" for label in labels))
 
 
