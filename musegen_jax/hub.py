@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 
 from musegen_jax import errors
+from musegen_jax import metrics
 
 SAFETENSORS_FILE = "model.safetensors"
 MODEL_CARD_FILE = "README.md"
@@ -195,19 +196,9 @@ def read_evaluations(train_log: str, up_to_step: int | None = None
   A missing log gives []; unreadable lines (a run killed mid-write) are
   skipped.
   """
-  if not os.path.exists(train_log):
-    return []
-  by_step: dict[int, dict[str, Any]] = {}
-  with open(train_log, encoding="utf-8") as f:
-    for line in f:
-      try:
-        row = json.loads(line)
-      except ValueError:
-        continue
-      if (isinstance(row, dict) and row.get("split") == "valid"
-          and isinstance(row.get("step"), int)
-          and (up_to_step is None or row["step"] <= up_to_step)):
-        by_step[row["step"]] = row
+  by_step = {row["step"]: row for row in metrics.read_log(train_log)
+             if row.get("split") == "valid"
+             and (up_to_step is None or row["step"] <= up_to_step)}
   return [by_step[s] for s in sorted(by_step)]
 
 

@@ -47,19 +47,32 @@ def _summary_writer_class():
   return SummaryWriter
 
 
+def _log_lines(path: str) -> Iterable[tuple[str, dict[str, Any]]]:
+  """(line, row) for each whole line of a JSON log. A line cut by a kill, or
+  one a live run is still writing (no newline yet), is skipped."""
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if not line.endswith("\n"):
+        continue
+      try:
+        row = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(row, dict) and isinstance(row.get("step"), int):
+        yield line, row
+
+
+def read_log(path: str) -> list[dict[str, Any]]:
+  """The rows of a run's `train_log.jsonl` (torn lines skipped); [] if it
+  does not exist."""
+  return [row for _, row in _log_lines(path)] if os.path.exists(path) else []
+
+
 def _truncate_log(path: str, last_step: int) -> None:
   """Keeps the lines of `path` up to `last_step` (and drops a torn last line)."""
   if not os.path.exists(path):
     return
-  kept = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError:  # A line cut by a kill.
-        continue
-      if row["step"] <= last_step:
-        kept.append(line if line.endswith("\n") else line + "\n")
+  kept = [line for line, row in _log_lines(path) if row["step"] <= last_step]
   with open(path + ".tmp", "w", encoding="utf-8") as f:
     f.writelines(kept)
   os.replace(path + ".tmp", path)
@@ -200,10 +213,12 @@ class MetricWriter:
     """Appends one JSON line per step: {"step": s, "<prefix>/<name>": v}."""
     if not self.enabled:
       return
+    lines = []
     for step, values in rows:
       line = {"step": int(step)}
       line.update({f"{prefix}/{k}": float(v) for k, v in values.items()})
-      self._log.write(json.dumps(line) + "\n")
+      lines.append(json.dumps(line) + "\n")
+    self._log.write("".join(lines))  # One write: readers see whole lines sooner.
     self._log.flush()
 
   def write_eval(self, step: int, values: Mapping[str, Any], *,

@@ -58,21 +58,16 @@ def plot_spectrogram(audio: np.ndarray, sample_rate: int, path: str, *,
 
 def read_eval_rows(workdir: str, split: str = "valid") -> list[dict]:
   """The eval rows of WORKDIR/train_log.jsonl, keys without their prefix."""
-  import json
   import os
 
+  from musegen_jax import metrics
   from musegen_jax import workdir as workdir_lib
 
   path = workdir_lib.Layout(workdir).train_log
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: no train_log.jsonl (is {workdir} a workdir?)")
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      row = json.loads(line)
-      if row.get("split") == split:
-        rows.append({k.split("/", 1)[-1]: v for k, v in row.items()})
-  return rows
+  return [{k.split("/", 1)[-1]: v for k, v in row.items()}
+          for row in metrics.read_log(path) if row.get("split") == split]
 
 
 def plot_learning_curve(rows: list[dict], keys: list[str], path: str, *,

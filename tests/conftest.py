@@ -161,7 +161,10 @@ def tiny_lstm_config(**overrides):
 
 def log_rows(workdir, split: str = "train") -> list[dict]:
   """The rows of WORKDIR/train_log.jsonl of one split: the per-step training
-  rows ("train") or the evaluations ("valid", rows with a "split" key)."""
+  rows ("train") or the evaluations ("valid", rows with a "split" key).
+  Complete lines only: a live run's log may end in a line being written."""
   with open(os.path.join(str(workdir), "train_log.jsonl"), encoding="utf-8") as f:
-    rows = [json.loads(line) for line in f]
+    # A line without its newline is still being written by a running process
+    # (tests poll the log of a live run); a finished run's lines all have one.
+    rows = [json.loads(line) for line in f if line.endswith("\n")]
   return [r for r in rows if r.get("split", "train") == split]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import sys
 
 import pytest
 
 from musegen_jax import errors
+from musegen_jax import hub
 from musegen_jax import metrics
+from musegen_jax import plots
 from musegen_jax import train
 from musegen_jax import workdir as workdir_lib
 from tests.conftest import log_rows
@@ -70,3 +73,25 @@ def test_log_to_errors_are_one_line_and_come_before_training(monkeypatch):
     train.check_config(tiny_lstm_config(log_to="tensorboard,wandb"))
   assert metrics.parse_log_to(" tensorboard ,tensorboard,") == ("tensorboard",)
   assert metrics.parse_log_to("") == ()
+
+
+def test_a_torn_last_log_line_is_skipped_by_every_reader_and_dropped_on_resume(
+    tmp_path):
+  # A run killed mid-write leaves a last line without its end; the model card,
+  # the plots and a resumed run all read the log.
+  workdir = str(tmp_path)
+  path = os.path.join(workdir, "train_log.jsonl")
+  whole = [{"step": 1, "train/loss": 2.0},
+           {"step": 2, "split": "valid", "valid/loss": 1.5},
+           {"step": 3, "train/loss": 1.0}]
+  with open(path, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in whole)
+    f.write('{"step": 4, "train/loss": 0.9')
+  assert metrics.read_log(path) == whole
+  assert [r["step"] for r in hub.read_evaluations(path)] == [2]
+  assert plots.read_eval_rows(workdir) == [{"step": 2, "split": "valid",
+                                            "loss": 1.5}]
+  writer = metrics.MetricWriter(workdir, resume_step=2, log_to="")
+  writer.write_steps("train", [(3, {"loss": 0.5})])
+  writer.close()
+  assert metrics.read_log(path) == whole[:2] + [{"step": 3, "train/loss": 0.5}]
