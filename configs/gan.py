@@ -216,7 +216,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.gan.ema_warmup = True
     config.adam_b2 = 0.9
     config.batch_size = 32
-    config.num_train_steps = 3_000
+    config.num_train_steps = 3_500
     config.log_every_steps = 50
     # Scored often on 512 clips: the best checkpoint is the least distant.
     config.eval_every_steps = 250

@@ -47,19 +47,38 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int,
   return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
 
 
-def power_frames(audio: Array, n_fft: int, hop: int) -> Array:
-  """|STFT|^2 of [batch, length] audio: [batch, frames, n_fft // 2 + 1].
+def frame(audio: Array, n_fft: int, hop: int) -> Array:
+  """[..., length] -> [..., frames, n_fft]: windows of `n_fft` samples every
+  `hop` samples (no padding).
 
-  Frames of `n_fft` samples every `hop` samples (no padding), Hann window.
+  Where `hop` divides `n_fft` (every STFT here), the audio is cut into blocks
+  of `hop` samples and each frame joins n_fft / hop consecutive ones: slices
+  whose gradient is a sum of pads, where a gather's is a scatter-add, which
+  made the generator's backward pass through its STFTs 4x slower on CPU
+  (BUILD_NOTES.md, issue 25 fifth pass). The values are the same.
   """
   length = audio.shape[-1]
   if length < n_fft:
     raise ValueError(f"Audio of {length} samples is shorter than n_fft={n_fft}.")
   num_frames = 1 + (length - n_fft) // hop
-  index = np.arange(num_frames)[:, None] * hop + np.arange(n_fft)[None, :]
+  if n_fft % hop:
+    index = np.arange(num_frames)[:, None] * hop + np.arange(n_fft)[None, :]
+    return audio[..., index]
+  per_frame = n_fft // hop
+  num_blocks = num_frames + per_frame - 1
+  blocks = audio[..., :num_blocks * hop].reshape(audio.shape[:-1] + (num_blocks, hop))
+  return jnp.concatenate([blocks[..., j:j + num_frames, :]
+                          for j in range(per_frame)], axis=-1)
+
+
+def power_frames(audio: Array, n_fft: int, hop: int) -> Array:
+  """|STFT|^2 of [batch, length] audio: [batch, frames, n_fft // 2 + 1].
+
+  Frames of `n_fft` samples every `hop` samples (no padding), Hann window.
+  """
   window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
-  frames = audio[..., index].astype(jnp.float32) * window
-  spec = jnp.fft.rfft(frames, axis=-1)
+  spec = jnp.fft.rfft(frame(audio, n_fft, hop).astype(jnp.float32) * window,
+                      axis=-1)
   return jnp.real(spec) ** 2 + jnp.imag(spec) ** 2
 
 

@@ -126,3 +126,21 @@ def test_eval_reports_the_real_baseline_at_the_same_clip_count(audio_dir):
   # `evaluate` reads at least 512 clips unless told.
   assert tasks.evaluate_num_batches(config) == 64
   assert tasks.evaluate_num_batches(load_config("gan", num_eval_batches=-1)) == -1
+
+
+@pytest.mark.parametrize("n_fft,hop", [(1024, 256), (256, 64), (1024, 512),
+                                       (100, 30)])
+def test_frames_and_their_gradient_equal_a_gather_of_every_window(n_fft, hop):
+  # Frames are cut from blocks of `hop` samples where hop divides n_fft (a
+  # slice's gradient instead of a gather's scatter-add): the same windows.
+  audio = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4000))
+  num_frames = 1 + (4000 - n_fft) // hop
+  index = np.arange(num_frames)[:, None] * hop + np.arange(n_fft)[None, :]
+  np.testing.assert_array_equal(spectral.frame(audio, n_fft, hop),
+                                np.asarray(audio)[..., index])
+  weights = jax.random.normal(jax.random.PRNGKey(1), (num_frames, n_fft))
+  grad = jax.grad(lambda x: jnp.sum(jnp.sin(spectral.frame(x, n_fft, hop)) * weights))
+  want = jax.grad(lambda x: jnp.sum(jnp.sin(x[..., index]) * weights))
+  np.testing.assert_allclose(grad(audio), want(audio), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="shorter than n_fft"):
+    spectral.frame(audio[..., :n_fft - 1], n_fft, hop)
