@@ -78,6 +78,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # With voices: True, each voice sounds its most likely pitch alone
   # (straight-through gradients); False, the softmax's mix of pitches.
   config.model.hard_voices = True
+  # With voices: each voice chooses its pitch once per this many frames (a
+  # power of two; 1: every frame), as notes last; loudness changes every frame.
+  config.model.voice_pitch_frames = 1
   config.model.normalize_output = True
   # Discriminators, comma-separated: "waveform" (WaveGAN's, d_dim channels
   # first; 0: model.dim) and/or "stft" (log-power spectrograms at each of
@@ -216,7 +219,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.gan.ema_warmup = True
     config.adam_b2 = 0.9
     config.batch_size = 32
-    config.num_train_steps = 3_500
+    config.num_train_steps = 3_000
     config.log_every_steps = 50
     # Scored often on 512 clips: the best checkpoint is the least distant.
     config.eval_every_steps = 250

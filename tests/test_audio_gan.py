@@ -201,7 +201,7 @@ def test_a_config_from_before_the_options_builds_wavegan():
               "frame_kernel_size", "frame_hop", "oscillators_per_octave",
               "normalize_output", "minibatch_std", "harmonics", "voices",
               "voice_range", "frame_partials", "hard_voices", "stft_patches",
-              "stft_pack"):
+              "stft_pack", "voice_pitch_frames"):
     del config["model"][key]
   for key in ("r1_weight", "d_learning_rate", "ema_warmup", "mode_seeking_weight",
               "feature_matching_weight", "coverage_weight"):
@@ -258,6 +258,34 @@ def test_voices_sound_one_pitch_each_within_their_range():
   assert float(jnp.abs(kernel).sum()) > 0
 
 
+def test_voices_hold_their_pitch_for_pitch_frames_and_keep_the_parameters():
+  kwargs = dict(slice_len=4096, latent_dim=8, dim=8, hop=128, per_octave=12,
+                harmonics=3, voices=2, voice_range=(48, 60))
+  z = jax.random.uniform(jax.random.PRNGKey(0), (3, 8), minval=-1, maxval=1)
+  every = audio_gan.OscillatorGenerator(**kwargs)
+  held = audio_gan.OscillatorGenerator(**kwargs, pitch_frames=8)
+  params = every.init(jax.random.PRNGKey(1), z)
+  # The same parameters (a checkpoint of either loads in the other).
+  assert (jax.tree.map(np.shape, held.init(jax.random.PRNGKey(1), z))
+          == jax.tree.map(np.shape, params))
+  amps = {}
+  for name, gen in (("every", every), ("held", held)):
+    _, captured = gen.apply(params, z, mutable=["intermediates"])
+    amps[name] = np.asarray(captured["intermediates"]["pitch_amplitudes"][0])
+  groups = (amps["held"] > 0).reshape(3, 4, 8, 73)  # 32 frames in 4 groups.
+  # Within each group of 8 frames the voices sound the same pitches...
+  assert (groups == groups[:, :, :1]).all()
+  # ... while every frame chooses its own without pitch_frames.
+  each = (amps["every"] > 0).reshape(3, 4, 8, 73)
+  assert not (each == each[:, :, :1]).all()
+  # Loudness still changes from frame to frame within a group.
+  loud = amps["held"].sum(-1).reshape(3, 4, 8)
+  assert np.abs(np.diff(loud, axis=-1)).max() > 0
+  with pytest.raises(ValueError, match="pitch_frames=3"):
+    audio_gan.OscillatorGenerator(**kwargs, pitch_frames=3).init(
+        jax.random.PRNGKey(1), z)
+
+
 def test_stft_patches_give_one_logit_per_position():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4096, 1)), jnp.float32)
   whole = audio_gan.STFTDiscriminator(sizes=(256, 1024), dim=4)
@@ -282,6 +310,10 @@ def test_voice_and_loss_option_mistakes_name_the_key():
                          (dict(gan__lr_end_factor=0.0), "gan.lr_end_factor"),
                          (dict(gan__lr_end_factor=1.5), "gan.lr_end_factor"),
                          (dict(model__stft_pack=3), "model.stft_pack"),
+                         (dict(model__voice_pitch_frames=3),
+                          "model.voice_pitch_frames"),
+                         (dict(model__voice_pitch_frames=256),
+                          "model.voice_pitch_frames"),
                          (dict(model__discriminators="waveform,stft"),
                           "model.stft_pack")):
     with pytest.raises(ValueError, match=key):

@@ -138,7 +138,9 @@ class OscillatorGenerator(nn.Module):
   `voice_range` (MIDI; with `hard_voices` only its most likely pitch sounds,
   straight-through) times a loudness in (0, 1), and every pitch sounds its
   partials at log-amplitudes given per frame (`frame_partials`) or learned
-  once (one timbre). The per-pitch amplitudes are sown as
+  once (one timbre). With `pitch_frames` > 1 a voice chooses its pitch once
+  per that many frames (from their features' mean), as notes last, while its
+  loudness still changes every frame. The per-pitch amplitudes are sown as
   "intermediates"/"pitch_amplitudes".
   The loudest partial of a clip has amplitude 1; with `normalize` the clip
   is then scaled to a peak of 1, else bounded by tanh.
@@ -155,6 +157,7 @@ class OscillatorGenerator(nn.Module):
   voice_range: tuple[int, int] = (24, 96)
   frame_partials: bool = True
   hard_voices: bool = True
+  pitch_frames: int = 1
   sample_rate: int = 16000
   normalize: bool = True
   conv_impl: str = "auto"
@@ -186,7 +189,14 @@ class OscillatorGenerator(nn.Module):
     x = nn.relu(nn.LayerNorm(dtype=self.dtype, name=f"norm_{ups}")(x))
     if self.voices:  # a[p, h] = sum_v loudness_v softmax_v(p) * partial h's.
       pitches = k // self.harmonics
-      logits = self._log_amplitudes(x, self.voices * pitches, "voice_pitches")
+      g = self.pitch_frames
+      if frames % g:
+        raise ValueError(f"pitch_frames={g} must divide the {frames} frames")
+      pooled = x if g == 1 else jnp.mean(
+          x.reshape((x.shape[0], frames // g, g) + x.shape[2:]), axis=2)
+      logits = self._log_amplitudes(pooled, self.voices * pitches, "voice_pitches")
+      if g > 1:  # Each pitch choice holds for its g frames.
+        logits = jnp.repeat(logits, g, axis=1)
       midi = LOWEST_MIDI + np.arange(pitches) * 12.0 / self.per_octave
       allowed = (midi >= self.voice_range[0]) & (midi <= self.voice_range[1])
       logits = logits.reshape(logits.shape[:2] + (self.voices, pitches))

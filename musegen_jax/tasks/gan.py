@@ -57,7 +57,7 @@ CONFIG_DEFAULTS = {
     "model.oscillators_per_octave": 24, "model.normalize_output": True,
     "model.minibatch_std": False, "model.harmonics": 1, "model.voices": 0,
     "model.voice_range": (24, 96), "model.frame_partials": True,
-    "model.hard_voices": True,
+    "model.hard_voices": True, "model.voice_pitch_frames": 1,
     "model.stft_patches": False, "model.stft_pack": 1,
     "gan.r1_weight": 0.0, "gan.d_learning_rate": 0.0, "gan.ema_warmup": False,
     "gan.mode_seeking_weight": 0.0, "gan.feature_matching_weight": 0.0,
@@ -187,6 +187,11 @@ def _check_architecture(config: config_dict.ConfigDict) -> None:
       raise ValueError(f"config.model.frame_hop={hop!r}; allowed: a power of two "
                        f"that leaves data.slice_len / frame_hop = 16 or more "
                        f"frames (slice_len {slice_len}), e.g. 128")
+    g = m.voice_pitch_frames
+    if not (isinstance(g, int) and 1 <= g <= frames and g & (g - 1) == 0):
+      raise ValueError(f"config.model.voice_pitch_frames={g!r}; allowed: a power "
+                       f"of two from 1 to the {frames} frames of a clip "
+                       f"(data.slice_len {slice_len} / model.frame_hop {hop})")
 
 
 def build_generator(config: config_dict.ConfigDict):
@@ -200,6 +205,7 @@ def build_generator(config: config_dict.ConfigDict):
         per_octave=m.oscillators_per_octave, harmonics=m.harmonics,
         voices=m.voices, voice_range=tuple(m.voice_range),
         frame_partials=m.frame_partials, hard_voices=m.hard_voices,
+        pitch_frames=m.voice_pitch_frames,
         sample_rate=int(config.data.audio.sample_rate),
         normalize=m.normalize_output, conv_impl=m.conv_impl, dtype=dtype)
   return wavegan.WaveGANGenerator(
