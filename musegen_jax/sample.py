@@ -58,12 +58,16 @@ from musegen_jax import runtime
 # Before note_seq is imported: see runtime.setup_if_run_as_command.
 runtime.setup_if_run_as_command(__name__)
 
+# Tokens (or piano-roll frames) a sample has unless --length says otherwise.
+DEFAULT_LENGTH = 1024
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("export", None, "Bundle written by musegen_jax.export.")
 flags.DEFINE_string("output_dir", None, "Where the MIDI and PNG files go.")
 flags.DEFINE_integer("num_samples", 4, "Number of samples, drawn as one batch.")
 flags.DEFINE_integer("length", None,
-                     "Tokens to generate per sample (default: 1024; a VAE: "
+                     "Tokens to generate per sample (default: 1024, or what "
+                     "a Transformer's max_len leaves after the primer; a VAE: "
                      "its training window, data.seq_len); for a piano-roll "
                      "(JSB benchmark) model, frames (quarter notes).")
 flags.DEFINE_float("temperature", 1.0, "Softmax temperature (> 0).")
@@ -105,7 +109,8 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
            strength: float = 1.0) -> list[str]:
   """Writes samples and their PNGs; returns the MIDI (or WAV) paths.
 
-  `length` None means 1024 tokens (a VAE: its `data.seq_len`). `style`,
+  `length` None means 1024 tokens, or what a Transformer's `max_len` leaves
+  after the primer if fewer (a VAE: its `data.seq_len`). `style`,
   `guidance`: a style-conditioned token model's; `transfer`, `to_style`,
   `from_style`, `strength`: a VAE's style transfer (see the module docstring). `endpoints`
   (a VAE only): two MIDI paths, or one string "A.mid,B.mid". `render_audio`:
@@ -201,9 +206,21 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
   prime = None
   if primer_ns is not None:
     prime = pipeline.encode_with_boundary(representation, primer_ns)[:-1]
+  # Positions the sampler fills before the first new token: the primer (or
+  # EOS alone) and a conditioned model's style token.
+  styles = getattr(task, "styles", ())
+  used = (1 if prime is None else len(prime)) + (1 if styles else 0)
+  max_len = getattr(task.model, "max_len", None)
+  if length is None:  # 1024, or what a fixed-size cache leaves.
+    length = DEFAULT_LENGTH if max_len is None else min(DEFAULT_LENGTH, max_len - used)
+  if max_len is not None and used + length > max_len:
+    raise errors.UserError(
+        f"--length={length}: this model holds max_len={max_len} positions and "
+        f"{used} go to the primer{' and the style' if styles else ''}; "
+        f"allowed: --length up to {max_len - used}.")
   paths = task.write_samples(
       bundle.params, rng, output_dir,
-      num_samples=num_samples, length=1024 if length is None else length,
+      num_samples=num_samples, length=length,
       temperature=temperature, top_k=top_k, top_p=top_p, primer=prime,
       title=title, **styled)
   return _render_audio(paths) if render_audio else paths

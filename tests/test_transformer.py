@@ -16,6 +16,7 @@ import pytest
 from musegen_jax import flops as flops_lib
 from musegen_jax import export as export_lib
 from musegen_jax import models
+from musegen_jax import errors
 from musegen_jax import sample as sample_lib
 from musegen_jax import train
 from musegen_jax.models import transformer
@@ -295,6 +296,14 @@ def test_smoke_config_trains_exports_and_samples_midi(tmp_path):
   for path in paths:
     assert os.path.exists(path)
     note_seq.midi_file_to_note_sequence(path)  # Parses as MIDI.
+  # Without --length: what the smoke model's max_len (512) leaves after EOS,
+  # not the usual 1024; too long a --length is one line naming the most.
+  assert len(sample_lib.sample(bundle, str(tmp_path / "default"),
+                               num_samples=1, seed=1)) == 1
+  with pytest.raises(errors.UserError, match=r"--length=600: .*max_len=512 .*"
+                     r"allowed: --length up to 511"):
+    sample_lib.sample(bundle, str(tmp_path / "long"), num_samples=1, length=600)
+  assert not os.path.exists(tmp_path / "long")
 
 
 def test_lengths_past_max_len_fail_before_compile_naming_the_key():
