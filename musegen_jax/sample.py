@@ -210,7 +210,7 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
   # EOS alone) and a conditioned model's style token.
   styles = getattr(task, "styles", ())
   used = (1 if prime is None else len(prime)) + (1 if styles else 0)
-  max_len = getattr(task.model, "max_len", None)
+  max_len = getattr(getattr(task, "model", None), "max_len", None)
   if length is None:  # 1024, or what a fixed-size cache leaves.
     length = DEFAULT_LENGTH if max_len is None else min(DEFAULT_LENGTH, max_len - used)
   if max_len is not None and used + length > max_len:
