@@ -109,8 +109,8 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
            strength: float = 1.0) -> list[str]:
   """Writes samples and their PNGs; returns the MIDI (or WAV) paths.
 
-  `length` None means 1024 tokens, or what a Transformer's `max_len` leaves
-  after the primer if fewer (a VAE: its `data.seq_len`). `style`,
+  `length` None means 1024 tokens, or what a token Transformer's `max_len`
+  leaves after the primer if fewer (a VAE: its `data.seq_len`). `style`,
   `guidance`: a style-conditioned token model's; `transfer`, `to_style`,
   `from_style`, `strength`: a VAE's style transfer (see the module docstring). `endpoints`
   (a VAE only): two MIDI paths, or one string "A.mid,B.mid". `render_audio`:
@@ -206,18 +206,15 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
   prime = None
   if primer_ns is not None:
     prime = pipeline.encode_with_boundary(representation, primer_ns)[:-1]
-  # Positions the sampler fills before the first new token: the primer (or
-  # EOS alone) and a conditioned model's style token.
-  styles = getattr(task, "styles", ())
-  used = (1 if prime is None else len(prime)) + (1 if styles else 0)
-  max_len = getattr(getattr(task, "model", None), "max_len", None)
-  if length is None:  # 1024, or what a fixed-size cache leaves.
-    length = DEFAULT_LENGTH if max_len is None else min(DEFAULT_LENGTH, max_len - used)
-  if max_len is not None and used + length > max_len:
+  # What a Transformer's fixed-size cache leaves after the primer.
+  room = task.sample_room(prime) if kind == "lm" else None
+  if length is None:
+    length = DEFAULT_LENGTH if room is None else min(DEFAULT_LENGTH, room)
+  if room is not None and length > room:
     raise errors.UserError(
-        f"--length={length}: this model holds max_len={max_len} positions and "
-        f"{used} go to the primer{' and the style' if styles else ''}; "
-        f"allowed: --length up to {max_len - used}.")
+        f"--length={length}: this model holds max_len={task.model.max_len} "
+        f"positions and the primer takes {task.model.max_len - room}; "
+        f"allowed: --length up to {room}.")
   paths = task.write_samples(
       bundle.params, rng, output_dir,
       num_samples=num_samples, length=length,

@@ -338,6 +338,15 @@ class LanguageModelTask(base.SingleNetworkTask):
         sequences, directory, (f"{title}sample {i}" for i in range(len(tokens))))
 
 
+  def sample_room(self, primer: np.ndarray | None = None) -> int | None:
+    """The most tokens a sample can add after `primer` (None: EOS alone)
+    and a conditioned model's style token, as `sample_pieces` lays them
+    out; None for a model without a fixed-size cache (`max_len`)."""
+    max_len = getattr(self.model, "max_len", None)
+    if max_len is None:
+      return None
+    return max_len - (1 if primer is None else len(primer)) - (1 if self.styles else 0)
+
   def sample_pieces(self, params: Any, rng: Array, *, num_samples: int,
                     length: int, temperature: float = 1.0, top_k: int = 0,
                     top_p: float = 1.0, primer: np.ndarray | None = None,
