@@ -73,6 +73,13 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # strong autoregressive decoder from ignoring z (posterior collapse).
   config.vae.free_bits = 32.0
 
+  # Style conditioning (tasks/vae.py, a conditional VAE): with enabled=True,
+  # on a labelled config.data.dir the decoder also reads the piece's style,
+  # "no style" with probability dropout, so the model is also unconditional;
+  # sample with --style=NAME [--guidance=W]; --transfer decodes with the
+  # target style. styles: filled from the data's labels.
+  config.condition = config_dict.ConfigDict(dict(enabled=False, dropout=0.1))
+
   # One token per sixteenth note naming the sounding chord; the vocabulary
   # is built from the train split once and cached beside the shards.
   config.data.representation = "chord_token"

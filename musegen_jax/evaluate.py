@@ -13,7 +13,7 @@ pieces' confusion matrix ({"confusion": {TRUE: {PREDICTED: count}}}).
 Choose models on valid, never on test.
 
 With `--classifier=CLS` (a bundle of the classify task) the bundle is a
-style-conditioned token model, and what is measured is its samples: for
+style-conditioned token model (or, with `--style`, a conditioned VAE), and what is measured is its samples: for
 `--style=NAME` (default: each of its styles) it draws `--num_samples`
 pieces at `--guidance`, decodes them, and reports the share the classifier
 assigns to the requested style (`style_share`) and what it predicted:
@@ -21,7 +21,8 @@ assigns to the requested style (`style_share`) and what it predicted:
     python -m musegen_jax.evaluate --export=exports/styles_lstm \
         --classifier=exports/style_classifier --num_samples=64 --guidance=2
 
-A VAE bundle with `--classifier` is measured on style transfer instead: up
+A VAE bundle with `--classifier` and no `--style` is measured on style
+transfer instead (a conditioned VAE decodes with the target style): up
 to `--num_samples` pieces of the split that are not of the target style
 (`--to_style`, default each style) are moved to it at `--strength`; reported
 are the share the classifier gives the target style, and how much of the
@@ -230,10 +231,10 @@ def evaluate_styles(export_dir: str, classifier_dir: str, *,
     raise errors.UserError(f"--classifier={classifier_dir} holds a "
                            f"{judge.config.task!r} model, not a style classifier "
                            "(config.task='classify').")
-  if generator.config.task != "lm":
+  if generator.config.task not in ("lm", "vae"):
     raise errors.UserError(f"--export={export_dir} holds a {generator.config.task!r} "
                            "model; --classifier scores a style-conditioned token "
-                           "model (lm).")
+                           "model (lm) or VAE.")
   gen_task = tasks.create_task(generator.config,
                                pipeline.representation_from_spec(generator.representation))
   cls_task = tasks.create_task(judge.config,
@@ -293,7 +294,7 @@ def evaluate_transfer(export_dir: str, classifier_dir: str, *,
                       to_style: str | None = None, strength: float = 1.0,
                       split: str = "test", num_samples: int = 64,
                       data_dir: str | None = None, temperature: float = 1.0,
-                      seed: int = 0) -> dict[str, Any]:
+                      guidance: float = 1.0, seed: int = 0) -> dict[str, Any]:
   """Style transfer of a VAE bundle measured by a style classifier.
 
   For each target style, up to `num_samples` pieces of `split` of other
@@ -355,8 +356,10 @@ def evaluate_transfer(export_dir: str, classifier_dir: str, *,
     z = np.concatenate([vae_task.transfer_latents(
         vae.params, [ns], target, vae.extras, from_style=style, strength=strength)[0]
                         for style, ns in sources])
-    tokens = vae_task.generate(vae.params, rng, z, length=vae_task.seq_len,
-                               temperature=temperature)
+    tokens = vae_task.generate(
+        vae.params, rng, z, length=vae_task.seq_len, temperature=temperature,
+        style=vae_task.transfer_styles(target, [style for style, _ in sources],
+                                       strength), guidance=guidance)
     windows = [vae_task.representation.decode(w)
                for w in vae_task.encode_pieces([ns for _, ns in sources])]
     results_ns = [vae_task.representation.decode_sample(row) for row in tokens]
@@ -378,7 +381,8 @@ def evaluate_transfer(export_dir: str, classifier_dir: str, *,
         "baseline_rhythm": float(np.mean([b["rhythm"] for b in baseline])),
         "pieces": len(sources)}
   return {"export": export_dir, "classifier": classifier_dir, "split": split,
-          "strength": strength, "temperature": temperature, "transfer": results,
+          "strength": strength, "temperature": temperature, "guidance": guidance,
+          "transfer": results,
           "mean_target_share": float(np.mean([r["target_share"] for r in results.values()]))}
 
 
@@ -386,13 +390,14 @@ def main(argv: list[str]) -> None:
   del argv  # cli.run refuses extra arguments.
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   runtime.setup(compile_cache=True)
-  if FLAGS.classifier and _bundle_task(FLAGS.export) == "vae":
+  if (FLAGS.classifier and _bundle_task(FLAGS.export) == "vae"
+      and FLAGS.style is None):
     print(json.dumps(evaluate_transfer(
         FLAGS.export, FLAGS.classifier, to_style=FLAGS.to_style,
         strength=FLAGS.strength, split=FLAGS.split, num_samples=FLAGS.num_samples,
         data_dir=FLAGS.data_dir,
         temperature=1.0 if FLAGS.temperature is None else FLAGS.temperature,
-        seed=FLAGS.seed)))
+        guidance=FLAGS.guidance, seed=FLAGS.seed)))
     return
   if FLAGS.classifier:
     print(json.dumps(evaluate_styles(
@@ -424,11 +429,12 @@ def run() -> None:
                       "A style classifier's bundle: score samples of --export "
                       "(a style-conditioned token model) by style instead.")
   flags.DEFINE_string("style", None, "With --classifier: the style to sample "
-                      "(default: each of the model's styles).")
+                      "(default: each of the model's styles; a VAE: give it to "
+                      "score prior samples instead of transfers).")
   flags.DEFINE_integer("num_samples", 64, "With --classifier: samples per style (a "
                        "VAE: source pieces per target style).")
   flags.DEFINE_float("guidance", 1.0, "With --classifier: classifier-free guidance "
-                     "scale (1: off).")
+                     "scale (1: off), of samples or a conditioned VAE's transfers.")
   flags.DEFINE_integer("length", None, "With --classifier: tokens per sample "
                        "(default: the model's sample.length).")
   flags.DEFINE_float("temperature", None, "With --classifier: sampling temperature "

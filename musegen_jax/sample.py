@@ -31,9 +31,12 @@ A VAE trained on a labelled dataset transfers a piece to another style:
 by `--strength` (default 1) times the target style's mean latent minus its
 own style's (`--from_style`, or the style whose mean lies nearest; the means
 are in the bundle), and writes `source.mid`/`.png` (the window the VAE read)
-beside `--num_samples` decodings of the moved latent.
+beside `--num_samples` decodings of the moved latent. A style-conditioned
+VAE (`config.condition.enabled`) keeps the latent and decodes it with the
+target style instead, `--strength` of the way from `--from_style` (or from
+"no style").
 
-A style-conditioned token model (`config.condition.enabled`) samples
+A style-conditioned token model or VAE (`config.condition.enabled`) samples
 `--style=NAME` (one of the styles in its bundle; none: unconditioned), with
 classifier-free guidance `--guidance=W` (1: the conditioned model alone; >1
 mixes in the unconditioned pass, l_u + W (l_c - l_u), in the same compiled
@@ -85,7 +88,7 @@ flags.DEFINE_list("endpoints", None,
 flags.DEFINE_string("style", None, "A style-conditioned model's style (one of "
                     "those in its bundle); none: unconditioned.")
 flags.DEFINE_float("guidance", 1.0, "Classifier-free guidance scale with --style "
-                   "(1: off; 0: unconditioned).")
+                   "or a conditioned VAE's --transfer (1: off; 0: unconditioned).")
 flags.DEFINE_string("transfer", None, "A VAE: the MIDI file to move to --to_style.")
 flags.DEFINE_string("to_style", None, "With --transfer: the target style.")
 flags.DEFINE_string("from_style", None, "With --transfer: the piece's own style "
@@ -176,7 +179,7 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
         bundle.params, rng, output_dir, piece=transfer_ns, to_style=to_style,
         extras=bundle.extras, from_style=from_style, strength=strength,
         num_samples=num_samples, length=length, temperature=temperature,
-        top_k=top_k, top_p=top_p, title=title)
+        top_k=top_k, top_p=top_p, guidance=guidance, title=title)
     print(f"{transfer}: {source_style} -> {to_style} (strength {strength:g})")
     return _render_audio(paths) if render_audio else paths
   if kind == "vae":
@@ -184,11 +187,16 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
       raise errors.UserError(
           f"--primer={primer}: a primer continues a language model; a VAE "
           "decodes from latents (use --endpoints to start from pieces).")
+    if guidance != 1.0 and style is None:
+      raise errors.UserError(f"--guidance={guidance}: name the --style to guide towards.")
+    if style is not None:
+      task.style_token(style)  # Told before anything is written.
     paths = task.write_samples(
         bundle.params, rng, output_dir, num_samples=num_samples,
         length=bundle.config.data.seq_len if length is None else length,
         temperature=temperature, top_k=top_k, top_p=top_p, endpoints=pieces,
-        interpolate_steps=interpolate_steps, title=title)
+        interpolate_steps=interpolate_steps, title=title, style=style,
+        guidance=guidance)
     return _render_audio(paths) if render_audio else paths
   if interpolate_steps:
     raise errors.UserError(

@@ -207,10 +207,13 @@ class EncodeStyledNoteSequence:
   """Serialized NoteSequence -> {"tokens": [EOS, tokens..., EOS], "style": id}.
 
   `id` is the index of the piece's label (`labels.get_label`) in `styles`; a
-  piece without one of them is a bad record (see `DecodeRecord`).
+  piece without one of them is a bad record (see `DecodeRecord`). Without
+  `leading_eos` the tokens are [tokens..., EOS] (the VAE's sequences, which
+  never start with EOS).
   """
   representation: Any
   styles: tuple[str, ...]
+  leading_eos: bool = True
 
   def __call__(self, record: bytes) -> dict[str, Any]:
     ns = parse_note_sequence(record)
@@ -218,7 +221,8 @@ class EncodeStyledNoteSequence:
     if label not in self.styles:
       raise ValueError(f"piece {ns.id!r} has the style {label!r}, not one of "
                        f"config.styles {list(self.styles)}")
-    return {"tokens": encode_with_boundary(self.representation, ns),
+    tokens = encode_with_boundary(self.representation, ns)
+    return {"tokens": tokens if self.leading_eos else tokens[1:],
             "style": np.int32(self.styles.index(label))}
 
 
@@ -291,7 +295,8 @@ def create_train_dataset(data_dir: str, representation, *, seq_len: int,
                          prefetch_buffer_size: int = 32,
                          on_bad_record: str = "error",
                          left_pad: bool = False, styles: tuple[str, ...] = (),
-                         style_first_id: int = 0) -> grain.IterDataset:
+                         style_first_id: int = 0,
+                         leading_eos: bool = True) -> grain.IterDataset:
   """The training dataset of this process: dicts of [batch, seq_len + 1].
 
   Args:
@@ -312,13 +317,15 @@ def create_train_dataset(data_dir: str, representation, *, seq_len: int,
       piece's style token (`style_first_id` + its index in `styles`)
       followed by `seq_len` tokens of the piece (`StyleFirst`).
     style_first_id: the token id of the first style.
+    leading_eos: with `styles`, False drops each piece's leading EOS
+      (`EncodeStyledNoteSequence`).
   """
   if on_bad_record not in BAD_RECORD_MODES:
     raise ValueError(f"on_bad_record={on_bad_record!r}; allowed: {BAD_RECORD_MODES}")
   paths = shards.split_paths(data_dir, "train")
   source = grain.sources.ArrayRecordDataSource(paths)
-  encode = (EncodeStyledNoteSequence(representation, tuple(styles)) if styles
-            else EncodeNoteSequence(representation))
+  encode = (EncodeStyledNoteSequence(representation, tuple(styles), leading_eos)
+            if styles else EncodeNoteSequence(representation))
   ds = (grain.MapDataset.range(len(source))
         .seed(seed)
         .shuffle()
@@ -395,7 +402,7 @@ def _exit_with_parent(parent_sentinel: int) -> None:
 def eval_windows(data_dir: str, representation, *, seq_len: int,
                  split: str = "valid", max_windows: int | None = None,
                  sliding: bool = False, styles: tuple[str, ...] = (),
-                 style_first_id: int = 0) -> np.ndarray:
+                 style_first_id: int = 0, leading_eos: bool = True) -> np.ndarray:
   """Every sequence of `split` cut into windows of `seq_len + 1` tokens.
 
   Consecutive windows overlap by one token so every token of a sequence is a
@@ -404,11 +411,13 @@ def eval_windows(data_dir: str, representation, *, seq_len: int,
   exactly one window, for models scored on that token only. With `styles`
   (a style-conditioned model), each window is the piece's style token and
   the next `seq_len` tokens of the piece, back to back, so again every token
-  is a target once. Returns [num_windows, seq_len + 1], padded.
+  is a target once (without `leading_eos`, of the piece's tokens after its
+  leading EOS). Returns [num_windows, seq_len + 1], padded.
   """
   windows = []
   pad = representation.pad_id
-  encode = EncodeStyledNoteSequence(representation, tuple(styles)) if styles else None
+  encode = (EncodeStyledNoteSequence(representation, tuple(styles), leading_eos)
+            if styles else None)
   for record in shards.read_records(shards.split_paths(data_dir, split)):
     if encode is not None:
       item = encode(record)

@@ -2,7 +2,9 @@
 
     tokens -> embedding -> BiGRUEncoder -> final states of both directions
            -> Dense -> (mu, logvar) of a diagonal Gaussian over `latent_dim`
+    (conditioned: the final states += the style's encoder embedding)
     z = mu + noise * exp(logvar / 2)
+    (conditioned: z += the style's decoder embedding)
     z -> Dense + tanh -> initial (h, c) of every decoder LSTM layer
     [start, tokens[:-1]] -> embedding, z appended to every step -> stacked
            LSTM -> vocabulary logits of tokens
@@ -11,6 +13,17 @@ The embedding table is shared by the encoder and the decoder. The decoder is
 causal (an LSTM fed the tokens shifted right), so it runs step by step from
 its carry, which is what the sampling loop of `tasks/vae.py` does. Every
 parameter carries logical axis names ("latent" for the latent dimension).
+
+With `num_styles` > 0 the model is a conditional VAE (Sohn et al., 2015):
+q(z | tokens, style) and p(tokens | z, style). The encoder adds a learned
+embedding of the style to its final states, the decoder one to z; each
+table has a row per style and a last row for "no style". Adding an
+embedding is a concatenation whose weights are tied to the input's, so
+every shape but the two new tables' stays that of the unconditioned VAE,
+and both tables start at zero: the model starts as the unconditioned one,
+and a bundle of that model warm-starts it. What the label says, the latent
+need not carry (the KL term makes it drop it), which is what decoding a
+piece's latent with another style (transfer) relies on.
 """
 
 from __future__ import annotations
@@ -49,6 +62,8 @@ class SequenceVAE(nn.Module):
     pad_id: padding token; sequences are padded at the end only, and the
       encoder reads each up to its last non-pad token.
     start_id: the decoder's first input.
+    num_styles: > 0: the encoder and decoder are conditioned on one of this
+      many styles (or on none: row `num_styles` of the embeddings).
     dtype: activations and states (parameters stay float32).
     matmul_dtype: None, or the dtype every matmul (encoder, latent heads,
       decoder, output head; forward and backward) takes its operands in,
@@ -66,6 +81,7 @@ class SequenceVAE(nn.Module):
   word_dropout: float = 0.0
   pad_id: int = 0
   start_id: int = 1
+  num_styles: int = 0
   dtype: Any = jnp.float32
   remat: bool = False
   matmul_dtype: Any = None
@@ -95,13 +111,40 @@ class SequenceVAE(nn.Module):
     self.dropout = Dropout(self.dropout_rate)
     self.head = layers.dense(self.vocab_size, "hidden", "vocab", self.dtype,
                              "head", matmul_dtype=md)
+    if self.num_styles:
+      zeros = nn.initializers.zeros_init()
+      self.encoder_style_embedding = self.param(
+          "encoder_style_embedding", layers.logical(zeros, "style", "hidden"),
+          (self.num_styles + 1, 2 * self.encoder_hidden_size), jnp.float32)
+      self.style_embedding = self.param(
+          "style_embedding", layers.logical(zeros, "style", "latent"),
+          (self.num_styles + 1, self.latent_dim), jnp.float32)
 
-  def encode(self, tokens: Array, *, train: bool = False) -> tuple[Array, Array]:
-    """The approximate posterior q(z | tokens).
+  def _styled(self, x: Array, style: Array | None, table: Array) -> Array:
+    """x [batch, features] plus the rows of `table` that `style` picks:
+    [batch] int ids (`num_styles`: no style) or [batch, num_styles + 1]
+    weights that mix them (a transfer part of the way); None: no style."""
+    if style is None:
+      style = jnp.full(x.shape[:1], self.num_styles, jnp.int32)
+    if jnp.issubdtype(style.dtype, jnp.integer):
+      style = jax.nn.one_hot(style, self.num_styles + 1, dtype=jnp.float32)
+    return (x.astype(jnp.float32) + style.astype(jnp.float32) @ table).astype(x.dtype)
+
+  def condition(self, z: Array, style: Array | None) -> Array:
+    """The latent the decoder reads: z plus the style's embedding (`style`
+    as `_styled` takes it; an unconditioned model returns z)."""
+    if not self.num_styles:
+      return z
+    return self._styled(z, style, self.style_embedding)
+
+  def encode(self, tokens: Array, *, train: bool = False,
+             style: Array | None = None) -> tuple[Array, Array]:
+    """The approximate posterior q(z | tokens[, style]).
 
     Args:
       tokens: [batch, time] int ids, padded at the end with `pad_id`.
       train: enables dropout (needs a "dropout" rng).
+      style: a conditioned model's style (as `_styled` takes it).
 
     Returns:
       (mu, logvar), each [batch, latent_dim] float32.
@@ -109,6 +152,8 @@ class SequenceVAE(nn.Module):
     lengths = jnp.sum(tokens != self.pad_id, axis=1)
     x = self.embed(tokens.T).astype(self.dtype)  # Time-major.
     _, final = self.encoder(x, train=train, lengths=lengths)
+    if self.num_styles:
+      final = self._styled(final, style, self.encoder_style_embedding)
     return (self.to_mu(final).astype(jnp.float32),
             self.to_logvar(final).astype(jnp.float32))
 
@@ -158,7 +203,8 @@ class SequenceVAE(nn.Module):
     return jnp.concatenate([start, tokens[:, :-1]], 1)
 
   def __call__(self, tokens: Array, *, train: bool = False,
-               noise: Array | None = None) -> tuple[Array, Array, Array]:
+               noise: Array | None = None,
+               style: Array | None = None) -> tuple[Array, Array, Array]:
     """Encodes `tokens`, draws z and reconstructs them with teacher forcing.
 
     Args:
@@ -166,13 +212,16 @@ class SequenceVAE(nn.Module):
       train: enables dropout (needs a "dropout" rng).
       noise: [batch, latent_dim] standard normal draws for the
         reparameterization z = mu + noise * sigma; None uses z = mu.
+      style: a conditioned model's style (as `_styled` takes it), which the
+        encoder and the decoder read.
 
     Returns:
       (logits [batch, time, vocab] of `tokens`, mu, logvar).
     """
-    mu, logvar = self.encode(tokens, train=train)
+    mu, logvar = self.encode(tokens, train=train, style=style)
     z = mu if noise is None else mu + noise * jnp.exp(0.5 * logvar)
-    logits, _ = self.decode(z, self.shift_right(tokens), train=train)
+    logits, _ = self.decode(self.condition(z, style), self.shift_right(tokens),
+                            train=train)
     return logits, mu, logvar
 
 

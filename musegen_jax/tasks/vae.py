@@ -35,6 +35,19 @@ stores each style's mean posterior latent over the train split's windows
 (`bundle_extras`). A piece's first window is encoded, moved by `strength`
 times the target style's mean minus its own style's (given, or the nearest
 mean), and decoded (`transfer_latents`, `write_transfer`).
+
+Style conditioning (`config.condition.enabled`, a conditional VAE): the
+encoder and the decoder also read the piece's style (`models/vae.py`),
+which training replaces by "no style" with probability
+`config.condition.dropout`, so one model is also unconditional. Windows
+then hold the style id where the unconditioned task keeps a token it drops
+(`pipeline`'s style-first windows, without the pieces' leading EOS, like
+the unconditioned sequences). Prior samples take `style` and
+classifier-free `guidance` (the decoder's logits mixed between the styled
+and the unstyled pass, l_u + w (l_c - l_u), in one compiled loop). Transfer
+encodes a piece as its own style (or as "no style" when that is not given)
+and decodes the latent with the target style, `strength` of the way from
+its own; the attribute vectors are not added.
 """
 
 from __future__ import annotations
@@ -70,18 +83,17 @@ EVAL_NOISE_SEED = 0
 
 
 # Keys added after bundles were exported (see tasks.fill_defaults).
-CONFIG_DEFAULTS = {"styles": ()}
+CONFIG_DEFAULTS = {"styles": (), "condition.enabled": False,
+                   "condition.dropout": 0.1}
 # Train windows per piece that the style latents average (the first ones).
 STYLE_WINDOWS_PER_PIECE = 8
 STYLE_LATENTS = "style_latents"
+# The source style of a conditioned model's transfer when it is not given.
+NO_STYLE = "no style"
 
 
 def check_config(config: config_dict.ConfigDict) -> None:
   """Rejects out-of-range values of the VAE's keys."""
-  if config.get("condition", {}).get("enabled", False):
-    raise ValueError("config.condition.enabled=True: the VAE is not conditioned; "
-                     "it moves latents between styles by attribute vectors "
-                     "(sample --transfer) on a labelled dataset as it is")
   if config.model.name != "vae":
     raise ValueError(f"config.model.name={config.model.name!r}; the vae task "
                      "trains model 'vae' (musegen_jax/models/vae.py)")
@@ -109,7 +121,8 @@ def check_config(config: config_dict.ConfigDict) -> None:
                   "vae.free_bits": config.vae.free_bits}
   checks.check_ranges(positive=positive, non_negative=non_negative,
                       fractions={"model.dropout_rate": m.dropout_rate,
-                                 "model.word_dropout": m.word_dropout})
+                                 "model.word_dropout": m.word_dropout,
+                                 "condition.dropout": config.condition.dropout})
   if not 0 < config.sample.top_p <= 1:
     raise ValueError(f"config.sample.top_p={config.sample.top_p} must be in (0, 1]")
   models.get_dtype(m.dtype)
@@ -117,13 +130,15 @@ def check_config(config: config_dict.ConfigDict) -> None:
 
 
 def configure_from_data(config: config_dict.ConfigDict, data_dir: str) -> None:
-  """On a labelled dataset, its styles (for the style latents of exports)."""
-  labels.fill_styles(config, data_dir, required=False)
+  """On a labelled dataset, its styles (the style latents of exports; a
+  conditioned model's styles, which need one)."""
+  labels.fill_styles(config, data_dir, required=bool(config.condition.enabled))
 
 
 def create_model(model_config: config_dict.ConfigDict, vocab_size: int, *,
-                 pad_id: int, start_id: int) -> vae_model.SequenceVAE:
-  """The `SequenceVAE` of `config.model`."""
+                 pad_id: int, start_id: int, num_styles: int = 0
+                 ) -> vae_model.SequenceVAE:
+  """The `SequenceVAE` of `config.model` (conditioned with `num_styles` > 0)."""
   m = model_config
   return vae_model.SequenceVAE(
       vocab_size=vocab_size, embed_dim=m.embed_dim,
@@ -132,7 +147,8 @@ def create_model(model_config: config_dict.ConfigDict, vocab_size: int, *,
       decoder_hidden_size=m.decoder_hidden_size,
       decoder_num_layers=m.decoder_num_layers, latent_dim=m.latent_dim,
       dropout_rate=m.dropout_rate, word_dropout=m.word_dropout, pad_id=pad_id,
-      start_id=start_id, dtype=models.get_dtype(m.dtype), remat=m.remat,
+      start_id=start_id, num_styles=num_styles,
+      dtype=models.get_dtype(m.dtype), remat=m.remat,
       matmul_dtype=models.matmul_dtype(m))
 
 
@@ -169,9 +185,15 @@ class VAETask(base.SingleNetworkTask):
     self.vocab_size = int(representation.vocab_size)
     self.seq_len = int(config.data.seq_len)
     self.latent_dim = int(config.model.latent_dim)
+    # A conditioned model's styles (its "no style" id is their count).
+    self.styles = [str(s) for s in config.styles] if config.condition.enabled else []
+    if config.condition.enabled and not self.styles:
+      raise errors.UserError(
+          "config.condition.enabled=True needs styles: train on a labelled "
+          "config.data.dir (prepare --labels=... or --input=music21:...).")
     super().__init__(config, representation,
                      create_model(config.model, self.vocab_size, pad_id=self.pad_id,
-                                  start_id=self.eos_id))
+                                  start_id=self.eos_id, num_styles=len(self.styles)))
 
   def init_inputs(self) -> Array:
     """One sequence of tokens."""
@@ -187,7 +209,8 @@ class VAETask(base.SingleNetworkTask):
         global_batch_size=config.batch_size, seed=config.seed,
         num_workers=config.data.num_workers,
         prefetch_buffer_size=config.data.prefetch_buffer_size,
-        on_bad_record=config.data.bad_records)
+        on_bad_record=config.data.bad_records, styles=tuple(self.styles),
+        leading_eos=False)
 
   def eval_data(self, data_dir: str, split: str = "valid") -> np.ndarray:
     """The fixed windows of `split` that `eval_batches` serves."""
@@ -195,7 +218,8 @@ class VAETask(base.SingleNetworkTask):
     return pipeline.eval_windows(
         data_dir, self.representation, seq_len=self.seq_len, split=split,
         max_windows=(None if config.num_eval_batches < 0
-                     else config.num_eval_batches * config.batch_size))
+                     else config.num_eval_batches * config.batch_size),
+        styles=tuple(self.styles), leading_eos=False)
 
   def eval_batches(self, windows: np.ndarray):
     """This process's share of the global eval batches over `windows`."""
@@ -212,7 +236,7 @@ class VAETask(base.SingleNetworkTask):
     `fn(params, rng, z)`, z abstract (ahead-of-time compiles)."""
     s = self.config.sample
     fn = lambda params, rng, z: decode_latents(
-        self.model, params, rng, z, length=int(s.length),
+        self.model, params, rng, z, None, length=int(s.length),
         temperature=float(s.temperature), top_k=int(s.top_k),
         top_p=float(s.top_p), eos_id=self.eos_id, pad_id=self.pad_id,
         shared_noise=False)
@@ -245,13 +269,23 @@ class VAETask(base.SingleNetworkTask):
     """Sums of the loss terms over windows [batch, seq_len + 1].
 
     `noise` [batch, latent_dim] are the standard normal draws of the
-    reparameterization, one row per window.
+    reparameterization, one row per window. A conditioned model reads
+    each window's style from its first column ("no style" with probability
+    `condition.dropout` in training).
     """
     x = tokens[:, 1:]
+    style = None
+    if self.styles:
+      style = tokens[:, 0]
+      if train and self.config.condition.dropout > 0:
+        dropout_rng, drop_key = jax.random.split(dropout_rng)
+        drop = jax.random.bernoulli(drop_key, self.config.condition.dropout,
+                                    style.shape)
+        style = jnp.where(drop, len(self.styles), style)
     weights = (x != self.pad_id).astype(jnp.float32)
     real = (jnp.sum(weights, 1) > 0).astype(jnp.float32)  # Not all padding.
     logits, mu, logvar = self.model.apply(
-        {"params": params}, x, train=train, noise=noise,
+        {"params": params}, x, train=train, noise=noise, style=style,
         rngs=None if dropout_rng is None else {"dropout": dropout_rng})
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, x)
     recon = jnp.sum(losses * weights, 1)
@@ -335,9 +369,14 @@ class VAETask(base.SingleNetworkTask):
 
   # --- latents and decoding --------------------------------------------------
 
-  def encode(self, params: Any, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior (mu, logvar) [n, latent_dim] of sequences [n, seq_len]."""
-    mu, logvar = _encode(self.model, params, jnp.asarray(tokens, jnp.int32))
+  def encode(self, params: Any, tokens: np.ndarray, style: Any = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior (mu, logvar) [n, latent_dim] of sequences [n, seq_len]; a
+    conditioned model's given `style` (a name, [n] ids; None: no style)."""
+    if isinstance(style, str):
+      style = np.full((len(tokens),), self.style_token(style), np.int32)
+    mu, logvar = _encode(self.model, params, jnp.asarray(tokens, jnp.int32),
+                         None if style is None else jnp.asarray(style))
     return np.asarray(mu), np.asarray(logvar)
 
   def prior_latents(self, rng: Array, n: int) -> np.ndarray:
@@ -362,15 +401,60 @@ class VAETask(base.SingleNetworkTask):
 
   def generate(self, params: Any, rng: Array, z: np.ndarray, *, length: int,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-               shared_noise: bool = False) -> np.ndarray:
+               shared_noise: bool = False, style: Any = None,
+               guidance: float = 1.0) -> np.ndarray:
     """Decodes latents [n, latent_dim] into [n, length] tokens (PAD after EOS).
 
-    With `shared_noise`, every row draws its tokens with the same noise.
+    With `shared_noise`, every row draws its tokens with the same noise. A
+    conditioned decoder reads `style`: a style name, [n] style ids or [n,
+    styles + 1] embedding weights (`transfer_styles`); None: no style. With
+    `guidance` != 1 each token's logits are l_u + guidance (l_c - l_u), l_u
+    those of the same latent with no style.
+
+    Raises:
+      errors.UserError: a style or guidance for an unconditioned model, or
+        an unknown style name.
     """
+    if isinstance(style, str):
+      style = np.full((len(z),), self.style_token(style), np.int32)
+    if (style is not None or float(guidance) != 1.0) and not self.styles:
+      raise errors.UserError("--style/--guidance: this VAE is not style-conditioned "
+                             "(trained without config.condition.enabled).")
     return np.asarray(jax.device_get(decode_latents(
-        self.model, params, rng, jnp.asarray(z, jnp.float32), length=int(length),
+        self.model, params, rng, jnp.asarray(z, jnp.float32),
+        None if style is None else jnp.asarray(style), length=int(length),
         temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-        eos_id=self.eos_id, pad_id=self.pad_id, shared_noise=shared_noise)))
+        eos_id=self.eos_id, pad_id=self.pad_id, shared_noise=shared_noise,
+        guidance=float(guidance))))
+
+  def style_token(self, style: str | None) -> int:
+    """A conditioned model's id of `style` (None: "no style").
+
+    Raises:
+      errors.UserError: the model is not conditioned, or does not know
+        `style` (the message lists the styles it knows).
+    """
+    if style is None:
+      return len(self.styles)
+    if not self.styles:
+      raise errors.UserError(f"--style={style}: this VAE is not style-conditioned "
+                             "(trained without config.condition.enabled).")
+    if style not in self.styles:
+      raise errors.UserError(f"--style={style!r}: unknown; this VAE knows "
+                             f"{', '.join(self.styles)}.")
+    return self.styles.index(style)
+
+  def sample_pieces(self, params: Any, rng: Array, *, num_samples: int, length: int,
+                    temperature: float = 1.0, top_p: float = 1.0,
+                    style: str | None = None, guidance: float = 1.0
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """`num_samples` prior draws decoded in `style`: ([n, length] tokens, [n,
+    0] primers), as the language model's `sample_pieces` returns them."""
+    latent_rng, decode_rng = jax.random.split(rng)
+    tokens = self.generate(params, decode_rng, self.prior_latents(latent_rng, num_samples),
+                           length=length, temperature=temperature, top_p=top_p,
+                           style=style, guidance=guidance)
+    return tokens, np.zeros((num_samples, 0), np.int32)
 
   # --- samples ----------------------------------------------------------------
 
@@ -423,7 +507,9 @@ class VAETask(base.SingleNetworkTask):
 
     Each piece's posterior mean (its first window, `encode_pieces`) moves by
     `strength` x (mean latent of `to_style` - mean latent of its own style):
-    `from_style`, or else the style whose mean lies nearest.
+    `from_style`, or else the style whose mean lies nearest. A conditioned
+    model encodes the pieces as `from_style` (or NO_STYLE) and leaves the
+    latents there: the decoder's style moves them (`transfer_styles`).
 
     Args:
       extras: the bundle's extras ("style_latents", from `bundle_extras`).
@@ -436,17 +522,21 @@ class VAETask(base.SingleNetworkTask):
         one of them (the message lists them).
     """
     table = extras.get(STYLE_LATENTS)
-    if not table:
+    if not table and not self.styles:
       raise errors.UserError("--transfer needs a VAE trained on a labelled dataset "
                              "(its bundle stores the style latents); this one "
                              "has none.")
-    names = list(table["styles"])
-    means = np.asarray(table["means"], np.float32)
+    names = list(self.styles or table["styles"])
     for flag, name in (("to_style", to_style), ("from_style", from_style)):
       if name is not None and name not in names:
         raise errors.UserError(f"--{flag}={name!r}: unknown; this VAE knows "
                                f"{', '.join(names)}.")
+    if self.styles:  # Encoded as its own style (given, or none), decoded
+      # as the target (`transfer_styles`).
+      mu, _ = self.encode(params, self.encode_pieces(pieces), from_style)
+      return mu, [from_style or NO_STYLE] * len(mu)
     mu, _ = self.encode(params, self.encode_pieces(pieces))
+    means = np.asarray(table["means"], np.float32)
     if from_style is None:
       nearest = np.argmin(((mu[:, None] - means[None]) ** 2).sum(-1), axis=1)
       sources = [names[int(i)] for i in nearest]
@@ -456,20 +546,35 @@ class VAETask(base.SingleNetworkTask):
                       for src in sources])
     return (mu + float(strength) * moves).astype(np.float32), sources
 
+  def transfer_styles(self, to_style: str, sources: Sequence[str],
+                      strength: float = 1.0) -> np.ndarray | None:
+    """A conditioned decoder's style weights for transfers from `sources`
+    (style names, or NO_STYLE) to `to_style`: [n, styles + 1], `strength`
+    on the target's embedding and the rest on the source's. None for an
+    unconditioned VAE (its latents moved instead, `transfer_latents`)."""
+    if not self.styles:
+      return None
+    weights = np.zeros((len(sources), len(self.styles) + 1), np.float32)
+    for i, source in enumerate(sources):
+      weights[i, self.style_token(None if source == NO_STYLE else source)] += 1.0 - strength
+      weights[i, self.style_token(to_style)] += strength
+    return weights
+
   def write_transfer(self, params: Any, rng: Array, directory: str, *, piece: Any,
                      to_style: str, extras: dict[str, Any],
                      from_style: str | None = None, strength: float = 1.0,
                      num_samples: int = 1, length: int | None = None,
                      temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                     title: str = "") -> tuple[list[str], str]:
+                     guidance: float = 1.0, title: str = "") -> tuple[list[str], str]:
     """Writes the source window (`source.mid` + `.png`, what the VAE read)
     and `num_samples` decodings of its moved latent (`sample_NNN.mid` +
     `.png`). Returns (the sample MIDI paths, the source style)."""
     z, (source_style,) = self.transfer_latents(params, [piece], to_style, extras,
                                                from_style, strength)
+    style = self.transfer_styles(to_style, [source_style] * num_samples, strength)
     tokens = self.generate(params, rng, np.repeat(z, num_samples, axis=0),
                            length=length or self.seq_len, temperature=temperature,
-                           top_k=top_k, top_p=top_p)
+                           top_k=top_k, top_p=top_p, style=style, guidance=guidance)
     source = self.representation.decode(self.encode_pieces([piece])[0])
     samples.write_midi_samples([source], directory,
                                [f"{title}source ({source_style})"], stem="source")
@@ -488,7 +593,8 @@ class VAETask(base.SingleNetworkTask):
                     num_samples: int, length: int, temperature: float = 1.0,
                     top_k: int = 0, top_p: float = 1.0,
                     endpoints: Sequence[Any] | None = None,
-                    interpolate_steps: int = 0, title: str = "") -> list[str]:
+                    interpolate_steps: int = 0, title: str = "",
+                    style: str | None = None, guidance: float = 1.0) -> list[str]:
     """Decodes latents and writes `sample_NNN.mid` + `.png` into `directory`.
 
     Args:
@@ -505,6 +611,8 @@ class VAETask(base.SingleNetworkTask):
         (two prior draws without endpoints), every point with the same
         sampling noise.
       title: prefix of each PNG's title.
+      style, guidance: a conditioned decoder's style (None: no style) and
+        classifier-free guidance scale (`generate`).
 
     Returns:
       The MIDI paths, in order along the interpolation.
@@ -520,51 +628,71 @@ class VAETask(base.SingleNetworkTask):
       z = self.prior_latents(latent_rng, num_samples)
     tokens = self.generate(params, decode_rng, z, length=length,
                            temperature=temperature, top_k=top_k, top_p=top_p,
-                           shared_noise=interpolate_steps > 0)
+                           shared_noise=interpolate_steps > 0, style=style,
+                           guidance=guidance)
     if directory is None:
       return []
     labels = (f"interpolation {i}/{len(tokens) - 1}" if interpolate_steps
               else f"sample {i}" for i in range(len(tokens)))
+    if style is not None:
+      title = f"{title}{style}, guidance {guidance:g}, "
     return samples.write_midi_samples(
         (self.representation.decode_sample(row) for row in tokens), directory,
         (f"{title}{label}" for label in labels))
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _encode(model: vae_model.SequenceVAE, params: Any, tokens: Array):
-  return model.apply({"params": params}, tokens, method=model.encode)
+def _encode(model: vae_model.SequenceVAE, params: Any, tokens: Array,
+            style: Array | None = None):
+  return model.apply({"params": params}, tokens, style=style, method=model.encode)
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=(
-    "length", "temperature", "top_k", "top_p", "eos_id", "pad_id", "shared_noise"))
-def decode_latents(model: vae_model.SequenceVAE, params: Any, rng: Array, z: Array, *,
-                   length: int, temperature: float, top_k: int, top_p: float,
-                   eos_id: int, pad_id: int, shared_noise: bool) -> Array:
+    "length", "temperature", "top_k", "top_p", "eos_id", "pad_id", "shared_noise",
+    "guidance"))
+def decode_latents(model: vae_model.SequenceVAE, params: Any, rng: Array, z: Array,
+                   style: Array | None = None, *, length: int, temperature: float,
+                   top_k: int, top_p: float, eos_id: int, pad_id: int,
+                   shared_noise: bool, guidance: float = 1.0) -> Array:
   """One compiled loop: the decoder's carry from z, then `length` tokens.
 
   Each token is drawn by the Gumbel-max trick from the filtered logits at
   `temperature`; with `shared_noise` the Gumbel noise of a step is the same
-  for every row. After a row's EOS it gets PAD.
+  for every row. After a row's EOS it gets PAD. A conditioned decoder reads
+  `style` (`SequenceVAE.condition`); with `guidance` != 1 the batch runs
+  twice over, its second half with no style, and each step's logits mix the
+  halves, l_u + guidance (l_c - l_u), before the one token both halves read.
 
   Returns:
     [batch, length] int32.
   """
   variables = {"params": params}
-  carry = model.apply(variables, z, method=model.initial_carry)
-  token = jnp.full((z.shape[0],), model.start_id, jnp.int32)
+  n = z.shape[0]
+  decoder_z = model.apply(variables, z, style, method=model.condition)
+  guided = guidance != 1.0
+  if guided:
+    decoder_z = jnp.concatenate(
+        [decoder_z, model.apply(variables, z, None, method=model.condition)])
+  carry = model.apply(variables, decoder_z, method=model.initial_carry)
+  token = jnp.full((decoder_z.shape[0],), model.start_id, jnp.int32)
 
   def step(state, step_rng):
     token, carry, done = state
-    logits, carry = model.apply(variables, z, token[:, None], carry,
+    logits, carry = model.apply(variables, decoder_z, token[:, None], carry,
                                 method=model.decode)
-    scaled = filter_logits(logits[:, 0] / temperature, top_k, top_p)
+    logits = logits[:, 0]
+    if guided:
+      styled, plain = logits[:n], logits[n:]
+      logits = plain + guidance * (styled - plain)
+    scaled = filter_logits(logits / temperature, top_k, top_p)
     shape = scaled.shape[-1:] if shared_noise else scaled.shape
     gumbel = jax.random.gumbel(step_rng, shape, jnp.float32)
     new = jnp.argmax(scaled + gumbel, -1).astype(jnp.int32)
     new = jnp.where(done, pad_id, new)
-    return (new, carry, done | (new == eos_id)), new
+    fed = jnp.concatenate([new, new]) if guided else new
+    return (fed, carry, done | (new == eos_id)), new
 
-  done = jnp.zeros(z.shape[:1], bool)
+  done = jnp.zeros((n,), bool)
   _, tokens = jax.lax.scan(step, (token, carry, done),
                            jax.random.split(rng, length))
   return tokens.T
