@@ -128,6 +128,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # this times the distance between the mean and covariance of the batch's
   # real and generated log-mel frames (tasks/gan.py moment_matching_loss).
   config.gan.moment_weight = 0.0
+  # How moment matching compares the covariances: "frobenius" (the norm of
+  # their difference) or "frechet" (the Frechet distance's trace term, so
+  # the term is the Frechet distance between the two Gaussians).
+  config.gan.moment_distance = "frobenius"
   # Both learning rates decay on a cosine over num_train_steps to this
   # fraction of themselves (1: constant).
   config.gan.lr_end_factor = 1.0

@@ -307,6 +307,7 @@ def test_voice_and_loss_option_mistakes_name_the_key():
                          (dict(gan__mode_seeking_weight=-1.0),
                           "gan.mode_seeking_weight"),
                          (dict(gan__moment_weight=-0.5), "gan.moment_weight"),
+                         (dict(gan__moment_distance="l2"), "gan.moment_distance"),
                          (dict(gan__lr_end_factor=0.0), "gan.lr_end_factor"),
                          (dict(gan__lr_end_factor=1.5), "gan.lr_end_factor"),
                          (dict(model__stft_pack=3), "model.stft_pack"),
@@ -362,6 +363,38 @@ def test_moment_matching_by_hand_and_only_the_generated_clips_get_gradients():
   expected = np.sum((mu_r - mu_f) ** 2) + np.linalg.norm(cov_r - cov_f)
   assert float(loss(jnp.asarray(real), jnp.asarray(fake))) == pytest.approx(
       expected, rel=1e-3)
+  grad_real, grad_fake = jax.grad(loss, argnums=(0, 1))(jnp.asarray(real),
+                                                        jnp.asarray(fake))
+  assert not np.any(np.asarray(grad_real))
+  assert np.all(np.isfinite(np.asarray(grad_fake))) and np.any(np.asarray(grad_fake))
+
+
+def test_moment_matching_by_the_frechet_distance_is_the_frechet_distance():
+  """With moment_distance "frechet" the term is the Frechet distance between
+  the two Gaussians (scipy's matrix square root, spectral.frechet_distance),
+  zero for the same clips, with finite gradients for the generated clips."""
+  rng = np.random.default_rng(1)
+  real = rng.normal(size=(4, 16384, 1)).astype(np.float32)
+  t = np.arange(16384) / 16000
+  fake = np.stack([np.sin(2 * np.pi * f * t) for f in (220, 330, 440)])[..., None]
+  fake = (fake + 0.05 * rng.normal(size=fake.shape)).astype(np.float32)
+  loss = lambda r, f: gan.moment_matching_loss(gan.mel_moments(r, 16000), f, 16000,
+                                               "frechet")
+  same = float(loss(jnp.asarray(real), jnp.asarray(real)))
+  assert same == pytest.approx(0.0, abs=0.05)
+
+  def stats(x):
+    mel = np.asarray(spectral.log_mel(jnp.asarray(x[..., 0]), 16000, n_fft=1024,
+                                      hop=256, n_mels=64), np.float64)
+    mel = mel.reshape(-1, 64)
+    return mel.mean(0), np.cov(mel, rowvar=False, bias=True)
+  (mu_r, cov_r), (mu_f, cov_f) = stats(real), stats(fake)
+  expected = spectral.frechet_distance(mu_r, cov_r, mu_f, cov_f)
+  assert float(loss(jnp.asarray(real), jnp.asarray(fake))) == pytest.approx(
+      expected, rel=1e-3)
+  # Its covariance term is not the Frobenius norm's.
+  trace_term = expected - np.sum((mu_r - mu_f) ** 2)
+  assert abs(trace_term - np.linalg.norm(cov_r - cov_f)) > 0.05 * trace_term
   grad_real, grad_fake = jax.grad(loss, argnums=(0, 1))(jnp.asarray(real),
                                                         jnp.asarray(fake))
   assert not np.any(np.asarray(grad_real))

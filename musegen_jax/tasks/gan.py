@@ -61,7 +61,10 @@ CONFIG_DEFAULTS = {
     "model.stft_patches": False, "model.stft_pack": 1,
     "gan.r1_weight": 0.0, "gan.d_learning_rate": 0.0, "gan.ema_warmup": False,
     "gan.mode_seeking_weight": 0.0, "gan.feature_matching_weight": 0.0,
-    "gan.coverage_weight": 0.0, "gan.moment_weight": 0.0, "gan.lr_end_factor": 1.0}
+    "gan.coverage_weight": 0.0, "gan.moment_weight": 0.0, "gan.lr_end_factor": 1.0,
+    "gan.moment_distance": "frobenius"}
+# What moment matching compares the covariances by (`moment_matching_loss`).
+MOMENT_DISTANCES = ("frobenius", "frechet")
 SLICE_LENGTHS = (16384, 32768, 65536)
 # Log-mel features of the Frechet distance.
 FRECHET_N_FFT = 1024
@@ -139,6 +142,9 @@ def _check_architecture(config: config_dict.ConfigDict) -> None:
                     "gan.coverage_weight": config.gan.coverage_weight,
                     "gan.moment_weight": config.gan.moment_weight,
                     "model.d_dim": m.d_dim})
+  if config.gan.moment_distance not in MOMENT_DISTANCES:
+    raise ValueError(f"config.gan.moment_distance={config.gan.moment_distance!r}; "
+                     f"allowed: {list(MOMENT_DISTANCES)}")
   if not 0.0 < config.gan.lr_end_factor <= 1.0:
     raise ValueError(f"config.gan.lr_end_factor={config.gan.lr_end_factor}; allowed: "
                      "(0, 1] (1: constant learning rates)")
@@ -314,26 +320,47 @@ def mel_moments(clips: Array, sample_rate: int) -> dict[str, Array]:
 
 
 def moment_matching_loss(real: dict[str, Array], fake: Array,
-                         sample_rate: int) -> Array:
+                         sample_rate: int, distance: str = "frobenius") -> Array:
   """Mean and covariance feature matching (Mroueh et al., 2017, McGan) on
-  log-mel frames: |mu_r - mu_g|^2 + ||C_r - C_g||_F between real audio's
-  statistics and those of the generated clips' frames. It is of the Frechet
-  distance's size: a few thousand for noise against music, tens for real
-  against real.
+  log-mel frames between real audio's statistics and those of the generated
+  clips' frames: |mu_r - mu_g|^2 plus, with `distance` "frobenius",
+  ||C_r - C_g||_F, or with "frechet" the Frechet distance's own covariance
+  term, tr(C_r + C_g - 2 (C_r^1/2 C_g C_r^1/2)^1/2) (`frechet_covariance_term`),
+  so that the whole is the Frechet distance between the two Gaussians. It is
+  of the Frechet distance's size: a few thousand for noise against music,
+  tens for real against real.
 
   Args:
     real: `mel_moments` of real audio: of the batch, or the running average
       over every batch so far that the train step keeps (one batch of real
       clips is too noisy a target; BUILD_NOTES.md, issue 25).
     fake: [batch, slice_len, 1] generated clips.
+    distance: one of MOMENT_DISTANCES.
   """
   def covariance(m):
     return m["outer"] - jnp.outer(m["mean"], m["mean"])
   real = jax.lax.stop_gradient(real)
   fake = mel_moments(fake, sample_rate)
+  means = jnp.sum((fake["mean"] - real["mean"]) ** 2)
+  if distance == "frechet":
+    return means + frechet_covariance_term(covariance(real), covariance(fake))
   # The small constant keeps the norm's gradient finite where they agree.
-  return (jnp.sum((fake["mean"] - real["mean"]) ** 2)
-          + jnp.sqrt(jnp.sum((covariance(fake) - covariance(real)) ** 2) + 1e-8))
+  return means + jnp.sqrt(jnp.sum((covariance(fake) - covariance(real)) ** 2) + 1e-8)
+
+
+def frechet_covariance_term(fixed: Array, cov: Array, floor: float = 1e-6) -> Array:
+  """tr(A + B - 2 (A B)^1/2) of covariances A = `fixed` (no gradient) and B.
+
+  (A B)^1/2 has the eigenvalues of the symmetric A^1/2 B A^1/2, so its trace
+  is the sum of their square roots (each at least `floor`, which bounds the
+  gradient where an eigenvalue vanishes); A^1/2 comes from A's eigenvectors.
+  """
+  w, v = jnp.linalg.eigh(jax.lax.stop_gradient(fixed))
+  root = (v * jnp.sqrt(jnp.maximum(w, 0.0))) @ v.T
+  inner = root @ cov @ root
+  eigenvalues = jnp.linalg.eigvalsh(0.5 * (inner + inner.T))
+  return (jnp.trace(fixed) + jnp.trace(cov)
+          - 2.0 * jnp.sum(jnp.sqrt(jnp.maximum(eigenvalues, floor))))
 
 
 def r1_penalty(critic: Callable[[Array], Array], real: Array) -> Array:
@@ -645,8 +672,8 @@ class GANTask:
         if cov_weight > 0:
           extra["coverage"] = coverage_loss(real, fake)
         if mm_weight > 0:
-          extra["moments"] = moment_matching_loss(real_moments, fake,
-                                                  self.sample_rate)
+          extra["moments"] = moment_matching_loss(
+              real_moments, fake, self.sample_rate, self.config.gan.moment_distance)
         loss = generator_loss(kind, d_fake)
         total = (loss + ms_weight * extra["mode_seeking"]
                  + fm_weight * extra["feature_matching"]
