@@ -32,9 +32,8 @@ by `--strength` (default 1) times the target style's mean latent minus its
 own style's (`--from_style`, or the style whose mean lies nearest; the means
 are in the bundle), and writes `source.mid`/`.png` (the window the VAE read)
 beside `--num_samples` decodings of the moved latent. A style-conditioned
-VAE (`config.condition.enabled`) keeps the latent and decodes it with the
-target style instead, `--strength` of the way from `--from_style` (or from
-"no style").
+VAE (`config.condition.enabled`) also decodes it with the target style,
+`--strength` of the way from the source's (`--guidance` applies).
 
 A style-conditioned token model or VAE (`config.condition.enabled`) samples
 `--style=NAME` (one of the styles in its bundle; none: unconditioned), with

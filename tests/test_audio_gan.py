@@ -342,6 +342,14 @@ def test_coverage_is_the_symmetric_chamfer_distance_of_spectrogram_frames():
   assert not np.any(np.asarray(grad_real)) and np.any(np.asarray(grad_fake))
 
 
+def _mel_stats(x):
+  """Mean and covariance of the Frechet distance's log-mel frames, by numpy."""
+  mel = np.asarray(spectral.log_mel(jnp.asarray(x[..., 0]), 16000, n_fft=1024,
+                                    hop=256, n_mels=64), np.float64)
+  mel = mel.reshape(-1, 64)
+  return mel.mean(0), np.cov(mel, rowvar=False, bias=True)
+
+
 def test_moment_matching_by_hand_and_only_the_generated_clips_get_gradients():
   """The loss against real statistics computed by numpy, zero for the same
   clips, and gradients for the generated clips only."""
@@ -354,12 +362,7 @@ def test_moment_matching_by_hand_and_only_the_generated_clips_get_gradients():
   loss = lambda r, f: gan.moment_matching_loss(gan.mel_moments(r, 16000), f, 16000)
   assert float(loss(jnp.asarray(real), jnp.asarray(real))) == pytest.approx(0.0, abs=1e-3)
 
-  def stats(x):
-    mel = np.asarray(spectral.log_mel(jnp.asarray(x[..., 0]), 16000, n_fft=1024,
-                                      hop=256, n_mels=64), np.float64)
-    mel = mel.reshape(-1, 64)
-    return mel.mean(0), np.cov(mel, rowvar=False, bias=True)
-  (mu_r, cov_r), (mu_f, cov_f) = stats(real), stats(fake)
+  (mu_r, cov_r), (mu_f, cov_f) = _mel_stats(real), _mel_stats(fake)
   expected = np.sum((mu_r - mu_f) ** 2) + np.linalg.norm(cov_r - cov_f)
   assert float(loss(jnp.asarray(real), jnp.asarray(fake))) == pytest.approx(
       expected, rel=1e-3)
@@ -383,12 +386,7 @@ def test_moment_matching_by_the_frechet_distance_is_the_frechet_distance():
   same = float(loss(jnp.asarray(real), jnp.asarray(real)))
   assert same == pytest.approx(0.0, abs=0.05)
 
-  def stats(x):
-    mel = np.asarray(spectral.log_mel(jnp.asarray(x[..., 0]), 16000, n_fft=1024,
-                                      hop=256, n_mels=64), np.float64)
-    mel = mel.reshape(-1, 64)
-    return mel.mean(0), np.cov(mel, rowvar=False, bias=True)
-  (mu_r, cov_r), (mu_f, cov_f) = stats(real), stats(fake)
+  (mu_r, cov_r), (mu_f, cov_f) = _mel_stats(real), _mel_stats(fake)
   expected = spectral.frechet_distance(mu_r, cov_r, mu_f, cov_f)
   assert float(loss(jnp.asarray(real), jnp.asarray(fake))) == pytest.approx(
       expected, rel=1e-3)

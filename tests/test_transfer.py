@@ -194,19 +194,20 @@ def test_a_conditioned_vae_guides_and_moves_by_its_style(styles_data_dir):
   styled = draw("drone", 1.0)
   assert not np.array_equal(styled, draw(None, 1.0))
   assert not np.array_equal(styled, draw("drone", 3.0))
-  # Transfer encodes the piece as its own style (or none) and decodes that
-  # latent with the styles' mix.
+  # Transfer moves the latent by the attribute vectors (the piece and the
+  # style means encoded with no style) and decodes it with the styles' mix.
   piece = _style_piece("drone", seed=99)
+  extras = task.bundle_extras(params, styles_data_dir)
+  means = np.asarray(extras["style_latents"]["means"], np.float32)
   mu, _ = task.encode(params, task.encode_pieces([piece]))
-  z, sources = task.transfer_latents(params, [piece], "runs", {}, strength=0.25)
-  np.testing.assert_array_equal(z, mu)
-  assert sources == ["no style"]
-  z, sources = task.transfer_latents(params, [piece], "runs", {}, from_style="drone")
-  np.testing.assert_array_equal(z, task.encode(params, task.encode_pieces([piece]),
-                                               "drone")[0])
-  assert sources == ["drone"] and not np.allclose(z, mu)
-  weights = task.transfer_styles("runs", ["drone", "no style"], strength=0.25)
-  np.testing.assert_allclose(weights, [[0.0, 0.75, 0.25, 0.0], [0.0, 0.0, 0.25, 0.75]])
+  z, sources = task.transfer_latents(params, [piece], "runs", extras,
+                                     from_style="drone", strength=0.25)
+  np.testing.assert_allclose(z, mu + 0.25 * (means[2] - means[1]), rtol=1e-5, atol=1e-5)
+  assert sources == ["drone"]
+  # The encoder reads the style: a piece encoded as "drone" lies elsewhere.
+  assert not np.allclose(task.encode(params, task.encode_pieces([piece]), "drone")[0], mu)
+  weights = task.transfer_styles("runs", ["drone", "runs"], strength=0.25)
+  np.testing.assert_allclose(weights, [[0.0, 0.75, 0.25, 0.0], [0.0, 0.0, 1.0, 0.0]])
   full = task.generate(params, rng, np.repeat(mu, 2, 0), length=24, shared_noise=True,
                        style=task.transfer_styles("runs", ["drone", "chorale"], 1.0))
   np.testing.assert_array_equal(full[0], full[1])  # Strength 1: the source is gone.
@@ -217,7 +218,7 @@ def test_a_conditioned_vae_guides_and_moves_by_its_style(styles_data_dir):
     task.sample_pieces(params, rng, num_samples=1, length=4, style="baroque")
   with pytest.raises(errors.UserError, match=r"--to_style='jazz': unknown; this VAE "
                                              r"knows chorale, drone, runs"):
-    task.transfer_latents(params, [piece], "jazz", {})
+    task.transfer_latents(params, [piece], "jazz", extras)
   plain = _task(load_config("vae", data__dir=styles_data_dir))
   plain_params = plain.init_params(jax.random.PRNGKey(1))
   with pytest.raises(errors.UserError, match=r"--style=drone: this VAE is not "
@@ -279,6 +280,6 @@ def test_a_vae_bundle_warm_starts_a_conditioned_vae_that_samples_and_transfers_b
     assert os.path.isfile(os.path.join(out, "source.png")) and len(paths) == 2
     moved[target] = [[n.pitch for n in note_seq.midi_file_to_note_sequence(p).notes]
                      for p in paths]
-  # The same latent and noise, decoded as another style (how far a model
-  # this small moves a piece is measured in BUILD_NOTES, not here).
+  # Moved to and decoded as another style (how far a model this small moves
+  # a piece is measured in BUILD_NOTES, not here).
   assert moved["drone"] != moved["chorale"]

@@ -7,6 +7,8 @@ from typing import Any, Iterable
 
 from ml_collections import config_dict
 
+from musegen_jax import errors
+
 
 def check_model_name(config: config_dict.ConfigDict, allowed: Iterable[str]) -> None:
   """Raises ValueError unless config.model.name is one of `allowed`."""
@@ -49,3 +51,20 @@ def check_optimizer_ranges(config: Any) -> None:
                  if key in config})
   if config.grad_accum_steps < 1:
     raise ValueError(f"config.grad_accum_steps={config.grad_accum_steps} must be >= 1")
+
+
+def style_index(styles: list[str], style: str, model: str = "model") -> int:
+  """The index of `style` among a style-conditioned model's `styles`.
+
+  Raises:
+    errors.UserError: the model is not conditioned (no styles), or does not
+      know `style` (the message lists the styles it knows); `model` names
+      it ("model", "VAE").
+  """
+  if not styles:
+    raise errors.UserError(f"--style={style}: this {model} is not style-conditioned "
+                           "(trained without config.condition.enabled).")
+  if style not in styles:
+    raise errors.UserError(f"--style={style!r}: unknown; this {model} knows "
+                           f"{', '.join(styles)}.")
+  return styles.index(style)

@@ -237,13 +237,7 @@ class LanguageModelTask(base.SingleNetworkTask):
     """
     if style is None:
       return self.null_style_id
-    if not self.styles:
-      raise errors.UserError(f"--style={style}: this model is not style-conditioned "
-                             "(trained without config.condition.enabled).")
-    if style not in self.styles:
-      raise errors.UserError(f"--style={style!r}: unknown; this model knows "
-                             f"{', '.join(self.styles)}.")
-    return self.style_first_id + self.styles.index(style)
+    return self.style_first_id + checks.style_index(self.styles, style)
 
   def sample(self, params: Any, rng: Array, primer: Array, *, length: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,

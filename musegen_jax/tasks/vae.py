@@ -45,9 +45,9 @@ then hold the style id where the unconditioned task keeps a token it drops
 the unconditioned sequences). Prior samples take `style` and
 classifier-free `guidance` (the decoder's logits mixed between the styled
 and the unstyled pass, l_u + w (l_c - l_u), in one compiled loop). Transfer
-encodes a piece as its own style (or as "no style" when that is not given)
-and decodes the latent with the target style, `strength` of the way from
-its own; the attribute vectors are not added.
+moves a piece's latent by the attribute vectors as above (the latents and
+the style means encoded with no style) and also decodes it with the target
+style, `strength` of the way from the source's.
 """
 
 from __future__ import annotations
@@ -88,8 +88,6 @@ CONFIG_DEFAULTS = {"styles": (), "condition.enabled": False,
 # Train windows per piece that the style latents average (the first ones).
 STYLE_WINDOWS_PER_PIECE = 8
 STYLE_LATENTS = "style_latents"
-# The source style of a conditioned model's transfer when it is not given.
-NO_STYLE = "no style"
 
 
 def check_config(config: config_dict.ConfigDict) -> None:
@@ -436,13 +434,7 @@ class VAETask(base.SingleNetworkTask):
     """
     if style is None:
       return len(self.styles)
-    if not self.styles:
-      raise errors.UserError(f"--style={style}: this VAE is not style-conditioned "
-                             "(trained without config.condition.enabled).")
-    if style not in self.styles:
-      raise errors.UserError(f"--style={style!r}: unknown; this VAE knows "
-                             f"{', '.join(self.styles)}.")
-    return self.styles.index(style)
+    return checks.style_index(self.styles, style, "VAE")
 
   def sample_pieces(self, params: Any, rng: Array, *, num_samples: int, length: int,
                     temperature: float = 1.0, top_p: float = 1.0,
@@ -507,9 +499,9 @@ class VAETask(base.SingleNetworkTask):
 
     Each piece's posterior mean (its first window, `encode_pieces`) moves by
     `strength` x (mean latent of `to_style` - mean latent of its own style):
-    `from_style`, or else the style whose mean lies nearest. A conditioned
-    model encodes the pieces as `from_style` (or NO_STYLE) and leaves the
-    latents there: the decoder's style moves them (`transfer_styles`).
+    `from_style`, or else the style whose mean lies nearest (the pieces and
+    the means encoded with no style). A conditioned model then also decodes
+    them with the target style (`transfer_styles`).
 
     Args:
       extras: the bundle's extras ("style_latents", from `bundle_extras`).
@@ -522,19 +514,15 @@ class VAETask(base.SingleNetworkTask):
         one of them (the message lists them).
     """
     table = extras.get(STYLE_LATENTS)
-    if not table and not self.styles:
+    if not table:
       raise errors.UserError("--transfer needs a VAE trained on a labelled dataset "
                              "(its bundle stores the style latents); this one "
                              "has none.")
-    names = list(self.styles or table["styles"])
+    names = list(table["styles"])
     for flag, name in (("to_style", to_style), ("from_style", from_style)):
       if name is not None and name not in names:
         raise errors.UserError(f"--{flag}={name!r}: unknown; this VAE knows "
                                f"{', '.join(names)}.")
-    if self.styles:  # Encoded as its own style (given, or none), decoded
-      # as the target (`transfer_styles`).
-      mu, _ = self.encode(params, self.encode_pieces(pieces), from_style)
-      return mu, [from_style or NO_STYLE] * len(mu)
     mu, _ = self.encode(params, self.encode_pieces(pieces))
     means = np.asarray(table["means"], np.float32)
     if from_style is None:
@@ -549,14 +537,14 @@ class VAETask(base.SingleNetworkTask):
   def transfer_styles(self, to_style: str, sources: Sequence[str],
                       strength: float = 1.0) -> np.ndarray | None:
     """A conditioned decoder's style weights for transfers from `sources`
-    (style names, or NO_STYLE) to `to_style`: [n, styles + 1], `strength`
-    on the target's embedding and the rest on the source's. None for an
-    unconditioned VAE (its latents moved instead, `transfer_latents`)."""
+    (style names) to `to_style`: [n, styles + 1], `strength` on the target's
+    embedding and the rest on the source's. None for an unconditioned VAE
+    (its latents are moved alone, `transfer_latents`)."""
     if not self.styles:
       return None
     weights = np.zeros((len(sources), len(self.styles) + 1), np.float32)
     for i, source in enumerate(sources):
-      weights[i, self.style_token(None if source == NO_STYLE else source)] += 1.0 - strength
+      weights[i, self.style_token(source)] += 1.0 - strength
       weights[i, self.style_token(to_style)] += strength
     return weights
 
