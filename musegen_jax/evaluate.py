@@ -13,7 +13,8 @@ pieces' confusion matrix ({"confusion": {TRUE: {PREDICTED: count}}}).
 Choose models on valid, never on test.
 
 With `--classifier=CLS` (a bundle of the classify task) the bundle is a
-style-conditioned token model (or, with `--style`, a conditioned VAE), and what is measured is its samples: for
+style-conditioned token model (or, with `--style`, a conditioned VAE), and
+what is measured is its samples: for
 `--style=NAME` (default: each of its styles) it draws `--num_samples`
 pieces at `--guidance`, decodes them, and reports the share the classifier
 assigns to the requested style (`style_share`) and what it predicted:
@@ -22,7 +23,7 @@ assigns to the requested style (`style_share`) and what it predicted:
         --classifier=exports/style_classifier --num_samples=64 --guidance=2
 
 A VAE bundle with `--classifier` and no `--style` is measured on style
-transfer instead (a conditioned VAE decodes with the target style): up
+transfer instead (a conditioned VAE also decodes with the target style): up
 to `--num_samples` pieces of the split that are not of the target style
 (`--to_style`, default each style) are moved to it at `--strength`; reported
 are the share the classifier gives the target style, and how much of the
