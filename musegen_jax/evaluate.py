@@ -13,11 +13,13 @@ pieces' confusion matrix ({"confusion": {TRUE: {PREDICTED: count}}}).
 Choose models on valid, never on test.
 
 With `--classifier=CLS` (a bundle of the classify task) the bundle is a
-style-conditioned token model (or, with `--style`, a conditioned VAE), and
-what is measured is its samples: for
+style-conditioned token model (or, with `--style`, a VAE trained on a
+labelled dataset), and what is measured is its samples: for
 `--style=NAME` (default: each of its styles) it draws `--num_samples`
 pieces at `--guidance`, decodes them, and reports the share the classifier
-assigns to the requested style (`style_share`) and what it predicted:
+assigns to the requested style (`style_share`) and what it predicted. A
+VAE's samples are its training window long and start from the style's
+region of the latent space (`--nostyle_prior`: from N(0, I)):
 
     python -m musegen_jax.evaluate --export=exports/styles_lstm \
         --classifier=exports/style_classifier --num_samples=64 --guidance=2
@@ -201,14 +203,16 @@ def evaluate_styles(export_dir: str, classifier_dir: str, *,
                     style: str | None = None, num_samples: int = 64,
                     guidance: float = 1.0, length: int | None = None,
                     temperature: float | None = None, top_p: float | None = None,
-                    seed: int = 0) -> dict[str, Any]:
+                    seed: int = 0, style_prior: bool = True) -> dict[str, Any]:
   """How often a style classifier finds the requested style in samples of a
-  style-conditioned token model.
+  style-conditioned token model or a VAE trained on a labelled dataset.
 
   For each style (`style`, or every style of the model) `num_samples` pieces
   of `length` tokens are drawn in one batch at `guidance` and scored whole
   by the classifier (`ClassifyTask.classify_rolls`). `length`, `temperature`
-  and `top_p` default to the model's `config.sample` (what `sample` draws).
+  and `top_p` default to the model's `config.sample` (what `sample` draws;
+  a VAE's `length`: its training window, `data.seq_len`). A VAE's latents
+  come from each style's region with `style_prior` (`VAETask.sample_pieces`).
 
   Returns:
     {"style_share": {style: share classified as it}, "mean_style_share",
@@ -240,17 +244,29 @@ def evaluate_styles(export_dir: str, classifier_dir: str, *,
                                pipeline.representation_from_spec(generator.representation))
   cls_task = tasks.create_task(judge.config,
                                pipeline.representation_from_spec(judge.representation))
-  if not gen_task.styles:
+  is_vae = generator.config.task == "vae"
+  known = gen_task.styles or (is_vae and generator.extras.get("style_latents", {})
+                              .get("styles", [])) or []
+  if not known:
     raise errors.UserError(f"--export={export_dir}: the model is not style-"
-                           "conditioned (config.condition.enabled).")
-  wanted = [style] if style else list(gen_task.styles)
+                           "conditioned (config.condition.enabled)"
+                           + (" and has no style latents." if is_vae else "."))
+  wanted = [style] if style else list(known)
   for name in wanted:
-    gen_task.style_token(name)  # Unknown to the model: the known ones listed.
+    # Unknown to the model: the known ones listed.
+    if is_vae:
+      gen_task.check_sample_style(name, generator.extras, guidance=guidance,
+                                  style_prior=style_prior)
+    else:
+      gen_task.style_token(name)
     if name not in cls_task.styles:
       raise errors.UserError(f"--style={name!r}: the classifier knows "
                              f"{', '.join(cls_task.styles)}.")
   settings = generator.config.sample
-  length = int(settings.length if length is None else length)
+  if length is None:
+    length = generator.config.data.seq_len if is_vae else settings.length
+  length = int(length)
+  vae_args = {"extras": generator.extras, "style_prior": style_prior} if is_vae else {}
   temperature = float(settings.temperature if temperature is None else temperature)
   top_p = float(settings.top_p if top_p is None else top_p)
   shares, predicted = {}, {}
@@ -258,7 +274,8 @@ def evaluate_styles(export_dir: str, classifier_dir: str, *,
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), i)
     tokens, prime = gen_task.sample_pieces(
         generator.params, rng, num_samples=num_samples, length=length,
-        temperature=temperature, top_p=top_p, style=name, guidance=guidance)
+        temperature=temperature, top_p=top_p, style=name, guidance=guidance,
+        **vae_args)
     picked = _classify(cls_task, judge.params, [
         gen_task.representation.decode_sample(np.concatenate([prime[j], row]))
         for j, row in enumerate(tokens)])
@@ -269,7 +286,8 @@ def evaluate_styles(export_dir: str, classifier_dir: str, *,
     shares[name] = counts[name] / len(picked)
   return {"export": export_dir, "classifier": classifier_dir, "num_samples": num_samples,
           "length": length, "guidance": guidance, "temperature": temperature,
-          "top_p": top_p, "style_share": shares,
+          "top_p": top_p, **({"style_prior": style_prior} if is_vae else {}),
+          "style_share": shares,
           "mean_style_share": float(np.mean(list(shares.values()))),
           "predicted": predicted}
 
@@ -404,7 +422,8 @@ def main(argv: list[str]) -> None:
     print(json.dumps(evaluate_styles(
         FLAGS.export, FLAGS.classifier, style=FLAGS.style,
         num_samples=FLAGS.num_samples, guidance=FLAGS.guidance, length=FLAGS.length,
-        temperature=FLAGS.temperature, top_p=FLAGS.top_p, seed=FLAGS.seed)))
+        temperature=FLAGS.temperature, top_p=FLAGS.top_p, seed=FLAGS.seed,
+        style_prior=FLAGS.style_prior)))
     return
   print(json.dumps(evaluate(FLAGS.export, split=FLAGS.split,
                             data_dir=FLAGS.data_dir, num_batches=FLAGS.num_batches)))
@@ -437,7 +456,10 @@ def run() -> None:
   flags.DEFINE_float("guidance", 1.0, "With --classifier: classifier-free guidance "
                      "scale (1: off), of samples or a conditioned VAE's transfers.")
   flags.DEFINE_integer("length", None, "With --classifier: tokens per sample "
-                       "(default: the model's sample.length).")
+                       "(default: the model's sample.length; a VAE: data.seq_len).")
+  flags.DEFINE_bool("style_prior", True, "With --classifier and a VAE's --style: "
+                    "draw z from the style's region of the latent space (the "
+                    "bundle's style latents) rather than N(0, I).")
   flags.DEFINE_float("temperature", None, "With --classifier: sampling temperature "
                      "(default: the model's sample.temperature; a VAE: 1).")
   flags.DEFINE_float("top_p", None, "With --classifier: nucleus mass, 1: off "

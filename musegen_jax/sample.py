@@ -39,7 +39,10 @@ A style-conditioned token model or VAE (`config.condition.enabled`) samples
 `--style=NAME` (one of the styles in its bundle; none: unconditioned), with
 classifier-free guidance `--guidance=W` (1: the conditioned model alone; >1
 mixes in the unconditioned pass, l_u + W (l_c - l_u), in the same compiled
-loop).
+loop). A VAE trained on a labelled dataset, conditioned or not, draws the
+latents of `--style` samples from that style's region of its latent space
+(the mean and spread of the style's train posteriors, stored in the bundle;
+`--nostyle_prior`: from N(0, I), the label alone).
 
 `--render_audio` writes a WAV beside each MIDI file through the project's
 own additive synthesizer (`data/synth.py`), so the samples can be heard
@@ -88,6 +91,9 @@ flags.DEFINE_string("style", None, "A style-conditioned model's style (one of "
                     "those in its bundle); none: unconditioned.")
 flags.DEFINE_float("guidance", 1.0, "Classifier-free guidance scale with --style "
                    "or a conditioned VAE's --transfer (1: off; 0: unconditioned).")
+flags.DEFINE_bool("style_prior", True, "A VAE with --style: draw z from the "
+                  "style's region of the latent space (its bundle's style "
+                  "latents) rather than N(0, I).")
 flags.DEFINE_string("transfer", None, "A VAE: the MIDI file to move to --to_style.")
 flags.DEFINE_string("to_style", None, "With --transfer: the target style.")
 flags.DEFINE_string("from_style", None, "With --transfer: the piece's own style "
@@ -108,12 +114,13 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
            render_audio: bool = False, style: str | None = None,
            guidance: float = 1.0, transfer: str | None = None,
            to_style: str | None = None, from_style: str | None = None,
-           strength: float = 1.0) -> list[str]:
+           strength: float = 1.0, style_prior: bool = True) -> list[str]:
   """Writes samples and their PNGs; returns the MIDI (or WAV) paths.
 
   `length` None means 1024 tokens, or what a token Transformer's `max_len`
   leaves after the primer if fewer (a VAE: its `data.seq_len`). `style`,
-  `guidance`: a style-conditioned token model's; `transfer`, `to_style`,
+  `guidance`: a style-conditioned token model's or VAE's (`style_prior`: a
+  VAE's `--style` latents from the style's region); `transfer`, `to_style`,
   `from_style`, `strength`: a VAE's style transfer (see the module docstring). `endpoints`
   (a VAE only): two MIDI paths, or one string "A.mid,B.mid". `render_audio`:
   a WAV beside each MIDI file (`sample_000.wav`).
@@ -189,13 +196,15 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
     if guidance != 1.0 and style is None:
       raise errors.UserError(f"--guidance={guidance}: name the --style to guide towards.")
     if style is not None:
-      task.style_token(style)  # Told before anything is written.
+      # Told before anything is written.
+      task.check_sample_style(style, bundle.extras, guidance=guidance,
+                              style_prior=style_prior)
     paths = task.write_samples(
         bundle.params, rng, output_dir, num_samples=num_samples,
         length=bundle.config.data.seq_len if length is None else length,
         temperature=temperature, top_k=top_k, top_p=top_p, endpoints=pieces,
         interpolate_steps=interpolate_steps, title=title, style=style,
-        guidance=guidance)
+        guidance=guidance, extras=bundle.extras, style_prior=style_prior)
     return _render_audio(paths) if render_audio else paths
   if interpolate_steps:
     raise errors.UserError(
@@ -287,7 +296,8 @@ def main(argv: list[str]) -> None:
                  endpoints=FLAGS.endpoints, render_audio=FLAGS.render_audio,
                  style=FLAGS.style, guidance=FLAGS.guidance,
                  transfer=FLAGS.transfer, to_style=FLAGS.to_style,
-                 from_style=FLAGS.from_style, strength=FLAGS.strength)
+                 from_style=FLAGS.from_style, strength=FLAGS.strength,
+                 style_prior=FLAGS.style_prior)
   rendered = (" (and a WAV beside each MIDI file)"
               if FLAGS.render_audio and not paths[0].endswith(".wav") else "")
   print(f"Wrote {len(paths)} samples to {FLAGS.output_dir}{rendered}")

@@ -283,3 +283,46 @@ def test_a_vae_bundle_warm_starts_a_conditioned_vae_that_samples_and_transfers_b
   # Moved to and decoded as another style (how far a model this small moves
   # a piece is measured in BUILD_NOTES, not here).
   assert moved["drone"] != moved["chorale"]
+
+
+@pytest.mark.slow
+def test_a_plain_vae_samples_a_style_from_its_region_of_the_latent_space(
+    vae_bundle, tmp_path):
+  bundle = checkpoint.load_bundle(vae_bundle)
+  task = tasks.create_task(bundle.config,
+                           pipeline.representation_from_spec(bundle.representation))
+  table = bundle.extras["style_latents"]
+  means, stds = (np.asarray(table[k], np.float32) for k in ("means", "stds"))
+  assert stds.shape == means.shape == (3, task.latent_dim)
+  # The spread of the aggregate posterior: at least the posteriors' own.
+  mu, logvar = task.encode(bundle.params, task.encode_pieces([_style_piece("runs", 5)]))
+  assert np.all(stds > 0) and np.all(np.isfinite(stds))
+  z = task.style_prior_latents(jax.random.PRNGKey(0), 20000, "runs", bundle.extras)
+  np.testing.assert_allclose(z.mean(0), means[2], atol=0.05 * stds[2].max())
+  np.testing.assert_allclose(z.std(0), stds[2], rtol=0.05)
+  # A bundle from before the spreads were stored: unit spread about the mean.
+  old = {"style_latents": {k: v for k, v in table.items() if k != "stds"}}
+  z = task.style_prior_latents(jax.random.PRNGKey(0), 20000, "runs", old)
+  np.testing.assert_allclose(z.std(0), np.ones_like(stds[2]), rtol=0.05)
+  # sample --style on the plain VAE decodes those latents: the same tokens
+  # as decoding them by hand.
+  rng = jax.random.PRNGKey(4)
+  tokens, _ = task.sample_pieces(bundle.params, rng, num_samples=3, length=16,
+                                 style="drone", extras=bundle.extras)
+  latent_rng, decode_rng = jax.random.split(rng)
+  np.testing.assert_array_equal(tokens, task.generate(
+      bundle.params, decode_rng,
+      task.style_prior_latents(latent_rng, 3, "drone", bundle.extras), length=16))
+  paths = sample_lib.sample(vae_bundle, str(tmp_path / "drone"), num_samples=2,
+                            style="drone")
+  assert len(paths) == 2 and all(os.path.isfile(p) for p in paths)
+  with pytest.raises(errors.UserError, match=r"--style='jazz': unknown; this VAE "
+                                             r"knows chorale, drone, runs"):
+    sample_lib.sample(vae_bundle, str(tmp_path / "x"), style="jazz")
+  with pytest.raises(errors.UserError, match=r"--nostyle_prior: a VAE that is not "
+                                             r"style-conditioned"):
+    sample_lib.sample(vae_bundle, str(tmp_path / "x"), style="drone", style_prior=False)
+  with pytest.raises(errors.UserError, match=r"--style/--guidance: this VAE is not "
+                                             r"style-conditioned"):
+    sample_lib.sample(vae_bundle, str(tmp_path / "x"), style="drone", guidance=2.0)
+  assert not os.path.exists(str(tmp_path / "x"))

@@ -48,6 +48,12 @@ and the unstyled pass, l_u + w (l_c - l_u), in one compiled loop). Transfer
 moves a piece's latent by the attribute vectors as above (the latents and
 the style means encoded with no style) and also decodes it with the target
 style, `strength` of the way from the source's.
+
+Samples of a style start from its region of the latent space when the
+bundle stores it (`style_prior_latents`): z drawn from a Gaussian with the
+mean and per-dimension spread of the style's train windows' posteriors,
+not from N(0, I). This is how a plain VAE samples a style; a conditioned
+decoder reads the label besides (`style_prior=False` keeps N(0, I)).
 """
 
 from __future__ import annotations
@@ -438,14 +444,17 @@ class VAETask(base.SingleNetworkTask):
 
   def sample_pieces(self, params: Any, rng: Array, *, num_samples: int, length: int,
                     temperature: float = 1.0, top_p: float = 1.0,
-                    style: str | None = None, guidance: float = 1.0
+                    style: str | None = None, guidance: float = 1.0,
+                    extras: dict[str, Any] | None = None, style_prior: bool = True
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """`num_samples` prior draws decoded in `style`: ([n, length] tokens, [n,
-    0] primers), as the language model's `sample_pieces` returns them."""
+    """`num_samples` draws of `style` (`style_latents_for`; a conditioned
+    decoder also reads it): ([n, length] tokens, [n, 0] primers), as the
+    language model's `sample_pieces` returns them."""
     latent_rng, decode_rng = jax.random.split(rng)
-    tokens = self.generate(params, decode_rng, self.prior_latents(latent_rng, num_samples),
-                           length=length, temperature=temperature, top_p=top_p,
-                           style=style, guidance=guidance)
+    z = self.style_latents_for(latent_rng, num_samples, style, extras, style_prior)
+    tokens = self.generate(params, decode_rng, z, length=length, temperature=temperature,
+                           top_p=top_p, style=style if self.styles else None,
+                           guidance=guidance)
     return tokens, np.zeros((num_samples, 0), np.int32)
 
   # --- samples ----------------------------------------------------------------
@@ -454,20 +463,27 @@ class VAETask(base.SingleNetworkTask):
 
   def bundle_extras(self, params: Any, data_dir: str) -> dict[str, Any] | None:
     """With styles: {"style_latents": {"styles", "means" [styles][latent],
-    "windows" per style}}, the mean posterior latent of each style's train
-    windows (the first `STYLE_WINDOWS_PER_PIECE` of each piece)."""
+    "stds" [styles][latent], "windows" per style}}, the mean posterior latent
+    of each style's train windows (the first `STYLE_WINDOWS_PER_PIECE` of
+    each piece) and the per-dimension spread of their aggregate posterior."""
     styles = [str(s) for s in self.config.styles]
     if not styles:
       return None
-    sums = np.zeros((len(styles), self.latent_dim), np.float64)
+    # Per style: sums of the posterior means, of their squares and of the
+    # posterior variances.
+    sums, squares, variances = (np.zeros((len(styles), self.latent_dim), np.float64)
+                                for _ in range(3))
     counts = np.zeros((len(styles),), np.int64)
     rows, ids = [], []
 
     def flush():
       if rows:
-        mu, _ = self.encode(params, np.stack(rows))
-        np.add.at(sums, np.asarray(ids), mu)
-        np.add.at(counts, np.asarray(ids), 1)
+        mu, logvar = self.encode(params, np.stack(rows))
+        at = np.asarray(ids)
+        np.add.at(sums, at, mu)
+        np.add.at(squares, at, np.square(mu.astype(np.float64)))
+        np.add.at(variances, at, np.exp(logvar.astype(np.float64)))
+        np.add.at(counts, at, 1)
         rows.clear()
         ids.clear()
 
@@ -488,9 +504,63 @@ class VAETask(base.SingleNetworkTask):
     if missing:
       raise errors.UserError(f"{data_dir}: no train window of style(s) {missing} "
                              "to average for the style latents.")
-    return {STYLE_LATENTS: {"styles": styles,
-                            "means": (sums / counts[:, None]).tolist(),
-                            "windows": counts.tolist()}}
+    n = counts[:, None]
+    means = sums / n
+    # The spread of the style's aggregate posterior (a mixture of the
+    # windows' Gaussians): the variance of their means plus their mean variance.
+    stds = np.sqrt(np.maximum(squares / n - np.square(means), 0.0) + variances / n)
+    return {STYLE_LATENTS: {"styles": styles, "means": means.tolist(),
+                            "stds": stds.tolist(), "windows": counts.tolist()}}
+
+  def style_prior_latents(self, rng: Array, n: int, style: str,
+                          extras: dict[str, Any]) -> np.ndarray:
+    """n draws of z from `style`'s region of the latent space: a Gaussian
+    with the mean and spread of its train windows' posteriors (the bundle's
+    style latents; a bundle from before the spreads were stored: unit spread).
+
+    Raises:
+      errors.UserError: the bundle has no style latents, or not `style`'s.
+    """
+    table = (extras or {}).get(STYLE_LATENTS)
+    if not table:
+      raise errors.UserError(f"--style={style}: this VAE is not style-conditioned "
+                             "and its bundle has no style latents (train it on a "
+                             "labelled dataset).")
+    names = list(table["styles"])
+    if style not in names:
+      raise errors.UserError(f"--style={style!r}: unknown; this VAE knows "
+                             f"{', '.join(names)}.")
+    mean = np.asarray(table["means"][names.index(style)], np.float32)
+    std = np.asarray(table["stds"][names.index(style)], np.float32) if "stds" in table \
+        else np.ones_like(mean)
+    return mean + std * self.prior_latents(rng, n)
+
+  def check_sample_style(self, style: str, extras: dict[str, Any] | None, *,
+                         guidance: float = 1.0, style_prior: bool = True) -> None:
+    """Raises errors.UserError unless samples can take `style` (a conditioned
+    decoder's, or else one whose latent region the bundle stores) with
+    `guidance` and `style_prior`: what `sample_pieces` would raise."""
+    if self.styles:
+      self.style_token(style)
+    elif float(guidance) != 1.0:
+      raise errors.UserError("--style/--guidance: this VAE is not style-conditioned "
+                             "(trained without config.condition.enabled).")
+    self.style_latents_for(jax.random.PRNGKey(0), 1, style, extras, style_prior)
+
+  def style_latents_for(self, rng: Array, n: int, style: str | None,
+                        extras: dict[str, Any] | None, style_prior: bool) -> np.ndarray:
+    """The latents of n samples of `style`: from its region of the latent
+    space when `style_prior` and the bundle stores it, else from N(0, I)
+    (which a plain VAE cannot aim at a style: an error)."""
+    table = (extras or {}).get(STYLE_LATENTS)
+    if style is not None and not self.styles and not style_prior:
+      raise errors.UserError(f"--nostyle_prior: a VAE that is not style-conditioned "
+                             f"samples --style={style} only from the style's region "
+                             "of its latent space.")
+    if style is not None and (not self.styles or (style_prior and table)):
+      # A conditioned decoder's bundle without style latents keeps N(0, I).
+      return self.style_prior_latents(rng, n, style, extras)
+    return self.prior_latents(rng, n)
 
   def transfer_latents(self, params: Any, pieces: Sequence[Any], to_style: str,
                        extras: dict[str, Any], from_style: str | None = None,
@@ -582,7 +652,9 @@ class VAETask(base.SingleNetworkTask):
                     top_k: int = 0, top_p: float = 1.0,
                     endpoints: Sequence[Any] | None = None,
                     interpolate_steps: int = 0, title: str = "",
-                    style: str | None = None, guidance: float = 1.0) -> list[str]:
+                    style: str | None = None, guidance: float = 1.0,
+                    extras: dict[str, Any] | None = None,
+                    style_prior: bool = True) -> list[str]:
     """Decodes latents and writes `sample_NNN.mid` + `.png` into `directory`.
 
     Args:
@@ -599,8 +671,11 @@ class VAETask(base.SingleNetworkTask):
         (two prior draws without endpoints), every point with the same
         sampling noise.
       title: prefix of each PNG's title.
-      style, guidance: a conditioned decoder's style (None: no style) and
-        classifier-free guidance scale (`generate`).
+      style, guidance: the samples' style (None: none) and a conditioned
+        decoder's classifier-free guidance scale (`generate`).
+      extras, style_prior: the bundle's extras; with `style_prior` and its
+        style latents, prior samples of `style` start from the style's region
+        of the latent space (`style_latents_for`).
 
     Returns:
       The MIDI paths, in order along the interpolation.
@@ -613,11 +688,11 @@ class VAETask(base.SingleNetworkTask):
       z = self.interpolation_latents(params, latent_rng, interpolate_steps,
                                      endpoints)
     else:
-      z = self.prior_latents(latent_rng, num_samples)
+      z = self.style_latents_for(latent_rng, num_samples, style, extras, style_prior)
     tokens = self.generate(params, decode_rng, z, length=length,
                            temperature=temperature, top_k=top_k, top_p=top_p,
-                           shared_noise=interpolate_steps > 0, style=style,
-                           guidance=guidance)
+                           shared_noise=interpolate_steps > 0,
+                           style=style if self.styles else None, guidance=guidance)
     if directory is None:
       return []
     labels = (f"interpolation {i}/{len(tokens) - 1}" if interpolate_steps
