@@ -187,6 +187,14 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.num_eval_batches = 8
   config.checkpoint_every_steps = 2_000
   # Samples: WAV files and spectrogram PNGs.
+  # Class-conditional GAN (tasks/gan.py): with enabled=True, on a labelled
+  # config.data.dir (prepare --labels=... or --input=music21:...), the
+  # generator adds a learned embedding of each clip's style to z and every
+  # discriminator is a projection discriminator; evaluation adds each style's
+  # Frechet distance; sample with --style=NAME. styles: filled from the data.
+  config.condition = config_dict.ConfigDict(dict(enabled=False))
+  config.styles = ()
+
   config.sample = config_dict.ConfigDict()
   config.sample.num_samples = 4
 

@@ -39,7 +39,9 @@ A style-conditioned token model or VAE (`config.condition.enabled`) samples
 `--style=NAME` (one of the styles in its bundle; none: unconditioned), with
 classifier-free guidance `--guidance=W` (1: the conditioned model alone; >1
 mixes in the unconditioned pass, l_u + W (l_c - l_u), in the same compiled
-loop). A VAE trained on a labelled dataset, conditioned or not, draws the
+loop). A class-conditional GAN (`configs/gan.py` with
+`config.condition.enabled`) writes clips of `--style` (none: its styles in
+turn). A VAE trained on a labelled dataset, conditioned or not, draws the
 latents of `--style` samples from that style's region of its latent space
 (the mean and spread of the style's train posteriors, stored in the bundle;
 `--nostyle_prior`: from N(0, I), the label alone).
@@ -173,9 +175,15 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
   title = f"seed {seed}, step {bundle.step}: "
   rng = jax.random.PRNGKey(seed)
   if kind == "gan":
+    if guidance != 1.0:
+      raise errors.UserError(f"--guidance={guidance}: a GAN has no classifier-free "
+                             "guidance; a class-conditional one takes --style alone.")
+    if style is not None:
+      task.style_ids(style, 1)  # Unknown or unconditioned: told before anything is written.
     written = task.write_samples(
         bundle.params, rng, output_dir,
-        num_samples=num_samples, interpolate_steps=interpolate_steps, title=title)
+        num_samples=num_samples, interpolate_steps=interpolate_steps, title=title,
+        style=style)
     return [w["wav"] for w in written]
   if kind == "vae" and transfer_ns is not None:
     # Its style names are checked before anything is written.

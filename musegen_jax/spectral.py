@@ -104,6 +104,23 @@ def feature_sums(features: Array) -> dict[str, Array]:
           "count": jnp.asarray(x.shape[0], jnp.float32)}
 
 
+def feature_sums_by_group(features: Array, groups: Array, num_groups: int
+                          ) -> dict[str, Array]:
+  """`feature_sums` of each group: {"sum": [groups, dim], "outer": [groups,
+  dim, dim], "count": [groups]}.
+
+  Args:
+    features: [batch, ..., dim]; every index but the last is one observation.
+    groups: [batch] group ids in [0, num_groups): an example's observations
+      all count for its group.
+  """
+  x = features.reshape(features.shape[0], -1, features.shape[-1]).astype(jnp.float32)
+  weights = jax.nn.one_hot(groups, num_groups, dtype=jnp.float32)  # [batch, groups]
+  return {"sum": jnp.einsum("bg,bnd->gd", weights, x),
+          "outer": jnp.einsum("bg,bnd,bne->gde", weights, x, x),
+          "count": weights.sum(0) * x.shape[1]}
+
+
 def stats_from_sums(sums) -> tuple[np.ndarray, np.ndarray]:
   """(mean [dim], covariance [dim, dim]) in float64 from `feature_sums` totals."""
   n = float(sums["count"])

@@ -46,6 +46,7 @@ from google.protobuf.message import DecodeError
 from scipy import signal
 from tqdm import tqdm
 
+from musegen_jax.data import labels
 from musegen_jax.data import pipeline
 from musegen_jax.data import representations
 from musegen_jax.data import shards
@@ -63,7 +64,13 @@ DEFAULT_SILENCE_THRESHOLD = 0.005
 SLICE_TRIES = 4
 
 _MAGIC = b"AU16"
+# A record of a labelled piece: the same header and samples, then the
+# piece's style label in UTF-8.
+_LABELLED_MAGIC = b"AU1L"
 _HEADER = struct.Struct("<4sI")
+# Caches rendered before records carried their labels lack this key in their
+# metadata and are rendered again.
+_RECORD_LABELS = "record_labels"
 _FULL_SCALE = 32767.0
 
 
@@ -128,13 +135,16 @@ def write_wav(path: str, samples: np.ndarray, sample_rate: int) -> None:
   soundfile.write(path, samples, int(sample_rate), subtype="PCM_16", format="WAV")
 
 
-def encode_audio_record(samples: np.ndarray) -> bytes:
-  """[num_samples] float audio (clipped to [-1, 1]) -> a PCM16 shard record."""
+def encode_audio_record(samples: np.ndarray, label: str | None = None) -> bytes:
+  """[num_samples] float audio (clipped to [-1, 1]) -> a PCM16 shard record,
+  which carries the piece's style `label` when it has one."""
   samples = np.asarray(samples)
   if samples.ndim != 1:
     raise ValueError(f"Expected mono [num_samples] audio, got shape {samples.shape}")
   pcm = np.round(np.clip(samples, -1.0, 1.0) * _FULL_SCALE).astype("<i2")
-  return _HEADER.pack(_MAGIC, len(pcm)) + pcm.tobytes()
+  if label is None:
+    return _HEADER.pack(_MAGIC, len(pcm)) + pcm.tobytes()
+  return _HEADER.pack(_LABELLED_MAGIC, len(pcm)) + pcm.tobytes() + label.encode("utf-8")
 
 
 def audio_record_pcm(record: bytes) -> np.ndarray:
@@ -148,12 +158,40 @@ def audio_record_pcm(record: bytes) -> np.ndarray:
   if len(record) < _HEADER.size:
     raise ValueError(f"audio record of {len(record)} bytes is shorter than its header")
   magic, count = _HEADER.unpack_from(record)
-  if magic != _MAGIC:
+  if magic not in (_MAGIC, _LABELLED_MAGIC):
     raise ValueError(f"not an audio record (magic {bytes(magic)!r}, expected {_MAGIC!r})")
-  if len(record) != _HEADER.size + 2 * count:
+  size = _HEADER.size + 2 * count
+  if len(record) < size or (magic == _MAGIC and len(record) != size):
     raise ValueError(f"audio record of {len(record)} bytes; its header says "
-                     f"{count} samples ({_HEADER.size + 2 * count} bytes)")
+                     f"{count} samples ({size} bytes)")
   return np.frombuffer(record, "<i2", count, _HEADER.size)
+
+
+def audio_record_label(record: bytes) -> str | None:
+  """The style label a PCM16 shard record carries (None: an unlabelled piece)."""
+  pcm = audio_record_pcm(record)
+  if bytes(record[:4]) != _LABELLED_MAGIC:
+    return None
+  return bytes(record[_HEADER.size + 2 * len(pcm):]).decode("utf-8")
+
+
+@dataclasses.dataclass(frozen=True)
+class StyledPCM:
+  """A shard record -> (its int16 samples, the id of its label among
+  `styles`), for `pipeline.DecodeRecord`.
+
+  Raises:
+    ValueError: the record carries no label or one not among `styles`
+      (an unlabelled piece in a dataset trained with styles).
+  """
+  styles: tuple[str, ...]
+
+  def __call__(self, record: bytes) -> tuple[np.ndarray, int]:
+    label = audio_record_label(record)
+    if label not in self.styles:
+      raise ValueError(f"the clip's style label {label!r} is not one of "
+                       f"{', '.join(self.styles)}")
+    return audio_record_pcm(record), self.styles.index(label)
 
 
 def decode_audio_record(record: bytes) -> np.ndarray:
@@ -216,11 +254,13 @@ class _RenderRecord:
   def __call__(self, item: tuple[int, bytes]) -> tuple[bytes | None, float]:
     index, record = item
     try:
-      samples = self.representation.encode(pipeline.parse_note_sequence(record))
+      ns = pipeline.parse_note_sequence(record)
+      samples = self.representation.encode(ns)
     except (DecodeError, ValueError) as e:
       _bad_record(e, pipeline.locate_record(index, self.shard_paths, self.shard_starts), self.on_bad_record)
       return None, 0.0
-    return encode_audio_record(samples), len(samples) / self.representation.sample_rate
+    return (encode_audio_record(samples, labels.get_label(ns)),
+            len(samples) / self.representation.sample_rate)
 
 
 def _fingerprint(data_dir: str) -> str:
@@ -230,7 +270,8 @@ def _fingerprint(data_dir: str) -> str:
 
 def _is_current(audio_dir: str, fingerprint: str) -> bool:
   try:
-    return shards.read_metadata(audio_dir).get("source_fingerprint") == fingerprint
+    metadata = shards.read_metadata(audio_dir)
+    return metadata.get("source_fingerprint") == fingerprint and _RECORD_LABELS in metadata
   except (FileNotFoundError, ValueError):
     return False
 
@@ -338,6 +379,7 @@ def ensure_audio_dir(data_dir: str, representation, *, num_workers: int | None =
         "representation": pipeline.representation_spec(representation),
         "source": os.path.abspath(data_dir),
         "source_fingerprint": fingerprint,
+        _RECORD_LABELS: True,
         "splits": stats,
         "created_by": "musegen_jax.data.audio.ensure_audio_dir",
     })
@@ -402,14 +444,15 @@ class RandomAudioSlice(grain.transforms.RandomMap):
 
   def random_map(self, item: dict[str, Any], rng: np.random.Generator
                  ) -> dict | None:
-    pcm = item["value"]
+    pcm, style = item["value"] if isinstance(item["value"], tuple) else (item["value"], None)
+    extra = {} if style is None else {"style": np.int32(style)}
     max_start = max(0, len(pcm) - self.slice_len)
     for _ in range(self.tries if max_start else 1):
       start = int(rng.integers(0, max_start + 1))
       x = pipeline.pad_to(pcm_to_float(pcm[start:start + self.slice_len]), self.slice_len, 0)
       if not is_silent(x, self.silence_threshold):
         return {"audio": finish_clip(x, self.normalize),
-                "bad_records": item["bad_records"]}
+                "bad_records": item["bad_records"], **extra}
     return None
 
 
@@ -417,8 +460,10 @@ def create_train_dataset(audio_dir: str, *, slice_len: int, global_batch_size: i
                          num_workers: int, prefetch_buffer_size: int = 32,
                          silence_threshold: float = DEFAULT_SILENCE_THRESHOLD,
                          normalize: bool = True,
-                         on_bad_record: str = "error") -> grain.IterDataset:
-  """The training dataset of this process: {"audio": [batch, slice_len, 1] float32}.
+                         on_bad_record: str = "error",
+                         styles: tuple[str, ...] = ()) -> grain.IterDataset:
+  """The training dataset of this process: {"audio": [batch, slice_len, 1] float32}
+  (and with `styles`, "style": [batch] int32, each clip's label among them).
 
   Args:
     audio_dir: an audio dataset (`ensure_audio_dir`, or `prepare` on audio).
@@ -443,7 +488,8 @@ def create_train_dataset(audio_dir: str, *, slice_len: int, global_batch_size: i
         .seed(seed)
         .shuffle()
         .repeat()
-        .map(pipeline.DecodeRecord(source, audio_record_pcm, tuple(paths),
+        .map(pipeline.DecodeRecord(source, StyledPCM(tuple(styles)) if styles
+                                   else audio_record_pcm, tuple(paths),
                                    pipeline.shard_starts(paths), on_bad_record))
         .random_map(RandomAudioSlice(slice_len, silence_threshold, normalize))
         # Sliced after the crop, so that an element's random crop depends on
@@ -453,6 +499,23 @@ def create_train_dataset(audio_dir: str, *, slice_len: int, global_batch_size: i
   return pipeline.batch_and_prefetch(ds, global_batch_size=global_batch_size,
                                      num_workers=num_workers,
                                      prefetch_buffer_size=prefetch_buffer_size)
+
+
+def _split_windows(audio_dir: str, split: str, slice_len: int,
+                   silence_threshold: float, normalize: bool):
+  """(window [slice_len, 1], its record) of `eval_clips`, in shard order."""
+  read_audio_metadata(audio_dir)
+  for path in shards.split_paths(audio_dir, split):
+    for index, record in enumerate(shards.read_records([path])):
+      try:
+        pcm = audio_record_pcm(record)
+      except ValueError as e:
+        _bad_record(e, f"{path} record {index}", "error")
+      starts = range(0, len(pcm) - slice_len + 1, slice_len) if len(pcm) >= slice_len else [0]
+      for start in starts:
+        x = pipeline.pad_to(pcm_to_float(pcm[start:start + slice_len]), slice_len, 0)
+        if not is_silent(x, silence_threshold):
+          yield finish_clip(x, normalize), record
 
 
 def eval_clips(audio_dir: str, *, slice_len: int, split: str = "valid",
@@ -471,24 +534,44 @@ def eval_clips(audio_dir: str, *, slice_len: int, split: str = "valid",
     pipeline.BadRecordError: a record that does not decode.
     ValueError: no window that is not silent.
   """
-  read_audio_metadata(audio_dir)
-  paths = shards.split_paths(audio_dir, split)
   clips = []
-  for path in paths:
-    for index, record in enumerate(shards.read_records([path])):
-      try:
-        pcm = audio_record_pcm(record)
-      except ValueError as e:
-        _bad_record(e, f"{path} record {index}", "error")
-      starts = range(0, len(pcm) - slice_len + 1, slice_len) if len(pcm) >= slice_len else [0]
-      for start in starts:
-        x = pipeline.pad_to(pcm_to_float(pcm[start:start + slice_len]), slice_len, 0)
-        if is_silent(x, silence_threshold):
-          continue
-        clips.append(finish_clip(x, normalize))
-        if max_clips is not None and len(clips) >= max_clips:
-          return np.stack(clips)
+  for clip, _ in _split_windows(audio_dir, split, slice_len, silence_threshold, normalize):
+    clips.append(clip)
+    if max_clips is not None and len(clips) >= max_clips:
+      break
   if not clips:
     raise ValueError(f"{audio_dir}: split {split!r} has no clips of {slice_len} samples "
                      "that are not silent")
   return np.stack(clips)
+
+
+def eval_clips_by_style(audio_dir: str, styles: tuple[str, ...], *, slice_len: int,
+                        split: str = "valid", max_clips: int,
+                        silence_threshold: float = DEFAULT_SILENCE_THRESHOLD,
+                        normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """`eval_clips` of a labelled dataset, balanced: up to max_clips / len(styles)
+  (rounded up) windows of each style, in shard order.
+
+  Returns:
+    ([num_clips, slice_len, 1] float32, [num_clips] int32 style ids).
+
+  Raises:
+    ValueError: a style with no window that is not silent in the split, or a
+      clip whose label is not one of `styles`.
+  """
+  per_style = -(-max_clips // len(styles))
+  by_style = [[] for _ in styles]
+  decode = StyledPCM(tuple(styles))
+  for clip, record in _split_windows(audio_dir, split, slice_len, silence_threshold,
+                                     normalize):
+    _, style = decode(record)
+    if len(by_style[style]) < per_style:
+      by_style[style].append(clip)
+    if all(len(c) >= per_style for c in by_style):
+      break
+  empty = [name for name, clips in zip(styles, by_style) if not clips]
+  if empty:
+    raise ValueError(f"{audio_dir}: split {split!r} has no clips of {slice_len} samples "
+                     f"that are not silent for style(s) {', '.join(empty)}")
+  ids = np.concatenate([np.full((len(c),), i, np.int32) for i, c in enumerate(by_style)])
+  return np.stack([clip for clips in by_style for clip in clips]), ids

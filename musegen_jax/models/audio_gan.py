@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from musegen_jax import spectral
+from musegen_jax.models import layers
 from musegen_jax.models import wavegan
 
 Array = jax.Array
@@ -162,11 +163,15 @@ class OscillatorGenerator(nn.Module):
   normalize: bool = True
   conv_impl: str = "auto"
   dtype: Any = jnp.float32
+  # > 0: class-conditional, z plus a learned embedding of the clip's style.
+  num_styles: int = 0
 
   @nn.compact
-  def __call__(self, z: Array, train: bool = False) -> Array:
-    """[batch, latent_dim] -> [batch, slice_len, 1] float32 in [-1, 1]."""
+  def __call__(self, z: Array, train: bool = False, style: Array | None = None) -> Array:
+    """[batch, latent_dim] -> [batch, slice_len, 1] float32 in [-1, 1]; a
+    conditioned generator's `style`: [batch] ids."""
     del train  # No batch statistics or dropout.
+    z = layers.styled_latent(self.num_styles, z, style)
     frames = self.slice_len // self.hop
     ups = int(np.log2(frames // 16))
     if frames * self.hop != self.slice_len or 16 << ups != frames:
@@ -289,11 +294,15 @@ class STFTDiscriminator(nn.Module):
   kernel_size: int = 5
   conv_impl: str = "auto"
   dtype: Any = jnp.float32
+  # > 0: a projection discriminator (`layers.style_projection` of each
+  # size's last features, pooled over frames, added to its logits).
+  num_styles: int = 0
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False) -> Array:
+  def __call__(self, x: Array, train: bool = False, style: Array | None = None) -> Array:
     """[batch, length, 1] -> [batch, len(sizes)] float32 logits ([batch,
-    positions summed over sizes] with `patches`; batch / pack rows)."""
+    positions summed over sizes] with `patches`; batch / pack rows); a
+    conditioned discriminator's `style`: [batch] ids (pack 1)."""
     if x.shape[0] % self.pack:
       raise ValueError(f"a batch of {x.shape[0]} clips does not divide into "
                        f"packs of {self.pack}")
@@ -318,6 +327,7 @@ class STFTDiscriminator(nn.Module):
         self.sow("intermediates", f"stft{n}_features_{i}", h)
       if self.minibatch_std:
         h = append_minibatch_std(h)
+      features = h
       if not self.patches:
         h = h.reshape(h.shape[0], -1)
       out = nn.Dense(1, dtype=self.dtype,
@@ -325,7 +335,11 @@ class STFTDiscriminator(nn.Module):
                          nn.initializers.glorot_uniform(), "mlp", None),
                      bias_init=wavegan._logical(nn.initializers.zeros_init(), None),
                      name=f"stft{n}_output")(h)
-      logits.append(out.reshape(out.shape[0], -1).astype(jnp.float32))
+      out = out.reshape(out.shape[0], -1).astype(jnp.float32)
+      if self.num_styles:
+        out += layers.style_projection(self.num_styles, features, style,
+                                       f"stft{n}_style_projection")
+      logits.append(out)
     return jnp.concatenate(logits, axis=-1)
 
 
@@ -338,6 +352,6 @@ class Discriminators(nn.Module):
 
   members: Sequence[nn.Module]
 
-  def __call__(self, x: Array, train: bool = False) -> Array:
-    outs = [m(x, train=train) for m in self.members]
+  def __call__(self, x: Array, train: bool = False, style: Array | None = None) -> Array:
+    outs = [m(x, train=train, style=style) for m in self.members]
     return jnp.concatenate([o.reshape(o.shape[0], -1) for o in outs], axis=-1)

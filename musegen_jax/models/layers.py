@@ -6,6 +6,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from musegen_jax.kernels import dropout as dropout_kernel
 from musegen_jax.kernels.matmul import project
@@ -75,3 +76,40 @@ class Dropout(nn.Module):
     if deterministic or self.rate == 0.0:
       return x
     return dropout_kernel.dropout(x, self.rate, self.make_rng("dropout"))
+
+
+def style_rows(num_styles: int, features: int, style: Array, name: str,
+               axis: str | None = None) -> Array:
+  """The rows [batch, features] that `style` ([batch] int ids) picks from a
+  learned [num_styles, features] table, zero at the start (so a conditioned
+  network starts as the unconditioned one). Call inside a compact method."""
+  table = nn.Embed(num_styles, features, name=name,
+                   embedding_init=logical(nn.initializers.zeros_init(), "style", axis))
+  return table(style)
+
+
+def style_projection(num_styles: int, features: Array, style: Array | None,
+                     name: str) -> Array:
+  """A projection discriminator's class term (Miyato & Koyama, 2018):
+  <embedding of style, features> per example, [batch, 1]; `features`
+  [batch, ..., channels] are averaged over the middle axes first. Zero
+  without `num_styles`. Call inside a compact method."""
+  if not num_styles:
+    return jnp.zeros((features.shape[0], 1), jnp.float32)
+  if style is None:
+    raise ValueError("a style-conditioned discriminator needs the clips' styles")
+  pooled = features.reshape(features.shape[0], -1, features.shape[-1]).mean(axis=1)
+  rows = style_rows(num_styles, features.shape[-1], style, name)
+  return jnp.sum(rows.astype(jnp.float32) * pooled.astype(jnp.float32), -1, keepdims=True)
+
+
+def styled_latent(num_styles: int, z: Array, style: Array | None) -> Array:
+  """A class-conditional generator's input: z plus its style's learned
+  embedding ("style_embedding", zero at the start); z itself without
+  `num_styles`. Call inside a compact method."""
+  if not num_styles:
+    return z
+  if style is None:
+    raise ValueError("a style-conditioned generator needs the styles to generate")
+  return z + style_rows(num_styles, z.shape[-1], style, "style_embedding",
+                        "latent").astype(z.dtype)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from musegen_jax.kernels.conv import conv1d, conv_transpose1d
+from musegen_jax.models import layers
 
 Array = jax.Array
 
@@ -130,20 +131,24 @@ class WaveGANGenerator(nn.Module):
   use_batchnorm: bool = False
   conv_impl: str = "auto"
   dtype: Any = jnp.float32
+  # > 0: class-conditional, z plus a learned embedding of the clip's style.
+  num_styles: int = 0
 
   @nn.compact
-  def __call__(self, z: Array, train: bool = False) -> Array:
+  def __call__(self, z: Array, train: bool = False, style: Array | None = None) -> Array:
     """Generates waveforms.
 
     Args:
       z: [batch, latent_dim] latent vectors.
       train: batch norm uses (and updates) batch statistics.
+      style: [batch] style ids (a conditioned generator's, `num_styles`).
 
     Returns:
       [batch, slice_len, num_channels] float32 in [-1, 1].
     """
     strides = check_slice_len(self.slice_len)
     dim_mul = 16 if self.slice_len == 16384 else 32
+    z = layers.styled_latent(self.num_styles, z, style)
     x = nn.Dense(16 * dim_mul * self.dim, dtype=self.dtype,
                  kernel_init=_logical(nn.initializers.glorot_uniform(),
                                       "latent", "mlp"),
@@ -180,15 +185,19 @@ class WaveGANDiscriminator(nn.Module):
   use_batchnorm: bool = False
   conv_impl: str = "auto"
   dtype: Any = jnp.float32
+  # > 0: a projection discriminator (`layers.style_projection` of the last
+  # features, pooled over time, added to the logit).
+  num_styles: int = 0
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False) -> Array:
+  def __call__(self, x: Array, train: bool = False, style: Array | None = None) -> Array:
     """Scores waveforms.
 
     Args:
       x: [batch, slice_len, channels] waveforms.
       train: apply phase shuffle (needs the "phase_shuffle" rng) and use
         batch statistics in batch norm.
+      style: [batch] style ids (a projection discriminator's, `num_styles`).
 
     Returns:
       [batch] float32 logits.
@@ -206,10 +215,15 @@ class WaveGANDiscriminator(nn.Module):
       x = nn.leaky_relu(x, 0.2)
       if train and self.phase_shuffle > 0 and i < len(strides) - 1:
         x = phase_shuffle(x, self.make_rng("phase_shuffle"), self.phase_shuffle)
+    features = x
     x = x.reshape(x.shape[0], -1)
     logits = nn.Dense(1, dtype=self.dtype,
                       kernel_init=_logical(nn.initializers.glorot_uniform(),
                                            "mlp", None),
                       bias_init=_logical(nn.initializers.zeros_init(), None),
                       name="output")(x)
-    return logits[:, 0].astype(jnp.float32)
+    logits = logits[:, 0].astype(jnp.float32)
+    if self.num_styles:
+      logits += layers.style_projection(self.num_styles, features, style,
+                                        "style_projection")[:, 0]
+    return logits

@@ -30,10 +30,12 @@ import optax
 from flax import struct
 from ml_collections import config_dict
 
+from musegen_jax import errors
 from musegen_jax import models
 from musegen_jax import parallel
 from musegen_jax import spectral
 from musegen_jax.data import audio
+from musegen_jax.data import labels
 from musegen_jax.kernels import conv
 from musegen_jax.models import audio_gan
 from musegen_jax.models import wavegan
@@ -62,7 +64,7 @@ CONFIG_DEFAULTS = {
     "gan.r1_weight": 0.0, "gan.d_learning_rate": 0.0, "gan.ema_warmup": False,
     "gan.mode_seeking_weight": 0.0, "gan.feature_matching_weight": 0.0,
     "gan.coverage_weight": 0.0, "gan.moment_weight": 0.0, "gan.lr_end_factor": 1.0,
-    "gan.moment_distance": "frobenius"}
+    "gan.moment_distance": "frobenius", "condition.enabled": False, "styles": ()}
 # What moment matching compares the covariances by (`moment_matching_loss`).
 MOMENT_DISTANCES = ("frobenius", "frechet")
 SLICE_LENGTHS = (16384, 32768, 65536)
@@ -83,6 +85,12 @@ def evaluate_num_batches(config: config_dict.ConfigDict) -> int:
   """`num_eval_batches`, raised to reach MIN_EVALUATE_CLIPS (-1 stays: all)."""
   n = config.num_eval_batches
   return n if n < 0 else max(n, -(-MIN_EVALUATE_CLIPS // config.batch_size))
+
+
+def configure_from_data(config: config_dict.ConfigDict, data_dir: str) -> None:
+  """A class-conditional GAN's styles: the labelled dataset's."""
+  if config.condition.enabled:
+    labels.fill_styles(config, data_dir)
 
 
 def check_config(config: config_dict.ConfigDict) -> None:
@@ -113,6 +121,10 @@ def check_config(config: config_dict.ConfigDict) -> None:
         f"{config.parallelism!r} (batch statistics would be per micro-batch "
         "or per device). Use grad_accum_steps=1 and parallelism='jit'.")
   _check_architecture(config)
+  if config.condition.enabled and config.model.stft_pack > 1:
+    raise ValueError(f"config.model.stft_pack={config.model.stft_pack}: a "
+                     "class-conditional GAN (config.condition.enabled) scores each "
+                     "clip with its own style; allowed: 1.")
   conv.resolve_conv_impl(config.model.conv_impl)
   models.get_dtype(config.model.dtype)
 
@@ -204,6 +216,7 @@ def build_generator(config: config_dict.ConfigDict):
   """The generator `config.model.generator` names."""
   m = config.model
   dtype = models.get_dtype(m.dtype)
+  num_styles = num_styles_of(config)
   if m.generator == "oscillators":
     return audio_gan.OscillatorGenerator(
         slice_len=int(config.data.slice_len), latent_dim=m.latent_dim, dim=m.dim,
@@ -213,11 +226,17 @@ def build_generator(config: config_dict.ConfigDict):
         frame_partials=m.frame_partials, hard_voices=m.hard_voices,
         pitch_frames=m.voice_pitch_frames,
         sample_rate=int(config.data.audio.sample_rate),
-        normalize=m.normalize_output, conv_impl=m.conv_impl, dtype=dtype)
+        normalize=m.normalize_output, conv_impl=m.conv_impl, dtype=dtype,
+        num_styles=num_styles)
   return wavegan.WaveGANGenerator(
       latent_dim=m.latent_dim, slice_len=int(config.data.slice_len), dim=m.dim,
       kernel_size=m.kernel_size, use_batchnorm=m.use_batchnorm,
-      conv_impl=m.conv_impl, dtype=dtype)
+      conv_impl=m.conv_impl, dtype=dtype, num_styles=num_styles)
+
+
+def num_styles_of(config: config_dict.ConfigDict) -> int:
+  """A class-conditional GAN's number of styles (0: unconditional)."""
+  return len(config.styles) if config.condition.enabled else 0
 
 
 def build_discriminator(config: config_dict.ConfigDict):
@@ -225,18 +244,21 @@ def build_discriminator(config: config_dict.ConfigDict):
   gives [batch] logits, several (or the STFT one) [batch, columns]."""
   m = config.model
   dtype = models.get_dtype(m.dtype)
+  num_styles = num_styles_of(config)
   members = []
   for name in discriminator_names(config):
     if name == "waveform":
       members.append(wavegan.WaveGANDiscriminator(
           slice_len=int(config.data.slice_len), dim=m.d_dim or m.dim,
           kernel_size=m.kernel_size, phase_shuffle=m.phase_shuffle,
-          use_batchnorm=m.use_batchnorm, conv_impl=m.conv_impl, dtype=dtype))
+          use_batchnorm=m.use_batchnorm, conv_impl=m.conv_impl, dtype=dtype,
+          num_styles=num_styles))
     else:
       members.append(audio_gan.STFTDiscriminator(
           sizes=tuple(m.stft_sizes), dim=m.stft_dim, kernel_size=m.frame_kernel_size,
           minibatch_std=m.minibatch_std, patches=m.stft_patches,
-          pack=m.stft_pack, conv_impl=m.conv_impl, dtype=dtype))
+          pack=m.stft_pack, conv_impl=m.conv_impl, dtype=dtype,
+          num_styles=num_styles))
   if len(members) == 1 and isinstance(members[0], wavegan.WaveGANDiscriminator):
     return members[0]  # The paper's model, with its own parameter names.
   return audio_gan.Discriminators(members=members)
@@ -370,6 +392,12 @@ def r1_penalty(critic: Callable[[Array], Array], real: Array) -> Array:
   return jnp.mean(jnp.sum(grads.reshape(grads.shape[0], -1) ** 2, -1))
 
 
+def _groups(sums: dict[str, Any]) -> list[dict[str, Any]]:
+  """`spectral.feature_sums_by_group` totals -> one `feature_sums` per group."""
+  return [{key: value[g] for key, value in sums.items()}
+          for g in range(len(sums["count"]))]
+
+
 class GANState(struct.PyTreeNode):
   """Both networks, their optimizer states and the generator's EMA: one pytree.
 
@@ -445,6 +473,12 @@ class GANTask:
     self.batch_size = int(config.batch_size)
     self.critic_steps = int(config.gan.critic_steps)
     self.latent_dim = int(config.model.latent_dim)
+    # A class-conditional GAN's styles (`config.condition.enabled`).
+    self.styles = [str(x) for x in config.styles] if config.condition.enabled else []
+    if config.condition.enabled and not self.styles:
+      raise errors.UserError(
+          "config.condition.enabled=True needs styles: train on a labelled "
+          "dataset (prepare --labels=...), whose labels fill config.styles.")
     self.generator = build_generator(config)
     self.discriminator = build_discriminator(config)
     self.model = self.generator
@@ -486,8 +520,10 @@ class GANTask:
     # One pack of clips (model.stft_pack): the parameters' shapes do not
     # depend on the batch.
     x = jnp.zeros((int(self.config.model.stft_pack), self.slice_len, 1), jnp.float32)
-    g_vars = self.generator.init({"params": g_rng}, z, train=False)
-    d_vars = self.discriminator.init({"params": d_rng}, x, train=False)
+    style = (lambda n: jnp.zeros((n,), jnp.int32)) if self.styles else (lambda n: None)
+    g_vars = self.generator.init({"params": g_rng}, z, train=False, style=style(1))
+    d_vars = self.discriminator.init({"params": d_rng}, x, train=False,
+                                     style=style(x.shape[0]))
     g_tx, d_tx = self.g_tx, self.d_tx
     return GANState(
         step=jnp.zeros((), jnp.int32), g_params=g_vars["params"],
@@ -516,25 +552,30 @@ class GANTask:
     """WaveGAN's latent prior: uniform in [-1, 1]^latent_dim."""
     return jax.random.uniform(rng, (n, self.latent_dim), jnp.float32, -1.0, 1.0)
 
-  def _generate(self, params, batch_stats, z, train: bool):
+  def _generate(self, params, batch_stats, z, train: bool, style=None):
+    """(clips, batch statistics) of the generator on z (and a conditioned
+    one's [batch] `style` ids; ignored by an unconditioned one)."""
     variables = {"params": params}
+    style = style if self.styles else None
     if batch_stats:
       variables["batch_stats"] = batch_stats
-      out, updates = self.generator.apply(variables, z, train=train,
+      out, updates = self.generator.apply(variables, z, train=train, style=style,
                                           mutable=["batch_stats"])
       return out, updates["batch_stats"]
-    return self.generator.apply(variables, z, train=train), batch_stats
+    return self.generator.apply(variables, z, train=train, style=style), batch_stats
 
-  def _critic(self, params, batch_stats, x, rng, features: bool = False):
+  def _critic(self, params, batch_stats, x, rng, features: bool = False, style=None):
     """(logits, batch statistics) of the discriminators on x; with
-    `features`, (logits, batch statistics, their sown hidden features)."""
+    `features`, (logits, batch statistics, their sown hidden features). A
+    projection discriminator reads the clips' `style` ids."""
     variables = {"params": params}
+    style = style if self.styles else None
     mutable = ["intermediates"] if features else []
     if batch_stats:
       variables["batch_stats"] = batch_stats
       mutable.append("batch_stats")
     # `mutable=[]` would still return a pair: False when nothing is collected.
-    out = self.discriminator.apply(variables, x, train=True,
+    out = self.discriminator.apply(variables, x, train=True, style=style,
                                    rngs={"phase_shuffle": rng},
                                    mutable=mutable or False)
     out, updates = out if mutable else (out, {})
@@ -558,7 +599,8 @@ class GANTask:
     Args:
       state: the GAN state.
       batch: {"audio": [batch, critic_steps, slice_len, 1]} (the step's
-        share of the batch).
+        share of the batch; a conditioned GAN's also "style": [batch,
+        critic_steps] ids, which its fake clips of each update take too).
       rng: the run's step key.
       reducer: averages over the devices (parallel.reduce; identity under jit).
     """
@@ -569,6 +611,9 @@ class GANTask:
     critic_rng, g_rng = jax.random.split(rng)
     real_batches = jnp.swapaxes(batch["audio"], 0, 1)  # [critic_steps, b, len, 1]
     n = real_batches.shape[1]
+    # [critic_steps, b] style ids (unused zeros for an unconditioned GAN).
+    real_styles = (jnp.swapaxes(batch["style"], 0, 1) if self.styles
+                   else jnp.zeros(real_batches.shape[:2], jnp.int32))
     devices = reducer.num_devices()
 
     def global_draw(values: Array) -> Array:
@@ -583,33 +628,35 @@ class GANTask:
 
     def critic_update(carry, inputs):
       d_params, d_opt_state, d_stats = carry
-      real, key = inputs
+      real, styles, key = inputs
       z_key, alpha_key, real_key, fake_key, gp_key = jax.random.split(key, 5)
       real_key, fake_key, gp_key = (reducer.device_key(k)
                                     for k in (real_key, fake_key, gp_key))
 
       def micro(inputs):
-        real, z, alpha, index = inputs
-        fake, _ = self._generate(state.g_params, state.g_batch_stats, z, train=True)
+        real, style, z, alpha, index = inputs
+        fake, _ = self._generate(state.g_params, state.g_batch_stats, z, train=True,
+                                 style=style)
         fake = jax.lax.stop_gradient(fake)
 
         def loss_fn(d_params):
           d_real, stats = self._critic(d_params, d_stats, real,
-                                       micro_key(real_key, index))
+                                       micro_key(real_key, index), style=style)
           d_fake, stats = self._critic(d_params, stats, fake,
-                                       micro_key(fake_key, index))
+                                       micro_key(fake_key, index), style=style)
           loss = critic_loss(kind, d_real, d_fake)
           gp = jnp.zeros((), jnp.float32)
           if gp_weight > 0:
             gp = gradient_penalty(
                 lambda x: self._critic(d_params, d_stats, x,
-                                       micro_key(gp_key, index))[0],
+                                       micro_key(gp_key, index), style=style)[0],
                 real, fake, alpha)
           r1 = jnp.zeros((), jnp.float32)
           if r1_weight > 0:
             r1 = r1_penalty(
                 lambda x: self._critic(d_params, d_stats, x,
-                                       micro_key(real_key, index))[0], real)
+                                       micro_key(real_key, index), style=style)[0],
+                real)
           wdist = jnp.mean(d_real) - jnp.mean(d_fake)
           total = loss + gp_weight * gp + 0.5 * r1_weight * r1
           return total, (loss, gp, r1, wdist, stats)
@@ -620,7 +667,7 @@ class GANTask:
         return grads, {"d_loss": loss, "gp": gp, "r1": r1, "wdist": wdist}, stats
 
       grads, metrics, d_stats = steps.accumulate(
-          micro, (steps.micro_batches(real, num),
+          micro, (steps.micro_batches(real, num), steps.micro_batches(styles, num),
                   global_draw(self.latents(z_key, n * devices)),
                   global_draw(jax.random.uniform(alpha_key, (n * devices,))),
                   jnp.arange(num)), num)
@@ -632,7 +679,7 @@ class GANTask:
 
     (d_params, d_opt_state, d_stats), critic = jax.lax.scan(
         critic_update, (state.d_params, state.d_opt_state, state.d_batch_stats),
-        (real_batches, jax.random.split(critic_rng, self.critic_steps)))
+        (real_batches, real_styles, jax.random.split(critic_rng, self.critic_steps)))
 
     z_key, fake_key = jax.random.split(g_rng)
     fake_key = reducer.device_key(fake_key)
@@ -649,21 +696,24 @@ class GANTask:
                                   real_moments, batch_moments)
 
     def g_micro(inputs):
-      z, real, index = inputs
+      z, real, style, index = inputs
       real_features = []
       if fm_weight > 0:  # The last critic update's real clips.
         _, _, real_features = self._critic(d_params, d_stats, real,
-                                           micro_key(fake_key, index), features=True)
+                                           micro_key(fake_key, index), features=True,
+                                           style=style)
 
       def g_loss_fn(g_params):
-        fake, g_stats = self._generate(g_params, state.g_batch_stats, z, train=True)
+        # A conditioned generator makes the last critic update's styles.
+        fake, g_stats = self._generate(g_params, state.g_batch_stats, z, train=True,
+                                       style=style)
         extra = {"mode_seeking": jnp.zeros((), jnp.float32),
                  "feature_matching": jnp.zeros((), jnp.float32),
                  "coverage": jnp.zeros((), jnp.float32),
                  "moments": jnp.zeros((), jnp.float32)}
         d_fake, _, *fake_features = self._critic(
             d_params, d_stats, fake, micro_key(fake_key, index),
-            features=fm_weight > 0)
+            features=fm_weight > 0, style=style)
         if fm_weight > 0:
           extra["feature_matching"] = feature_matching_loss(real_features,
                                                             fake_features[0])
@@ -687,7 +737,8 @@ class GANTask:
 
     g_grads, g_losses, g_stats = steps.accumulate(
         g_micro, (global_draw(self.latents(z_key, n * devices)),
-                  steps.micro_batches(real_batches[-1], num), jnp.arange(num)),
+                  steps.micro_batches(real_batches[-1], num),
+                  steps.micro_batches(real_styles[-1], num), jnp.arange(num)),
         num)
     g_grads, g_losses = average((g_grads, g_losses))
     g_loss = g_losses["g_loss"]
@@ -720,7 +771,8 @@ class GANTask:
     return audio.ensure_audio_dir(data_dir, self.representation)
 
   def create_train_dataset(self, audio_dir: str):
-    """Batches of {"audio": [b, critic_steps, slice_len, 1]} for this process."""
+    """Batches of {"audio": [b, critic_steps, slice_len, 1]} for this process
+    (a conditioned GAN's also "style": [b, critic_steps] ids)."""
     config = self.config
     per_process = self.batch_size // jax.process_count()
     ds = audio.create_train_dataset(
@@ -729,10 +781,12 @@ class GANTask:
         num_workers=config.data.num_workers,
         prefetch_buffer_size=config.data.prefetch_buffer_size,
         silence_threshold=config.data.silence_threshold,
-        normalize=config.data.normalize, on_bad_record=config.data.bad_records)
+        normalize=config.data.normalize, on_bad_record=config.data.bad_records,
+        styles=tuple(self.styles))
     shape = (per_process, self.critic_steps, self.slice_len, 1)
+    styled = lambda b: ({"style": b["style"].reshape(shape[:2])} if self.styles else {})
     return ds.map(lambda b: {"audio": b["audio"].reshape(shape),
-                             "bad_records": b["bad_records"]})
+                             "bad_records": b["bad_records"], **styled(b)})
 
   def num_eval_clips(self) -> int:
     n = self.config.num_eval_batches
@@ -747,6 +801,11 @@ class GANTask:
     train) with the same real clips, so that `frechet_ratio` (generated over
     baseline) is 1 for a generator as close as real audio gets, whatever the
     clip count.
+
+    A conditioned GAN is compared style by style too: its real clips are
+    balanced over the styles (`audio.eval_clips_by_style`), its generated
+    clips take the styles in turn, and each style's generated clips are
+    compared with its real ones (beside the same for the baseline's).
     """
     config = self.config
     count = self.num_eval_clips()
@@ -757,21 +816,33 @@ class GANTask:
     base_salience, base_profile = spectral.pitch_summary(baseline["pitch"])
     salience, profile = spectral.pitch_summary(real["pitch"])
     z = np.asarray(self.latents(jax.random.PRNGKey(config.seed + 1), count))
-    return {"real_stats": stats, "real_profile": profile, "z": z,
+    data = {"real_stats": stats, "real_profile": profile, "z": z,
             "num_real": num_real,
             "baseline": {
                 "frechet": spectral.frechet_distance(
                     *spectral.stats_from_sums(baseline["mel"]), *stats),
                 "chroma_distance": spectral.chroma_distance(base_profile, profile),
                 "salience": salience, "split": other}}
+    if self.styles:
+      data["style"] = np.arange(count, dtype=np.int32) % len(self.styles)
+      data["style_stats"] = [spectral.stats_from_sums(group)
+                             for group in _groups(real["mel_by_style"])]
+      data["baseline"]["frechet_by_style"] = [
+          spectral.frechet_distance(*spectral.stats_from_sums(group), *real_stats)
+          for group, real_stats in zip(_groups(baseline["mel_by_style"]),
+                                       data["style_stats"])]
+    return data
 
   def _real_sums(self, audio_dir: str, split: str, count: int):
     """(feature sums of up to `count` real clips of `split`, their number)."""
     config = self.config
-    clips = audio.eval_clips(audio_dir, slice_len=self.slice_len, split=split,
-                             max_clips=count,
-                             silence_threshold=config.data.silence_threshold,
-                             normalize=config.data.normalize)
+    kwargs = dict(slice_len=self.slice_len, split=split, max_clips=count,
+                  silence_threshold=config.data.silence_threshold,
+                  normalize=config.data.normalize)
+    if self.styles:
+      clips, styles = audio.eval_clips_by_style(audio_dir, tuple(self.styles), **kwargs)
+    else:
+      clips, styles = audio.eval_clips(audio_dir, **kwargs), None
     if len(clips) < 2:
       raise ValueError(f"{audio_dir}: split {split!r} has {len(clips)} non-silent "
                        f"clips of {self.slice_len} samples; the Frechet distance "
@@ -779,7 +850,9 @@ class GANTask:
     features = jax.jit(self._features)
     totals = None
     for start in range(0, len(clips), self.batch_size):
-      sums = features(jnp.asarray(clips[start:start + self.batch_size]))
+      batch = slice(start, start + self.batch_size)
+      sums = features(jnp.asarray(clips[batch]),
+                      None if styles is None else jnp.asarray(styles[batch]))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     return jax.device_get(totals), len(clips)
 
@@ -789,33 +862,57 @@ class GANTask:
     per_process = self.batch_size // jax.process_count()
     lo = jax.process_index() * per_process
     for start in range(0, len(z), self.batch_size):
-      yield {"z": z[start:start + self.batch_size][lo:lo + per_process]}
+      batch = {"z": z[start:start + self.batch_size][lo:lo + per_process]}
+      if self.styles:
+        batch["style"] = eval_data["style"][start:start + self.batch_size][lo:lo + per_process]
+      yield batch
 
   def batch_spec(self, split: str = "train") -> dict[str, jax.ShapeDtypeStruct]:
     """One global batch: real clips for training, latents for evaluation."""
     if split == "train":
       shape = (self.batch_size, self.critic_steps, self.slice_len, 1)
-      return {"audio": jax.ShapeDtypeStruct(shape, jnp.float32)}
-    return {"z": jax.ShapeDtypeStruct((self.batch_size, self.latent_dim), jnp.float32)}
+      spec = {"audio": jax.ShapeDtypeStruct(shape, jnp.float32)}
+      if self.styles:
+        spec["style"] = jax.ShapeDtypeStruct(shape[:2], jnp.int32)
+      return spec
+    spec = {"z": jax.ShapeDtypeStruct((self.batch_size, self.latent_dim), jnp.float32)}
+    if self.styles:
+      spec["style"] = jax.ShapeDtypeStruct((self.batch_size,), jnp.int32)
+    return spec
 
   def sample_program(self, num_samples: int):
     """The EMA generator on `num_samples` latents, as `(fn, inputs)`:
-    `fn(params, rng, z)`, z abstract (ahead-of-time compiles)."""
+    `fn(params, rng, z)` (a conditioned one's `fn(params, rng, z, style)`),
+    the inputs abstract (ahead-of-time compiles)."""
+    z = jax.ShapeDtypeStruct((num_samples, self.latent_dim), jnp.float32)
+    if self.styles:
+      fn = lambda params, rng, z, style: self.generator.apply(params, z, train=False,
+                                                              style=style)
+      return fn, (z, jax.ShapeDtypeStruct((num_samples,), jnp.int32))
     fn = lambda params, rng, z: self.generator.apply(params, z, train=False)
-    return fn, (jax.ShapeDtypeStruct((num_samples, self.latent_dim), jnp.float32),)
+    return fn, (z,)
 
-  def _features(self, clips: Array) -> dict[str, Array]:
+  def _features(self, clips: Array, style: Array | None = None) -> dict[str, Array]:
     """Log-mel and pitch sums of [batch, slice_len, 1] clips; clips with a
-    NaN or Inf are scored as silence and counted."""
+    NaN or Inf are scored as silence and counted. With the clips' [batch]
+    `style` ids, also the log-mel sums of each style ("mel_by_style")."""
     clips, nonfinite = spectral.finite_clips(clips[..., 0])
-    return {"mel": spectral.feature_sums(frechet_features(clips, self.sample_rate)),
+    mel = frechet_features(clips, self.sample_rate)
+    sums = {"mel": spectral.feature_sums(mel),
             "pitch": spectral.pitch_sums(clips, self.sample_rate),
             "nonfinite": nonfinite}
+    if style is not None:
+      sums["mel_by_style"] = spectral.feature_sums_by_group(mel, style, len(self.styles))
+    return sums
 
   def eval_step(self, params: Any, batch: dict[str, Array]) -> dict[str, Array]:
-    """Log-mel and pitch sums of the EMA generator's clips for `batch["z"]`."""
-    clips = self.generator.apply(params, batch["z"], train=False)
-    return self._features(clips)
+    """Log-mel and pitch sums of the EMA generator's clips for `batch["z"]`
+    (and a conditioned one's `batch["style"]`)."""
+    style = batch.get("style") if self.styles else None
+    if style is None:
+      return self._features(self.generator.apply(params, batch["z"], train=False))
+    clips = self.generator.apply(params, batch["z"], train=False, style=style)
+    return self._features(clips, style)
 
   def summarize(self, totals: dict[str, Any], eval_data: dict[str, Any]
                 ) -> dict[str, float]:
@@ -833,13 +930,32 @@ class GANTask:
       split's; chroma_distance_real: the baseline's.
     - clips: generated clips scored; nonfinite_clips: those with NaN or Inf
       (scored as silence).
+    - A conditioned GAN's, per style: style/STYLE/frechet (its generated
+      clips against its real ones), style/STYLE/frechet_real (the
+      baseline's) and style/STYLE/frechet_ratio, and the ratios' mean
+      (frechet_ratio_by_style). Each style has a share of the clips, so its
+      distances are larger than the whole's (the distance's bias grows as
+      the clip count falls); compare them with their own baseline.
     """
     mean, cov = spectral.stats_from_sums(totals["mel"])
     real_mean, real_cov = eval_data["real_stats"]
     baseline = eval_data["baseline"]
     frechet = spectral.frechet_distance(mean, cov, real_mean, real_cov)
     salience, profile = spectral.pitch_summary(totals["pitch"])
-    return {"frechet": frechet, "frechet_real": baseline["frechet"],
+    by_style = {}
+    if "mel_by_style" in totals:
+      ratios = []
+      for name, group, real_stats, base in zip(
+          self.styles, _groups(totals["mel_by_style"]), eval_data["style_stats"],
+          baseline["frechet_by_style"]):
+        distance = spectral.frechet_distance(*spectral.stats_from_sums(group),
+                                             *real_stats)
+        ratios.append(distance / max(base, 1e-12))
+        by_style.update({f"style/{name}/frechet": distance,
+                         f"style/{name}/frechet_real": base,
+                         f"style/{name}/frechet_ratio": ratios[-1]})
+      by_style["frechet_ratio_by_style"] = float(np.mean(ratios))
+    return {**by_style, "frechet": frechet, "frechet_real": baseline["frechet"],
             "frechet_ratio": frechet / max(baseline["frechet"], 1e-12),
             "salience": salience, "salience_real": baseline["salience"],
             "salience_ratio": salience / max(baseline["salience"], 1e-12),
@@ -852,12 +968,31 @@ class GANTask:
 
   # --- samples ----------------------------------------------------------------
 
-  def generate(self, params: Any, z: np.ndarray) -> np.ndarray:
-    """Clips [n, slice_len] for latents [n, latent_dim], in batches."""
-    generate = jax.jit(lambda p, z: self.generator.apply(p, z, train=False))
-    out = [np.asarray(generate(params, jnp.asarray(z[i:i + self.batch_size])))
+  def generate(self, params: Any, z: np.ndarray, style: np.ndarray | None = None
+               ) -> np.ndarray:
+    """Clips [n, slice_len] for latents [n, latent_dim] (a conditioned
+    generator's [n] `style` ids), in batches."""
+    if self.styles and style is None:
+      raise ValueError("a class-conditional GAN generates given the styles")
+    style = np.zeros((len(z),), np.int32) if style is None else np.asarray(style, np.int32)
+    generate = jax.jit(lambda p, z, s: self.generator.apply(
+        p, z, train=False, **({"style": s} if self.styles else {})))
+    out = [np.asarray(generate(params, jnp.asarray(z[i:i + self.batch_size]),
+                               jnp.asarray(style[i:i + self.batch_size])))
            for i in range(0, len(z), self.batch_size)]
     return np.concatenate(out)[..., 0]
+
+  def style_ids(self, style: str | None, n: int) -> np.ndarray | None:
+    """[n] ids of `style` for a conditioned GAN (None: the styles in turn);
+    None for an unconditioned one.
+
+    Raises:
+      errors.UserError: a style for an unconditioned GAN, or an unknown one
+        (the message lists the known ones).
+    """
+    if style is not None:
+      return np.full((n,), checks.style_index(self.styles, style, "GAN"), np.int32)
+    return np.arange(n, dtype=np.int32) % len(self.styles) if self.styles else None
 
   def write_step_samples(self, params: Any, rng: Array, directory: str | None,
                          title: str) -> list[dict[str, str]]:
@@ -867,7 +1002,7 @@ class GANTask:
 
   def write_samples(self, params: Any, rng: Array, directory: str | None, *,
                     num_samples: int, interpolate_steps: int = 0,
-                    title: str = "") -> list[dict[str, str]]:
+                    title: str = "", style: str | None = None) -> list[dict[str, str]]:
     """Writes `sample_NNN.wav` and a spectrogram `.png` per clip.
 
     Args:
@@ -878,6 +1013,8 @@ class GANTask:
       interpolate_steps: if > 0, instead write this many clips along the
         spherical interpolation between two latents drawn from `rng`.
       title: prefix of each PNG's title.
+      style: a conditioned GAN's style for every clip (None: the styles in
+        turn; an interpolation: the first style).
 
     Returns:
       One {"wav": path, "image": png path} per clip.
@@ -885,9 +1022,13 @@ class GANTask:
     if interpolate_steps > 0:
       ends = np.asarray(self.latents(rng, 2))
       z = slerp(ends[0], ends[1], interpolate_steps)
+      ids = self.style_ids(style if style or not self.styles else self.styles[0], len(z))
     else:
       z = np.asarray(self.latents(rng, num_samples))
-    clips = self.generate(params, z)
+      ids = self.style_ids(style, len(z))
+    clips = self.generate(params, z, ids)
+    if style is not None:
+      title = f"{title}{style}, "
     if directory is None:
       return []
     return samples.write_audio_samples(clips, self.sample_rate, directory, title)
