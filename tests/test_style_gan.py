@@ -24,6 +24,7 @@ from musegen_jax import tasks
 from musegen_jax import train
 from musegen_jax.data import audio
 from musegen_jax.data import shards
+from musegen_jax.tasks import gan
 from tests.conftest import STYLE_CORPUS_STYLES
 from tests.conftest import load_config
 from tests.conftest import log_rows
@@ -105,6 +106,39 @@ def test_the_styles_tables_start_at_zero_and_then_steer_both_networks(styles_dat
                                model__discriminators="stft"))
 
 
+def test_each_styles_clips_are_measured_against_every_styles_real_clips(styles_data_dir):
+  task = _task(_config(styles_data_dir), styles_data_dir)
+  # Three styles' log-mel features: Gaussians with distinct means.
+  mel = np.random.default_rng(0).normal(size=(3, 200, 64)) + np.arange(3)[:, None, None]
+  sums = jax.device_get(spectral.feature_sums_by_group(
+      jnp.asarray(mel, jnp.float32), jnp.arange(3), 3))
+  pitch = {"salience": 1.0, "profile": np.ones(12), "clips": 3.0}
+  real = {"mel": spectral.feature_sums(jnp.asarray(mel, jnp.float32))}
+  eval_data = {"real_stats": spectral.stats_from_sums(real["mel"]),
+               "real_profile": np.ones(12) / 3,
+               "style_stats": [spectral.stats_from_sums(g) for g in gan._groups(sums)],
+               "baseline": {"frechet": 1.0, "chroma_distance": 0.0, "salience": 1.0,
+                            "frechet_by_style": [2.0, 4.0, 8.0]}}
+
+  def summary(order):
+    by_style = jax.tree.map(lambda x: np.asarray(x)[list(order)], sums)
+    return task.summarize({"mel": real["mel"], "mel_by_style": by_style,
+                           "pitch": pitch, "nonfinite": 0.0}, eval_data)
+
+  right = summary([0, 1, 2])  # Each style's clips are its real ones.
+  assert right["style_match"] == 1.0
+  for name, base in zip(STYLE_CORPUS_STYLES, (2.0, 4.0, 8.0)):
+    assert abs(right[f"style/{name}/frechet"]) < 1e-6
+    assert right[f"style/{name}/frechet_real"] == base
+    assert right[f"style/{name}/frechet_others"] > 64  # Means 1 or 2 apart in 64 dims.
+  wrong = summary([1, 2, 0])  # Every style sounds like another.
+  assert wrong["style_match"] == 0.0
+  assert wrong["style/chorale/frechet"] == pytest.approx(spectral.frechet_distance(
+      *eval_data["style_stats"][1], *eval_data["style_stats"][0]))
+  assert wrong["frechet_ratio_by_style"] == pytest.approx(np.mean(
+      [wrong[f"style/{n}/frechet"] / b for n, b in zip(STYLE_CORPUS_STYLES, (2, 4, 8))]))
+
+
 @pytest.mark.slow
 def test_a_class_conditional_gan_trains_measures_each_style_and_samples_one(
     styles_data_dir, tmp_path):
@@ -129,6 +163,8 @@ def test_a_class_conditional_gan_trains_measures_each_style_and_samples_one(
     assert valid[key + "frechet"] > 0 and valid[key + "frechet_real"] > 0
     assert valid[key + "frechet_ratio"] == pytest.approx(
         valid[key + "frechet"] / valid[key + "frechet_real"], rel=1e-5)
+    assert valid[key + "frechet_others"] > 0
+  assert 0.0 <= valid["valid/style_match"] <= 1.0
   assert valid["valid/frechet_ratio_by_style"] == pytest.approx(np.mean(
       [valid[f"valid/style/{s}/frechet_ratio"] for s in STYLE_CORPUS_STYLES]), rel=1e-5)
   bundle = export_lib.export(run, str(tmp_path / "bundle"))

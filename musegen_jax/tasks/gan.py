@@ -933,7 +933,10 @@ class GANTask:
     - A conditioned GAN's, per style: style/STYLE/frechet (its generated
       clips against its real ones), style/STYLE/frechet_real (the
       baseline's) and style/STYLE/frechet_ratio, and the ratios' mean
-      (frechet_ratio_by_style). Each style has a share of the clips, so its
+      (frechet_ratio_by_style); style/STYLE/frechet_others, the mean
+      distance of its generated clips to the other styles' real clips, and
+      style_match, the share of styles whose generated clips lie nearest
+      their own style's real clips. Each style has a share of the clips, so its
       distances are larger than the whole's (the distance's bias grows as
       the clip count falls); compare them with their own baseline.
     """
@@ -944,17 +947,23 @@ class GANTask:
     salience, profile = spectral.pitch_summary(totals["pitch"])
     by_style = {}
     if "mel_by_style" in totals:
+      # distances[s, t]: style s's generated clips against style t's real ones.
+      generated = [spectral.stats_from_sums(g) for g in _groups(totals["mel_by_style"])]
+      distances = np.asarray([[spectral.frechet_distance(*g, *real) for real in
+                               eval_data["style_stats"]] for g in generated])
       ratios = []
-      for name, group, real_stats, base in zip(
-          self.styles, _groups(totals["mel_by_style"]), eval_data["style_stats"],
-          baseline["frechet_by_style"]):
-        distance = spectral.frechet_distance(*spectral.stats_from_sums(group),
-                                             *real_stats)
-        ratios.append(distance / max(base, 1e-12))
-        by_style.update({f"style/{name}/frechet": distance,
+      for s, (name, base) in enumerate(zip(self.styles, baseline["frechet_by_style"])):
+        ratios.append(distances[s, s] / max(base, 1e-12))
+        by_style.update({f"style/{name}/frechet": distances[s, s],
                          f"style/{name}/frechet_real": base,
-                         f"style/{name}/frechet_ratio": ratios[-1]})
+                         f"style/{name}/frechet_ratio": ratios[-1],
+                         f"style/{name}/frechet_others": float(
+                             np.delete(distances[s], s).mean())})
       by_style["frechet_ratio_by_style"] = float(np.mean(ratios))
+      # The share of styles whose generated clips lie nearest their own
+      # style's real clips (1: each style's clips sound like that style).
+      by_style["style_match"] = float(np.mean(
+          np.argmin(distances, axis=1) == np.arange(len(self.styles))))
     return {**by_style, "frechet": frechet, "frechet_real": baseline["frechet"],
             "frechet_ratio": frechet / max(baseline["frechet"], 1e-12),
             "salience": salience, "salience_real": baseline["salience"],
