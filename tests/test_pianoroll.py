@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from musegen_jax import checkpoint
+from musegen_jax import errors
 from musegen_jax import evaluate
 from musegen_jax import export
 from musegen_jax import sample as sample_lib
@@ -401,3 +402,17 @@ def test_serial_smoke_trains_exports_evaluates_and_samples(tmp_path):
                                           1, jsb_quarter.MIN_PITCH, 88)
     assert roll.sum() > 0 and roll.shape[0] <= length
     assert roll.sum(1).max() <= cap
+
+
+def test_a_too_long_sample_for_the_transformer_names_the_longest_allowed():
+  config = load_config("jsb_transformer_serial", sample__max_notes_per_frame=4)
+  task = pianoroll.PianorollTask(config, None)
+  # 788 positions: the start token and 157 frames of up to 4 keys and EOF.
+  with pytest.raises(errors.UserError, match=r"--length=200: sampling 200 frames takes "
+                                             r"up to 1001 positions, and this model holds "
+                                             r"max_len=788; allowed: --length up to 157"):
+    task.sample(None, jax.random.PRNGKey(0), num_samples=1, length=200)
+  with pytest.raises(errors.UserError, match=r"--top_k=5, --top_p=1.0, --primer: the "
+                                             r"piano-roll task samples with --temperature"):
+    task.write_samples(None, jax.random.PRNGKey(0), None, num_samples=1, length=4,
+                       top_k=5)

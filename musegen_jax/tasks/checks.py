@@ -1,5 +1,6 @@
 """Config checks the tasks share: value ranges, the optimizer's keys and the
-model a task trains. Each raises ValueError naming the key and its value."""
+model a task trains, each raising ValueError naming the key and its value;
+and `style_index`, which checks a `--style` flag (errors.UserError)."""
 
 from __future__ import annotations
 

@@ -759,14 +759,17 @@ class PianorollTask(base.SingleNetworkTask):
       [num_samples, length, 88] uint8 rolls.
 
     Raises:
-      ValueError: a Transformer whose max_len is too short for the loop.
+      errors.UserError: a Transformer whose max_len is too short for the loop.
     """
     max_notes = int(self.config.sample.max_notes_per_frame) if self.serial else 0
     positions = 1 + (sample_steps(length, max_notes) if self.serial else length)
     max_len = getattr(self.model, "max_len", None)
     if max_len is not None and positions > max_len:
-      raise ValueError(f"Sampling {length} frames takes up to {positions} "
-                       f"positions; the model has max_len={max_len}.")
+      longest = (max_len - 1) // (max_notes + 1 if self.serial else 1)
+      raise errors.UserError(
+          f"--length={length}: sampling {length} frames takes up to {positions} "
+          f"positions, and this model holds max_len={max_len}; allowed: --length "
+          f"up to {longest}.")
     if not self.serial:
       return np.asarray(jax.device_get(sample_frames(
           self.model, params, rng, num_samples=num_samples, length=length,
@@ -793,8 +796,8 @@ class PianorollTask(base.SingleNetworkTask):
       The MIDI paths.
     """
     if top_k or top_p != 1.0 or primer is not None:
-      raise ValueError(f"top_k={top_k}, top_p={top_p}, primer={primer!r}: the "
-                       "piano-roll task samples with a temperature only.")
+      raise errors.UserError(f"--top_k={top_k}, --top_p={top_p}, --primer: the "
+                             "piano-roll task samples with --temperature only.")
     rolls = self.sample(params, rng, num_samples=num_samples, length=length,
                         temperature=temperature)
     if directory is None:
