@@ -501,9 +501,26 @@ def create_train_dataset(audio_dir: str, *, slice_len: int, global_batch_size: i
                                      prefetch_buffer_size=prefetch_buffer_size)
 
 
-def _split_windows(audio_dir: str, split: str, slice_len: int,
-                   silence_threshold: float, normalize: bool):
-  """(window [slice_len, 1], its record) of `eval_clips`, in shard order."""
+def _record_windows(pcm: np.ndarray, slice_len: int, silence_threshold: float,
+                    normalize: bool, limit: int | None = None):
+  """A record's consecutive windows that are not silent (one zero-padded
+  window if it is shorter than `slice_len`); with `limit`, at most that many,
+  from starts spread evenly over the record."""
+  starts = range(0, len(pcm) - slice_len + 1, slice_len) if len(pcm) >= slice_len else [0]
+  if limit is not None and len(starts) > limit:
+    starts = starts[::len(starts) // limit]
+  taken = 0
+  for start in starts:
+    x = pipeline.pad_to(pcm_to_float(pcm[start:start + slice_len]), slice_len, 0)
+    if not is_silent(x, silence_threshold):
+      yield finish_clip(x, normalize)
+      taken += 1
+      if limit is not None and taken >= limit:
+        return
+
+
+def _split_records(audio_dir: str, split: str):
+  """(path, index, record, its int16 samples) of a split, in shard order."""
   read_audio_metadata(audio_dir)
   for path in shards.split_paths(audio_dir, split):
     for index, record in enumerate(shards.read_records([path])):
@@ -511,11 +528,7 @@ def _split_windows(audio_dir: str, split: str, slice_len: int,
         pcm = audio_record_pcm(record)
       except ValueError as e:
         _bad_record(e, f"{path} record {index}", "error")
-      starts = range(0, len(pcm) - slice_len + 1, slice_len) if len(pcm) >= slice_len else [0]
-      for start in starts:
-        x = pipeline.pad_to(pcm_to_float(pcm[start:start + slice_len]), slice_len, 0)
-        if not is_silent(x, silence_threshold):
-          yield finish_clip(x, normalize), record
+      yield path, index, record, pcm
 
 
 def eval_clips(audio_dir: str, *, slice_len: int, split: str = "valid",
@@ -535,10 +548,11 @@ def eval_clips(audio_dir: str, *, slice_len: int, split: str = "valid",
     ValueError: no window that is not silent.
   """
   clips = []
-  for clip, _ in _split_windows(audio_dir, split, slice_len, silence_threshold, normalize):
-    clips.append(clip)
-    if max_clips is not None and len(clips) >= max_clips:
-      break
+  for _, _, _, pcm in _split_records(audio_dir, split):
+    for clip in _record_windows(pcm, slice_len, silence_threshold, normalize):
+      clips.append(clip)
+      if max_clips is not None and len(clips) >= max_clips:
+        return np.stack(clips)
   if not clips:
     raise ValueError(f"{audio_dir}: split {split!r} has no clips of {slice_len} samples "
                      "that are not silent")
@@ -549,26 +563,32 @@ def eval_clips_by_style(audio_dir: str, styles: tuple[str, ...], *, slice_len: i
                         split: str = "valid", max_clips: int,
                         silence_threshold: float = DEFAULT_SILENCE_THRESHOLD,
                         normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
-  """`eval_clips` of a labelled dataset, balanced: up to max_clips / len(styles)
-  (rounded up) windows of each style, in shard order.
+  """`eval_clips` of a labelled dataset, balanced over the styles and spread
+  over the pieces: up to max_clips / len(styles) (rounded up) windows of
+  each style, each piece giving an equal share of its style's (rounded up),
+  from starts spread evenly over it. Deterministic: records in shard order.
 
   Returns:
-    ([num_clips, slice_len, 1] float32, [num_clips] int32 style ids).
+    ([num_clips, slice_len, 1] float32, [num_clips] int32 style ids), the
+    clips grouped by style in the order of `styles`.
 
   Raises:
     ValueError: a style with no window that is not silent in the split, or a
       clip whose label is not one of `styles`.
   """
-  per_style = -(-max_clips // len(styles))
-  by_style = [[] for _ in styles]
   decode = StyledPCM(tuple(styles))
-  for clip, record in _split_windows(audio_dir, split, slice_len, silence_threshold,
-                                     normalize):
-    _, style = decode(record)
-    if len(by_style[style]) < per_style:
-      by_style[style].append(clip)
-    if all(len(c) >= per_style for c in by_style):
-      break
+  pieces = np.zeros((len(styles),), np.int64)
+  for _, _, record, _ in _split_records(audio_dir, split):
+    pieces[decode(record)[1]] += 1
+  per_style = -(-max_clips // len(styles))
+  per_piece = [-(-per_style // max(int(n), 1)) for n in pieces]
+  by_style = [[] for _ in styles]
+  for _, _, record, pcm in _split_records(audio_dir, split):
+    style = decode(record)[1]
+    room = per_style - len(by_style[style])
+    if room > 0:
+      by_style[style].extend(_record_windows(pcm, slice_len, silence_threshold,
+                                             normalize, min(room, per_piece[style])))
   empty = [name for name, clips in zip(styles, by_style) if not clips]
   if empty:
     raise ValueError(f"{audio_dir}: split {split!r} has no clips of {slice_len} samples "
