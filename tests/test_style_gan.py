@@ -18,6 +18,7 @@ from musegen_jax import checkpoint
 from musegen_jax import errors
 from musegen_jax import evaluate as evaluate_lib
 from musegen_jax import export as export_lib
+from musegen_jax import parallel
 from musegen_jax import sample as sample_lib
 from musegen_jax import spectral
 from musegen_jax import tasks
@@ -32,12 +33,12 @@ from tests.conftest import log_rows
 pytestmark = pytest.mark.usefixtures("fewer_optimizations")
 
 
-def _config(data_dir: str, **overrides):
+def _config(data_dir: str, variant: str = "smoke", **overrides):
   settings = dict(data__dir=data_dir, condition__enabled=True, num_train_steps=4,
                   log_every_steps=2, eval_every_steps=4, checkpoint_every_steps=4,
                   sample_every_steps=4, num_eval_batches=2)
   settings.update(overrides)
-  return load_config("gan", **settings)
+  return load_config("gan", variant, **settings)
 
 
 def _task(config, data_dir: str):
@@ -142,7 +143,9 @@ def test_each_styles_clips_are_measured_against_every_styles_real_clips(styles_d
 @pytest.mark.slow
 def test_a_class_conditional_gan_trains_measures_each_style_and_samples_one(
     styles_data_dir, tmp_path):
-  config = _config(styles_data_dir)
+  # The CPU recipe's networks and terms: oscillators, STFT discriminators on
+  # patches, coverage and moment matching (each style's own), one clip a row.
+  config = _config(styles_data_dir, "smoke,cpu", model__stft_pack=1, batch_size=8)
   audio_dir = audio.ensure_audio_dir(styles_data_dir,
                                      train.load_representation(config, styles_data_dir))
   meta = shards.read_metadata(audio_dir)
@@ -187,3 +190,34 @@ def test_a_class_conditional_gan_trains_measures_each_style_and_samples_one(
   with pytest.raises(errors.UserError, match=r"--guidance=2.0: a GAN has no"):
     sample_lib.sample(bundle, str(tmp_path / "x"), style="drone", guidance=2.0)
   assert not os.path.exists(str(tmp_path / "x"))
+
+
+def test_moment_matching_compares_each_style_with_its_own_real_statistics():
+  rng = np.random.default_rng(0)
+  clips = jnp.asarray(rng.normal(scale=0.1, size=(6, 16384, 1)), jnp.float32)
+  fake = jnp.asarray(rng.normal(scale=0.2, size=(6, 16384, 1)), jnp.float32)
+  style = jnp.asarray([0, 2, 0, 2, 2, 0])
+  empty = {"mean": jnp.zeros((3, 64)), "outer": jnp.zeros((3, 64, 64)),
+           "batches": jnp.zeros((3,))}
+  moments = gan.update_styled_moments(empty, clips, style, 16000, parallel.IDENTITY)
+  # The first batch's moments of each style present; style 1 stays empty.
+  for s in (0, 2):
+    own = gan.mel_moments(clips[np.asarray(style) == s], 16000)
+    np.testing.assert_allclose(moments["mean"][s], own["mean"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(moments["outer"][s], own["outer"], rtol=1e-4, atol=1e-3)
+  assert moments["batches"].tolist() == [1.0, 0.0, 1.0]
+  np.testing.assert_array_equal(moments["mean"][1], 0.0)
+  # A second batch of style 0 alone: the plain mean of its two batches.
+  again = gan.update_styled_moments(moments, fake[:2], jnp.asarray([0, 0]), 16000,
+                                    parallel.IDENTITY)
+  np.testing.assert_allclose(again["mean"][0], 0.5 * (moments["mean"][0] + gan.mel_moments(
+      fake[:2], 16000)["mean"]), rtol=1e-4, atol=1e-4)
+  np.testing.assert_array_equal(again["mean"][2], moments["mean"][2])
+  # The loss: each style's fake clips against its own statistics, weighted
+  # by its share of the clips (here 3 and 3).
+  loss = gan.styled_moment_matching_loss(moments, fake, style, 16000, "frechet")
+  per_style = [gan.moment_matching_loss({k: moments[k][s] for k in ("mean", "outer")},
+                                        fake[np.asarray(style) == s], 16000, "frechet")
+               for s in (0, 2)]
+  np.testing.assert_allclose(loss, 0.5 * sum(per_style), rtol=1e-4)
+  assert float(per_style[0]) > 0

@@ -359,15 +359,67 @@ def moment_matching_loss(real: dict[str, Array], fake: Array,
     fake: [batch, slice_len, 1] generated clips.
     distance: one of MOMENT_DISTANCES.
   """
+  return moment_distance(jax.lax.stop_gradient(real), mel_moments(fake, sample_rate),
+                         distance)
+
+
+def moment_distance(real: dict[str, Array], fake: dict[str, Array],
+                    distance: str) -> Array:
+  """`moment_matching_loss` between two `mel_moments`."""
   def covariance(m):
     return m["outer"] - jnp.outer(m["mean"], m["mean"])
-  real = jax.lax.stop_gradient(real)
-  fake = mel_moments(fake, sample_rate)
   means = jnp.sum((fake["mean"] - real["mean"]) ** 2)
   if distance == "frechet":
     return means + frechet_covariance_term(covariance(real), covariance(fake))
   # The small constant keeps the norm's gradient finite where they agree.
   return means + jnp.sqrt(jnp.sum((covariance(fake) - covariance(real)) ** 2) + 1e-8)
+
+
+def styled_moment_matching_loss(real: dict[str, Array], fake: Array, style: Array,
+                                sample_rate: int, distance: str = "frobenius") -> Array:
+  """`moment_matching_loss` of a class-conditional GAN: each style's
+  generated clips against that style's real statistics (`real`: [styles,
+  ...] running moments), weighted by the style's share of the clips."""
+  num_styles = real["mean"].shape[0]
+  sums = spectral.feature_sums_by_group(frechet_features(fake[..., 0], sample_rate),
+                                        style, num_styles)
+  count = sums["count"]
+  safe = jnp.maximum(count, 1.0)
+  fake_moments = {"mean": sums["sum"] / safe[:, None],
+                  "outer": sums["outer"] / safe[:, None, None]}
+  real = jax.lax.stop_gradient({"mean": real["mean"], "outer": real["outer"]})
+  # One style at a time: a batched eigh under a sharded step hung XLA's CPU
+  # backend (8 forced devices).
+  losses = jnp.stack([moment_distance({k: v[s] for k, v in real.items()},
+                                      {k: v[s] for k, v in fake_moments.items()},
+                                      distance) for s in range(num_styles)])
+  return jnp.sum(count / jnp.sum(count) * losses)
+
+
+def update_styled_moments(moments: dict[str, Array], clips: Array, style: Array,
+                          sample_rate: int, reducer: parallel.Reducer) -> dict[str, Array]:
+  """The running real moments of each style ({"mean" [styles, 64], "outer"
+  [styles, 64, 64], "batches" [styles]}) after a batch of real clips: each
+  style present moves as the unconditioned average does (the plain mean of
+  its batches so far, up to the MOMENTS_DECAY cap); the others stay."""
+  num_styles = moments["mean"].shape[0]
+  sums = reducer.sum(spectral.feature_sums_by_group(
+      frechet_features(clips[..., 0], sample_rate), style, num_styles))
+  count = sums["count"]
+  present = count > 0
+  safe = jnp.maximum(count, 1e-12)
+  batch = {"mean": sums["sum"] / safe[:, None], "outer": sums["outer"] / safe[:, None, None]}
+  t = moments["batches"]
+  decay = jnp.minimum(MOMENTS_DECAY, t / (t + 1.0))
+
+  def move(avg, new):
+    shape = (-1,) + (1,) * (avg.ndim - 1)
+    d = decay.reshape(shape)
+    return jnp.where(present.reshape(shape), d * avg + (1 - d) * new, avg)
+
+  return {"mean": move(moments["mean"], batch["mean"]),
+          "outer": move(moments["outer"], batch["outer"]),
+          "batches": t + present.astype(jnp.float32)}
 
 
 def frechet_covariance_term(fixed: Array, cov: Array, floor: float = 1e-6) -> Array:
@@ -533,10 +585,22 @@ class GANTask:
         g_batch_stats=g_vars.get("batch_stats", {}),
         d_batch_stats=d_vars.get("batch_stats", {}),
         skipped_updates=jnp.zeros((), jnp.int32),
-        real_moments=({"mean": jnp.zeros((FRECHET_N_MELS,), jnp.float32),
-                       "outer": jnp.zeros((FRECHET_N_MELS,) * 2, jnp.float32)}
-                      if self.config.gan.moment_weight > 0 else {}),
+        real_moments=self._initial_moments(),
         g_tx=g_tx, d_tx=d_tx)
+
+  def _initial_moments(self) -> dict[str, Array]:
+    """Moment matching's running real statistics before any batch: the
+    mean and mean outer product of the log-mel frames (a conditioned GAN's
+    per style, with the count of batches each style was in); {} without
+    moment matching."""
+    if self.config.gan.moment_weight <= 0:
+      return {}
+    per_style = (len(self.styles),) if self.styles else ()
+    moments = {"mean": jnp.zeros(per_style + (FRECHET_N_MELS,), jnp.float32),
+               "outer": jnp.zeros(per_style + (FRECHET_N_MELS,) * 2, jnp.float32)}
+    if self.styles:
+      moments["batches"] = jnp.zeros(per_style, jnp.float32)
+    return moments
 
   @staticmethod
   def eval_params(state: GANState) -> dict[str, Any]:
@@ -688,7 +752,10 @@ class GANTask:
     cov_weight = float(self.config.gan.coverage_weight)
     mm_weight = float(self.config.gan.moment_weight)
     real_moments = state.real_moments
-    if mm_weight > 0:  # The running average of real audio's statistics.
+    if mm_weight > 0 and self.styles:  # Each style's running statistics.
+      real_moments = update_styled_moments(real_moments, real_batches[-1],
+                                           real_styles[-1], self.sample_rate, reducer)
+    elif mm_weight > 0:  # The running average of real audio's statistics.
       t = state.step.astype(jnp.float32)
       decay = jnp.minimum(MOMENTS_DECAY, t / (t + 1.0))
       batch_moments = reducer.mean(mel_moments(real_batches[-1], self.sample_rate))
@@ -721,7 +788,11 @@ class GANTask:
           extra["mode_seeking"] = mode_seeking_loss(fake, z)
         if cov_weight > 0:
           extra["coverage"] = coverage_loss(real, fake)
-        if mm_weight > 0:
+        if mm_weight > 0 and self.styles:
+          extra["moments"] = styled_moment_matching_loss(
+              real_moments, fake, style, self.sample_rate,
+              self.config.gan.moment_distance)
+        elif mm_weight > 0:
           extra["moments"] = moment_matching_loss(
               real_moments, fake, self.sample_rate, self.config.gan.moment_distance)
         loss = generator_loss(kind, d_fake)
