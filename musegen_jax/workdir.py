@@ -102,10 +102,12 @@ class Layout:
     except (FileNotFoundError, NotADirectoryError):
       return False
 # Keys (dotted, prefixes) whose change makes existing checkpoints incompatible.
-# (ema_decay: turning the parameter average on or off changes the state.)
+# (ema_decay: turning the parameter average on or off changes the state;
+# gan.lr_end_factor: a decaying rate keeps a schedule count in Adam's state,
+# a constant one does not.)
 INCOMPATIBLE_KEYS = ("task", "model", "data.dir", "data.representation",
                      "data.frame_model", "data.miditok", "ema_decay", "styles",
-                     "condition.enabled")
+                     "condition.enabled", "gan.lr_end_factor")
 
 
 class WorkdirInUseError(RuntimeError):

@@ -10,11 +10,12 @@ import textwrap
 
 import pytest
 
+from musegen_jax import errors
 from musegen_jax import train
 from musegen_jax import workdir as workdir_lib
 from musegen_jax.data import shards
 
-from conftest import tiny_lstm_config
+from conftest import load_config, tiny_lstm_config
 
 
 def test_second_run_on_a_held_workdir_is_refused_naming_the_holder(tmp_path):
@@ -78,6 +79,19 @@ def test_the_same_config_again_is_no_change(tmp_path, caplog):
     workdir_lib.check_config(str(tmp_path), tiny_lstm_config(seed=1))
   assert "Config changed since the last run" in caplog.text
   assert "seed: 0 -> 1" in caplog.text
+
+
+def test_a_change_that_reshapes_the_train_state_is_refused(tmp_path):
+  """gan.lr_end_factor 1 -> 0.1 adds a schedule count to Adam's state, so
+  the checkpoints would not restore: one line naming the key, before any
+  compute."""
+  config = load_config("gan", variant="smoke")
+  shards.write_json_atomic(os.path.join(tmp_path, workdir_lib.CONFIG_FILE),
+                           config.to_dict())
+  with pytest.raises(errors.UserError, match=r"gan.lr_end_factor: 1.0 -> 0.1.*"
+                     r"gan.lr_end_factor cannot change under existing checkpoints"):
+    workdir_lib.check_config(str(tmp_path), load_config("gan", variant="smoke",
+                                                        gan__lr_end_factor=0.1))
 
 
 def test_config_changes_lists_every_differing_key():
