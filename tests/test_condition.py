@@ -36,8 +36,11 @@ def _task(config):
   return tasks.create_task(config, train.load_representation(config, config.data.dir))
 
 
-def test_windows_start_with_their_piece_style_and_the_vocabulary_grows(styles_data_dir):
-  config = _conditioned_config(styles_data_dir)
+@pytest.mark.parametrize("representation", ["performance", "miditok"])
+def test_windows_start_with_their_piece_style_and_the_vocabulary_grows(
+    styles_data_dir, representation):
+  # miditok: REMI, the tokens of the measured style LSTM (README, Styles).
+  config = _conditioned_config(styles_data_dir, data__representation=representation)
   task = _task(config)
   assert task.styles == list(STYLE_CORPUS_STYLES)
   assert task.vocab_size == task.num_content + len(STYLE_CORPUS_STYLES) + 1
