@@ -313,12 +313,15 @@ def evaluate_transfer(export_dir: str, classifier_dir: str, *,
                       to_style: str | None = None, strength: float = 1.0,
                       split: str = "test", num_samples: int = 64,
                       data_dir: str | None = None, temperature: float = 1.0,
-                      guidance: float = 1.0, seed: int = 0) -> dict[str, Any]:
+                      guidance: float = 1.0, seed: int = 0,
+                      windows: int = 1) -> dict[str, Any]:
   """Style transfer of a VAE bundle measured by a style classifier.
 
   For each target style, up to `num_samples` pieces of `split` of other
-  styles (their first window) are moved to it (`VAETask.transfer_latents`,
-  from their own labelled style) and decoded once at `temperature`.
+  styles (their first `windows` windows) are moved to it
+  (`VAETask.transfer_piece`, from their own labelled style) and decoded once
+  at `temperature`; a piece's decoded windows are joined and classified
+  (and compared with its source windows, joined) as one piece.
 
   Returns:
     {"transfer": {target: {"target_share", "source_share",
@@ -343,6 +346,8 @@ def evaluate_transfer(export_dir: str, classifier_dir: str, *,
 
   if num_samples < 1:
     raise errors.UserError(f"--num_samples={num_samples}: must be >= 1.")
+  if windows < 1:
+    raise errors.UserError(f"--windows={windows}: must be >= 1.")
   vae, judge = checkpoint.load_bundle(export_dir), checkpoint.load_bundle(classifier_dir)
   if judge.config.task != "classify":
     raise errors.UserError(f"--classifier={classifier_dir} holds a "
@@ -372,22 +377,28 @@ def evaluate_transfer(export_dir: str, classifier_dir: str, *,
       raise errors.UserError(f"split {split!r} needs pieces of {target!r} and of "
                              "other styles to measure a transfer to it.")
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), t)
-    z = np.concatenate([vae_task.transfer_latents(
-        vae.params, [ns], target, vae.extras, from_style=style, strength=strength)[0]
-                        for style, ns in sources])
+    moved = [vae_task.transfer_piece(vae.params, ns, target, vae.extras, from_style=style,
+                                     strength=strength, windows=windows)
+             for style, ns in sources]
     tokens = vae_task.generate(
-        vae.params, rng, z, length=vae_task.seq_len, temperature=temperature,
-        style=vae_task.transfer_styles(target, [style for style, _ in sources],
-                                       strength), guidance=guidance)
-    windows = [vae_task.representation.decode(w)
-               for w in vae_task.encode_pieces([ns for _, ns in sources])]
-    results_ns = [vae_task.representation.decode_sample(row) for row in tokens]
+        vae.params, rng, np.concatenate([z for _, z, _ in moved]),
+        length=vae_task.seq_len, temperature=temperature,
+        style=vae_task.transfer_styles(
+            target, [style for (style, _), (rows, _, _) in zip(sources, moved)
+                     for _ in rows], strength), guidance=guidance)
+    decoded = [vae_task.representation.decode_sample(row) for row in tokens]
+    ends = np.cumsum([len(rows) for rows, _, _ in moved])
+    results_ns = [vae_task.join_windows(decoded[end - len(rows):end])
+                  for end, (rows, _, _) in zip(ends, moved)]
+    joined = lambda rows: vae_task.join_windows(
+        [vae_task.representation.decode(row) for row in rows])
+    source_ns = [joined(rows) for rows, _, _ in moved]
     picked = _classify(cls_task, judge.params, results_ns)
-    own = _classify(cls_task, judge.params, windows)
-    kept = [features.similarity(w, r) for w, r in zip(windows, results_ns)]
-    reference = [vae_task.representation.decode(w) for w in vae_task.encode_pieces(
-        [references[i % len(references)] for i in range(len(windows))])]
-    baseline = [features.similarity(w, r) for w, r in zip(windows, reference)]
+    own = _classify(cls_task, judge.params, source_ns)
+    kept = [features.similarity(w, r) for w, r in zip(source_ns, results_ns)]
+    reference = [joined(vae_task.piece_windows(references[i % len(references)], windows))
+                 for i in range(len(source_ns))]
+    baseline = [features.similarity(w, r) for w, r in zip(source_ns, reference)]
     results[target] = {
         "target_share": float(np.mean([p == target for p in picked])),
         "source_share": float(np.mean([p == s for p, (s, _) in zip(picked, sources)])),
@@ -401,7 +412,7 @@ def evaluate_transfer(export_dir: str, classifier_dir: str, *,
         "pieces": len(sources)}
   return {"export": export_dir, "classifier": classifier_dir, "split": split,
           "strength": strength, "temperature": temperature, "guidance": guidance,
-          "transfer": results,
+          "windows": windows, "transfer": results,
           "mean_target_share": float(np.mean([r["target_share"] for r in results.values()]))}
 
 
@@ -416,7 +427,7 @@ def main(argv: list[str]) -> None:
         strength=FLAGS.strength, split=FLAGS.split, num_samples=FLAGS.num_samples,
         data_dir=FLAGS.data_dir,
         temperature=1.0 if FLAGS.temperature is None else FLAGS.temperature,
-        guidance=FLAGS.guidance, seed=FLAGS.seed)))
+        guidance=FLAGS.guidance, seed=FLAGS.seed, windows=FLAGS.windows)))
     return
   if FLAGS.classifier:
     print(json.dumps(evaluate_styles(
@@ -469,6 +480,9 @@ def run() -> None:
                       "style of the transfers (default: each style).")
   flags.DEFINE_float("strength", 1.0, "With --classifier and a VAE: how far the "
                      "transfers move (0..1).")
+  flags.DEFINE_integer("windows", 1, "With --classifier and a VAE: transfer each "
+                       "piece's first N windows of data.seq_len tokens, joined "
+                       "into one piece (1: the first window only).")
   flags.mark_flags_as_required(["export"])
   runtime.setup()
   cli.run(main)

@@ -34,6 +34,8 @@ are in the bundle), and writes `source.mid`/`.png` (the window the VAE read)
 beside `--num_samples` decodings of the moved latent. A style-conditioned
 VAE (`config.condition.enabled`) also decodes it with the target style,
 `--strength` of the way from the source's (`--guidance` applies).
+`--windows=N` transfers A's first N windows (each encoded, moved and decoded)
+and joins them, in the source as in each sample.
 
 A style-conditioned token model or VAE (`config.condition.enabled`) samples
 `--style=NAME` (one of the styles in its bundle; none: unconditioned), with
@@ -102,6 +104,9 @@ flags.DEFINE_string("from_style", None, "With --transfer: the piece's own style 
                     "(default: the style whose mean latent lies nearest).")
 flags.DEFINE_float("strength", 1.0, "With --transfer: how far to move, 0..1 "
                    "(0: reconstruct the piece).")
+flags.DEFINE_integer("windows", 1, "With --transfer: how many consecutive windows "
+                     "of data.seq_len tokens of the piece to transfer, each "
+                     "encoded, moved and decoded, then joined (1: the first).")
 flags.DEFINE_bool("render_audio", False,
                   "Also write a WAV beside each MIDI sample, rendered by the "
                   "project's synthesizer.")
@@ -116,14 +121,16 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
            render_audio: bool = False, style: str | None = None,
            guidance: float = 1.0, transfer: str | None = None,
            to_style: str | None = None, from_style: str | None = None,
-           strength: float = 1.0, style_prior: bool = True) -> list[str]:
+           strength: float = 1.0, style_prior: bool = True,
+           windows: int = 1) -> list[str]:
   """Writes samples and their PNGs; returns the MIDI (or WAV) paths.
 
   `length` None means 1024 tokens, or what a token Transformer's `max_len`
   leaves after the primer if fewer (a VAE: its `data.seq_len`). `style`,
   `guidance`: a style-conditioned token model's or VAE's (`style_prior`: a
   VAE's `--style` latents from the style's region); `transfer`, `to_style`,
-  `from_style`, `strength`: a VAE's style transfer (see the module docstring). `endpoints`
+  `from_style`, `strength`, `windows`: a VAE's style transfer (see the module
+  docstring). `endpoints`
   (a VAE only): two MIDI paths, or one string "A.mid,B.mid". `render_audio`:
   a WAV beside each MIDI file (`sample_000.wav`).
 
@@ -158,6 +165,10 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
     raise errors.UserError("--to_style/--from_style need --transfer=PIECE.mid.")
   if not 0.0 <= strength <= 1.0:
     raise errors.UserError(f"--strength={strength}: must be in [0, 1].")
+  if windows < 1:
+    raise errors.UserError(f"--windows={windows}: must be >= 1.")
+  if windows != 1 and transfer is None:
+    raise errors.UserError(f"--windows={windows} needs --transfer=PIECE.mid.")
   primer_ns = _read_piece("primer", primer) if primer else None
   transfer_ns = _read_piece("transfer", transfer) if transfer else None
   pieces = (None if endpoints is None else
@@ -193,7 +204,7 @@ def sample(export_dir: str, output_dir: str, *, num_samples: int = 4,
         bundle.params, rng, output_dir, piece=transfer_ns, to_style=to_style,
         extras=bundle.extras, from_style=from_style, strength=strength,
         num_samples=num_samples, length=length, temperature=temperature,
-        top_k=top_k, top_p=top_p, guidance=guidance, title=title)
+        top_k=top_k, top_p=top_p, guidance=guidance, title=title, windows=windows)
     print(f"{transfer}: {source_style} -> {to_style} (strength {strength:g})")
     return _render_audio(paths) if render_audio else paths
   if kind == "vae":
@@ -305,7 +316,7 @@ def main(argv: list[str]) -> None:
                  style=FLAGS.style, guidance=FLAGS.guidance,
                  transfer=FLAGS.transfer, to_style=FLAGS.to_style,
                  from_style=FLAGS.from_style, strength=FLAGS.strength,
-                 style_prior=FLAGS.style_prior)
+                 style_prior=FLAGS.style_prior, windows=FLAGS.windows)
   rendered = (" (and a WAV beside each MIDI file)"
               if FLAGS.render_audio and not paths[0].endswith(".wav") else "")
   print(f"Wrote {len(paths)} samples to {FLAGS.output_dir}{rendered}")

@@ -87,7 +87,25 @@ def test_sample_transfer_writes_the_source_and_the_moved_pieces(vae_bundle, tmp_
     sample_lib.sample(vae_bundle, str(tmp_path / "x"), transfer=source)
   with pytest.raises(errors.UserError, match=r"unknown; this VAE knows"):
     sample_lib.sample(vae_bundle, str(tmp_path / "x"), transfer=source, to_style="jazz")
+  with pytest.raises(errors.UserError, match=r"--windows=0: must be >= 1"):
+    sample_lib.sample(vae_bundle, str(tmp_path / "x"), transfer=source,
+                      to_style="runs", windows=0)
+  with pytest.raises(errors.UserError, match=r"--windows=2 needs --transfer"):
+    sample_lib.sample(vae_bundle, str(tmp_path / "x"), windows=2)
   assert not os.path.exists(str(tmp_path / "x"))
+
+  # Two windows: the source is the first two windows joined (twice the
+  # first's length: 32 sixteenths each), and each sample two decoded windows.
+  out2 = str(tmp_path / "to_runs_2")
+  paths2 = sample_lib.sample(vae_bundle, out2, num_samples=1, transfer=source,
+                             to_style="runs", windows=2)
+  read = lambda *p: note_seq.midi_file_to_note_sequence(os.path.join(*p))
+  one, two = read(out, "source.mid"), read(out2, "source.mid")
+  end = lambda ns: max(n.end_time for n in ns.notes)
+  assert end(one) == pytest.approx(4.0, abs=0.01)
+  assert end(two) == pytest.approx(2 * end(one), abs=0.01)
+  assert [n.pitch for n in two.notes][:len(one.notes)] == [n.pitch for n in one.notes]
+  assert len(paths2) == 1 and read(paths2[0]).notes
 
 
 @pytest.mark.slow
@@ -109,6 +127,13 @@ def test_evaluate_measures_a_transfer_with_the_classifier(vae_bundle, styles_dat
   # pieces: the classifier's ceiling for the shares is reached.
   assert runs["source_window_share"] == 1.0
   assert result["mean_target_share"] == runs["target_share"]
+  # Three windows of each piece, joined: the same pieces, judged whole.
+  three = evaluate_lib.evaluate_transfer(vae_bundle, cls_bundle, to_style="runs",
+                                         num_samples=3, split="test", windows=3)
+  assert three["windows"] == 3 and three["transfer"]["runs"]["pieces"] == 3
+  assert three["transfer"]["runs"]["source_window_share"] == 1.0
+  with pytest.raises(errors.UserError, match=r"--windows=0: must be >= 1"):
+    evaluate_lib.evaluate_transfer(vae_bundle, cls_bundle, windows=0)
 
 
 def test_pitch_class_and_rhythm_similarity():

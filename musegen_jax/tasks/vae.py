@@ -265,6 +265,37 @@ class VAETask(base.SingleNetworkTask):
       rows.append(pipeline.pad_to(tokens.astype(np.int32), self.seq_len, self.pad_id))
     return np.stack(rows)
 
+  def piece_windows(self, piece: Any, max_windows: int) -> np.ndarray:
+    """A piece's first `max_windows` consecutive windows of `seq_len` tokens
+    (fewer for a shorter piece; the last padded): [n, seq_len] int32. The
+    first is `encode_pieces([piece])[0]`."""
+    if isinstance(piece, note_seq.NoteSequence):
+      tokens = pipeline.encode_with_boundary(self.representation, piece)[1:]
+    else:
+      tokens = np.asarray(piece, np.int32).reshape(-1)
+    starts = range(0, max(min(len(tokens), max_windows * self.seq_len), 1), self.seq_len)
+    return np.stack([pipeline.pad_to(tokens[s:s + self.seq_len].astype(np.int32),
+                                     self.seq_len, self.pad_id) for s in starts])
+
+  def join_windows(self, windows: Sequence[Any]) -> Any:
+    """One NoteSequence of decoded windows (NoteSequences) played one after
+    another: each starts where the previous one's last note ends. The first
+    window's tempo and meter stand for all; one window comes back as it is."""
+    if len(windows) == 1:
+      return windows[0]
+    joined = note_seq.NoteSequence()
+    joined.CopyFrom(windows[0])
+    offset = max((note.end_time for note in windows[0].notes), default=0.0)
+    for window in windows[1:]:
+      for note in window.notes:
+        copy = joined.notes.add()
+        copy.CopyFrom(note)
+        copy.start_time += offset
+        copy.end_time += offset
+      offset += max((note.end_time for note in window.notes), default=0.0)
+    joined.total_time = offset
+    return joined
+
   # --- the compiled steps ----------------------------------------------------
 
   def _sums(self, params: Any, tokens: Array, noise: Array,
@@ -604,6 +635,28 @@ class VAETask(base.SingleNetworkTask):
                       for src in sources])
     return (mu + float(strength) * moves).astype(np.float32), sources
 
+  def transfer_piece(self, params: Any, piece: Any, to_style: str,
+                     extras: dict[str, Any], from_style: str | None = None,
+                     strength: float = 1.0, windows: int = 1
+                     ) -> tuple[np.ndarray, np.ndarray, str]:
+    """`transfer_latents` for a piece's first `windows` windows
+    (`piece_windows`), all moved from one source style: `from_style`, or
+    else the style nearest to most of its windows.
+
+    Returns:
+      (the windows' tokens [n, seq_len], their moved latents [n, latent_dim],
+      the source style).
+    """
+    rows = self.piece_windows(piece, windows)
+    if from_style is None:
+      _, nearest = self.transfer_latents(params, list(rows), to_style, extras,
+                                         strength=0.0)
+      from_style = max(nearest, key=lambda name: (nearest.count(name),
+                                                  -nearest.index(name)))
+    z, _ = self.transfer_latents(params, list(rows), to_style, extras, from_style,
+                                 strength)
+    return rows, z, from_style
+
   def transfer_styles(self, to_style: str, sources: Sequence[str],
                       strength: float = 1.0) -> np.ndarray | None:
     """A conditioned decoder's style weights for transfers from `sources`
@@ -623,23 +676,29 @@ class VAETask(base.SingleNetworkTask):
                      from_style: str | None = None, strength: float = 1.0,
                      num_samples: int = 1, length: int | None = None,
                      temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                     guidance: float = 1.0, title: str = "") -> tuple[list[str], str]:
-    """Writes the source window (`source.mid` + `.png`, what the VAE read)
-    and `num_samples` decodings of its moved latent (`sample_NNN.mid` +
-    `.png`). Returns (the sample MIDI paths, the source style)."""
-    z, (source_style,) = self.transfer_latents(params, [piece], to_style, extras,
-                                               from_style, strength)
-    style = self.transfer_styles(to_style, [source_style] * num_samples, strength)
-    tokens = self.generate(params, rng, np.repeat(z, num_samples, axis=0),
+                     guidance: float = 1.0, title: str = "",
+                     windows: int = 1) -> tuple[list[str], str]:
+    """Writes the source (`source.mid` + `.png`: the `windows` windows the
+    VAE read, joined) and `num_samples` transfers (`sample_NNN.mid` +
+    `.png`: each window's moved latent decoded, the windows joined,
+    `transfer_piece`). Returns (the sample MIDI paths, the source style)."""
+    rows, z, source_style = self.transfer_piece(params, piece, to_style, extras,
+                                                from_style, strength, windows)
+    n = len(rows)
+    style = self.transfer_styles(to_style, [source_style] * (n * num_samples), strength)
+    # Row i * n + w: sample i's window w.
+    tokens = self.generate(params, rng, np.tile(z, (num_samples, 1)),
                            length=length or self.seq_len, temperature=temperature,
                            top_k=top_k, top_p=top_p, style=style, guidance=guidance)
-    source = self.representation.decode(self.encode_pieces([piece])[0])
+    decoded = [self.representation.decode_sample(row) for row in tokens]
+    source = self.join_windows([self.representation.decode(row) for row in rows])
     samples.write_midi_samples([source], directory,
                                [f"{title}source ({source_style})"], stem="source")
     paths = samples.write_midi_samples(
-        (self.representation.decode_sample(row) for row in tokens), directory,
+        (self.join_windows(decoded[i * n:(i + 1) * n]) for i in range(num_samples)),
+        directory,
         (f"{title}{source_style} -> {to_style}, strength {strength:g}, sample {i}"
-         for i in range(len(tokens))))
+         for i in range(num_samples)))
     return paths, source_style
 
   def write_step_samples(self, params: Any, rng: Array, directory: str | None,
