@@ -41,6 +41,16 @@ CASES = [("lstm", "jit"), ("transformer", "jit"), ("bigru", "jit"),
          ("gan", "pmap")]
 
 
+# Relative tolerance per config: float summation order only. The GAN's
+# generator step runs STFTs and the moment term's eigendecompositions, and by
+# step 3 two Adam updates have amplified their rounding: on an AMD EPYC VM its
+# jit g_grad_norm at step 3 came out 5.7e-4 from the figure recorded on an
+# earlier VM (g_loss 1.3e-4; every other figure, and all of pmap's, within
+# 1e-5), so the GAN gets 1e-3. A changed computation moves these figures by
+# far more.
+RTOL = {"gan": 1e-3}
+
+
 def first_step_metrics(config, steps: int = STEPS) -> list[dict[str, float]]:
   """The scalar metrics of the first `steps` training steps of `config`, as
   the loop (train._train) builds and runs them."""
@@ -93,7 +103,7 @@ def test_first_steps_give_the_recorded_losses(name, parallelism):
   for step, (got, want) in enumerate(zip(rows, expected), 1):
     assert sorted(got) == sorted(want), f"step {step}: metric names changed"
     for metric, value in want.items():
-      np.testing.assert_allclose(got[metric], value, rtol=1e-4, atol=1e-5,
+      np.testing.assert_allclose(got[metric], value, rtol=RTOL.get(name, 1e-4), atol=1e-5,
                                  err_msg=f"{key} step {step} {metric}")
   losses = [r.get("loss", r.get("d_loss")) for r in rows]
   assert all(np.isfinite(losses)), losses
