@@ -256,19 +256,12 @@ class VAETask(base.SingleNetworkTask):
     Returns:
       [len(pieces), seq_len] int32, padded at the end.
     """
-    rows = []
-    for piece in pieces:
-      if isinstance(piece, note_seq.NoteSequence):
-        tokens = pipeline.encode_with_boundary(self.representation, piece)[1:]
-      else:
-        tokens = np.asarray(piece, np.int32).reshape(-1)
-      rows.append(pipeline.pad_to(tokens.astype(np.int32), self.seq_len, self.pad_id))
-    return np.stack(rows)
+    return np.stack([self.piece_windows(piece, 1)[0] for piece in pieces])
 
   def piece_windows(self, piece: Any, max_windows: int) -> np.ndarray:
     """A piece's first `max_windows` consecutive windows of `seq_len` tokens
-    (fewer for a shorter piece; the last padded): [n, seq_len] int32. The
-    first is `encode_pieces([piece])[0]`."""
+    (fewer for a shorter piece; the last padded): [n, seq_len] int32. Takes
+    what `encode_pieces` takes."""
     if isinstance(piece, note_seq.NoteSequence):
       tokens = pipeline.encode_with_boundary(self.representation, piece)[1:]
     else:
